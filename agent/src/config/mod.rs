@@ -1,0 +1,1 @@
+//! Configuration (`probes.toml`) and meta-file readers.

@@ -1,0 +1,1 @@
+//! Sinks: each reads imdb snapshots and knows nothing of probes.

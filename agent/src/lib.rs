@@ -1,0 +1,10 @@
+//! gopher: probes → imdb → egress, with control beside.
+//!
+//! Follow one row: a probe (`probes/`) produces [`imdb::Row`]s, the table store (`imdb/`) keeps
+//! the latest record per key, and sinks (`egress/`) render snapshots of it.
+
+pub mod config;
+pub mod egress;
+pub mod imdb;
+pub mod probes;
+pub mod selfmetrics;
