@@ -1,0 +1,66 @@
+//! `#[repr(C)]` types shared by the eBPF programs and the agent. Changing one changes the ABI
+//! between the two halves: both are always built together from this workspace.
+#![no_std]
+
+/// Role of the local end of a TCP link, as gala-gopher reports it.
+pub const ROLE_SERVER: u8 = 0;
+pub const ROLE_CLIENT: u8 = 1;
+
+/// The owner field was captured in the owning process's own context (connect or close).
+pub const OWNER_KNOWN: u8 = 1;
+
+/// What the agent knows about one live TCP socket, keyed by socket cookie in `LINKS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LinkInfo {
+    /// Process (tgid) that connected (client) or that closed the socket (server).
+    pub tgid: u32,
+    pub role: u8,
+    pub owner: u8,
+    /// 1 once the handshake completed.
+    pub established: u8,
+    pub _pad: u8,
+    pub comm: [u8; 16],
+}
+
+/// Final counters of a socket, read from `struct bpf_sock_ops` (stable ABI) when it reaches CLOSE.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LinkStats {
+    pub bytes_received: u64,
+    pub bytes_acked: u64,
+    pub segs_in: u32,
+    pub segs_out: u32,
+    pub total_retrans: u32,
+    pub lost_out: u32,
+    /// Smoothed RTT in microseconds (the kernel's srtt_us >> 3).
+    pub srtt_us: u32,
+    pub snd_cwnd: u32,
+}
+
+/// Ring-buffer event: one per TCP socket that was established and has now closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LinkClosed {
+    pub cookie: u64,
+    pub netns_cookie: u64,
+    pub info: LinkInfo,
+    pub stats: LinkStats,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u32,
+    /// Host byte order.
+    pub local_port: u32,
+    pub remote_port: u32,
+    pub _pad: u32,
+    /// Network byte order; IPv4 in the first word.
+    pub local_ip: [u32; 4],
+    pub remote_ip: [u32; 4],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data, `#[repr(C)]`, every bit pattern valid.
+    unsafe impl aya::Pod for super::LinkInfo {}
+    unsafe impl aya::Pod for super::LinkStats {}
+    unsafe impl aya::Pod for super::LinkClosed {}
+}
