@@ -1,0 +1,432 @@
+//! Renders an imdb [`Snapshot`] (plus the agent's self-metrics) in the Prometheus text
+//! exposition format 0.0.4.
+//!
+//! Naming follows gala-gopher: every counter, gauge or histogram field becomes the family
+//! `gala_gopher_<table>_<field>`, with one sample per record labelled by the record's `key` and
+//! `label` fields in meta order. `unknown` fields never become samples, and neither does an
+//! empty value ("no value"). Samples carry no timestamp: Prometheus stamps them at scrape time,
+//! which is what the records' ageing already assumes.
+//!
+//! Adjustments so that `promtool check metrics` stays silent:
+//! - counters get a `_total` suffix unless their field name already ends in one;
+//! - gauges whose name ends in a suffix Prometheus reserves for other types (`_total`, `_count`,
+//!   `_sum`, `_bucket`, e.g. gala-gopher's `link_count`) keep their name, for dashboards'
+//!   sake, but are typed `untyped`: the lint only checks typed families;
+//! - a family whose name or sample names clash with an earlier one (say field `rx_total` next
+//!   to counter `rx`, or table `a_b` field `c` next to table `a` field `b_c`) is left out, and
+//!   `gopher_prometheus_families_skipped` says how many were. So is a histogram in a table that
+//!   has a `le` label.
+//!
+//! Other lints (camelCase, abbreviated units such as `_us`) follow from the names in the meta
+//! files and are not rewritten.
+//!
+//! Histogram values use the syntax of [`crate::imdb::histogram`]:
+//! `"0.001=2 0.01=5 +Inf=7 sum=0.042"` (cumulative counts in increasing `le`, then `+Inf`, then
+//! `sum`) renders as `<name>_bucket{…,le="0.001"} 2`, `…le="0.01"} 5`, `…le="+Inf"} 7`,
+//! `<name>_sum{…} 0.042` and `<name>_count{…} 7`.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
+use crate::imdb::{FieldMeta, FieldType, Record, Snapshot, TableSnapshot, histogram};
+use crate::selfmetrics::{FAMILIES_SKIPPED, SelfMetrics};
+
+/// The Content-Type of what [`render`] produces.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+const RESERVED_SUFFIXES: [&str; 4] = ["_total", "_count", "_sum", "_bucket"];
+
+/// Appends the snapshot's samples, then the self-metrics, to `out`.
+pub fn render(snapshot: &Snapshot, selfmetrics: &SelfMetrics, out: &mut String) {
+    let mut taken = HashSet::new();
+    let mut skipped = 0_u32;
+    for table in &snapshot.tables {
+        skipped += render_table(table, &mut taken, out);
+    }
+    selfmetrics
+        .gauge(FAMILIES_SKIPPED, &[])
+        .set(f64::from(skipped));
+    selfmetrics.render(out);
+}
+
+/// Returns how many families were skipped for clashing names.
+fn render_table(table: &TableSnapshot, taken: &mut HashSet<String>, out: &mut String) -> u32 {
+    let meta = &table.meta;
+    let label_fields: Vec<(usize, &FieldMeta)> = meta
+        .fields
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.ty.is_label())
+        .collect();
+    let has_le = label_fields.iter().any(|(_, f)| f.name == "le");
+    // Built once per record, shared by all of the record's samples.
+    let labels: Vec<String> = table
+        .records
+        .iter()
+        .map(|r| {
+            let mut s = String::new();
+            for (n, (i, f)) in label_fields.iter().enumerate() {
+                if n > 0 {
+                    s.push(',');
+                }
+                let _ = write!(s, "{}=\"", f.name);
+                write_label_value(&mut s, r.values.get(*i).map_or("", String::as_str));
+                s.push('"');
+            }
+            s
+        })
+        .collect();
+
+    let mut skipped = 0;
+    for (i, field) in meta
+        .fields
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.ty.is_metric())
+    {
+        if table.records.iter().all(|r| value(r, i).is_empty()) {
+            continue;
+        }
+        let family = Family::new(&meta.name, field);
+        let names = family.names();
+        if names.iter().any(|n| taken.contains(n)) || (field.ty == FieldType::Histogram && has_le) {
+            skipped += 1;
+            continue;
+        }
+        taken.extend(names);
+
+        let _ = write!(out, "# HELP {} ", family.name);
+        if field.description.trim().is_empty() {
+            let _ = write!(
+                out,
+                "Field {} of gala-gopher table {}.",
+                field.name, meta.name
+            );
+        } else {
+            write_help(out, &field.description);
+        }
+        let _ = writeln!(out, "\n# TYPE {} {}", family.name, family.ty);
+        for (record, labels) in table.records.iter().zip(&labels) {
+            let v = value(record, i);
+            if v.is_empty() {
+                continue;
+            }
+            if field.ty == FieldType::Histogram {
+                write_histogram(out, &family.name, labels, v);
+            } else {
+                write_sample(out, &family.name, labels, None, v);
+            }
+        }
+    }
+    skipped
+}
+
+fn value(record: &Record, i: usize) -> &str {
+    record.values.get(i).map_or("", String::as_str)
+}
+
+struct Family {
+    name: String,
+    ty: &'static str,
+    histogram: bool,
+}
+
+impl Family {
+    fn new(table: &str, field: &FieldMeta) -> Self {
+        let base = format!("gala_gopher_{table}_{}", field.name);
+        let reserved = RESERVED_SUFFIXES.iter().any(|s| base.ends_with(s));
+        match field.ty {
+            FieldType::Counter if base.ends_with("_total") => Self {
+                name: base,
+                ty: "counter",
+                histogram: false,
+            },
+            FieldType::Counter => Self {
+                name: base + "_total",
+                ty: "counter",
+                histogram: false,
+            },
+            FieldType::Histogram => Self {
+                name: base,
+                ty: "histogram",
+                histogram: true,
+            },
+            _ if reserved => Self {
+                name: base,
+                ty: "untyped",
+                histogram: false,
+            },
+            _ => Self {
+                name: base,
+                ty: "gauge",
+                histogram: false,
+            },
+        }
+    }
+
+    /// The family name and every sample name it produces.
+    fn names(&self) -> Vec<String> {
+        let mut names = vec![self.name.clone()];
+        if self.histogram {
+            names.extend(["_bucket", "_sum", "_count"].map(|s| format!("{}{s}", self.name)));
+        }
+        names
+    }
+}
+
+fn write_sample(out: &mut String, name: &str, labels: &str, le: Option<&str>, value: &str) {
+    out.push_str(name);
+    if !labels.is_empty() || le.is_some() {
+        out.push('{');
+        out.push_str(labels);
+        if let Some(le) = le {
+            if !labels.is_empty() {
+                out.push(',');
+            }
+            let _ = write!(out, "le=\"{le}\"");
+        }
+        out.push('}');
+    }
+    out.push(' ');
+    write_number(out, value);
+    out.push('\n');
+}
+
+fn write_histogram(out: &mut String, name: &str, labels: &str, value: &str) {
+    // The store validated the syntax at upsert; a value that still fails renders nothing
+    // rather than half a histogram.
+    let Ok(h) = histogram::parse(value) else {
+        return;
+    };
+    let bucket = format!("{name}_bucket");
+    for (le, n) in &h.buckets {
+        write_sample(out, &bucket, labels, Some(le), &n.to_string());
+    }
+    let count = h.count.to_string();
+    write_sample(out, &bucket, labels, Some("+Inf"), &count);
+    write_sample(out, &format!("{name}_sum"), labels, None, h.sum);
+    write_sample(out, &format!("{name}_count"), labels, None, &count);
+}
+
+/// Writes a validated numeral as the probe wrote it, except non-finite ones: Rust accepts
+/// spellings (`infinity`, `1e999`) that Prometheus' parser refuses, so those are normalised.
+fn write_number(out: &mut String, value: &str) {
+    match value.parse::<f64>() {
+        Ok(v) if !v.is_finite() => write_f64(out, v),
+        _ => out.push_str(value),
+    }
+}
+
+/// Formats per the exposition format: `+Inf`, `-Inf`, `NaN`, else the shortest exact decimal.
+pub(crate) fn write_f64(out: &mut String, v: f64) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v.is_infinite() {
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+/// Label values escape backslash, double quote and newline.
+pub(crate) fn write_label_value(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// HELP text escapes backslash and newline (quotes stay as they are).
+pub(crate) fn write_help(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::imdb::TableMeta;
+
+    fn field(name: &str, ty: FieldType, description: &str) -> FieldMeta {
+        FieldMeta {
+            name: name.into(),
+            ty,
+            description: description.into(),
+        }
+    }
+
+    fn table(name: &str, fields: Vec<FieldMeta>, rows: &[&[&str]]) -> TableSnapshot {
+        let records = rows
+            .iter()
+            .map(|r| Record {
+                values: r.iter().map(|v| (*v).to_owned()).collect(),
+                updated_ms: 0,
+                version: 1,
+            })
+            .collect();
+        TableSnapshot {
+            meta: Arc::new(TableMeta {
+                name: name.into(),
+                description: String::new(),
+                fields,
+            }),
+            records,
+        }
+    }
+
+    /// Renders without self-metrics, which have their own tests.
+    fn render_tables(tables: Vec<TableSnapshot>) -> (String, f64) {
+        let metrics = SelfMetrics::new();
+        let mut out = String::new();
+        render(&Snapshot { tables }, &metrics, &mut out);
+        let cut = out.find("# HELP gopher_").unwrap_or(out.len());
+        out.truncate(cut);
+        (out, metrics.gauge(FAMILIES_SKIPPED, &[]).get())
+    }
+
+    #[test]
+    fn renders_exact_text() {
+        let t = table(
+            "tcp_link",
+            vec![
+                field("tgid", FieldType::Key, ""),
+                field("comm", FieldType::Label, ""),
+                field("pid", FieldType::Unknown, "not exported"),
+                field("rx_bytes", FieldType::Counter, "bytes received"),
+                field("link_count", FieldType::Gauge, "links\nopen \\ now"),
+                field("rtt", FieldType::Gauge, "smoothed \"RTT\""),
+            ],
+            &[
+                &["1", "a\"b\\c\nd", "9", "10", "2", ""],
+                &["2", "ü", "9", "", "3", "inf"],
+            ],
+        );
+        let (out, skipped) = render_tables(vec![t]);
+        assert_eq!(
+            out,
+            "# HELP gala_gopher_tcp_link_rx_bytes_total bytes received\n\
+             # TYPE gala_gopher_tcp_link_rx_bytes_total counter\n\
+             gala_gopher_tcp_link_rx_bytes_total{tgid=\"1\",comm=\"a\\\"b\\\\c\\nd\"} 10\n\
+             # HELP gala_gopher_tcp_link_link_count links\\nopen \\\\ now\n\
+             # TYPE gala_gopher_tcp_link_link_count untyped\n\
+             gala_gopher_tcp_link_link_count{tgid=\"1\",comm=\"a\\\"b\\\\c\\nd\"} 2\n\
+             gala_gopher_tcp_link_link_count{tgid=\"2\",comm=\"ü\"} 3\n\
+             # HELP gala_gopher_tcp_link_rtt smoothed \"RTT\"\n\
+             # TYPE gala_gopher_tcp_link_rtt gauge\n\
+             gala_gopher_tcp_link_rtt{tgid=\"2\",comm=\"ü\"} +Inf\n"
+        );
+        assert!(skipped.abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn counter_already_ending_in_total_and_unlabelled_samples() {
+        let t = table(
+            "sys",
+            vec![
+                field("ctx_total", FieldType::Counter, ""),
+                field("empty", FieldType::Gauge, ""),
+            ],
+            &[&["5", ""]],
+        );
+        let (out, _) = render_tables(vec![t]);
+        assert_eq!(
+            out,
+            "# HELP gala_gopher_sys_ctx_total Field ctx_total of gala-gopher table sys.\n\
+             # TYPE gala_gopher_sys_ctx_total counter\n\
+             gala_gopher_sys_ctx_total 5\n"
+        );
+    }
+
+    #[test]
+    fn renders_histograms() {
+        let t = table(
+            "lat",
+            vec![
+                field("op", FieldType::Key, ""),
+                field("seconds", FieldType::Histogram, "latency"),
+            ],
+            &[&["r", "0.001=2 0.01=5 +Inf=7 sum=0.042"], &["w", ""]],
+        );
+        let (out, _) = render_tables(vec![t]);
+        assert_eq!(
+            out,
+            "# HELP gala_gopher_lat_seconds latency\n\
+             # TYPE gala_gopher_lat_seconds histogram\n\
+             gala_gopher_lat_seconds_bucket{op=\"r\",le=\"0.001\"} 2\n\
+             gala_gopher_lat_seconds_bucket{op=\"r\",le=\"0.01\"} 5\n\
+             gala_gopher_lat_seconds_bucket{op=\"r\",le=\"+Inf\"} 7\n\
+             gala_gopher_lat_seconds_sum{op=\"r\"} 0.042\n\
+             gala_gopher_lat_seconds_count{op=\"r\"} 7\n"
+        );
+        let bare = table(
+            "h",
+            vec![field("x", FieldType::Histogram, "d")],
+            &[&["+Inf=1 sum=2"]],
+        );
+        let (out, _) = render_tables(vec![bare]);
+        assert!(
+            out.contains("gala_gopher_h_x_bucket{le=\"+Inf\"} 1\ngala_gopher_h_x_sum 2\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn clashing_families_are_skipped_and_counted() {
+        let a = table("a", vec![field("b_c", FieldType::Gauge, "")], &[&["1"]]);
+        let a_b = table(
+            "a_b",
+            vec![
+                field("c", FieldType::Gauge, ""),
+                field("n", FieldType::Counter, ""),
+                field("n_total", FieldType::Gauge, ""),
+            ],
+            &[&["2", "3", "4"]],
+        );
+        let le = table(
+            "l",
+            vec![
+                field("le", FieldType::Label, ""),
+                field("h", FieldType::Histogram, ""),
+            ],
+            &[&["x", "+Inf=1 sum=1"]],
+        );
+        let (out, skipped) = render_tables(vec![a, a_b, le]);
+        assert_eq!(out.matches("# TYPE").count(), 2, "{out}");
+        assert!(
+            out.contains("gala_gopher_a_b_c 1\n") && out.contains("gala_gopher_a_b_n_total 3\n")
+        );
+        assert!((skipped - 3.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn families_without_samples_are_omitted() {
+        let t = table(
+            "e",
+            vec![
+                field("k", FieldType::Key, ""),
+                field("g", FieldType::Gauge, ""),
+            ],
+            &[],
+        );
+        assert_eq!(render_tables(vec![t]).0, "");
+    }
+
+    #[test]
+    fn appends_self_metrics() {
+        let mut out = String::new();
+        render(&Snapshot::default(), &SelfMetrics::new(), &mut out);
+        assert!(out.starts_with("# HELP gopher_build_info "), "{out}");
+    }
+}

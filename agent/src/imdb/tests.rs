@@ -1,0 +1,387 @@
+//! Store behaviour: unit tests and property tests.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn field(name: &str, ty: FieldType) -> FieldMeta {
+    FieldMeta {
+        name: name.into(),
+        ty,
+        description: String::new(),
+    }
+}
+
+/// `t(k key, l label, n counter, g gauge, h histogram)`
+fn meta() -> TableMeta {
+    TableMeta {
+        name: "t".into(),
+        description: String::new(),
+        fields: vec![
+            field("k", FieldType::Key),
+            field("l", FieldType::Label),
+            field("n", FieldType::Counter),
+            field("g", FieldType::Gauge),
+            field("h", FieldType::Histogram),
+        ],
+    }
+}
+
+fn row(values: &[&str]) -> Row {
+    Row {
+        table: "t".into(),
+        values: values.iter().map(|v| (*v).to_owned()).collect(),
+    }
+}
+
+fn limits(max_records: usize, timeout: u64) -> Limits {
+    Limits {
+        max_tables: 4,
+        max_records,
+        max_metrics: 8,
+        record_timeout_ms: timeout,
+    }
+}
+
+fn store(max_records: usize, timeout: u64) -> Store {
+    let mut s = Store::new(limits(max_records, timeout));
+    s.register(meta()).unwrap();
+    s
+}
+
+fn values(s: &Store) -> Vec<Vec<String>> {
+    s.snapshot().tables[0]
+        .records
+        .iter()
+        .map(|r| r.values.to_vec())
+        .collect()
+}
+
+#[test]
+fn upsert_replaces_by_key_and_refreshes() {
+    let mut s = store(10, 0);
+    s.upsert(row(&["a", "x", "1", "2", ""]), 5).unwrap();
+    s.upsert(row(&["b", "x", "1", "2", ""]), 6).unwrap();
+    s.upsert(row(&["a", "y", "3", "4", "+Inf=1 sum=2"]), 7)
+        .unwrap();
+    let snap = s.snapshot();
+    let recs = &snap.tables[0].records;
+    assert_eq!(recs.len(), 2);
+    assert_eq!(&recs[0].values[..], ["a", "y", "3", "4", "+Inf=1 sum=2"]);
+    assert_eq!((recs[0].updated_ms, recs[0].version), (7, 3));
+    assert_eq!((recs[1].updated_ms, recs[1].version), (6, 2));
+    assert_eq!(s.version(), 3);
+    assert_eq!(s.ingested(), vec![("t".to_owned(), 3)]);
+}
+
+#[test]
+fn table_without_keys_keeps_one_record() {
+    let mut s = Store::new(limits(10, 0));
+    let m = TableMeta {
+        name: "sys".into(),
+        description: String::new(),
+        fields: vec![field("free", FieldType::Gauge)],
+    };
+    s.register(m).unwrap();
+    for v in ["1", "2", "3"] {
+        s.upsert(
+            Row {
+                table: "sys".into(),
+                values: vec![v.into()],
+            },
+            0,
+        )
+        .unwrap();
+    }
+    let snap = s.snapshot();
+    assert_eq!(snap.tables[0].records.len(), 1);
+    assert_eq!(&snap.tables[0].records[0].values[..], ["3"]);
+}
+
+#[test]
+fn rejections_are_counted_by_reason() {
+    let mut s = store(1, 0);
+    let cases: [(Row, &str); 6] = [
+        (
+            Row {
+                table: "nope".into(),
+                values: vec![],
+            },
+            "unknown_table",
+        ),
+        (row(&["a"]), "field_count"),
+        (row(&["a", "", "x", "", ""]), "bad_value"),
+        (row(&["a", "", "", " 1", ""]), "bad_value"),
+        (row(&["a", "", "", "", "1=2"]), "bad_value"),
+        (row(&["a", "", "", "", ""]), ""),
+    ];
+    for (r, reason) in cases {
+        let res = s.upsert(r, 0);
+        match res {
+            Ok(()) => assert_eq!(reason, ""),
+            Err(e) => assert_eq!(e.reason(), reason, "{e}"),
+        }
+    }
+    let err = s.upsert(row(&["b", "", "", "", ""]), 0).unwrap_err();
+    assert_eq!(
+        err,
+        ImdbError::RecordLimit {
+            table: "t".into(),
+            limit: 1
+        }
+    );
+    assert!(err.to_string().contains("\"t\""), "{err}");
+    // An existing key is still updatable at the limit.
+    s.upsert(row(&["a", "", "1", "", ""]), 0).unwrap();
+    assert_eq!(
+        s.drops(),
+        vec![
+            ("nope".to_owned(), "unknown_table", 1),
+            ("t".to_owned(), "bad_value", 3),
+            ("t".to_owned(), "field_count", 1),
+            ("t".to_owned(), "record_limit", 1),
+        ]
+    );
+}
+
+#[test]
+fn bad_value_names_table_and_field() {
+    let mut s = store(1, 0);
+    let err = s.upsert(row(&["a", "", "1", "12ab", ""]), 0).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("\"t\"") && msg.contains("\"g\"") && msg.contains("12ab"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unknown_table_names_are_bounded() {
+    let mut s = store(1, 0);
+    for i in 0..100 {
+        let _ = s.upsert(
+            Row {
+                table: format!("junk{i}"),
+                values: vec![],
+            },
+            0,
+        );
+    }
+    let _ = s.upsert(
+        Row {
+            table: "bad name|".into(),
+            values: vec![],
+        },
+        0,
+    );
+    let drops = s.drops();
+    assert_eq!(drops.len(), UNKNOWN_TABLE_NAMES + 1);
+    let other = drops.iter().find(|d| d.0 == OTHER_TABLE).unwrap();
+    assert_eq!(other.2, 101 - UNKNOWN_TABLE_NAMES as u64);
+}
+
+#[test]
+fn expiry_drops_stale_records_only() {
+    let mut s = store(10, 100);
+    s.upsert(row(&["old", "", "", "", ""]), 0).unwrap();
+    s.upsert(row(&["new", "", "", "", ""]), 50).unwrap();
+    assert_eq!(s.expire(100), 0, "age == timeout is still fresh");
+    assert_eq!(s.expire(101), 1);
+    assert_eq!(values(&s), vec![vec!["new", "", "", "", ""]]);
+    assert_eq!(s.drops(), vec![("t".to_owned(), "expired", 1)]);
+    let mut never = store(10, 0);
+    never.upsert(row(&["a", "", "", "", ""]), 0).unwrap();
+    assert_eq!(never.expire(u64::MAX), 0);
+}
+
+#[test]
+fn register_validates() {
+    let mut s = Store::new(Limits {
+        max_tables: 1,
+        max_records: 1,
+        max_metrics: 2,
+        record_timeout_ms: 0,
+    });
+    let reason = |s: &mut Store, m: TableMeta| s.register(m).unwrap_err().reason();
+    let mut m = meta();
+    m.name = "9t".into();
+    assert_eq!(reason(&mut s, m), "invalid_meta");
+    let mut m = meta();
+    m.fields[1].name = "k".into();
+    assert_eq!(reason(&mut s, m), "invalid_meta");
+    let mut m = meta();
+    m.fields[1].name = "a-b".into();
+    assert_eq!(reason(&mut s, m), "invalid_meta");
+    let mut m = meta();
+    m.fields[1].name = "__name__".into();
+    assert_eq!(reason(&mut s, m), "invalid_meta");
+    let mut m = meta();
+    m.fields.clear();
+    assert_eq!(reason(&mut s, m), "invalid_meta");
+    assert_eq!(reason(&mut s, meta()), "metric_limit");
+    let mut small = meta();
+    small.fields.truncate(3);
+    s.register(small.clone()).unwrap();
+    let mut other = small.clone();
+    other.name = "u".into();
+    let err = s.register(other).unwrap_err();
+    assert_eq!(err.reason(), "table_limit");
+    assert!(err.to_string().contains("\"u\""));
+    assert!(s.table("t").is_some() && s.table("u").is_none());
+}
+
+#[test]
+fn reregister_is_idempotent_or_replaces() {
+    let mut s = store(10, 0);
+    s.upsert(row(&["a", "", "", "", ""]), 0).unwrap();
+    s.register(meta()).unwrap();
+    assert_eq!(s.record_counts(), vec![("t".to_owned(), 1)]);
+    let mut changed = meta();
+    changed.fields[3].description = "now documented".into();
+    s.register(changed.clone()).unwrap();
+    assert_eq!(s.record_counts(), vec![("t".to_owned(), 0)]);
+    assert_eq!(**s.table("t").unwrap(), changed);
+    assert!(s.unregister("t"));
+    assert!(!s.unregister("t"));
+    assert!(s.record_counts().is_empty());
+    assert_eq!(
+        s.ingested(),
+        vec![("t".to_owned(), 1)],
+        "counters survive unregister"
+    );
+}
+
+#[test]
+fn changed_since_returns_newer_records_only() {
+    let mut s = store(10, 0);
+    s.upsert(row(&["a", "", "", "", ""]), 0).unwrap();
+    let v = s.version();
+    assert!(s.changed_since(v).tables.is_empty());
+    s.upsert(row(&["b", "", "", "", ""]), 0).unwrap();
+    let snap = s.changed_since(v);
+    assert_eq!(snap.tables.len(), 1);
+    assert_eq!(&snap.tables[0].records[0].values[0], "b");
+    assert_eq!(s.changed_since(0).tables[0].records.len(), 2);
+}
+
+#[test]
+fn snapshot_is_sorted_and_detached() {
+    let mut s = Store::new(limits(10, 0));
+    for name in ["zeta", "alpha", "mid"] {
+        let mut m = meta();
+        m.name = name.into();
+        s.register(m).unwrap();
+    }
+    let snap = s.snapshot();
+    let names: Vec<_> = snap.tables.iter().map(|t| t.meta.name.as_str()).collect();
+    assert_eq!(names, ["alpha", "mid", "zeta"]);
+    s.upsert(
+        Row {
+            table: "mid".into(),
+            values: vec![String::new(); 5],
+        },
+        0,
+    )
+    .unwrap();
+    assert!(
+        snap.tables[1].records.is_empty(),
+        "a snapshot does not see later writes"
+    );
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Upsert {
+        key: u8,
+        value: u8,
+        table_ok: bool,
+        bad: bool,
+        now: u64,
+    },
+    Expire {
+        now: u64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => (0..8_u8, any::<u8>(), prop::bool::weighted(0.9), prop::bool::weighted(0.1), 0..1000_u64)
+            .prop_map(|(key, value, table_ok, bad, now)| Op::Upsert { key, value, table_ok, bad, now }),
+        1 => (0..1000_u64).prop_map(|now| Op::Expire { now }),
+    ]
+}
+
+fn op_row(key: u8, value: u8, table_ok: bool, bad: bool) -> Row {
+    let g = if bad {
+        "x".to_owned()
+    } else {
+        value.to_string()
+    };
+    Row {
+        table: if table_ok { "t" } else { "gone" }.into(),
+        values: vec![
+            format!("k{key}"),
+            String::new(),
+            String::new(),
+            g,
+            String::new(),
+        ],
+    }
+}
+
+proptest! {
+    #[test]
+    fn accounting_adds_up(ops in prop::collection::vec(op(), 0..200), max_records in 1..6_usize) {
+        let mut s = store(max_records, 100);
+        let (mut attempts, mut expired) = (0_u64, 0_u64);
+        for op in ops {
+            match op {
+                Op::Upsert { key, value, table_ok, bad, now } => {
+                    attempts += 1;
+                    let _ = s.upsert(op_row(key, value, table_ok, bad), now);
+                }
+                Op::Expire { now } => expired += s.expire(now) as u64,
+            }
+            prop_assert!(s.record_counts()[0].1 <= max_records);
+        }
+        let ingested: u64 = s.ingested().iter().map(|i| i.1).sum();
+        let rejected: u64 = s.drops().iter().filter(|d| d.1 != "expired").map(|d| d.2).sum();
+        let expired_counted: u64 = s.drops().iter().filter(|d| d.1 == "expired").map(|d| d.2).sum();
+        prop_assert_eq!(ingested + rejected, attempts);
+        prop_assert_eq!(expired_counted, expired);
+        prop_assert_eq!(s.version(), ingested);
+        let live = s.record_counts()[0].1 as u64;
+        prop_assert!(live <= ingested);
+    }
+
+    #[test]
+    fn final_state_is_last_write_per_key(
+        writes in prop::collection::vec((0..6_u8, any::<u8>()), 0..60),
+        seed in any::<u64>(),
+    ) {
+        // Applying the same per-key last writes in any interleaving gives the same records.
+        let mut last = BTreeMap::new();
+        for (k, v) in &writes {
+            last.insert(*k, *v);
+        }
+        let mut s1 = store(16, 0);
+        for (k, v) in &writes {
+            s1.upsert(op_row(*k, *v, true, false), 0).unwrap();
+        }
+        let mut shuffled: Vec<_> = last.iter().collect();
+        let n = shuffled.len().max(1);
+        shuffled.rotate_left((seed as usize) % n);
+        let mut s2 = store(16, 0);
+        for (k, v) in shuffled {
+            s2.upsert(op_row(*k, *v, true, false), 0).unwrap();
+        }
+        prop_assert_eq!(values(&s1), values(&s2));
+        let expected: Vec<Vec<String>> = last
+            .iter()
+            .map(|(k, v)| op_row(*k, *v, true, false).values)
+            .collect();
+        prop_assert_eq!(values(&s1), expected);
+    }
+}
