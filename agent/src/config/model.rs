@@ -1,0 +1,795 @@
+//! The `probes.toml` model: gala-gopher.conf's sections in TOML, validated with positions.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::{ConfigError, DiagnosticKind, Reporter};
+use super::node::{self, Node, TableView};
+
+/// Probes compiled into the agent. Extend this list when a native probe lands.
+pub const NATIVE_PROBES: &[&str] = &["tcp"];
+
+/// Longest period accepted for any interval: beyond an hour, data is too stale to be useful and
+/// the value is more likely a unit mistake (milliseconds typed as seconds).
+const MAX_INTERVAL_SECS: i64 = 3600;
+/// `record_timeout` above a day is almost certainly a unit mistake too.
+const MAX_RECORD_TIMEOUT_SECS: i64 = 86_400;
+/// Sanity bound on table-store capacities; keeps a typo from reserving absurd memory.
+const MAX_CAPACITY: i64 = 1 << 20;
+/// Kafka's own limit on topic name length.
+const MAX_TOPIC_LEN: usize = 249;
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    pub global: Global,
+    pub ingress: Ingress,
+    pub egress: Egress,
+    pub imdb: Imdb,
+    pub web_server: WebServer,
+    pub kafka: Kafka,
+    pub probes: Vec<NativeProbe>,
+    pub extend_probes: Vec<ExtendProbe>,
+    pub meta: MetaSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Global {
+    /// `None` = log to stderr (journald picks it up under systemd).
+    pub log_directory: Option<PathBuf>,
+    pub log_level: LogLevel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    const WORDS: [&'static str; 5] = ["error", "warn", "info", "debug", "trace"];
+    const ALL: [LogLevel; 5] = [
+        Self::Error,
+        Self::Warn,
+        Self::Info,
+        Self::Debug,
+        Self::Trace,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        Self::WORDS[self as usize]
+    }
+}
+
+impl From<LogLevel> for tracing::Level {
+    fn from(level: LogLevel) -> Self {
+        match level {
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Trace => tracing::Level::TRACE,
+        }
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingress {
+    pub interval: Duration,
+}
+
+impl Default for Ingress {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Egress {
+    pub interval: Duration,
+    pub time_range: Duration,
+}
+
+impl Default for Egress {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            time_range: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imdb {
+    pub max_tables_num: usize,
+    pub max_records_num: usize,
+    pub max_metrics_num: usize,
+    /// `Duration::ZERO` = records never age out.
+    pub record_timeout: Duration,
+}
+
+impl Default for Imdb {
+    fn default() -> Self {
+        Self {
+            max_tables_num: 1024,
+            max_records_num: 1024,
+            max_metrics_num: 1024,
+            record_timeout: Duration::from_mins(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebServer {
+    pub bind_addr: String,
+    pub port: u16,
+}
+
+impl Default for WebServer {
+    fn default() -> Self {
+        Self {
+            bind_addr: "0.0.0.0".to_owned(),
+            port: 8888,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kafka {
+    pub switch: OnOff,
+    pub kafka_broker: String,
+    pub kafka_topic: String,
+}
+
+impl Default for Kafka {
+    fn default() -> Self {
+        Self {
+            switch: OnOff::Off,
+            kafka_broker: "localhost:9092".to_owned(),
+            kafka_topic: "gala_gopher".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NativeProbe {
+    pub name: String,
+    pub switch: Switch,
+    pub interval: Duration,
+    /// Probe-specific settings, validated by the probe itself.
+    pub params: toml::Table,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtendProbe {
+    pub name: String,
+    pub command: String,
+    pub param: String,
+    pub start_check: Option<String>,
+    pub check_type: CheckType,
+    pub switch: Switch,
+    /// Meta file describing the probe's tables; resolved against the config file's directory.
+    pub meta: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MetaSection {
+    /// Directories whose `*.meta` / `*.toml` files define extra tables.
+    pub dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Switch {
+    On,
+    Off,
+    /// Start only if `start_check` says the observed service is present.
+    Auto,
+}
+
+impl Switch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::On => "on",
+            Self::Off => "off",
+            Self::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for Switch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+impl OnOff {
+    pub fn is_on(self) -> bool {
+        self == Self::On
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::On => "on",
+            Self::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for OnOff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum CheckType {
+    /// Start if the check's first output line is an integer > 0 (gala-gopher's only kind).
+    #[default]
+    Count,
+    /// Start if the check exits with status 0.
+    Exit,
+}
+
+impl CheckType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Count => "count",
+            Self::Exit => "exit",
+        }
+    }
+}
+
+impl fmt::Display for CheckType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+const SECTIONS: &[&str] = &[
+    "global",
+    "ingress",
+    "egress",
+    "imdb",
+    "web_server",
+    "kafka",
+    "probes",
+    "extend_probes",
+    "meta",
+];
+
+/// Parses and validates `probes.toml` text; `origin` names the file in diagnostics and anchors
+/// relative paths.
+pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+    let mut rep = Reporter::new(origin, text);
+    let Some(root) = node::parse_toml(text, &mut rep) else {
+        return Err(ConfigError::Invalid {
+            diagnostics: rep.diagnostics,
+        });
+    };
+    let base = origin.parent().unwrap_or(Path::new(""));
+    let root = TableView::new(&mut rep, &root, 0..0, String::new(), SECTIONS, true);
+    let mut names = NameRegistry::default();
+    let config = Config {
+        global: global(&mut rep, root.get("global"), base),
+        ingress: ingress(&mut rep, root.get("ingress")),
+        egress: egress(&mut rep, root.get("egress")),
+        imdb: imdb(&mut rep, root.get("imdb")),
+        web_server: web_server(&mut rep, root.get("web_server")),
+        kafka: kafka(&mut rep, root.get("kafka")),
+        probes: root
+            .tables(&mut rep, "probes")
+            .into_iter()
+            .filter_map(|(i, n)| native_probe(&mut rep, n, format!("probes[{i}]"), &mut names))
+            .collect(),
+        extend_probes: root
+            .tables(&mut rep, "extend_probes")
+            .into_iter()
+            .filter_map(|(i, n)| {
+                extend_probe(&mut rep, n, format!("extend_probes[{i}]"), base, &mut names)
+            })
+            .collect(),
+        meta: meta(&mut rep, root.get("meta"), base),
+    };
+    rep.finish(config)
+}
+
+/// Reads `path` and parses it; see [`parse`].
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+fn secs(v: Option<i64>, default: Duration) -> Duration {
+    v.map_or(default, |s| Duration::from_secs(s.unsigned_abs()))
+}
+
+fn global(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>, base: &Path) -> Global {
+    let mut out = Global::default();
+    let Some(t) = node.and_then(|n| {
+        TableView::of(
+            rep,
+            n,
+            "global".into(),
+            &["log_directory", "log_level"],
+            true,
+        )
+    }) else {
+        return out;
+    };
+    if let Some((dir, _)) = t.string(rep, "log_directory") {
+        out.log_directory = (!dir.is_empty()).then(|| base.join(dir));
+    }
+    if let Some((i, _)) = t.word(rep, "log_level", &LogLevel::WORDS) {
+        out.log_level = LogLevel::ALL[i];
+    }
+    out
+}
+
+fn ingress(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) -> Ingress {
+    let mut out = Ingress::default();
+    if let Some(t) = node.and_then(|n| TableView::of(rep, n, "ingress".into(), &["interval"], true))
+    {
+        out.interval = secs(
+            t.int_in(rep, "interval", 1..=MAX_INTERVAL_SECS, " seconds"),
+            out.interval,
+        );
+    }
+    out
+}
+
+fn egress(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) -> Egress {
+    let mut out = Egress::default();
+    if let Some(t) =
+        node.and_then(|n| TableView::of(rep, n, "egress".into(), &["interval", "time_range"], true))
+    {
+        out.interval = secs(
+            t.int_in(rep, "interval", 1..=MAX_INTERVAL_SECS, " seconds"),
+            out.interval,
+        );
+        out.time_range = secs(
+            t.int_in(rep, "time_range", 1..=MAX_INTERVAL_SECS, " seconds"),
+            out.time_range,
+        );
+    }
+    out
+}
+
+fn imdb(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) -> Imdb {
+    let mut out = Imdb::default();
+    let allowed = [
+        "max_tables_num",
+        "max_records_num",
+        "max_metrics_num",
+        "record_timeout",
+    ];
+    if let Some(t) = node.and_then(|n| TableView::of(rep, n, "imdb".into(), &allowed, true)) {
+        let cap = |rep: &mut Reporter<'_>, key, default: usize| {
+            t.int_in(rep, key, 1..=MAX_CAPACITY, "")
+                .map_or(default, |v| v.unsigned_abs() as usize)
+        };
+        out.max_tables_num = cap(rep, "max_tables_num", out.max_tables_num);
+        out.max_records_num = cap(rep, "max_records_num", out.max_records_num);
+        out.max_metrics_num = cap(rep, "max_metrics_num", out.max_metrics_num);
+        out.record_timeout = secs(
+            t.int_in(
+                rep,
+                "record_timeout",
+                0..=MAX_RECORD_TIMEOUT_SECS,
+                " seconds (0 = never)",
+            ),
+            out.record_timeout,
+        );
+    }
+    out
+}
+
+fn web_server(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) -> WebServer {
+    let mut out = WebServer::default();
+    if let Some(t) =
+        node.and_then(|n| TableView::of(rep, n, "web_server".into(), &["bind_addr", "port"], true))
+    {
+        if let Some((addr, span)) = t.string(rep, "bind_addr") {
+            if addr.parse::<IpAddr>().is_ok() {
+                addr.clone_into(&mut out.bind_addr);
+            } else {
+                rep.report(
+                    &span,
+                    &t.path_of("bind_addr"),
+                    DiagnosticKind::InvalidValue,
+                    format!("expected an IPv4 or IPv6 address such as \"0.0.0.0\" or \"::1\", found {addr:?}"),
+                );
+            }
+        }
+        if let Some(port) = t.int_in(rep, "port", 1..=i64::from(u16::MAX), "") {
+            out.port = port as u16;
+        }
+    }
+    out
+}
+
+fn kafka(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) -> Kafka {
+    let mut out = Kafka::default();
+    let Some(t) = node.and_then(|n| {
+        TableView::of(
+            rep,
+            n,
+            "kafka".into(),
+            &["switch", "kafka_broker", "kafka_topic"],
+            true,
+        )
+    }) else {
+        return out;
+    };
+    if let Some((i, _)) = t.word(rep, "switch", &["on", "off"]) {
+        out.switch = [OnOff::On, OnOff::Off][i];
+    }
+    if let Some((topic, span)) = t.string(rep, "kafka_topic") {
+        if let Err(why) = check_topic(topic) {
+            rep.report(
+                &span,
+                &t.path_of("kafka_topic"),
+                DiagnosticKind::InvalidValue,
+                why,
+            );
+        }
+        topic.clone_into(&mut out.kafka_topic);
+    }
+    let broker = t.string(rep, "kafka_broker");
+    if let Some((b, _)) = broker {
+        b.clone_into(&mut out.kafka_broker);
+    }
+    // A broker list only matters when Kafka is on; an unused placeholder should not block startup.
+    if out.switch.is_on() {
+        let span = broker.map_or_else(|| t.span.clone(), |(_, s)| s);
+        if let Err(why) = check_brokers(&out.kafka_broker) {
+            rep.report(
+                &span,
+                &t.path_of("kafka_broker"),
+                DiagnosticKind::InvalidValue,
+                why,
+            );
+        }
+    }
+    out
+}
+
+fn check_topic(topic: &str) -> Result<(), String> {
+    if topic.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if topic.len() > MAX_TOPIC_LEN {
+        return Err(format!(
+            "is {} characters long; Kafka allows at most {MAX_TOPIC_LEN}",
+            topic.len()
+        ));
+    }
+    if topic == "." || topic == ".." {
+        return Err(format!("{topic:?} is not a legal Kafka topic name"));
+    }
+    if let Some(c) = topic
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "{topic:?} contains {c:?}; Kafka topics allow only [a-zA-Z0-9._-]"
+        ));
+    }
+    Ok(())
+}
+
+/// `host:port[,host:port…]`, the librdkafka `bootstrap.servers` form; IPv6 hosts in brackets.
+fn check_brokers(list: &str) -> Result<(), String> {
+    if list.trim().is_empty() {
+        return Err(
+            "must list at least one broker as \"host:port\" when kafka.switch = \"on\"".to_owned(),
+        );
+    }
+    for broker in list.split(',').map(str::trim) {
+        let bad =
+            || format!("{broker:?} is not \"host:port\" (port 1-65535; IPv6 as \"[addr]:port\")");
+        let (host, port) = broker.rsplit_once(':').ok_or_else(bad)?;
+        let host_ok = if let Some(inner) = host.strip_prefix('[') {
+            inner
+                .strip_suffix(']')
+                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+        } else {
+            !host.is_empty() && !host.contains(':') && !host.contains(char::is_whitespace)
+        };
+        if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
+fn meta(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>, base: &Path) -> MetaSection {
+    let mut out = MetaSection::default();
+    let Some(t) = node.and_then(|n| TableView::of(rep, n, "meta".into(), &["dirs"], true)) else {
+        return out;
+    };
+    let Some(dirs) = t.get("dirs") else {
+        return out;
+    };
+    let Node::Array(items) = dirs.get_ref() else {
+        rep.report(
+            &dirs.span(),
+            &t.path_of("dirs"),
+            DiagnosticKind::WrongType,
+            format!(
+                "expected an array of strings, found {}",
+                dirs.get_ref().describe()
+            ),
+        );
+        return out;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("meta.dirs[{i}]");
+        match item.get_ref() {
+            Node::Str(s) if !s.is_empty() => out.dirs.push(base.join(s)),
+            Node::Str(_) => rep.report(
+                &item.span(),
+                &path,
+                DiagnosticKind::InvalidValue,
+                "must not be empty",
+            ),
+            other => rep.report(
+                &item.span(),
+                &path,
+                DiagnosticKind::WrongType,
+                format!("expected a string, found {}", other.describe()),
+            ),
+        }
+    }
+    out
+}
+
+/// Probe names are shared by native and extension probes: the manager addresses probes by name.
+#[derive(Default)]
+struct NameRegistry {
+    seen: HashMap<String, (String, usize)>,
+}
+
+impl NameRegistry {
+    fn claim(&mut self, rep: &mut Reporter<'_>, name: &str, span: &Range<usize>, path: &str) {
+        if let Some((first_path, first_line)) = self.seen.get(name) {
+            rep.report(
+                span,
+                path,
+                DiagnosticKind::Duplicate,
+                format!("duplicate probe name {name:?} (already used by {first_path} at line {first_line})"),
+            );
+        } else {
+            let line = rep.position(span.start).0;
+            self.seen.insert(name.to_owned(), (path.to_owned(), line));
+        }
+    }
+}
+
+/// Probe names end up in logs, metrics labels and control commands: keep them plain.
+fn check_probe_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return Err(format!(
+            "{name:?} contains {c:?}; probe names allow only [a-zA-Z0-9._-]"
+        ));
+    }
+    Ok(())
+}
+
+/// Reads `name` (required), reporting problems; `None` if unusable.
+fn probe_name(rep: &mut Reporter<'_>, t: &TableView<'_>) -> Option<(String, Range<usize>)> {
+    let Some((name, span)) = t.string(rep, "name") else {
+        if t.get("name").is_none() {
+            rep.report(
+                &t.span,
+                &t.path_of("name"),
+                DiagnosticKind::Missing,
+                "required",
+            );
+        }
+        return None;
+    };
+    if let Err(why) = check_probe_name(name) {
+        rep.report(&span, &t.path_of("name"), DiagnosticKind::InvalidValue, why);
+        return None;
+    }
+    Some((name.to_owned(), span))
+}
+
+fn required_switch(rep: &mut Reporter<'_>, t: &TableView<'_>, words: &[&str]) -> Option<Switch> {
+    const ALL: [Switch; 3] = [Switch::On, Switch::Off, Switch::Auto];
+    if t.get("switch").is_none() {
+        rep.report(
+            &t.span,
+            &t.path_of("switch"),
+            DiagnosticKind::Missing,
+            format!("required ({})", node::one_of(words)),
+        );
+        return None;
+    }
+    t.word(rep, "switch", words).map(|(i, _)| ALL[i])
+}
+
+fn native_probe(
+    rep: &mut Reporter<'_>,
+    node: &Spanned<Node>,
+    path: String,
+    names: &mut NameRegistry,
+) -> Option<NativeProbe> {
+    let t = TableView::of(
+        rep,
+        node,
+        path,
+        &["name", "switch", "interval", "params"],
+        true,
+    )?;
+    let name = probe_name(rep, &t);
+    if let Some((name, span)) = &name {
+        if NATIVE_PROBES.contains(&name.as_str()) {
+            names.claim(rep, name, span, &t.path_of("name"));
+        } else {
+            rep.report(
+                span,
+                &t.path_of("name"),
+                DiagnosticKind::InvalidValue,
+                format!(
+                    "unknown native probe {name:?} (known: {}); external programs belong in [[extend_probes]]",
+                    NATIVE_PROBES.join(", ")
+                ),
+            );
+        }
+    }
+    // Native probes have no start_check, so "auto" would have nothing to decide with.
+    let switch = required_switch(rep, &t, &["on", "off"]);
+    let interval = secs(
+        t.int_in(rep, "interval", 1..=MAX_INTERVAL_SECS, " seconds"),
+        Duration::from_secs(5),
+    );
+    let params = match t.get("params") {
+        None => toml::Table::new(),
+        Some(p) => match p.get_ref() {
+            Node::Table(_) => match p.get_ref().clone().into_toml() {
+                toml::Value::Table(table) => table,
+                _ => toml::Table::new(),
+            },
+            other => {
+                rep.report(
+                    &p.span(),
+                    &t.path_of("params"),
+                    DiagnosticKind::WrongType,
+                    format!("expected a table, found {}", other.describe()),
+                );
+                toml::Table::new()
+            }
+        },
+    };
+    Some(NativeProbe {
+        name: name?.0,
+        switch: switch?,
+        interval,
+        params,
+    })
+}
+
+fn extend_probe(
+    rep: &mut Reporter<'_>,
+    node: &Spanned<Node>,
+    path: String,
+    base: &Path,
+    names: &mut NameRegistry,
+) -> Option<ExtendProbe> {
+    let allowed = [
+        "name",
+        "command",
+        "param",
+        "start_check",
+        "check_type",
+        "switch",
+        "meta",
+    ];
+    let t = TableView::of(rep, node, path, &allowed, true)?;
+    let name = probe_name(rep, &t);
+    if let Some((name, span)) = &name {
+        names.claim(rep, name, span, &t.path_of("name"));
+    }
+    let command = match t.string(rep, "command") {
+        Some((c, span)) if c.trim().is_empty() => {
+            rep.report(
+                &span,
+                &t.path_of("command"),
+                DiagnosticKind::InvalidValue,
+                "must not be empty",
+            );
+            None
+        }
+        Some((c, _)) => Some(c.to_owned()),
+        None => {
+            if t.get("command").is_none() {
+                rep.report(
+                    &t.span,
+                    &t.path_of("command"),
+                    DiagnosticKind::Missing,
+                    "required",
+                );
+            }
+            None
+        }
+    };
+    let param = t
+        .string(rep, "param")
+        .map(|(p, _)| p.to_owned())
+        .unwrap_or_default();
+    // An empty start_check is how gala-gopher.conf spelled "none".
+    let start_check = t
+        .string(rep, "start_check")
+        .map(|(s, _)| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    let check_type = t
+        .word(rep, "check_type", &["count", "exit"])
+        .map_or(CheckType::Count, |(i, _)| {
+            [CheckType::Count, CheckType::Exit][i]
+        });
+    let switch = required_switch(rep, &t, &["on", "off", "auto"]);
+    if switch == Some(Switch::Auto) && start_check.is_none() {
+        rep.report(
+            &t.span,
+            &t.path_of("start_check"),
+            DiagnosticKind::Missing,
+            "required when switch = \"auto\"",
+        );
+    }
+    let meta = match t.string(rep, "meta") {
+        Some(("", span)) => {
+            rep.report(
+                &span,
+                &t.path_of("meta"),
+                DiagnosticKind::InvalidValue,
+                "must not be empty (leave the key out instead)",
+            );
+            None
+        }
+        Some((m, _)) => Some(base.join(m)),
+        None => None,
+    };
+    Some(ExtendProbe {
+        name: name?.0,
+        command: command?,
+        param,
+        start_check,
+        check_type,
+        switch: switch?,
+        meta,
+    })
+}
