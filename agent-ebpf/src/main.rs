@@ -11,8 +11,9 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG,
+        BPF_SOCK_OPS_PARSE_HDR_OPT_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -22,11 +23,15 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{SockAddrContext, SockContext, SockOpsContext},
 };
+use core::ptr::read_volatile;
+
 use gopher_common::{LinkClosed, LinkInfo, LinkStats, OWNER_KNOWN, ROLE_CLIENT, ROLE_SERVER};
 
 const IPPROTO_TCP: u32 = 6;
 const SOCK_STREAM: u32 = 1;
+const TCP_FIN_WAIT1: u32 = 4;
 const TCP_CLOSE: u32 = 7;
+const TCPHDR_FIN: u32 = 0x01;
 /// Allow the operation (cgroup programs must say so explicitly).
 const ALLOW: i32 = 1;
 
@@ -50,7 +55,9 @@ fn current_owner(role: u8) -> LinkInfo {
         role,
         owner: OWNER_KNOWN,
         established: 0,
-        _pad: 0,
+        syn_acked: 0,
+        fin_seen: 0,
+        _pad: [0; 3],
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     }
 }
@@ -108,9 +115,26 @@ pub fn gopher_sockops(ctx: SockOpsContext) -> u32 {
         }
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(&ctx, ROLE_CLIENT),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => established(&ctx, ROLE_SERVER),
-        BPF_SOCK_OPS_STATE_CB => {
-            if ctx.arg(1) == TCP_CLOSE {
-                closed(&ctx);
+        BPF_SOCK_OPS_STATE_CB => match ctx.arg(1) {
+            TCP_CLOSE => closed(&ctx),
+            // We closed first. Whether the peer's FIN then reaches this socket (and is counted
+            // in bytes_received) or a later time-wait socket is only visible in the segments,
+            // so watch the few that still arrive.
+            TCP_FIN_WAIT1 => {
+                let _ = ctx.set_cb_flags(
+                    (BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG) as i32,
+                );
+            }
+            _ => {}
+        },
+        BPF_SOCK_OPS_PARSE_HDR_OPT_CB => {
+            // SAFETY: valid bpf_sock_ops; skb_tcp_flags is defined in this callback.
+            let flags = unsafe { read_volatile(&raw const (*ctx.ops).skb_tcp_flags) };
+            if flags & TCPHDR_FIN != 0 {
+                if let Some(info) = LINKS.get_ptr_mut(&cookie(&ctx)) {
+                    // SAFETY: pointer into a map value, valid while the program runs.
+                    unsafe { (*info).fin_seen = 1 };
+                }
             }
         }
         _ => {}
@@ -126,9 +150,14 @@ fn cookie(ctx: &SockOpsContext) -> u64 {
 fn established(ctx: &SockOpsContext, role: u8) {
     let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
     let cookie = cookie(ctx);
+    // SAFETY: valid bpf_sock_ops (full socket in the established callbacks).
+    let syn_acked = u8::from(unsafe { read_volatile(&raw const (*ctx.ops).bytes_acked) } > 0);
     if let Some(info) = LINKS.get_ptr_mut(&cookie) {
         // SAFETY: pointer into a map value, valid while the program runs.
-        unsafe { (*info).established = 1 };
+        unsafe {
+            (*info).established = 1;
+            (*info).syn_acked = syn_acked;
+        }
         return;
     }
     // Softirq context here: the current task is not the owner, so record none.
@@ -137,7 +166,9 @@ fn established(ctx: &SockOpsContext, role: u8) {
         role,
         owner: 0,
         established: 1,
-        _pad: 0,
+        syn_acked,
+        fin_seen: 0,
+        _pad: [0; 3],
         comm: [0; 16],
     };
     let _ = LINKS.insert(&cookie, &info, 0);
@@ -156,32 +187,42 @@ fn closed(ctx: &SockOpsContext) {
         return;
     }
     let ops = ctx.ops;
+    // The verifier only accepts context loads at constant offsets from the context pointer, so
+    // every field is read on its own (volatile keeps LLVM from merging them into a select).
     // SAFETY: the kernel hands us a valid bpf_sock_ops; these are its stable-ABI fields.
-    let (stats, family, local_port, remote_port, local_ip, remote_ip) = unsafe {
-        let o = &*ops;
+    let (stats, family, local_port, remote_port, local_ip, remote_ip, all_acked) = unsafe {
         let stats = LinkStats {
-            bytes_received: o.bytes_received,
-            bytes_acked: o.bytes_acked,
-            segs_in: o.segs_in,
-            segs_out: o.segs_out,
-            total_retrans: o.total_retrans,
-            lost_out: o.lost_out,
-            srtt_us: o.srtt_us >> 3,
-            snd_cwnd: o.snd_cwnd,
+            bytes_received: read_volatile(&raw const (*ops).bytes_received),
+            bytes_acked: read_volatile(&raw const (*ops).bytes_acked),
+            segs_in: read_volatile(&raw const (*ops).segs_in),
+            segs_out: read_volatile(&raw const (*ops).segs_out),
+            total_retrans: read_volatile(&raw const (*ops).total_retrans),
+            lost_out: read_volatile(&raw const (*ops).lost_out),
+            srtt_us: read_volatile(&raw const (*ops).srtt_us) >> 3,
+            snd_cwnd: read_volatile(&raw const (*ops).snd_cwnd),
         };
-        let (l, r) = if o.family == 2 {
-            ([o.local_ip4, 0, 0, 0], [o.remote_ip4, 0, 0, 0])
+        let family = read_volatile(&raw const (*ops).family);
+        let mut l = [0u32; 4];
+        let mut r = [0u32; 4];
+        if family == 2 {
+            l[0] = read_volatile(&raw const (*ops).local_ip4);
+            r[0] = read_volatile(&raw const (*ops).remote_ip4);
         } else {
-            (o.local_ip6, o.remote_ip6)
-        };
-        (
-            stats,
-            o.family,
-            o.local_port,
-            u32::from_be(o.remote_port),
-            l,
-            r,
-        )
+            l[0] = read_volatile(&raw const (*ops).local_ip6[0]);
+            l[1] = read_volatile(&raw const (*ops).local_ip6[1]);
+            l[2] = read_volatile(&raw const (*ops).local_ip6[2]);
+            l[3] = read_volatile(&raw const (*ops).local_ip6[3]);
+            r[0] = read_volatile(&raw const (*ops).remote_ip6[0]);
+            r[1] = read_volatile(&raw const (*ops).remote_ip6[1]);
+            r[2] = read_volatile(&raw const (*ops).remote_ip6[2]);
+            r[3] = read_volatile(&raw const (*ops).remote_ip6[3]);
+        }
+        let local_port = read_volatile(&raw const (*ops).local_port);
+        let remote_port = u32::from_be(read_volatile(&raw const (*ops).remote_port));
+        let all_acked = u32::from(
+            read_volatile(&raw const (*ops).snd_una) == read_volatile(&raw const (*ops).snd_nxt),
+        );
+        (stats, family, local_port, remote_port, l, r, all_acked)
     };
     let event = LinkClosed {
         cookie,
@@ -192,6 +233,8 @@ fn closed(ctx: &SockOpsContext) {
         family,
         local_port,
         remote_port,
+        old_state: ctx.arg(0),
+        all_acked,
         _pad: 0,
         local_ip,
         remote_ip,

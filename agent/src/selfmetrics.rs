@@ -23,6 +23,7 @@ pub const PROBE_RESTARTS: &str = "gopher_probe_restarts_total";
 pub const ROWS_INGESTED: &str = "gopher_rows_ingested_total";
 pub const ROWS_DROPPED: &str = "gopher_rows_dropped_total";
 pub const EBPF_EVENTS_LOST: &str = "gopher_ebpf_events_lost_total";
+pub const PROBE_ERRORS: &str = "gopher_probe_errors_total";
 pub const SCRAPE_DURATION: &str = "gopher_scrape_duration_seconds";
 pub const IMDB_RECORDS: &str = "gopher_imdb_records";
 pub const IMDB_TABLES: &str = "gopher_imdb_tables";
@@ -100,7 +101,7 @@ impl Default for SelfMetrics {
 impl SelfMetrics {
     pub fn new() -> Self {
         use Kind::{Counter, Gauge};
-        let declared: [(&'static str, Kind, &'static [&'static str], &'static str); 10] = [
+        let declared: [(&'static str, Kind, &'static [&'static str], &'static str); 11] = [
             (
                 BUILD_INFO,
                 Gauge,
@@ -136,6 +137,12 @@ impl SelfMetrics {
                 Counter,
                 &["probe"],
                 "eBPF events the kernel could not deliver to the agent.",
+            ),
+            (
+                PROBE_ERRORS,
+                Counter,
+                &["probe"],
+                "Errors a running probe hit and carried on from (a failed sock_diag dump, say).",
             ),
             (
                 SCRAPE_DURATION,

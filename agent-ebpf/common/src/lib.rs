@@ -19,7 +19,12 @@ pub struct LinkInfo {
     pub owner: u8,
     /// 1 once the handshake completed.
     pub established: u8,
-    pub _pad: u8,
+    /// 1 when `bytes_acked` counts our SYN (active open): not a data byte.
+    pub syn_acked: u8,
+    /// 1 once a segment with FIN arrived on the full socket after we closed first; tells
+    /// whether `bytes_received` at CLOSE counts the peer's FIN.
+    pub fin_seen: u8,
+    pub _pad: [u8; 3],
     pub comm: [u8; 16],
 }
 
@@ -51,6 +56,10 @@ pub struct LinkClosed {
     /// Host byte order.
     pub local_port: u32,
     pub remote_port: u32,
+    /// State the socket left for CLOSE (TCP_* numbering).
+    pub old_state: u32,
+    /// 1 when everything we sent, FIN included, was acknowledged (snd_una == snd_nxt).
+    pub all_acked: u32,
     pub _pad: u32,
     /// Network byte order; IPv4 in the first word.
     pub local_ip: [u32; 4],

@@ -1,1 +1,51 @@
-//! Probes produce rows.
+//! Probes produce rows; the [`Manager`] owns their lifecycle.
+//!
+//! A probe is anything that, once started, sends batches of [`Row`]s for the tables it declares
+//! until it is told to stop. Kinds: `tcp` (eBPF, native); extension probes come later.
+
+pub mod manager;
+pub mod tcp;
+
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    imdb::{Row, TableMeta},
+    selfmetrics::SelfMetrics,
+};
+
+pub use manager::Manager;
+
+/// What a running probe gets from the agent.
+pub struct ProbeContext {
+    /// How often to report.
+    pub interval: Duration,
+    /// Where rows go (bounded: a slow store pushes back on the probe, never grows memory).
+    pub rows: mpsc::Sender<Vec<Row>>,
+    pub metrics: Arc<SelfMetrics>,
+    /// Becomes `true` when the probe must stop; the probe returns soon after.
+    pub stop: watch::Receiver<bool>,
+    /// Links/records idle for longer than this may be forgotten by the probe.
+    pub record_timeout: Duration,
+    /// Report `running` through this once start-up worked.
+    pub state: manager::StateHandle,
+}
+
+pub type ProbeFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+pub trait Probe: Send + Sync {
+    fn name(&self) -> &str;
+    /// The tables this probe fills; registered in the store before it starts.
+    fn tables(&self) -> Vec<TableMeta>;
+    /// Runs the probe until `ctx.stop` fires (then `Ok`) or it cannot go on (then `Err`, with
+    /// the reason). Whatever it attached or spawned is released when the future completes.
+    fn run(&self, ctx: ProbeContext) -> ProbeFuture;
+}
+
+/// Milliseconds since the Unix epoch: the time base of imdb records.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,123 @@
+//! Loads the embedded eBPF object and attaches its programs to the cgroup2 root.
+//!
+//! Dropping [`Programs`] detaches everything: the kernel holds the programs through bpf links
+//! owned by the `Ebpf` object.
+
+use std::{fs::File, path::PathBuf};
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{CgroupSock, CgroupSockAddr, SockOps, links::CgroupAttachMode},
+};
+use gopher_common::LinkInfo;
+
+/// The eBPF object built by build.rs (aya-build) from `agent-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gopher"));
+
+pub struct Programs {
+    pub ebpf: Ebpf,
+    pub cgroup: PathBuf,
+}
+
+/// Finds the cgroup2 mount in /proc/mounts: it is /sys/fs/cgroup on unified hosts and
+/// /sys/fs/cgroup/unified on hybrid ones, so it is never assumed.
+pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    parse_cgroup2_root(&mounts).ok_or_else(|| anyhow!("no cgroup2 filesystem in /proc/mounts"))
+}
+
+fn parse_cgroup2_root(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut it = line.split_whitespace();
+        let (_dev, dir, fstype) = (it.next()?, it.next()?, it.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir.replace("\\040", " ")))
+    })
+}
+
+pub fn load(max_links: u32) -> anyhow::Result<Programs> {
+    let cgroup = cgroup2_root()?;
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries("LINKS", max_links)
+        .load(OBJECT)
+        .context("loading the tcp eBPF object")?;
+    let cg = File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+
+    for name in ["gopher_connect4", "gopher_connect6"] {
+        let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+        prog.load().with_context(|| format!("loading {name}"))?;
+        prog.attach(&cg, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+    }
+    let prog: &mut CgroupSock = program(&mut ebpf, "gopher_sock_release")?;
+    prog.load().context("loading gopher_sock_release")?;
+    prog.attach(&cg, CgroupAttachMode::Single)
+        .with_context(|| format!("attaching gopher_sock_release to {}", cgroup.display()))?;
+    let prog: &mut SockOps = program(&mut ebpf, "gopher_sockops")?;
+    prog.load().context("loading gopher_sockops")?;
+    prog.attach(&cg, CgroupAttachMode::Single)
+        .with_context(|| format!("attaching gopher_sockops to {}", cgroup.display()))?;
+    Ok(Programs { ebpf, cgroup })
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+    prog.try_into()
+        .with_context(|| format!("program {name} has an unexpected type"))
+}
+
+impl Programs {
+    pub fn take_closed(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map("CLOSED")
+            .ok_or_else(|| anyhow!("map CLOSED missing"))?;
+        RingBuf::try_from(map).context("map CLOSED is not a ring buffer")
+    }
+
+    pub fn links(&self) -> anyhow::Result<aya::maps::HashMap<&MapData, u64, LinkInfo>> {
+        let map = self
+            .ebpf
+            .map("LINKS")
+            .ok_or_else(|| anyhow!("map LINKS missing"))?;
+        aya::maps::HashMap::try_from(map).context("map LINKS is not a hash map")
+    }
+
+    /// Close events the ring buffer had no room for, summed over CPUs.
+    pub fn lost(&self) -> u64 {
+        let Some(map) = self.ebpf.map("LOST") else {
+            return 0;
+        };
+        let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(map) else {
+            return 0;
+        };
+        arr.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_and_unified_layouts() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(
+            parse_cgroup2_root(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
+        assert_eq!(
+            parse_cgroup2_root(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(parse_cgroup2_root("proc /proc proc rw 0 0\n"), None);
+    }
+}

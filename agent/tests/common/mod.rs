@@ -1,0 +1,250 @@
+//! Shared helpers for the integration tests: run the real agent, scrape it with a real parser.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::missing_panics_doc
+)]
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// True when a missing capability must fail the test rather than skip it (set by `.ci/run`).
+pub fn strict() -> bool {
+    std::env::var("GOPHER_STRICT_TESTS").is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// Returns false (after saying so loudly) when the test cannot run here; panics under strict.
+pub fn require(ok: bool, what: &str) -> bool {
+    if ok {
+        return true;
+    }
+    assert!(
+        !strict(),
+        "GOPHER_STRICT_TESTS is set and this test needs {what}"
+    );
+    eprintln!("\n*** SKIPPED: this test needs {what} ***\n");
+    false
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn support(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support")
+        .join(name)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn label(&self, k: &str) -> &str {
+        self.labels.get(k).map_or("", String::as_str)
+    }
+}
+
+pub struct Agent {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts `gopher` with the given config body (the web_server section is added here).
+    pub fn start(config: &str) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let path = dir.path().join("probes.toml");
+        let body = format!("{config}\n[web_server]\nbind_addr = \"127.0.0.1\"\nport = {port}\n");
+        std::fs::write(&path, body).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gopher"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let agent = Agent { child, port, dir };
+        agent.wait_for(Duration::from_secs(30), "agent ready", |s| {
+            s.iter().any(|x| x.name == "gopher_build_info")
+        });
+        agent
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.port)
+    }
+
+    /// Scrapes /metrics through prometheus_client's parser (the reference implementation).
+    pub fn scrape(&self) -> Result<Vec<Sample>, String> {
+        let out = Command::new("python3")
+            .arg(support("scrape.py"))
+            .arg(self.url())
+            .output()
+            .map_err(|e| format!("running scrape.py: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                Sample {
+                    name: v["name"].as_str().unwrap().to_owned(),
+                    labels: v["labels"]
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                        .collect(),
+                    value: v["value"].as_f64().unwrap_or(f64::NAN),
+                }
+            })
+            .collect())
+    }
+
+    /// Scrapes until `pred` holds; panics with the last scrape on timeout.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&[Sample]) -> bool,
+    ) -> Vec<Sample> {
+        let start = Instant::now();
+        let mut last = Err(String::from("no scrape yet"));
+        while start.elapsed() < timeout {
+            last = self.scrape();
+            if let Ok(s) = &last {
+                if pred(s) {
+                    return s.clone();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let dump = match last {
+            Ok(s) => s
+                .iter()
+                .filter(|x| {
+                    x.name.starts_with("gala_gopher_tcp_link") || x.name.starts_with("gopher_probe")
+                })
+                .map(|x| format!("{} {:?} {}", x.name, x.labels, x.value))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Err(e) => e,
+        };
+        panic!("timed out waiting for {what}; last scrape:\n{dump}");
+    }
+
+    pub fn raw(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-sf", &self.url()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `peer.py` process: a TCP server or client with a pid of its own.
+pub struct Peer {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    out: BufReader<ChildStdout>,
+}
+
+impl Peer {
+    pub fn spawn(prefix: &[&str], args: &[&str]) -> Peer {
+        let mut cmd = Command::new(prefix.first().copied().unwrap_or("python3"));
+        if prefix.is_empty() {
+            cmd.arg(support("peer.py"));
+        } else {
+            cmd.args(&prefix[1..])
+                .arg("python3")
+                .arg(support("peer.py"));
+        }
+        let mut child = cmd
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Peer { child, stdin, out }
+    }
+
+    pub fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.out.read_line(&mut l).unwrap();
+        assert!(!l.is_empty(), "peer exited early");
+        l.trim().to_owned()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn comm(&self) -> String {
+        std::fs::read_to_string(format!("/proc/{}/comm", self.pid()))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    pub fn close(&mut self) {
+        if let Some(mut s) = self.stdin.take() {
+            let _ = writeln!(s, "close");
+        }
+        assert_eq!(self.line(), "closed");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+    assert!(st.success(), "command failed: {cmd}");
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Sets up a Debian machine to build, run and test gopher, then builds the release binary.
+# Idempotent: every step checks before it acts. Run as root (eBPF needs it anyway).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TOOLCHAIN=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+BPF_LINKER_VERSION=0.10.4
+APT_PACKAGES=(
+  gcc pkg-config curl ca-certificates python3 python3-pip
+  iproute2 nftables          # test network namespaces, veth, packet loss
+  prometheus                 # promtool, and a real Prometheus server for end-to-end tests
+  bpftrace bpftool           # benchmark peer and independent checks of attached programs
+)
+
+log() { printf '== setup: %s\n' "$*"; }
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v rustup >/dev/null 2>&1; then
+  [ -x "$HOME/.cargo/bin/rustup" ] && export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v rustup >/dev/null 2>&1; then
+  log "installing rustup (Debian package)"
+  apt-get install -y -qq rustup >/dev/null
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! rustup toolchain list | grep -q "^$TOOLCHAIN"; then
+  log "installing toolchain $TOOLCHAIN"
+fi
+# RUSTUP_AUTO_INSTALL may be 0: install exactly what rust-toolchain.toml names (no-op if present).
+rustup toolchain install "$TOOLCHAIN" --profile minimal --component rust-src,clippy,rustfmt >/dev/null 2>&1 \
+  || rustup toolchain install "$TOOLCHAIN" --profile minimal --component rust-src,clippy,rustfmt
+
+if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+  log "installing bpf-linker $BPF_LINKER_VERSION (about 2 minutes)"
+  cargo +"$TOOLCHAIN" install "bpf-linker@$BPF_LINKER_VERSION" --locked
+fi
+
+# The integration tests read /metrics with the reference Python parser of the exposition format.
+if ! python3 -c 'import prometheus_client' 2>/dev/null; then
+  log "pip install prometheus-client"
+  python3 -m pip install -q prometheus-client 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages prometheus-client
+fi
+
+log "cargo build --release"
+cargo build --release --locked -p gopher
+log "ready: target/release/gopher"
