@@ -1,4 +1,4 @@
-//! Builds the eBPF programs (agent-ebpf) with aya-build and leaves the object in OUT_DIR, from
+//! Builds the eBPF programs (agent-ebpf) with aya-build and leaves the object in `OUT_DIR`, from
 //! where `include_bytes_aligned!` embeds it in the binary.
 use anyhow::{Context as _, anyhow};
 use aya_build::Toolchain;

@@ -1,5 +1,11 @@
 //! End to end: the real agent with its real eBPF programs, real TCP links, scraped /metrics.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Counters are compared exactly on purpose: they must be exact.
+#![allow(
+    clippy::float_cmp,
+    clippy::too_many_lines,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 mod common;
 
@@ -7,6 +13,7 @@ use std::{
     collections::BTreeMap,
     io::{Read, Write},
     net::{TcpListener, TcpStream},
+    ops::Not,
     os::unix::fs::MetadataExt,
     time::Duration,
 };
@@ -64,8 +71,8 @@ fn ready(agent: &Agent) -> bool {
                     && x.value == 1.0
             })
         })
-        .len()
-        > 0
+        .is_empty()
+        .not()
 }
 
 fn family(addr: &str) -> &'static str {

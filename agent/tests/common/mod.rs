@@ -136,10 +136,10 @@ impl Agent {
         let mut last = Err(String::from("no scrape yet"));
         while start.elapsed() < timeout {
             last = self.scrape();
-            if let Ok(s) = &last {
-                if pred(s) {
-                    return s.clone();
-                }
+            if let Ok(s) = &last
+                && pred(s)
+            {
+                return s.clone();
             }
             std::thread::sleep(Duration::from_millis(250));
         }

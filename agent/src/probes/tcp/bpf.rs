@@ -97,7 +97,7 @@ impl Programs {
         let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(map) else {
             return 0;
         };
-        arr.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        arr.get(&0, 0).map_or(0, |v| v.iter().sum())
     }
 }
 

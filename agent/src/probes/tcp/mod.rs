@@ -284,12 +284,8 @@ impl Collector {
         self.owners.get(inode).cloned()
     }
 
-    fn collect(
-        &mut self,
-        programs: &bpf::Programs,
-        ring: &mut RingBuf<MapData>,
-        record_timeout: Duration,
-    ) -> Vec<Row> {
+    /// Every namespace's listening and link-carrying TCP sockets, with the namespace inode.
+    fn dump_all(&mut self) -> Vec<(u64, DiagSocket)> {
         for (path, e) in self.namespaces.refresh() {
             tracing::debug!(path = %path.display(), "cannot open sock_diag in namespace: {e}");
         }
@@ -306,6 +302,16 @@ impl Collector {
                 dumped.extend(socks.into_iter().map(|s| (ns.inode, s)));
             }
         }
+        dumped
+    }
+
+    fn collect(
+        &mut self,
+        programs: &bpf::Programs,
+        ring: &mut RingBuf<MapData>,
+        record_timeout: Duration,
+    ) -> Vec<Row> {
+        let dumped = self.dump_all();
         // Closes that happened before the dump are already in the ring: apply them first so
         // that a socket missing from the dump is recognised as closed with final counters.
         self.drain(ring);
@@ -333,7 +339,7 @@ impl Collector {
                 wanted.insert(s.inode);
             } else if self.links.key_of(s.cookie).is_none() {
                 let info = info_of(s.cookie);
-                if !info.is_some_and(|i| i.owner == OWNER_KNOWN) {
+                if info.is_none_or(|i| i.owner != OWNER_KNOWN) {
                     wanted.insert(s.inode);
                 }
                 infos.insert(s.cookie, info);
