@@ -42,7 +42,15 @@ static LINKS: LruHashMap<u64, LinkInfo> = LruHashMap::with_max_entries(65536, 0)
 
 /// Final counters of closed sockets, one event per socket.
 #[map]
-static CLOSED: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+static CLOSED: RingBuf = RingBuf::with_byte_size(CLOSED_BYTES, 0);
+const CLOSED_BYTES: u32 = 8 << 20;
+/// Wake the agent only once this much is waiting. A wake-up per event costs an IPI (a VM exit
+/// on virtual machines) in the closing connection's path: at connection churn that was most of
+/// the probe's cost. The agent also drains on a short timer, so events wait at most that long.
+const WAKEUP_BYTES: u64 = (CLOSED_BYTES / 4) as u64;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 /// Events that did not fit in `CLOSED`.
 #[map]
@@ -111,7 +119,7 @@ pub fn gopher_sockops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
             // Watch this socket's state so that a failed connect frees its LINKS entry.
-            let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+            add_cb_flags(&ctx, BPF_SOCK_OPS_STATE_CB_FLAG);
         }
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(&ctx, ROLE_CLIENT),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => established(&ctx, ROLE_SERVER),
@@ -121,9 +129,7 @@ pub fn gopher_sockops(ctx: SockOpsContext) -> u32 {
             // in bytes_received) or a later time-wait socket is only visible in the segments,
             // so watch the few that still arrive.
             TCP_FIN_WAIT1 => {
-                let _ = ctx.set_cb_flags(
-                    (BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG) as i32,
-                );
+                add_cb_flags(&ctx, BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG);
             }
             _ => {}
         },
@@ -147,8 +153,14 @@ fn cookie(ctx: &SockOpsContext) -> u64 {
     unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
+/// Adds to the socket's callback flags: setting them outright would clear flags another sockops
+/// program (a CNI, a tracer) relies on.
+fn add_cb_flags(ctx: &SockOpsContext, flags: u32) {
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | flags) as i32);
+}
+
 fn established(ctx: &SockOpsContext, role: u8) {
-    let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+    add_cb_flags(ctx, BPF_SOCK_OPS_STATE_CB_FLAG);
     let cookie = cookie(ctx);
     // SAFETY: valid bpf_sock_ops (full socket in the established callbacks).
     let syn_acked = u8::from(unsafe { read_volatile(&raw const (*ctx.ops).bytes_acked) } > 0);
@@ -239,7 +251,12 @@ fn closed(ctx: &SockOpsContext) {
         local_ip,
         remote_ip,
     };
-    if CLOSED.output::<LinkClosed>(&event, 0).is_err() {
+    let wakeup = if CLOSED.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if CLOSED.output::<LinkClosed>(&event, wakeup).is_err() {
         if let Some(lost) = LOST.get_ptr_mut(0) {
             // SAFETY: per-CPU slot, no concurrent writer.
             unsafe { *lost += 1 };

@@ -83,7 +83,28 @@ fn init_logging(cfg: &Config) {
         .init();
 }
 
+/// Settings this version accepts (they belong to gala-gopher's configuration) but does not act
+/// on yet: say so once rather than pretend.
+fn warn_unimplemented(cfg: &Config) {
+    if cfg.kafka.switch.is_on() {
+        tracing::warn!(
+            "kafka.switch = \"on\": Kafka egress is not in this version; rows go to /metrics only"
+        );
+    }
+    for p in cfg
+        .extend_probes
+        .iter()
+        .filter(|p| p.switch.as_str() != "off")
+    {
+        tracing::warn!(probe = %p.name, "extension probes are not in this version; not started");
+    }
+    if let Some(dir) = &cfg.global.log_directory {
+        tracing::warn!(dir = %dir.display(), "global.log_directory is not in this version; logging to stderr");
+    }
+}
+
 async fn run(cfg: Config) -> anyhow::Result<()> {
+    warn_unimplemented(&cfg);
     let metrics = Arc::new(SelfMetrics::new());
     let mut store = Store::new(Limits {
         max_tables: cfg.imdb.max_tables_num,
@@ -102,7 +123,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut manager = Manager::new(rows_tx, Arc::clone(&metrics), cfg.imdb.record_timeout);
     for p in &cfg.probes {
         let probe: Arc<dyn Probe> = match p.name.as_str() {
-            "tcp" => Arc::new(TcpProbe::default()),
+            "tcp" => Arc::new(TcpProbe::from_params(&p.params)?),
             other => anyhow::bail!("native probe {other:?} is not built into this agent"),
         };
         for meta in probe.tables() {

@@ -6,6 +6,7 @@ use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::atomic::{AtomicU32, Ordering},
 };
 
 const NETLINK_SOCK_DIAG: i32 = 4;
@@ -17,6 +18,8 @@ const NLMSG_DONE: u16 = 3;
 const INET_DIAG_INFO: u16 = 2;
 const NLMSG_HDRLEN: usize = 16;
 const INET_DIAG_MSG_LEN: usize = 72;
+
+static NEXT_SEQ: AtomicU32 = AtomicU32::new(1);
 
 #[cfg(test)]
 pub const TCP_ESTABLISHED: u8 = 1;
@@ -73,6 +76,10 @@ pub fn dump(fd: &OwnedFd, family: u8, out: &mut Vec<DiagSocket>) -> io::Result<(
     req[0..4].copy_from_slice(&len.to_ne_bytes());
     req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
     req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    // Replies carry the request's sequence number: anything else is a leftover of an earlier,
+    // interrupted dump and is skipped.
+    let seq = NEXT_SEQ.fetch_add(1, Ordering::Relaxed);
+    req[8..12].copy_from_slice(&seq.to_ne_bytes());
     // inet_diag_req_v2: family, protocol, ext, pad, states, sockid (zeroed: all sockets)
     req[16] = family;
     req[17] = libc::IPPROTO_TCP as u8;
@@ -96,14 +103,19 @@ pub fn dump(fd: &OwnedFd, family: u8, out: &mut Vec<DiagSocket>) -> io::Result<(
             }
             return Err(err);
         }
-        if parse_messages(&buf[..n as usize], family, out)? {
+        if parse_messages(&buf[..n as usize], seq, family, out)? {
             return Ok(());
         }
     }
 }
 
 /// Parses one datagram of netlink messages; returns true at NLMSG_DONE.
-fn parse_messages(mut data: &[u8], family: u8, out: &mut Vec<DiagSocket>) -> io::Result<bool> {
+fn parse_messages(
+    mut data: &[u8],
+    seq: u32,
+    family: u8,
+    out: &mut Vec<DiagSocket>,
+) -> io::Result<bool> {
     while data.len() >= NLMSG_HDRLEN {
         let len = u32::from_ne_bytes(data[0..4].try_into().unwrap_or_default()) as usize;
         let ty = u16::from_ne_bytes([data[4], data[5]]);
@@ -114,6 +126,12 @@ fn parse_messages(mut data: &[u8], family: u8, out: &mut Vec<DiagSocket>) -> io:
             ));
         }
         let body = &data[NLMSG_HDRLEN..len];
+        let msg_seq = u32::from_ne_bytes([data[8], data[9], data[10], data[11]]);
+        let aligned = (len + 3) & !3;
+        if msg_seq != seq {
+            data = data.get(aligned..).unwrap_or_default();
+            continue;
+        }
         match ty {
             NLMSG_DONE => return Ok(true),
             NLMSG_ERROR => {
@@ -132,7 +150,6 @@ fn parse_messages(mut data: &[u8], family: u8, out: &mut Vec<DiagSocket>) -> io:
             }
             _ => {}
         }
-        let aligned = (len + 3) & !3;
         data = data.get(aligned..).unwrap_or_default();
     }
     Ok(false)

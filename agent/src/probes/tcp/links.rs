@@ -39,6 +39,7 @@ pub struct Observed {
     pub cookie: u64,
     pub key: LinkKey,
     pub comm: String,
+    /// Data-only counters (sequence-space SYN/FIN already taken out).
     pub counters: Counters,
 }
 
@@ -46,7 +47,17 @@ pub struct Observed {
 struct Live {
     key: LinkKey,
     counters: Counters,
-    seen: u64,
+    /// Dumps in a row this socket was missing from.
+    missed: u8,
+}
+
+/// Counters banked for a socket that vanished without a close event, so that a late event
+/// (or a reappearance) adds only what is new.
+#[derive(Debug, Clone)]
+struct Vanished {
+    key: LinkKey,
+    counters: Counters,
+    epoch: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -76,12 +87,20 @@ pub struct LinkRow {
     pub rtt_us: u64,
 }
 
+/// A socket missing from this many dumps in a row is taken as closed without an event.
+const MISSES_BEFORE_GONE: u8 = 2;
+/// Dumps a closed cookie is remembered for (a dump racing with a close may still list it).
+const TOMBSTONE_DUMPS: u64 = 3;
+/// Dumps a vanished socket's banked counters are remembered for, awaiting a late close event.
+const VANISHED_DUMPS: u64 = 20;
+
 #[derive(Default)]
 pub struct Links {
     live: HashMap<u64, Live>,
     banked: HashMap<LinkKey, Banked>,
-    /// Cookies whose close was applied, so a dump that raced with the close cannot revive them.
+    /// Cookies whose close was applied, with the dump epoch, so a racing dump cannot revive them.
     closed: HashMap<u64, u64>,
+    vanished: HashMap<u64, Vanished>,
     epoch: u64,
 }
 
@@ -93,45 +112,80 @@ impl Links {
 
     /// A socket reached CLOSE with these final counters.
     pub fn close(&mut self, sock: Observed, now_ms: u64) {
-        let key = self.live.remove(&sock.cookie).map_or(sock.key, |l| l.key);
-        self.bank(key, &sock.comm, &sock.counters, now_ms);
-        self.closed.insert(sock.cookie, now_ms);
+        let mut counters = sock.counters;
+        let key = if let Some(l) = self.live.remove(&sock.cookie) {
+            l.key
+        } else if let Some(v) = self.vanished.remove(&sock.cookie) {
+            counters = minus(&counters, &v.counters);
+            v.key
+        } else {
+            sock.key
+        };
+        self.bank(key, &sock.comm, &counters, now_ms);
+        self.closed.insert(sock.cookie, self.epoch);
     }
 
-    /// Applies one full dump of live sockets. Sockets tracked before but absent now closed
-    /// without an event (they predate the agent, or their event was lost): their last counters
-    /// are banked, which loses at most what moved since the previous dump.
-    pub fn observe(&mut self, socks: Vec<Observed>, now_ms: u64) {
+    /// Applies one dump of live sockets. `complete` is false when part of the dump failed: then
+    /// absence means nothing. A socket absent from complete dumps several times in a row closed
+    /// without an event (it predates the agent, or its event was lost): its last counters are
+    /// banked, which loses at most what moved since the last dump that listed it.
+    pub fn observe(&mut self, socks: Vec<Observed>, complete: bool, now_ms: u64) {
         self.epoch += 1;
+        let mut seen = HashSet::with_capacity(socks.len());
         for sock in socks {
             if self.closed.contains_key(&sock.cookie) {
                 continue;
             }
+            seen.insert(sock.cookie);
+            let mut counters = sock.counters;
+            let key = match self.vanished.remove(&sock.cookie) {
+                // Back after a gap long enough to bank it: count only what is new since.
+                Some(v) => {
+                    self.unbank(&v.key, &v.counters);
+                    v.key
+                }
+                None => sock.key.clone(),
+            };
             let live = self.live.entry(sock.cookie).or_insert_with(|| Live {
-                key: sock.key.clone(),
+                key,
                 counters: Counters::default(),
-                seen: 0,
+                missed: 0,
             });
-            live.counters = sock.counters;
-            live.seen = self.epoch;
+            counters.srtt_us = sock.counters.srtt_us;
+            live.counters = counters;
+            live.missed = 0;
             let banked = self.banked.entry(live.key.clone()).or_default();
             banked.last_change_ms = now_ms;
-            if banked.comm.is_empty() || !sock.comm.is_empty() {
+            if !sock.comm.is_empty() {
                 banked.comm = sock.comm;
             }
         }
-        let epoch = self.epoch;
-        let gone: Vec<u64> = self
-            .live
-            .iter()
-            .filter(|(_, l)| l.seen != epoch)
-            .map(|(c, _)| *c)
-            .collect();
-        for cookie in gone {
-            if let Some(l) = self.live.remove(&cookie) {
-                self.bank(l.key, "", &l.counters, now_ms);
+        if complete {
+            let mut gone = Vec::new();
+            for (cookie, l) in &mut self.live {
+                if !seen.contains(cookie) {
+                    l.missed += 1;
+                    if l.missed >= MISSES_BEFORE_GONE {
+                        gone.push(*cookie);
+                    }
+                }
+            }
+            for cookie in gone {
+                if let Some(l) = self.live.remove(&cookie) {
+                    self.bank(l.key.clone(), "", &l.counters, now_ms);
+                    let v = Vanished {
+                        key: l.key,
+                        counters: l.counters,
+                        epoch: self.epoch,
+                    };
+                    self.vanished.insert(cookie, v);
+                }
             }
         }
+        let epoch = self.epoch;
+        self.closed.retain(|_, at| epoch - *at < TOMBSTONE_DUMPS);
+        self.vanished
+            .retain(|_, v| epoch - v.epoch < VANISHED_DUMPS);
     }
 
     fn bank(&mut self, key: LinkKey, comm: &str, c: &Counters, now_ms: u64) {
@@ -144,19 +198,29 @@ impl Links {
         b.segs_in += u64::from(c.segs_in);
         b.segs_out += u64::from(c.segs_out);
         b.total_retrans += u64::from(c.total_retrans);
-        b.last_srtt_us = c.srtt_us;
+        if c.srtt_us != 0 {
+            b.last_srtt_us = c.srtt_us;
+        }
         b.last_change_ms = now_ms;
     }
 
-    /// Forgets links with no live socket and no change for `idle_ms`, and closed-cookie
-    /// tombstones older than that.
-    pub fn prune(&mut self, now_ms: u64, idle_ms: u64) {
+    fn unbank(&mut self, key: &LinkKey, c: &Counters) {
+        if let Some(b) = self.banked.get_mut(key) {
+            b.bytes_received = b.bytes_received.saturating_sub(c.bytes_received);
+            b.bytes_acked = b.bytes_acked.saturating_sub(c.bytes_acked);
+            b.segs_in = b.segs_in.saturating_sub(u64::from(c.segs_in));
+            b.segs_out = b.segs_out.saturating_sub(u64::from(c.segs_out));
+            b.total_retrans = b.total_retrans.saturating_sub(u64::from(c.total_retrans));
+        }
+    }
+
+    /// Forgets links with no live socket and no change for `idle_ms` (never when `None`).
+    pub fn prune(&mut self, now_ms: u64, idle_ms: Option<u64>) {
+        let Some(idle_ms) = idle_ms else { return };
         let live_keys: HashSet<&LinkKey> = self.live.values().map(|l| &l.key).collect();
         self.banked.retain(|k, b| {
             live_keys.contains(k) || now_ms.saturating_sub(b.last_change_ms) < idle_ms
         });
-        self.closed
-            .retain(|_, at| now_ms.saturating_sub(*at) < idle_ms.max(60_000));
     }
 
     pub fn rows(&self) -> Vec<LinkRow> {
@@ -207,6 +271,19 @@ impl Links {
     }
 }
 
+/// What moved between an earlier reading `b` and a later one `a` of the same socket.
+fn minus(a: &Counters, b: &Counters) -> Counters {
+    Counters {
+        bytes_received: a.bytes_received.saturating_sub(b.bytes_received),
+        bytes_acked: a.bytes_acked.saturating_sub(b.bytes_acked),
+        segs_in: a.segs_in.saturating_sub(b.segs_in),
+        segs_out: a.segs_out.saturating_sub(b.segs_out),
+        total_retrans: a.total_retrans.saturating_sub(b.total_retrans),
+        lost: a.lost,
+        srtt_us: a.srtt_us,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,9 +316,9 @@ mod tests {
     #[test]
     fn live_and_closed_sockets_sum_per_link() {
         let mut l = Links::default();
-        l.observe(vec![obs(1, 80, 100), obs(2, 80, 50)], 0);
+        l.observe(vec![obs(1, 80, 100), obs(2, 80, 50)], true, 0);
         l.close(obs(1, 80, 120), 1);
-        l.observe(vec![obs(2, 80, 70)], 2);
+        l.observe(vec![obs(2, 80, 70)], true, 2);
         let rows = l.rows();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].tx_bytes, 190);
@@ -250,21 +327,55 @@ mod tests {
     }
 
     #[test]
-    fn counters_never_go_back_when_a_socket_vanishes_without_event() {
+    fn a_socket_missing_from_one_dump_is_not_banked() {
         let mut l = Links::default();
-        l.observe(vec![obs(1, 80, 100)], 0);
-        l.observe(vec![], 1);
-        assert_eq!(l.rows()[0].tx_bytes, 100);
-        assert_eq!(l.rows()[0].link_count, 0);
+        l.observe(vec![obs(1, 80, 100)], true, 0);
+        l.observe(vec![], true, 1);
+        l.observe(vec![obs(1, 80, 150)], true, 2);
+        assert_eq!(l.rows()[0].tx_bytes, 150);
+        assert_eq!(l.rows()[0].link_count, 1);
+    }
+
+    #[test]
+    fn incomplete_dumps_say_nothing_about_absence() {
+        let mut l = Links::default();
+        l.observe(vec![obs(1, 80, 100)], true, 0);
+        for t in 1..5 {
+            l.observe(vec![], false, t);
+        }
+        assert_eq!(l.rows()[0].link_count, 1);
+    }
+
+    #[test]
+    fn vanished_sockets_keep_their_counters_and_late_events_add_only_the_rest() {
+        let mut l = Links::default();
+        l.observe(vec![obs(1, 80, 100)], true, 0);
+        l.observe(vec![], true, 1);
+        l.observe(vec![], true, 2);
+        assert_eq!((l.rows()[0].tx_bytes, l.rows()[0].link_count), (100, 0));
+        l.close(obs(1, 80, 130), 3);
+        assert_eq!(l.rows()[0].tx_bytes, 130);
+    }
+
+    #[test]
+    fn a_vanished_socket_that_reappears_is_not_counted_twice() {
+        let mut l = Links::default();
+        l.observe(vec![obs(1, 80, 100)], true, 0);
+        l.observe(vec![], true, 1);
+        l.observe(vec![], true, 2);
+        l.observe(vec![obs(1, 80, 140)], true, 3);
+        assert_eq!((l.rows()[0].tx_bytes, l.rows()[0].link_count), (140, 1));
+        l.close(obs(1, 80, 150), 4);
+        assert_eq!((l.rows()[0].tx_bytes, l.rows()[0].link_count), (150, 0));
     }
 
     #[test]
     fn a_socket_keeps_its_first_link() {
         let mut l = Links::default();
-        l.observe(vec![obs(1, 80, 10)], 0);
+        l.observe(vec![obs(1, 80, 10)], true, 0);
         let mut moved = obs(1, 80, 20);
         moved.key.tgid = 7;
-        l.observe(vec![moved.clone()], 1);
+        l.observe(vec![moved.clone()], true, 1);
         l.close(moved, 2);
         let rows = l.rows();
         assert_eq!(rows.len(), 1);
@@ -276,17 +387,19 @@ mod tests {
     fn a_stale_dump_does_not_revive_a_closed_socket() {
         let mut l = Links::default();
         l.close(obs(1, 80, 10), 0);
-        l.observe(vec![obs(1, 80, 10)], 1);
+        l.observe(vec![obs(1, 80, 10)], true, 1);
         assert_eq!(l.rows()[0].tx_bytes, 10);
         assert_eq!(l.rows()[0].link_count, 0);
     }
 
     #[test]
-    fn idle_links_are_pruned() {
+    fn idle_links_are_pruned_unless_told_never() {
         let mut l = Links::default();
         l.close(obs(1, 80, 10), 0);
-        l.observe(vec![obs(2, 81, 5)], 0);
-        l.prune(10_000, 5_000);
+        l.observe(vec![obs(2, 81, 5)], true, 0);
+        l.prune(10_000, None);
+        assert_eq!(l.rows().len(), 2);
+        l.prune(10_000, Some(5_000));
         let rows = l.rows();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].key.server_port, 81);

@@ -5,36 +5,34 @@
 //! Nothing runs per packet or per send/recv call.
 
 mod bpf;
+mod collector;
 mod diag;
 mod links;
 mod netns;
 mod owners;
 
 use std::{
-    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
     time::Duration,
 };
 
 use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf};
-use gopher_common::{LinkClosed, LinkInfo, OWNER_KNOWN};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use self::{
-    diag::{Counters, DiagSocket, TCP_LISTEN},
-    links::{LinkKey, LinkRow, Links, Observed, ROLE_CLIENT, ROLE_SERVER},
-    netns::Namespaces,
+    collector::Collector,
+    diag::Counters,
+    links::{LinkKey, LinkRow, ROLE_SERVER},
     owners::Owner,
 };
-use super::{Probe, ProbeContext, ProbeFuture, now_ms};
-use crate::{
-    imdb::{FieldMeta, FieldType, Row, TableMeta},
-    selfmetrics,
-};
+use super::{Probe, ProbeContext, ProbeFuture};
+use crate::imdb::{FieldMeta, FieldType, Row, TableMeta};
 
 pub const TABLE: &str = "tcp_link";
+
+/// How often close events are drained between intervals.
+const DRAIN_EVERY: Duration = Duration::from_millis(250);
 
 /// Field order is the row's positional order.
 const FIELDS: &[(&str, FieldType, &str)] = &[
@@ -126,6 +124,34 @@ impl Default for TcpProbe {
     }
 }
 
+impl TcpProbe {
+    /// Builds the probe from its `[probes.params]` table; unknown keys and out-of-range values
+    /// are refused with the key named.
+    pub fn from_params(params: &toml::Table) -> anyhow::Result<Self> {
+        let mut probe = Self::default();
+        for (k, v) in params {
+            match k.as_str() {
+                "max_links" => {
+                    let n = v
+                        .as_integer()
+                        .filter(|n| (1024..=4_194_304).contains(n))
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "probes[tcp].params.max_links: expected an integer from 1024 to \
+                                 4194304 (live sockets tracked in the kernel), found {v}"
+                            )
+                        })?;
+                    probe.max_links = n as u32;
+                }
+                other => anyhow::bail!(
+                    "probes[tcp].params.{other}: unknown parameter (known: max_links)"
+                ),
+            }
+        }
+        Ok(probe)
+    }
+}
+
 impl Probe for TcpProbe {
     fn name(&self) -> &'static str {
         "tcp"
@@ -153,6 +179,12 @@ async fn run(mut ctx: ProbeContext, max_links: u32) -> anyhow::Result<()> {
     ctx.state.running();
     let mut tick = tokio::time::interval(ctx.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The eBPF side wakes us only when the ring is filling up; drain it often anyway.
+    let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A link with no open connection is kept while its record would live in the store, and
+    // at least two intervals so that a short connection is always reported once.
+    let idle = (!ctx.record_timeout.is_zero()).then(|| ctx.record_timeout.max(2 * ctx.interval));
     loop {
         tokio::select! {
             changed = ctx.stop.changed() => {
@@ -165,8 +197,12 @@ async fn run(mut ctx: ProbeContext, max_links: u32) -> anyhow::Result<()> {
                 state.drain(guard.get_inner_mut());
                 guard.clear_ready();
             }
+            _ = drain_tick.tick() => state.drain(ring.get_mut()),
             _ = tick.tick() => {
-                let rows = state.collect(&programs, ring.get_mut(), ctx.record_timeout);
+                // sock_diag dumps and /proc reads block: keep them off the async workers' queue.
+                let rows = tokio::task::block_in_place(|| {
+                    state.collect(&programs, ring.get_mut(), idle)
+                });
                 if ctx.rows.send(rows).await.is_err() {
                     break;
                 }
@@ -179,244 +215,6 @@ async fn run(mut ctx: ProbeContext, max_links: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Everything the probe remembers between intervals.
-struct Collector {
-    links: Links,
-    namespaces: Namespaces,
-    /// Socket inode → owner, for inodes seen live (pruned to those).
-    owners: HashMap<u64, Owner>,
-    /// (netns inode, port) → listening socket inode.
-    listeners: HashMap<(u64, u16), u64>,
-    metrics: Arc<crate::selfmetrics::SelfMetrics>,
-    lost_seen: u64,
-}
-
-impl Collector {
-    fn new(metrics: Arc<crate::selfmetrics::SelfMetrics>) -> Self {
-        Self {
-            links: Links::default(),
-            namespaces: Namespaces::default(),
-            owners: HashMap::new(),
-            listeners: HashMap::new(),
-            metrics,
-            lost_seen: 0,
-        }
-    }
-
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
-        let now = now_ms();
-        let mut unknown_ns = false;
-        while let Some(item) = ring.next() {
-            if item.len() < size_of::<LinkClosed>() {
-                continue;
-            }
-            // SAFETY: the eBPF side writes exactly a LinkClosed; read_unaligned copes with the
-            // ring buffer's 8-byte alignment.
-            let ev: LinkClosed = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            if self.namespaces.inode_of_cookie(ev.netns_cookie).is_none() && !unknown_ns {
-                // A namespace born since the last refresh: learn it before keying.
-                self.namespaces.refresh();
-                unknown_ns = true;
-            }
-            let sock = self.closed_event(&ev);
-            self.links.close(sock, now);
-        }
-    }
-
-    fn closed_event(&self, ev: &LinkClosed) -> Observed {
-        let netns = self
-            .namespaces
-            .inode_of_cookie(ev.netns_cookie)
-            .unwrap_or(0);
-        let family = ev.family as u8;
-        let local = normalize(ip_from_words(family, ev.local_ip));
-        let remote = normalize(ip_from_words(family, ev.remote_ip));
-        let role = ev.info.role;
-        let (local_port, remote_port) = (ev.local_port as u16, ev.remote_port as u16);
-        let owner = if ev.info.owner == OWNER_KNOWN {
-            Some(Owner {
-                tgid: ev.info.tgid,
-                comm: comm_str(&ev.info.comm),
-            })
-        } else {
-            self.listener_owner(netns, role, local_port)
-        };
-        let s = &ev.stats;
-        let raw = Counters {
-            bytes_received: s.bytes_received,
-            bytes_acked: s.bytes_acked,
-            segs_in: s.segs_in,
-            segs_out: s.segs_out,
-            total_retrans: s.total_retrans,
-            lost: s.lost_out,
-            srtt_us: s.srtt_us,
-        };
-        let old = ev.old_state;
-        let we_sent_fin = matches!(old, FIN_WAIT1 | FIN_WAIT2 | CLOSING | LAST_ACK);
-        let fin_received = matches!(old, CLOSE_WAIT | LAST_ACK | CLOSING)
-            || (matches!(old, FIN_WAIT1 | FIN_WAIT2) && ev.info.fin_seen == 1);
-        Observed {
-            cookie: ev.cookie,
-            key: key(
-                netns,
-                owner.as_ref(),
-                role,
-                local,
-                local_port,
-                remote,
-                remote_port,
-            ),
-            comm: owner.map(|o| o.comm).unwrap_or_default(),
-            counters: data_only(
-                raw,
-                ev.info.syn_acked == 1,
-                we_sent_fin && ev.all_acked == 1,
-                fin_received,
-            ),
-        }
-    }
-
-    fn listener_owner(&self, netns: u64, role: u8, port: u16) -> Option<Owner> {
-        if role != ROLE_SERVER {
-            return None;
-        }
-        let inode = self.listeners.get(&(netns, port))?;
-        self.owners.get(inode).cloned()
-    }
-
-    /// Every namespace's listening and link-carrying TCP sockets, with the namespace inode.
-    fn dump_all(&mut self) -> Vec<(u64, DiagSocket)> {
-        for (path, e) in self.namespaces.refresh() {
-            tracing::debug!(path = %path.display(), "cannot open sock_diag in namespace: {e}");
-        }
-        let mut dumped: Vec<(u64, DiagSocket)> = Vec::new();
-        for ns in self.namespaces.by_inode.values() {
-            for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-                let mut socks = Vec::new();
-                if let Err(e) = diag::dump(&ns.diag, family, &mut socks) {
-                    tracing::warn!(netns = ns.inode, family, "sock_diag dump failed: {e}");
-                    self.metrics
-                        .counter(selfmetrics::PROBE_ERRORS, &[("probe", "tcp")])
-                        .inc();
-                }
-                dumped.extend(socks.into_iter().map(|s| (ns.inode, s)));
-            }
-        }
-        dumped
-    }
-
-    fn collect(
-        &mut self,
-        programs: &bpf::Programs,
-        ring: &mut RingBuf<MapData>,
-        record_timeout: Duration,
-    ) -> Vec<Row> {
-        let dumped = self.dump_all();
-        // Closes that happened before the dump are already in the ring: apply them first so
-        // that a socket missing from the dump is recognised as closed with final counters.
-        self.drain(ring);
-
-        self.listeners.clear();
-        for (ns, s) in &dumped {
-            if s.state == TCP_LISTEN {
-                self.listeners.insert((*ns, s.local_port), s.inode);
-            }
-        }
-        let bpf_links = programs.links().ok();
-        let info_of = |cookie: u64| -> Option<LinkInfo> {
-            bpf_links.as_ref().and_then(|m| m.get(&cookie, 0).ok())
-        };
-
-        // Resolve owners of new sockets the eBPF side could not attribute (server sockets
-        // before close, connections older than the agent), and of listeners (fallback).
-        let mut infos: HashMap<u64, Option<LinkInfo>> = HashMap::new();
-        let mut wanted: HashSet<u64> = HashSet::new();
-        for (_, s) in &dumped {
-            if s.inode == 0 || self.owners.contains_key(&s.inode) {
-                continue;
-            }
-            if s.state == TCP_LISTEN {
-                wanted.insert(s.inode);
-            } else if self.links.key_of(s.cookie).is_none() {
-                let info = info_of(s.cookie);
-                if info.is_none_or(|i| i.owner != OWNER_KNOWN) {
-                    wanted.insert(s.inode);
-                }
-                infos.insert(s.cookie, info);
-            }
-        }
-        self.owners.extend(owners::scan(&wanted));
-        let live_inodes: HashSet<u64> = dumped.iter().map(|(_, s)| s.inode).collect();
-        self.owners.retain(|ino, _| live_inodes.contains(ino));
-
-        let mut observed = Vec::with_capacity(dumped.len());
-        for (ns, s) in &dumped {
-            if s.state == TCP_LISTEN {
-                continue;
-            }
-            let Some(counters) = s.counters else { continue };
-            let info = match infos.get(&s.cookie) {
-                Some(i) => *i,
-                None => info_of(s.cookie),
-            };
-            let role = match info {
-                Some(i) => i.role,
-                None if self.listeners.contains_key(&(*ns, s.local_port)) => ROLE_SERVER,
-                None => ROLE_CLIENT,
-            };
-            let owner = match info {
-                Some(i) if i.owner == OWNER_KNOWN => Some(Owner {
-                    tgid: i.tgid,
-                    comm: comm_str(&i.comm),
-                }),
-                _ => self
-                    .owners
-                    .get(&s.inode)
-                    .cloned()
-                    .or_else(|| self.listener_owner(*ns, role, s.local_port)),
-            };
-            let local = normalize(s.local);
-            let remote = normalize(s.remote);
-            // Without eBPF knowledge (older than the agent) an active open is the client side.
-            let syn_acked = info.map_or(role == ROLE_CLIENT, |i| i.syn_acked == 1);
-            let state = u32::from(s.state);
-            let counters = data_only(
-                counters,
-                syn_acked,
-                state == FIN_WAIT2,
-                matches!(state, CLOSE_WAIT | LAST_ACK | CLOSING),
-            );
-            observed.push(Observed {
-                cookie: s.cookie,
-                key: key(
-                    *ns,
-                    owner.as_ref(),
-                    role,
-                    local,
-                    s.local_port,
-                    remote,
-                    s.remote_port,
-                ),
-                comm: owner.map(|o| o.comm).unwrap_or_default(),
-                counters,
-            });
-        }
-        let now = now_ms();
-        self.links.observe(observed, now);
-        self.links
-            .prune(now, (record_timeout.as_millis() as u64).max(1000));
-
-        let lost = programs.lost();
-        if lost > self.lost_seen {
-            self.metrics
-                .counter(selfmetrics::EBPF_EVENTS_LOST, &[("probe", "tcp")])
-                .add(lost - self.lost_seen);
-            self.lost_seen = lost;
-        }
-        self.links.rows().into_iter().map(to_row).collect()
-    }
-}
-
 // TCP states (include/net/tcp_states.h).
 const FIN_WAIT1: u32 = 4;
 const FIN_WAIT2: u32 = 5;
@@ -427,7 +225,12 @@ const CLOSING: u32 = 11;
 /// The kernel's byte counters count sequence space: an active open's SYN is in `bytes_acked`,
 /// our acknowledged FIN too, and the peer's FIN in `bytes_received`. Users compare tx_bytes
 /// with what their process wrote, so those are taken out.
-fn data_only(mut c: Counters, syn_acked: bool, fin_acked: bool, fin_received: bool) -> Counters {
+pub(crate) fn data_only(
+    mut c: Counters,
+    syn_acked: bool,
+    fin_acked: bool,
+    fin_received: bool,
+) -> Counters {
     c.bytes_acked = c
         .bytes_acked
         .saturating_sub(u64::from(syn_acked) + u64::from(fin_acked));
@@ -435,7 +238,7 @@ fn data_only(mut c: Counters, syn_acked: bool, fin_acked: bool, fin_received: bo
     c
 }
 
-fn key(
+pub(crate) fn key(
     netns: u64,
     owner: Option<&Owner>,
     role: u8,
@@ -466,7 +269,7 @@ fn key(
     }
 }
 
-fn to_row(r: LinkRow) -> Row {
+pub(crate) fn to_row(r: LinkRow) -> Row {
     let k = &r.key;
     Row {
         table: TABLE.to_owned(),
@@ -492,14 +295,14 @@ fn to_row(r: LinkRow) -> Row {
 }
 
 /// Dual-stack sockets show IPv4 peers as `::ffff:a.b.c.d`; the traffic is IPv4, so is the row.
-fn normalize(ip: IpAddr) -> IpAddr {
+pub(crate) fn normalize(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         IpAddr::V4(_) => ip,
     }
 }
 
-fn ip_from_words(family: u8, words: [u32; 4]) -> IpAddr {
+pub(crate) fn ip_from_words(family: u8, words: [u32; 4]) -> IpAddr {
     // The words hold network-order bytes as the kernel stored them.
     let mut b = [0u8; 16];
     for (i, w) in words.iter().enumerate() {
@@ -512,14 +315,10 @@ fn ip_from_words(family: u8, words: [u32; 4]) -> IpAddr {
     }
 }
 
-fn comm_str(raw: &[u8; 16]) -> String {
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probes::tcp::links::ROLE_CLIENT;
 
     #[test]
     fn mapped_addresses_become_ipv4() {

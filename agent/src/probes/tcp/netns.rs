@@ -30,8 +30,7 @@ pub struct Namespaces {
     pub by_inode: HashMap<u64, Namespace>,
 }
 
-/// Every network namespace reachable through a process or a `/run/netns` bind mount
-/// (`ip netns add` creates namespaces with no process in them).
+/// Every network namespace reachable through a process or a pinned namespace file.
 pub fn discover() -> HashMap<u64, PathBuf> {
     let mut found = HashMap::new();
     let mut add = |path: PathBuf| {
@@ -48,9 +47,13 @@ pub fn discover() -> HashMap<u64, PathBuf> {
             }
         }
     }
-    if let Ok(dir) = std::fs::read_dir("/run/netns") {
-        for entry in dir.flatten() {
-            add(entry.path());
+    // `ip netns add` and CNI plugins pin namespaces in /run/netns, Docker in /run/docker/netns;
+    // a pinned namespace may have no process left in it while its sockets still close.
+    for pins in ["/run/netns", "/run/docker/netns"] {
+        if let Ok(dir) = std::fs::read_dir(pins) {
+            for entry in dir.flatten() {
+                add(entry.path());
+            }
         }
     }
     found
