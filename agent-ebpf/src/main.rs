@@ -114,22 +114,38 @@ pub fn gopher_sock_release(ctx: SockContext) -> i32 {
     ALLOW
 }
 
+/// Records the client's owner itself in the connect callback (process context). Kernels that
+/// refuse the current-task helpers in sockops programs get [`gopher_sockops`] plus the
+/// `connect4|6` programs instead: one program run more per connection.
+#[sock_ops]
+pub fn gopher_sockops_owner(ctx: SockOpsContext) -> u32 {
+    if ctx.op() == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        let _ = LINKS.insert(&cookie(&ctx), &current_owner(ROLE_CLIENT), 0);
+    }
+    sockops(&ctx)
+}
+
 #[sock_ops]
 pub fn gopher_sockops(ctx: SockOpsContext) -> u32 {
+    sockops(&ctx)
+}
+
+#[inline(always)]
+fn sockops(ctx: &SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
             // Watch this socket's state so that a failed connect frees its LINKS entry.
-            add_cb_flags(&ctx, BPF_SOCK_OPS_STATE_CB_FLAG);
+            add_cb_flags(ctx, BPF_SOCK_OPS_STATE_CB_FLAG);
         }
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(&ctx, ROLE_CLIENT),
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => established(&ctx, ROLE_SERVER),
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(ctx, ROLE_CLIENT),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => established(ctx, ROLE_SERVER),
         BPF_SOCK_OPS_STATE_CB => match ctx.arg(1) {
-            TCP_CLOSE => closed(&ctx),
+            TCP_CLOSE => closed(ctx),
             // We closed first. Whether the peer's FIN then reaches this socket (and is counted
             // in bytes_received) or a later time-wait socket is only visible in the segments,
             // so watch the few that still arrive.
             TCP_FIN_WAIT1 => {
-                add_cb_flags(&ctx, BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG);
+                add_cb_flags(ctx, BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG);
             }
             _ => {}
         },
@@ -137,7 +153,7 @@ pub fn gopher_sockops(ctx: SockOpsContext) -> u32 {
             // SAFETY: valid bpf_sock_ops; skb_tcp_flags is defined in this callback.
             let flags = unsafe { read_volatile(&raw const (*ctx.ops).skb_tcp_flags) };
             if flags & TCPHDR_FIN != 0 {
-                if let Some(info) = LINKS.get_ptr_mut(&cookie(&ctx)) {
+                if let Some(info) = LINKS.get_ptr_mut(&cookie(ctx)) {
                     // SAFETY: pointer into a map value, valid while the program runs.
                     unsafe { (*info).fin_seen = 1 };
                 }

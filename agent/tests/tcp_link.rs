@@ -226,6 +226,18 @@ fn loopback_ipv4_and_ipv6_links_in_both_directions() {
     );
 }
 
+/// Older kernels refuse current-task helpers in sockops; the agent then records client owners
+/// with cgroup connect hooks. Same rows either way.
+#[test]
+fn loopback_links_with_the_connect_hook_fallback() {
+    if !require(is_root(), "root (eBPF)") {
+        return;
+    }
+    let agent = Agent::start(&format!("{CONFIG}[probes.params]\nconnect_hooks = true\n"));
+    assert!(ready(&agent));
+    both_directions(&agent, "127.0.0.1");
+}
+
 #[test]
 fn links_that_predate_the_agent_are_picked_up() {
     if !require(is_root(), "root (eBPF)") {
@@ -255,6 +267,29 @@ fn links_that_predate_the_agent_are_picked_up() {
     expect_row(&agent, "pre-existing server", &want("0"), |r| {
         r["rx_bytes"] == 777.0 && r["link_count"] == 1.0
     });
+    let attached = || {
+        let cg = std::fs::read_to_string("/proc/mounts")
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_owned())
+            })
+            .unwrap();
+        let out = std::process::Command::new("bpftool")
+            .args(["cgroup", "show", &cg])
+            .output();
+        String::from_utf8_lossy(&out.unwrap().stdout)
+            .matches("gopher_")
+            .count()
+    };
+    assert!(attached() >= 2, "programs attached while the agent runs");
+    drop(agent);
+    assert_eq!(
+        attached(),
+        0,
+        "programs left attached after the agent stopped"
+    );
 }
 
 /// Two namespaces joined by a veth pair, torn down on drop.

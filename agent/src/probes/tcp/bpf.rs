@@ -36,7 +36,8 @@ fn parse_cgroup2_root(mounts: &str) -> Option<PathBuf> {
     })
 }
 
-pub fn load(max_links: u32) -> anyhow::Result<Programs> {
+/// `connect_hooks` forces the fallback that older kernels get (tests exercise it here).
+pub fn load(max_links: u32, connect_hooks: bool) -> anyhow::Result<Programs> {
     let cgroup = cgroup2_root()?;
     let mut ebpf = EbpfLoader::new()
         .map_max_entries("LINKS", max_links)
@@ -44,20 +45,43 @@ pub fn load(max_links: u32) -> anyhow::Result<Programs> {
         .context("loading the tcp eBPF object")?;
     let cg = File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
 
-    for name in ["gopher_connect4", "gopher_connect6"] {
-        let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-        prog.load().with_context(|| format!("loading {name}"))?;
-        prog.attach(&cg, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
-    }
     let prog: &mut CgroupSock = program(&mut ebpf, "gopher_sock_release")?;
     prog.load().context("loading gopher_sock_release")?;
     prog.attach(&cg, CgroupAttachMode::Single)
         .with_context(|| format!("attaching gopher_sock_release to {}", cgroup.display()))?;
-    let prog: &mut SockOps = program(&mut ebpf, "gopher_sockops")?;
-    prog.load().context("loading gopher_sockops")?;
+
+    // Prefer the sockops program that records a client's owner itself; a kernel that refuses
+    // current-task helpers there gets the plain one plus the connect hooks.
+    let owner_in_sockops = !connect_hooks && {
+        let prog: &mut SockOps = program(&mut ebpf, "gopher_sockops_owner")?;
+        match prog.load() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!(
+                    "sockops cannot record owners on this kernel ({e}); using connect hooks"
+                );
+                false
+            }
+        }
+    };
+    let sockops = if owner_in_sockops {
+        "gopher_sockops_owner"
+    } else {
+        "gopher_sockops"
+    };
+    if !owner_in_sockops {
+        for name in ["gopher_connect4", "gopher_connect6"] {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            prog.load().with_context(|| format!("loading {name}"))?;
+            prog.attach(&cg, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+        }
+        let prog: &mut SockOps = program(&mut ebpf, sockops)?;
+        prog.load().with_context(|| format!("loading {sockops}"))?;
+    }
+    let prog: &mut SockOps = program(&mut ebpf, sockops)?;
     prog.attach(&cg, CgroupAttachMode::Single)
-        .with_context(|| format!("attaching gopher_sockops to {}", cgroup.display()))?;
+        .with_context(|| format!("attaching {sockops} to {}", cgroup.display()))?;
     Ok(Programs { ebpf, cgroup })
 }
 

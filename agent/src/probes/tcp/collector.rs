@@ -1,8 +1,8 @@
 //! What the TCP probe remembers between intervals, and how one interval's observations (a
 //! sock_diag dump per namespace, close events from the ring buffer) become `tcp_link` rows.
 
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::{
-    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -54,11 +54,11 @@ impl Collector {
         Self {
             links: Links::default(),
             namespaces: Namespaces::default(),
-            owners: HashMap::new(),
-            listeners: HashMap::new(),
-            syn_acked: HashMap::new(),
-            waiting: HashMap::new(),
-            names: HashMap::new(),
+            owners: HashMap::default(),
+            listeners: HashMap::default(),
+            syn_acked: HashMap::default(),
+            waiting: HashMap::default(),
+            names: HashMap::default(),
             last_ns_refresh: Instant::now(),
             metrics,
             lost_seen: 0,
@@ -236,7 +236,8 @@ impl Collector {
         self.resolve_owners(&dumped, &infos);
 
         let mut observed = Vec::with_capacity(dumped.len());
-        let mut live_cookies = HashSet::with_capacity(dumped.len());
+        let mut live_cookies =
+            HashSet::with_capacity_and_hasher(dumped.len(), rustc_hash::FxBuildHasher);
         for (ns, s) in &dumped {
             if s.state == TCP_LISTEN {
                 continue;
@@ -269,7 +270,7 @@ impl Collector {
     /// close, connections older than the agent) and of listeners (the fallback), reading
     /// /proc only when some are unknown.
     fn resolve_owners(&mut self, dumped: &[(u64, DiagSocket)], infos: &HashMap<u64, LinkInfo>) {
-        let mut wanted: HashSet<u64> = HashSet::new();
+        let mut wanted = std::collections::HashSet::new();
         for (_, s) in dumped {
             if s.inode == 0 || self.owners.contains_key(&s.inode) {
                 continue;

@@ -6,10 +6,8 @@
 //! every counter only grows. A socket keeps the link it was first assigned to ("sticky") so that
 //! a late-resolved owner never moves bytes from one series to another.
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::IpAddr,
-};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::net::IpAddr;
 
 use super::diag::Counters;
 
@@ -131,7 +129,7 @@ impl Links {
     /// banked, which loses at most what moved since the last dump that listed it.
     pub fn observe(&mut self, socks: Vec<Observed>, complete: bool, now_ms: u64) {
         self.epoch += 1;
-        let mut seen = HashSet::with_capacity(socks.len());
+        let mut seen = HashSet::with_capacity_and_hasher(socks.len(), rustc_hash::FxBuildHasher);
         for sock in socks {
             if self.closed.contains_key(&sock.cookie) {
                 continue;
@@ -224,8 +222,8 @@ impl Links {
     }
 
     pub fn rows(&self) -> Vec<LinkRow> {
-        let mut rows: HashMap<&LinkKey, LinkRow> = HashMap::new();
-        let mut srtt: HashMap<&LinkKey, (u64, u64)> = HashMap::new();
+        let mut rows: HashMap<&LinkKey, LinkRow> = HashMap::default();
+        let mut srtt: HashMap<&LinkKey, (u64, u64)> = HashMap::default();
         for (key, b) in &self.banked {
             rows.insert(
                 key,

@@ -116,11 +116,16 @@ pub fn table_meta() -> TableMeta {
 pub struct TcpProbe {
     /// Capacity of the eBPF map of live sockets.
     pub max_links: u32,
+    /// Record client owners with cgroup connect hooks even where sockops could do it.
+    pub connect_hooks: bool,
 }
 
 impl Default for TcpProbe {
     fn default() -> Self {
-        Self { max_links: 65536 }
+        Self {
+            max_links: 65536,
+            connect_hooks: false,
+        }
     }
 }
 
@@ -143,8 +148,15 @@ impl TcpProbe {
                         })?;
                     probe.max_links = n as u32;
                 }
+                "connect_hooks" => {
+                    probe.connect_hooks = v.as_bool().ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "probes[tcp].params.connect_hooks: expected true or false, found {v}"
+                        )
+                    })?;
+                }
                 other => anyhow::bail!(
-                    "probes[tcp].params.{other}: unknown parameter (known: max_links)"
+                    "probes[tcp].params.{other}: unknown parameter (known: max_links, connect_hooks)"
                 ),
             }
         }
@@ -162,13 +174,13 @@ impl Probe for TcpProbe {
     }
 
     fn run(&self, ctx: ProbeContext) -> ProbeFuture {
-        let max_links = self.max_links;
-        Box::pin(async move { run(ctx, max_links).await })
+        let (max_links, connect_hooks) = (self.max_links, self.connect_hooks);
+        Box::pin(async move { run(ctx, max_links, connect_hooks).await })
     }
 }
 
-async fn run(mut ctx: ProbeContext, max_links: u32) -> anyhow::Result<()> {
-    let mut programs = bpf::load(max_links)?;
+async fn run(mut ctx: ProbeContext, max_links: u32, connect_hooks: bool) -> anyhow::Result<()> {
+    let mut programs = bpf::load(max_links, connect_hooks)?;
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, until dropped, and
     // the AsyncFd owns the ring buffer.
     let mut ring =
