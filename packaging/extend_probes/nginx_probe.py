@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""gopher extension probe: nginx stub_status -> table nginx_status.
+
+Every interval, fetches each --url (an nginx `stub_status` page) and prints one line per URL:
+
+    |nginx_status|<server>|<up>|<active>|<accepts>|<handled>|<requests>|<reading>|<writing>|<waiting>|
+
+in the field order of nginx.meta.toml. When a page cannot be read, the line says up=0 and leaves
+the numbers empty (no value), so stale numbers do not linger; the reason goes to stderr once per
+change. The probe never exits on a target error: nginx may restart under it.
+
+nginx needs a stub_status location, for example:
+
+    location = /nginx_status { stub_status; allow 127.0.0.1; deny all; }
+
+Python 3 standard library only. Exits 0 on SIGTERM/SIGINT and when stdout is closed.
+"""
+
+import argparse
+import base64
+import os
+import re
+import signal
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+PROG = "nginx_probe"
+TABLE = "nginx_status"
+
+STATUS_RE = re.compile(
+    r"Active connections:\s*(\d+)\s+"
+    r"server accepts handled requests\s+(\d+)\s+(\d+)\s+(\d+)\s+"
+    r"Reading:\s*(\d+)\s+Writing:\s*(\d+)\s+Waiting:\s*(\d+)"
+)
+
+
+def log(msg):
+    sys.stderr.write("%s: %s\n" % (PROG, msg))
+    sys.stderr.flush()
+
+
+def clean(value):
+    """A value must not contain the separator or end the line."""
+    return str(value).replace("|", "_").replace("\n", " ").replace("\r", " ")
+
+
+def emit(values):
+    sys.stdout.write("|%s|%s|\n" % (TABLE, "|".join(clean(v) for v in values)))
+    sys.stdout.flush()
+
+
+class Target:
+    def __init__(self, url, timeout):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("not an http(s) URL: %r" % url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        host = parts.hostname
+        self.server = ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+        netloc = parts.netloc.rpartition("@")[2]
+        self.url = urllib.parse.urlunsplit(
+            (parts.scheme, netloc, parts.path or "/", parts.query, "")
+        )
+        self.headers = {"User-Agent": "gopher-nginx-probe"}
+        if parts.username is not None:
+            creds = "%s:%s" % (
+                urllib.parse.unquote(parts.username),
+                urllib.parse.unquote(parts.password or ""),
+            )
+            self.headers["Authorization"] = "Basic " + base64.b64encode(
+                creds.encode()
+            ).decode()
+        self.timeout = timeout
+        self.last_error = None
+        # Never go through an http_proxy from the environment: the target is local.
+        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def read(self):
+        req = urllib.request.Request(self.url, headers=self.headers)
+        with self.opener.open(req, timeout=self.timeout) as resp:
+            body = resp.read(65536).decode("utf-8", "replace")
+        m = STATUS_RE.search(body)
+        if not m:
+            raise ValueError(
+                "%s is not an nginx stub_status page (is `stub_status;` set in that location?)"
+                % self.url
+            )
+        return [int(g) for g in m.groups()]
+
+    def collect(self):
+        try:
+            nums = self.read()
+        except (OSError, ValueError, urllib.error.URLError) as e:
+            if isinstance(e, urllib.error.HTTPError):
+                why = "HTTP %d from %s" % (e.code, self.url)
+                if e.code == 404:
+                    why += " (no stub_status location there?)"
+            elif isinstance(e, ValueError):
+                why = str(e)
+            else:
+                why = "%s: %s" % (self.url, getattr(e, "reason", None) or e)
+            if why != self.last_error:
+                log("cannot read %s: %s; retrying every interval" % (self.server, why))
+                self.last_error = why
+            emit([self.server, 0] + [""] * 7)
+            return
+        if self.last_error is not None:
+            log("%s readable again" % self.server)
+            self.last_error = None
+        emit([self.server, 1] + nums)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Print nginx stub_status as gopher nginx_status rows."
+    )
+    p.add_argument(
+        "--url",
+        action="append",
+        help="stub_status URL (repeatable; http://user:pass@host/... for basic auth); "
+        "default http://127.0.0.1/nginx_status",
+    )
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between rows (default 5)")
+    p.add_argument("--timeout", type=float, default=2.0, help="per-request timeout, seconds (default 2)")
+    p.add_argument("--once", action="store_true", help="print one round and exit")
+    a = p.parse_args(argv)
+    if a.interval <= 0 or a.timeout <= 0:
+        p.error("--interval and --timeout must be > 0")
+    return a
+
+
+def run(args):
+    targets = [Target(u, args.timeout) for u in (args.url or ["http://127.0.0.1/nginx_status"])]
+    deadline = time.monotonic()
+    while True:
+        for t in targets:
+            t.collect()
+        if args.once:
+            return
+        deadline += args.interval
+        delay = deadline - time.monotonic()
+        if delay < 0:  # fell behind (slow target): start the next round now, on a fresh grid
+            deadline = time.monotonic()
+            delay = 0
+        time.sleep(delay)
+
+
+def main(argv):
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        args = parse_args(argv)
+        try:
+            run(args)
+        except ValueError as e:  # bad --url
+            log(str(e))
+            return 2
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        # The reader is gone: exit quietly (point stdout at /dev/null so the final flush is silent).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
