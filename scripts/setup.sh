@@ -11,6 +11,7 @@ APT_PACKAGES=(
   iproute2 nftables          # test network namespaces, veth, packet loss
   prometheus                 # promtool, and a real Prometheus server for end-to-end tests
   bpftrace bpftool           # benchmark peer and independent checks of attached programs
+  nginx redis-server haproxy procps  # extension probe tests start their own instances (pgrep: start checks)
 )
 
 log() { printf '== setup: %s\n' "$*"; }
