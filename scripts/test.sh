@@ -13,4 +13,12 @@ cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 # Default members only: the eBPF crate builds for bpfel via the agent's build.rs, not for the host.
 # Integration tests share the host's network stack and eBPF hooks: one test binary at a time.
-cargo test --locked -- --test-threads=1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked -- --test-threads=1 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite (cargo's own last line is whichever binary ran last).
+awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "gopher: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"
