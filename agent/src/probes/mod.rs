@@ -4,6 +4,7 @@
 //! until it is told to stop. Kinds: `tcp` (eBPF, native); extension probes come later.
 
 pub mod manager;
+pub mod system;
 pub mod tcp;
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
