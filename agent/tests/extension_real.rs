@@ -1,0 +1,859 @@
+//! The shipped extension probes (`packaging/extend_probes/`) against real nginx, redis and
+//! haproxy that each test starts itself, with its own config in a temp dir, on loopback test
+//! ports (whatever the package install did with the system instances does not matter).
+//!
+//! Standalone: each probe script's output lines are checked against its meta file (table name,
+//! field count, numbers where the meta says counter/gauge) and their values against an
+//! independent read of the service by the test (stub_status over a raw socket, INFO inline,
+//! `show stat` on the stats socket), taken just before and just after the probe's read.
+//! Lifecycle: target restarts, SIGTERM and a closed stdout.
+//! End to end: the agent runs the probe with `switch = "auto"` and a start check keyed to the
+//! test's own instance: service up → probe started → rows on /metrics; service stopped → probe
+//! stopped and its processes gone.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::float_cmp,
+    clippy::too_many_lines
+)]
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, ChildStderr, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use common::{free_port, require};
+use gopher::imdb::{FieldType, TableMeta};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+type Row = BTreeMap<String, String>;
+
+// ---------------------------------------------------------------------------------------------
+// Probe scripts and their meta files.
+
+fn shipped(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../packaging/extend_probes")
+        .join(file)
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("packaging/extend_probes/{file}: {e}"))
+}
+
+/// The one table of a shipped meta file, read by the agent's own meta loader.
+fn meta(file: &str) -> TableMeta {
+    let mut tables =
+        gopher::config::load_meta_file(&shipped(file)).unwrap_or_else(|e| panic!("{file}: {e:?}"));
+    assert_eq!(tables.len(), 1, "{file} defines one table");
+    tables.remove(0)
+}
+
+/// Parses `|table|v1|…|vN|` against `meta`: right table, one value per field, numbers where
+/// the field is a counter or gauge (counters non-negative). Values by field name.
+fn parse_row(line: &str, meta: &TableMeta) -> Row {
+    let inner = line
+        .strip_prefix('|')
+        .and_then(|l| l.strip_suffix('|'))
+        .unwrap_or_else(|| panic!("not a |table|…| row: {line:?}"));
+    let mut parts = inner.split('|');
+    assert_eq!(parts.next(), Some(meta.name.as_str()), "table of {line:?}");
+    let values: Vec<&str> = parts.collect();
+    assert_eq!(
+        values.len(),
+        meta.fields.len(),
+        "{line:?} has {} values, meta {} has {} fields",
+        values.len(),
+        meta.name,
+        meta.fields.len()
+    );
+    meta.fields
+        .iter()
+        .zip(values)
+        .map(|(f, v)| {
+            if matches!(f.ty, FieldType::Counter | FieldType::Gauge) && !v.is_empty() {
+                let n: f64 = v
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{} = {v:?} is not a number: {line}", f.name));
+                assert!(n.is_finite(), "{} = {v}", f.name);
+                assert!(f.ty != FieldType::Counter || n >= 0.0, "{} = {v}", f.name);
+            }
+            (f.name.clone(), v.to_owned())
+        })
+        .collect()
+}
+
+fn num(row: &Row, field: &str) -> f64 {
+    row[field]
+        .parse()
+        .unwrap_or_else(|_| panic!("{field} = {:?} in {row:?}", row[field]))
+}
+
+/// Runs a probe for one round (`--once`) and returns its stdout lines.
+fn probe_once(script: &str, args: &[&str]) -> Vec<String> {
+    let out = Command::new(shipped(script))
+        .args(args)
+        .arg("--once")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{script} {args:?}: {:?}\n{stderr}",
+        out.status
+    );
+    assert!(!stderr.contains("Traceback"), "{script}: {stderr}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A probe running in its loop, its stdout lines delivered through a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: Option<ChildStderr>,
+}
+
+impl Running {
+    fn spawn(script: &str, args: &[&str]) -> Running {
+        let mut child = Command::new(shipped(script))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in out.lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = child.stderr.take();
+        Running {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(WAIT)
+            .expect("no output line from the probe")
+    }
+
+    /// Reads lines until one satisfies `pred`.
+    fn until(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(500))
+                && pred(&l)
+            {
+                return l;
+            }
+        }
+        panic!("probe printed no line with {what}");
+    }
+
+    /// SIGTERM; returns the exit status and everything the probe wrote to stderr.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = wait_exit(&mut self.child, Duration::from_secs(5));
+        let mut err = String::new();
+        self.stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status, err)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    panic!("pid {} did not exit within {timeout:?}", child.id());
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < WAIT {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Services, each in a temp dir of its own, run in the foreground as children of the test.
+
+struct Service {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Service {
+    fn spawn(dir: tempfile::TempDir, port: u16, program: &str, args: &[&str]) -> Service {
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        Service {
+            child: Some(child),
+            dir,
+            port,
+        }
+    }
+
+    /// SIGTERM, wait for the exit (reaped: no zombie left for `kill -0` to find).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+fn start_nginx() -> Service {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let d = dir.path().display();
+    let conf = format!(
+        r#"daemon off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location = /nginx_status {{ stub_status; }}
+        location / {{ return 200 "ok\n"; }}
+    }}
+}}
+"#
+    );
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let (prefix, conf_path) = (d.to_string(), conf_path.display().to_string());
+    let error_log = format!("{d}/error.log");
+    let svc = Service::spawn(
+        dir,
+        port,
+        "nginx",
+        &["-p", &prefix, "-c", &conf_path, "-e", &error_log],
+    );
+    eventually("nginx answering", || {
+        http_get(port, "/nginx_status").is_ok_and(|r| r.contains("Active connections"))
+    });
+    svc
+}
+
+/// stub_status read by the test: every number on the page, in page order (active, accepts,
+/// handled, requests, reading, writing, waiting).
+fn stub_status(port: u16) -> Vec<f64> {
+    let resp = http_get(port, "/nginx_status").unwrap();
+    let body = resp.split_once("\r\n\r\n").unwrap().1;
+    let nums: Vec<f64> = body
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse().unwrap())
+        .collect();
+    assert_eq!(nums.len(), 7, "stub_status page: {body:?}");
+    nums
+}
+
+fn start_redis_in(dir: tempfile::TempDir, port: u16) -> Service {
+    let d = dir.path().display().to_string();
+    let svc = Service::spawn(
+        dir,
+        port,
+        "redis-server",
+        &[
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            &d,
+            "--logfile",
+            &format!("{d}/redis.log"),
+        ],
+    );
+    eventually("redis answering", || {
+        Redis::connect(port).is_ok_and(|mut r| r.cmd("PING") == "PONG")
+    });
+    svc
+}
+
+fn start_redis() -> Service {
+    start_redis_in(tempfile::tempdir().unwrap(), free_port())
+}
+
+/// The test's own redis client: inline commands, replies read by hand.
+struct Redis(BufReader<TcpStream>);
+
+impl Redis {
+    fn connect(port: u16) -> std::io::Result<Redis> {
+        let s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(Redis(BufReader::new(s)))
+    }
+
+    fn cmd(&mut self, line: &str) -> String {
+        write!(self.0.get_mut(), "{line}\r\n").unwrap();
+        let mut head = String::new();
+        self.0.read_line(&mut head).unwrap();
+        let head = head.trim_end();
+        match head.as_bytes().first() {
+            Some(b'+' | b':') => head[1..].to_owned(),
+            Some(b'$') => {
+                let n: usize = head[1..].parse().unwrap();
+                let mut buf = vec![0; n + 2];
+                self.0.read_exact(&mut buf).unwrap();
+                String::from_utf8(buf[..n].to_vec()).unwrap()
+            }
+            _ => panic!("redis replied {head:?} to {line:?}"),
+        }
+    }
+
+    /// INFO as name → value; `keys` and `expires` summed over the keyspace lines.
+    fn info(&mut self) -> BTreeMap<String, String> {
+        let text = self.cmd("INFO");
+        let mut m = BTreeMap::new();
+        let (mut keys, mut expires) = (0_u64, 0_u64);
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
+            if k.starts_with("db") && k[2..].chars().all(|c| c.is_ascii_digit()) {
+                for kv in v.split(',') {
+                    match kv.split_once('=') {
+                        Some(("keys", n)) => keys += n.parse::<u64>().unwrap(),
+                        Some(("expires", n)) => expires += n.parse::<u64>().unwrap(),
+                        _ => {}
+                    }
+                }
+            } else {
+                m.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        m.insert("keys".into(), keys.to_string());
+        m.insert("expires".into(), expires.to_string());
+        m
+    }
+}
+
+struct Haproxy {
+    svc: Service,
+    sock: String,
+    origin: u16,
+}
+
+fn start_haproxy() -> Haproxy {
+    let dir = tempfile::tempdir().unwrap();
+    let (front, origin, dead) = (free_port(), free_port(), free_port());
+    let d = dir.path().display().to_string();
+    let sock = format!("{d}/admin.sock");
+    let cfg = format!(
+        r"global
+    stats socket {sock} mode 600 level admin
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 5s
+    timeout server 5s
+frontend fe_test
+    bind 127.0.0.1:{front}
+    default_backend be_app
+frontend fe_origin
+    bind 127.0.0.1:{origin}
+    http-request return status 200 content-type text/plain string ok
+backend be_app
+    server s1 127.0.0.1:{origin} check inter 200ms rise 1 fall 1
+backend be_dead
+    server d1 127.0.0.1:{dead} check inter 200ms rise 1 fall 1
+"
+    );
+    let cfg_path = format!("{d}/haproxy.cfg");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let svc = Service::spawn(dir, front, "haproxy", &["-db", "-f", &cfg_path]);
+    let hp = Haproxy { svc, sock, origin };
+    eventually("haproxy: s1 UP and d1 DOWN", || {
+        show_stat(&hp.sock).is_ok_and(|s| {
+            s.iter().any(|r| r["svname"] == "s1" && r["status"] == "UP")
+                && s.iter()
+                    .any(|r| r["svname"] == "d1" && r["status"] == "DOWN")
+        })
+    });
+    hp
+}
+
+/// `show stat` read by the test, one map per CSV line (column name → value).
+fn show_stat(sock: &str) -> std::io::Result<Vec<Row>> {
+    let mut s = UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"show stat\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let mut lines = text.lines();
+    let Some(header) = lines.next().and_then(|h| h.strip_prefix("# ")) else {
+        return Err(std::io::Error::other(format!("not CSV: {text:?}")));
+    };
+    let names: Vec<&str> = header.split(',').collect();
+    Ok(lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            names
+                .iter()
+                .zip(l.split(','))
+                .map(|(n, v)| ((*n).to_owned(), v.to_owned()))
+                .collect()
+        })
+        .collect())
+}
+
+/// The CSV column a haproxy_stat field documents in its description: "... (scur)".
+fn documented_column(description: &str) -> Option<&str> {
+    let inner = description.strip_suffix(')')?.rsplit_once('(')?.1;
+    inner
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        .then_some(inner)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Standalone: the probe scripts against real services.
+
+#[test]
+fn nginx_probe_matches_stub_status() {
+    if !require(have("nginx"), "nginx (apt-get install nginx)") {
+        return;
+    }
+    let meta = meta("nginx.meta.toml");
+    let nginx = start_nginx();
+    let port = nginx.port;
+    for _ in 0..5 {
+        assert!(http_get(port, "/").unwrap().ends_with("ok\n"));
+    }
+    let url = format!("http://127.0.0.1:{port}/nginx_status");
+    // Independent read, the probe's read, independent read: one request and one connection
+    // each, one at a time, so the probe's numbers sit exactly between the test's.
+    let before = stub_status(port);
+    let lines = probe_once("nginx_probe.py", &["--url", &url]);
+    let after = stub_status(port);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let row = parse_row(&lines[0], &meta);
+    assert_eq!(row["server"], format!("127.0.0.1:{port}"));
+    assert_eq!(num(&row, "up"), 1.0);
+    let fields = [
+        "active_connections",
+        "accepts",
+        "handled",
+        "requests",
+        "reading",
+        "writing",
+        "waiting",
+    ];
+    for (i, f) in fields.iter().enumerate() {
+        let (b, p, a) = (before[i], num(&row, f), after[i]);
+        if meta.fields[meta.field_index(f).unwrap()].ty == FieldType::Counter {
+            assert_eq!(
+                (b + 1.0, p + 1.0),
+                (p, a),
+                "{f}: before {b}, probe {p}, after {a}"
+            );
+        } else {
+            // Each read sees only its own connection, busy writing the page.
+            assert_eq!((b, p), (p, a), "{f}");
+        }
+    }
+    assert_eq!(
+        before[3], 7.0,
+        "5 requests, this read and nginx's own count"
+    );
+
+    // A page that is not stub_status and a port nobody listens on: up = 0, no values.
+    let lines = probe_once(
+        "nginx_probe.py",
+        &[
+            "--url",
+            &format!("http://127.0.0.1:{port}/elsewhere"),
+            "--url",
+            &format!("http://127.0.0.1:{}/nginx_status", free_port()),
+        ],
+    );
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for l in &lines {
+        let row = parse_row(l, &meta);
+        assert_eq!(num(&row, "up"), 0.0, "{l}");
+        assert!(
+            fields.iter().all(|f| row[*f].is_empty()),
+            "down target, values left: {l}"
+        );
+    }
+}
+
+#[test]
+fn redis_probe_matches_info() {
+    if !require(
+        have("redis-server"),
+        "redis-server (apt-get install redis-server)",
+    ) {
+        return;
+    }
+    let meta = meta("redis.meta.toml");
+    let redis = start_redis();
+    let port = redis.port;
+    let mut me = Redis::connect(port).unwrap();
+    for k in ["k1", "k2", "k3"] {
+        assert_eq!(me.cmd(&format!("SET {k} v")), "OK");
+    }
+    assert_eq!(me.cmd("SET k4 v EX 1000"), "OK");
+    assert_eq!(me.cmd("GET k1"), "v");
+    assert_eq!(me.cmd("GET k2"), "v");
+    write!(me.0.get_mut(), "GET missing\r\n").unwrap();
+    let mut nil = String::new();
+    me.0.read_line(&mut nil).unwrap();
+    assert_eq!(nil, "$-1\r\n");
+
+    let before = me.info();
+    let lines = probe_once("redis_probe.py", &["--addr", &format!("127.0.0.1:{port}")]);
+    let after = me.info();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let row = parse_row(&lines[0], &meta);
+    let f = |k: &str| -> f64 { before[k].parse().unwrap() };
+    let g = |k: &str| -> f64 { after[k].parse().unwrap() };
+
+    assert_eq!(row["server"], format!("127.0.0.1:{port}"));
+    assert_eq!(row["version"], before["redis_version"]);
+    assert_eq!(row["role"], "master");
+    assert_eq!(num(&row, "up"), 1.0);
+    // What the test did, exactly.
+    assert_eq!(num(&row, "keys"), 4.0);
+    assert_eq!(num(&row, "expires"), 1.0);
+    assert_eq!(num(&row, "keyspace_hits"), 2.0);
+    assert_eq!(num(&row, "keyspace_misses"), 1.0);
+    // The probe's one INFO on one new connection, between the test's two INFOs.
+    let tcp = num(&row, "total_commands_processed");
+    assert_eq!(
+        (f("total_commands_processed") + 1.0, tcp + 1.0),
+        (tcp, g("total_commands_processed"))
+    );
+    assert_eq!(
+        num(&row, "total_connections_received"),
+        f("total_connections_received") + 1.0
+    );
+    assert_eq!(
+        num(&row, "total_connections_received"),
+        g("total_connections_received")
+    );
+    assert_eq!(num(&row, "connected_clients"), f("connected_clients") + 1.0);
+    for k in [
+        "maxmemory",
+        "connected_slaves",
+        "blocked_clients",
+        "rejected_connections",
+        "evicted_keys",
+        "expired_keys",
+    ] {
+        assert_eq!(num(&row, k), f(k), "{k}");
+    }
+    // Every field named after an INFO field: counters between the two reads, gauges numbers.
+    for field in &meta.fields {
+        let name = field.name.as_str();
+        if !before.contains_key(name) || ["keys", "expires"].contains(&name) {
+            continue;
+        }
+        match field.ty {
+            FieldType::Counter => {
+                let v = num(&row, name);
+                assert!(
+                    f(name) <= v && v <= g(name),
+                    "{name}: {} <= {v} <= {}",
+                    f(name),
+                    g(name)
+                );
+            }
+            FieldType::Gauge => assert!(num(&row, name) >= 0.0, "{name}"),
+            _ => {}
+        }
+    }
+    assert!(num(&row, "used_memory") > 0.0);
+    assert!(f("uptime_in_seconds") <= num(&row, "uptime_in_seconds"));
+}
+
+#[test]
+fn haproxy_probe_matches_show_stat() {
+    if !require(have("haproxy"), "haproxy (apt-get install haproxy)") {
+        return;
+    }
+    let meta = meta("haproxy.meta.toml");
+    let hp = start_haproxy();
+    for _ in 0..4 {
+        assert!(http_get(hp.svc.port, "/").unwrap().ends_with("ok"));
+    }
+    let before = show_stat(&hp.sock).unwrap();
+    let lines = probe_once("haproxy_probe.py", &["--socket", &hp.sock]);
+    let after = show_stat(&hp.sock).unwrap();
+    assert_eq!(
+        lines.len(),
+        before.len(),
+        "one row per statistics line: {lines:?}"
+    );
+    let types = BTreeMap::from([("0", "frontend"), ("1", "backend"), ("2", "server")]);
+    let mut seen = BTreeMap::new();
+    for (line, (b, a)) in lines.iter().zip(before.iter().zip(&after)) {
+        let row = parse_row(line, &meta);
+        assert_eq!(row["instance"], format!("unix:{}", hp.sock));
+        assert_eq!(
+            (row["proxy"].as_str(), row["server"].as_str()),
+            (b["pxname"].as_str(), b["svname"].as_str())
+        );
+        assert_eq!(row["type"], types[b["type"].as_str()], "{line}");
+        assert_eq!(row["status"], b["status"], "{line}");
+        for field in &meta.fields {
+            let Some(col) = documented_column(&field.description) else {
+                continue;
+            };
+            let (bv, av, v) = (&b[col], &a[col], &row[&field.name]);
+            match field.ty {
+                FieldType::Counter if !bv.is_empty() => {
+                    let (bn, an, vn): (f64, f64, f64) =
+                        (bv.parse().unwrap(), av.parse().unwrap(), v.parse().unwrap());
+                    assert!(
+                        bn <= vn && vn <= an,
+                        "{line}: {} ({col}): {bn} <= {vn} <= {an}",
+                        field.name
+                    );
+                }
+                FieldType::Counter | FieldType::Gauge if bv == av => {
+                    assert_eq!(v, bv, "{line}: {} ({col})", field.name);
+                }
+                _ => {}
+            }
+        }
+        seen.insert(format!("{}/{}", row["proxy"], row["server"]), row);
+    }
+    // What the test did, exactly: 4 requests through fe_test to be_app/s1.
+    for k in ["fe_test/FRONTEND", "be_app/s1", "be_app/BACKEND"] {
+        let r = &seen[k];
+        assert_eq!(num(r, "sessions"), 4.0, "{k}");
+        assert_eq!(num(r, "http_responses_2xx"), 4.0, "{k}");
+        assert_eq!(num(r, "up"), 1.0, "{k}");
+    }
+    assert_eq!(seen["fe_test/FRONTEND"]["status"], "OPEN");
+    assert_eq!(seen["be_app/s1"]["status"], "UP");
+    let dead = &seen["be_dead/d1"];
+    assert_eq!((dead["status"].as_str(), num(dead, "up")), ("DOWN", 0.0));
+    assert!(num(dead, "check_failures") >= 1.0);
+    assert_eq!(num(&seen["be_dead/BACKEND"], "up"), 0.0);
+    assert!(
+        seen["fe_test/FRONTEND"]["weight"].is_empty(),
+        "n/a stays empty"
+    );
+    let _ = hp.origin;
+
+    // A socket nobody listens on: nothing printed, the reason on stderr, exit 0.
+    let lines = probe_once(
+        "haproxy_probe.py",
+        &[
+            "--socket",
+            &format!("{}/none.sock", hp.svc.dir.path().display()),
+        ],
+    );
+    assert!(lines.is_empty(), "{lines:?}");
+}
+
+#[test]
+fn redis_probe_survives_a_restart_and_exits_on_sigterm() {
+    if !require(
+        have("redis-server"),
+        "redis-server (apt-get install redis-server)",
+    ) {
+        return;
+    }
+    let meta = meta("redis.meta.toml");
+    let mut redis = start_redis();
+    let port = redis.port;
+    let probe = Running::spawn(
+        "redis_probe.py",
+        &["--addr", &format!("127.0.0.1:{port}"), "--interval", "0.2"],
+    );
+    let up = |want: f64| {
+        let meta = &meta;
+        move |l: &str| num(&parse_row(l, meta), "up") == want
+    };
+    let first = parse_row(&probe.line(), &meta);
+    assert_eq!(num(&first, "up"), 1.0);
+
+    redis.stop();
+    let down = parse_row(&probe.until("up = 0", up(0.0)), &meta);
+    assert!(
+        down.iter()
+            .all(|(k, v)| ["server", "up"].contains(&k.as_str()) || v.is_empty()),
+        "a down server leaves no stale values: {down:?}"
+    );
+    let dir = std::mem::replace(&mut redis.dir, tempfile::tempdir().unwrap());
+    let _redis = start_redis_in(dir, port);
+    let again = parse_row(&probe.until("up = 1 again", up(1.0)), &meta);
+    assert!(
+        num(&again, "total_commands_processed") < num(&first, "total_commands_processed") + 50.0
+    );
+    assert_eq!(again["role"], "master");
+
+    let (status, stderr) = probe.terminate();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM ends the probe cleanly: {status:?}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("cannot read") && stderr.contains("readable again"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Traceback"), "{stderr}");
+}
+
+/// Without any service: each probe keeps running on refused connections, logs the reason once,
+/// exits 0 on SIGTERM, and exits 0 without a traceback when its stdout is closed.
+#[test]
+fn probes_exit_cleanly_on_sigterm_and_closed_stdout() {
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let cases: [(&str, Vec<String>); 3] = [
+        (
+            "nginx_probe.py",
+            vec!["--url".into(), format!("http://{nowhere}/nginx_status")],
+        ),
+        ("redis_probe.py", vec!["--addr".into(), nowhere.clone()]),
+        (
+            "haproxy_probe.py",
+            vec!["--socket".into(), "/nonexistent/gopher-test.sock".into()],
+        ),
+    ];
+    for (script, args) in &cases {
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend(["--interval", "0.1"]);
+        let probe = Running::spawn(script, &args);
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            probe.lines.try_recv().is_ok() || *script == "haproxy_probe.py",
+            "{script} prints rows for a down target"
+        );
+        let (status, stderr) = probe.terminate();
+        assert_eq!(status.code(), Some(0), "{script}: {status:?}\n{stderr}");
+        assert_eq!(
+            stderr.matches("cannot read").count(),
+            1,
+            "{script} logs a failure once per change: {stderr}"
+        );
+        assert!(!stderr.contains("Traceback"), "{script}: {stderr}");
+    }
+    // Closed stdout: the next write fails with EPIPE and the probe exits 0, quietly.
+    for (script, args) in &cases[..2] {
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend(["--interval", "0.1"]);
+        let mut child = Command::new(shipped(script))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        assert!(first.starts_with('|'), "{first:?}");
+        drop(out);
+        let status = wait_exit(&mut child, Duration::from_secs(5));
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "{script}: {status:?}\n{stderr}");
+        assert!(!stderr.contains("Traceback"), "{script}: {stderr}");
+    }
+}
