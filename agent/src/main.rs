@@ -4,15 +4,24 @@ use std::{
     path::PathBuf,
     process::ExitCode,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::Context as _;
 use clap::Parser;
 use gopher::{
-    config::{self, Config},
+    config::{self, Config, Switch},
     egress::http,
-    imdb::{Limits, Row, Store},
-    probes::{Manager, Probe, now_ms, tcp::TcpProbe},
+    imdb::{Limits, Row, Store, TableMeta},
+    probes::{
+        Manager, Policy, Probe,
+        extension::{
+            Catalog, ExtensionProbe,
+            start_check::{self, StartCheck},
+        },
+        now_ms, system,
+        tcp::TcpProbe,
+    },
     selfmetrics::SelfMetrics,
 };
 use tokio::sync::{mpsc, watch};
@@ -65,7 +74,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cfg)) {
+    // Relative paths in extension probe commands and start checks are relative to this.
+    let base = cli
+        .config
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::from);
+    match runtime.block_on(run(cfg, base)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -91,19 +106,121 @@ fn warn_unimplemented(cfg: &Config) {
             "kafka.switch = \"on\": Kafka egress is not in this version; rows go to /metrics only"
         );
     }
-    for p in cfg
-        .extend_probes
-        .iter()
-        .filter(|p| p.switch.as_str() != "off")
-    {
-        tracing::warn!(probe = %p.name, "extension probes are not in this version; not started");
-    }
     if let Some(dir) = &cfg.global.log_directory {
         tracing::warn!(dir = %dir.display(), "global.log_directory is not in this version; logging to stderr");
     }
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+/// Capacity of the rows channel, in batches. Extension probes cap a batch at 64 KiB, so this
+/// also caps what flooding probes can have in flight (they block on their full pipes beyond it).
+const ROWS_CHANNEL: usize = 64;
+
+/// Registers a table in the store and notes it in the catalog extension probes check rows with.
+fn register(store: &mut Store, catalog: &mut Catalog, meta: TableMeta) -> anyhow::Result<()> {
+    let name = meta.name.clone();
+    store
+        .register(meta.clone())
+        .with_context(|| format!("registering table {name}"))?;
+    catalog.insert(name, Arc::new(meta));
+    Ok(())
+}
+
+/// Builds every configured probe, registers its tables (and those of the meta directories) and
+/// adds it to the manager, stopped.
+fn add_probes(
+    cfg: &Config,
+    base: Option<&PathBuf>,
+    store: &mut Store,
+    manager: &Manager,
+) -> anyhow::Result<()> {
+    let mut catalog = Catalog::new();
+    for meta in config::load_meta_dirs(&cfg.meta.dirs).context("loading meta files")? {
+        register(store, &mut catalog, meta)?;
+    }
+    for p in &cfg.probes {
+        let probe: Arc<dyn Probe> = match p.name.as_str() {
+            "tcp" => Arc::new(TcpProbe::from_params(&p.params)?),
+            other => match system::native_probe(other, &p.params)? {
+                Some(probe) => probe,
+                None => anyhow::bail!("native probe {other:?} is not built into this agent"),
+            },
+        };
+        for meta in probe.tables() {
+            register(store, &mut catalog, meta)?;
+        }
+        manager.add(probe, p.interval);
+    }
+    let mut extensions = Vec::new();
+    for e in &cfg.extend_probes {
+        let tables = match &e.meta {
+            Some(path) => config::load_meta_file(path)
+                .with_context(|| format!("loading the meta file of extension probe {}", e.name))?,
+            None => Vec::new(),
+        };
+        let probe = Arc::new(
+            ExtensionProbe::new(
+                &e.name,
+                &e.command,
+                &e.param,
+                tables,
+                cfg.supervision.stop_grace,
+            )
+            .in_dir(base.cloned()),
+        );
+        for meta in probe.tables() {
+            register(store, &mut catalog, meta)?;
+        }
+        extensions.push(Arc::clone(&probe));
+        // Extension probes keep their own cadence; the interval is not used by them.
+        manager.add(probe, cfg.ingress.interval);
+    }
+    // Rows may go to any registered table (gala-gopher's meta directory was shared).
+    let catalog = Arc::new(catalog);
+    for probe in &extensions {
+        probe.set_catalog(Arc::clone(&catalog));
+    }
+    Ok(())
+}
+
+/// Starts the probes switched on, and a start-check task per auto probe (they end when the
+/// returned sender sends `true`).
+fn start_probes(
+    cfg: &Config,
+    base: Option<&PathBuf>,
+    manager: &Manager,
+    metrics: &Arc<SelfMetrics>,
+) -> anyhow::Result<(watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>)> {
+    for p in &cfg.probes {
+        if p.switch == Switch::On {
+            manager.start(&p.name)?;
+        }
+    }
+    let (checks_stop, checks_rx) = watch::channel(false);
+    let mut checks = Vec::new();
+    for e in &cfg.extend_probes {
+        match (e.switch, &e.start_check) {
+            (Switch::On, _) => manager.start(&e.name)?,
+            (Switch::Auto, Some(command)) => checks.push(start_check::spawn_auto(
+                manager.clone(),
+                StartCheck {
+                    probe: e.name.clone(),
+                    command: command.clone(),
+                    kind: e.check_type,
+                    interval: cfg.supervision.start_check_interval,
+                    timeout: cfg.supervision.start_check_timeout,
+                    workdir: base.cloned(),
+                },
+                Arc::clone(metrics),
+                checks_rx.clone(),
+            )),
+            // Off, or auto without a check (the config reader refuses that): registered, stopped.
+            _ => {}
+        }
+    }
+    Ok((checks_stop, checks))
+}
+
+async fn run(cfg: Config, base: Option<PathBuf>) -> anyhow::Result<()> {
     warn_unimplemented(&cfg);
     let metrics = Arc::new(SelfMetrics::new());
     let mut store = Store::new(Limits {
@@ -112,36 +229,26 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         max_metrics: cfg.imdb.max_metrics_num,
         record_timeout_ms: cfg.imdb.record_timeout.as_millis() as u64,
     });
-    for meta in config::load_meta_dirs(&cfg.meta.dirs).context("loading meta files")? {
-        let name = meta.name.clone();
-        store
-            .register(meta)
-            .with_context(|| format!("registering table {name}"))?;
-    }
-
-    let (rows_tx, rows_rx) = mpsc::channel::<Vec<Row>>(256);
-    let mut manager = Manager::new(rows_tx, Arc::clone(&metrics), cfg.imdb.record_timeout);
-    for p in &cfg.probes {
-        let probe: Arc<dyn Probe> = match p.name.as_str() {
-            "tcp" => Arc::new(TcpProbe::from_params(&p.params)?),
-            other => anyhow::bail!("native probe {other:?} is not built into this agent"),
-        };
-        for meta in probe.tables() {
-            let name = meta.name.clone();
-            store
-                .register(meta)
-                .with_context(|| format!("registering table {name}"))?;
-        }
-        manager.add(probe, p.interval);
-    }
+    let (rows_tx, rows_rx) = mpsc::channel::<Vec<Row>>(ROWS_CHANNEL);
+    let sup = &cfg.supervision;
+    let policy = Policy {
+        backoff_initial: sup.restart_backoff,
+        backoff_max: sup.restart_backoff_max,
+        max_quick_failures: sup.max_quick_failures,
+        stable_after: sup.stable_after,
+        // Extension probes get stop_grace before SIGKILL; allow for that plus reaping.
+        stop_timeout: sup.stop_grace + Duration::from_secs(5),
+    };
+    let manager = Manager::with_policy(
+        rows_tx,
+        Arc::clone(&metrics),
+        cfg.imdb.record_timeout,
+        policy,
+    );
+    add_probes(&cfg, base.as_ref(), &mut store, &manager)?;
     let store = Arc::new(Mutex::new(store));
     let ingest = tokio::spawn(ingest(rows_rx, Arc::clone(&store)));
-
-    for p in &cfg.probes {
-        if p.switch.as_str() == "on" {
-            manager.start(&p.name)?;
-        }
-    }
+    let (checks_stop, checks) = start_probes(&cfg, base.as_ref(), &manager, &metrics)?;
 
     let listener = http::bind(&cfg.web_server.bind_addr, cfg.web_server.port).await?;
     tracing::info!(
@@ -160,6 +267,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 
     wait_for_signal().await?;
     tracing::info!("stopping");
+    // Start checks first, so that none starts a probe that is being stopped.
+    let _ = checks_stop.send(true);
+    for check in checks {
+        let _ = check.await;
+    }
     manager.stop_all().await;
     let _ = shutdown_tx.send(true);
     let _ = web.await;

@@ -24,6 +24,11 @@ pub const ROWS_INGESTED: &str = "gopher_rows_ingested_total";
 pub const ROWS_DROPPED: &str = "gopher_rows_dropped_total";
 pub const EBPF_EVENTS_LOST: &str = "gopher_ebpf_events_lost_total";
 pub const PROBE_ERRORS: &str = "gopher_probe_errors_total";
+pub const PROBE_LAST_FAILURE: &str = "gopher_probe_last_failure_info";
+pub const PROBE_ROWS: &str = "gopher_probe_rows_total";
+pub const PROBE_ROWS_REJECTED: &str = "gopher_probe_rows_rejected_total";
+pub const PROBE_LINES_IGNORED: &str = "gopher_probe_lines_ignored_total";
+pub const START_CHECK_FAILURES: &str = "gopher_start_check_failures_total";
 pub const SCRAPE_DURATION: &str = "gopher_scrape_duration_seconds";
 pub const IMDB_RECORDS: &str = "gopher_imdb_records";
 pub const IMDB_TABLES: &str = "gopher_imdb_tables";
@@ -99,9 +104,11 @@ impl Default for SelfMetrics {
 }
 
 impl SelfMetrics {
+    // One flat list of declarations: splitting it would scatter the catalogue.
+    #[allow(clippy::too_many_lines)]
     pub fn new() -> Self {
         use Kind::{Counter, Gauge};
-        let declared: [(&'static str, Kind, &'static [&'static str], &'static str); 11] = [
+        let declared: [(&'static str, Kind, &'static [&'static str], &'static str); 16] = [
             (
                 BUILD_INFO,
                 Gauge,
@@ -118,7 +125,7 @@ impl SelfMetrics {
                 PROBE_RESTARTS,
                 Counter,
                 &["probe"],
-                "Times the probe was restarted after stopping or failing.",
+                "Times the supervisor restarted the probe after it ended on its own (exit, crash, error).",
             ),
             (
                 ROWS_INGESTED,
@@ -143,6 +150,36 @@ impl SelfMetrics {
                 Counter,
                 &["probe"],
                 "Errors a running probe hit and carried on from (a failed sock_diag dump, say).",
+            ),
+            (
+                PROBE_LAST_FAILURE,
+                Gauge,
+                &["probe", "reason"],
+                "Always 1; the reason label says why the probe last ended on its own (exit status, signal, last stderr line).",
+            ),
+            (
+                PROBE_ROWS,
+                Counter,
+                &["probe"],
+                "Rows an extension probe printed that passed the format checks and went to the table store.",
+            ),
+            (
+                PROBE_ROWS_REJECTED,
+                Counter,
+                &["probe", "reason"],
+                "Lines an extension probe printed as rows that were refused (not_utf8, too_long, malformed, unknown_table, field_count, bad_value).",
+            ),
+            (
+                PROBE_LINES_IGNORED,
+                Counter,
+                &["probe"],
+                "Lines an extension probe printed that do not start with '|' and so are not rows.",
+            ),
+            (
+                START_CHECK_FAILURES,
+                Counter,
+                &["probe", "reason"],
+                "Start checks of switch=auto probes that gave no answer (timeout, spawn, bad_output, killed).",
             ),
             (
                 SCRAPE_DURATION,
@@ -427,7 +464,7 @@ mod tests {
                 "# HELP gopher_build_info Always 1; the label carries the agent's version.\n\
                  # TYPE gopher_build_info gauge\n\
                  gopher_build_info{{version=\"{version}\"}} 1\n\
-                 # HELP gopher_probe_restarts_total Times the probe was restarted after stopping or failing.\n\
+                 # HELP gopher_probe_restarts_total Times the supervisor restarted the probe after it ended on its own (exit, crash, error).\n\
                  # TYPE gopher_probe_restarts_total counter\n\
                  gopher_probe_restarts_total{{probe=\"a\\\"b\\\\c\\nd\"}} 7\n\
                  # HELP gopher_scrape_duration_seconds Seconds the previous scrape spent taking the snapshot and rendering it.\n\

@@ -20,7 +20,7 @@ pub use error::{ConfigError, Diagnostic, DiagnosticKind};
 pub use meta_file::{load_meta_dirs, load_meta_file, parse_meta_libconfig, parse_meta_toml};
 pub use model::{
     CheckType, Config, Egress, ExtendProbe, Global, Imdb, Ingress, Kafka, LogLevel, MetaSection,
-    NATIVE_PROBES, NativeProbe, OnOff, Switch, WebServer, load, parse,
+    NATIVE_PROBES, NativeProbe, OnOff, Supervision, Switch, WebServer, load, parse,
 };
 
 /// Validates a config file without starting anything (`gopher check`); same as [`load`].

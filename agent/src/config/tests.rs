@@ -76,17 +76,21 @@ fn shipped_probes_toml_is_valid_and_safe() {
     assert_eq!(c.probes[0].switch, Switch::On);
     assert_eq!(c.probes[0].interval, Duration::from_secs(5));
     let names: Vec<&str> = c.extend_probes.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["redis", "nginx", "dnsmasq", "haproxy", "lvs"]);
-    assert!(
-        c.extend_probes.iter().all(|p| p.switch == Switch::Off),
-        "no extension probe may run by default"
-    );
-    let lvs = &c.extend_probes[4];
-    assert_eq!(
-        lvs.start_check.as_deref(),
-        Some("lsmod | grep ip_vs | wc -l")
-    );
-    assert_eq!(lvs.check_type, CheckType::Count);
+    assert_eq!(names, ["nginx", "redis", "haproxy"]);
+    // Shipped extension probes run only while their service does.
+    for p in &c.extend_probes {
+        assert_eq!(p.switch, Switch::Auto, "{}", p.name);
+        assert_eq!(p.check_type, CheckType::Count, "{}", p.name);
+        assert!(
+            p.start_check
+                .as_deref()
+                .is_some_and(|s| s.starts_with("pgrep -x ")),
+            "{}",
+            p.name
+        );
+        assert!(p.meta.as_ref().is_some_and(|m| m.is_file()), "{}", p.name);
+    }
+    assert_eq!(c.supervision, Supervision::default());
     assert!(c.meta.dirs.is_empty());
     assert!(c.global.log_directory.is_none());
     assert_eq!(c.imdb, Imdb::default());
@@ -991,4 +995,75 @@ proptest::proptest! {
         let text = parts.join(" ");
         let _ = parse_meta_libconfig(&text, Path::new("p.meta"));
     }
+}
+
+// ---- [supervision] ----------------------------------------------------------------------
+
+#[test]
+fn supervision_defaults_and_values() {
+    let d = ok("").supervision;
+    assert_eq!(d, Supervision::default());
+    assert_eq!(d.max_quick_failures, 5);
+    assert_eq!(d.restart_backoff, Duration::from_secs(1));
+    assert_eq!(d.restart_backoff_max, Duration::from_mins(1));
+    assert_eq!(d.start_check_interval, Duration::from_secs(10));
+    let s = ok(
+        "[supervision]\nrestart_backoff = 2\nrestart_backoff_max = 8\n\
+         max_quick_failures = 3\nstable_after = 30\nstop_grace = 0\n\
+         start_check_interval = 1\nstart_check_timeout = 2\n",
+    )
+    .supervision;
+    assert_eq!(
+        s,
+        Supervision {
+            restart_backoff: Duration::from_secs(2),
+            restart_backoff_max: Duration::from_secs(8),
+            max_quick_failures: 3,
+            stable_after: Duration::from_secs(30),
+            stop_grace: Duration::ZERO,
+            start_check_interval: Duration::from_secs(1),
+            start_check_timeout: Duration::from_secs(2),
+        }
+    );
+}
+
+#[test]
+fn supervision_errors_are_positioned() {
+    one(
+        "[supervision]\nmax_quick_failures = 0\n",
+        2,
+        "supervision.max_quick_failures",
+        DiagnosticKind::OutOfRange,
+    );
+    one(
+        "[supervision]\nstart_check_interval = 0\n",
+        2,
+        "supervision.start_check_interval",
+        DiagnosticKind::OutOfRange,
+    );
+    one(
+        "[supervision]\nrestart_backoff = 1\nrestart_backoff_max = \"60\"\n",
+        3,
+        "supervision.restart_backoff_max",
+        DiagnosticKind::WrongType,
+    );
+    let d = one(
+        "[supervision]\nrestart_backoff = 10\nrestart_backoff_max = 5\n",
+        3,
+        "supervision.restart_backoff_max",
+        DiagnosticKind::InvalidValue,
+    );
+    assert!(d.message.contains("must not be below"), "{d}");
+    one(
+        "[supervision]\nrestart_backoff = 120\n",
+        2,
+        "supervision.restart_backoff",
+        DiagnosticKind::InvalidValue,
+    );
+    one(
+        "[supervision]\nbackoff = 1\n",
+        2,
+        "supervision.backoff",
+        DiagnosticKind::UnknownKey,
+    );
 }

@@ -1,8 +1,10 @@
 //! Probes produce rows; the [`Manager`] owns their lifecycle.
 //!
 //! A probe is anything that, once started, sends batches of [`Row`]s for the tables it declares
-//! until it is told to stop. Kinds: `tcp` (eBPF, native); extension probes come later.
+//! until it is told to stop. Kinds: `tcp` (eBPF, native), `extension` (any program printing
+//! `|table|v1|…|` lines, run as a supervised child process).
 
+pub mod extension;
 pub mod manager;
 pub mod system;
 pub mod tcp;
@@ -16,7 +18,7 @@ use crate::{
     selfmetrics::SelfMetrics,
 };
 
-pub use manager::Manager;
+pub use manager::{Manager, Policy};
 
 /// What a running probe gets from the agent.
 pub struct ProbeContext {
