@@ -1,0 +1,586 @@
+//! Extension probe runtime, end to end: the real agent runs small probe scripts written here,
+//! and /metrics (read with the reference parser) and /proc show what happened. Intervals are
+//! set small through `[supervision]` so the whole file runs in well under a minute.
+// Counters are compared exactly on purpose: they must be exact.
+#![allow(
+    clippy::float_cmp,
+    clippy::too_many_lines,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use common::{Agent, Sample};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Fast supervision for tests: restart after 1 s, then 2 s; failed after 3 quick failures;
+/// start checks every second with a 1 s timeout.
+const SUPERVISION: &str = r"
+[supervision]
+restart_backoff = 1
+restart_backoff_max = 2
+max_quick_failures = 3
+stop_grace = 2
+start_check_interval = 1
+start_check_timeout = 1
+";
+
+/// key host, key port, label kind, unknown note, counter requests, gauge load.
+const META: &str = r#"
+[[tables]]
+name = "ext_demo"
+description = "extension probe test table"
+fields = [
+    { name = "host", type = "key" },
+    { name = "port", type = "key" },
+    { name = "kind", type = "label" },
+    { name = "note", type = "unknown" },
+    { name = "requests", type = "counter", description = "requests served" },
+    { name = "load", type = "gauge", description = "current load" },
+]
+"#;
+
+struct Scripts {
+    dir: tempfile::TempDir,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("demo.toml"), META).unwrap();
+        Scripts { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes an executable sh script; returns its path.
+    fn sh(&self, name: &str, body: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        p
+    }
+
+    fn meta(&self) -> String {
+        self.path("demo.toml").display().to_string()
+    }
+
+    /// An `[[extend_probes]]` entry.
+    fn probe(&self, name: &str, command: &Path, extra: &str) -> String {
+        format!(
+            "[[extend_probes]]\nname = \"{name}\"\ncommand = \"{}\"\nmeta = \"{}\"\n{extra}\n",
+            command.display(),
+            self.meta()
+        )
+    }
+}
+
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == *v))
+        .map(|s| s.value)
+}
+
+fn state_is(samples: &[Sample], probe: &str, state: &str) -> bool {
+    value(
+        samples,
+        "gopher_probe_state",
+        &[("probe", probe), ("state", state)],
+    ) == Some(1.0)
+}
+
+fn rejected(samples: &[Sample], probe: &str, reason: &str) -> f64 {
+    value(
+        samples,
+        "gopher_probe_rows_rejected_total",
+        &[("probe", probe), ("reason", reason)],
+    )
+    .unwrap_or(0.0)
+}
+
+/// The process with this pid is gone, or a zombie nobody reaped (this container's init does
+/// not reap orphans): either way it no longer runs.
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .unwrap_or("");
+        state == "Z" || state == "X"
+    })
+}
+
+fn wait_until(what: &str, timeout: Duration, mut pred: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !pred() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn read_pid(path: &Path) -> u32 {
+    let mut text = String::new();
+    wait_until(&format!("{}", path.display()), WAIT, || {
+        text = std::fs::read_to_string(path).unwrap_or_default();
+        text.ends_with('\n')
+    });
+    text.trim().parse().unwrap()
+}
+
+fn rss_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn rows_arrive_with_exact_values_and_empty_values_keep_their_columns() {
+    let s = Scripts::new();
+    let good = s.sh(
+        "good.sh",
+        "echo starting\nwhile :; do\n  printf '|ext_demo|h1|80|web|n|42|1.5|\\n'\n  \
+         printf '|ext_demo|h2||||7||\\n'\n  sleep 0.3\ndone",
+    );
+    let agent = Agent::start(&format!(
+        "{SUPERVISION}{}",
+        s.probe("good", &good, "switch = \"on\"")
+    ));
+    let samples = agent.wait_for(WAIT, "rows of the good probe", |x| {
+        value(x, "gala_gopher_ext_demo_requests_total", &[("host", "h2")]).is_some()
+            && value(x, "gala_gopher_ext_demo_load", &[("host", "h1")]).is_some()
+    });
+    let h1 = [("host", "h1"), ("port", "80"), ("kind", "web")];
+    assert_eq!(
+        value(&samples, "gala_gopher_ext_demo_requests_total", &h1),
+        Some(42.0)
+    );
+    assert_eq!(value(&samples, "gala_gopher_ext_demo_load", &h1), Some(1.5));
+    // h2: port, kind and note empty, requests 7, load empty. With gala-gopher's token skipping
+    // the 7 would have become the port; here it stays a request count and load has no sample.
+    let h2: Vec<&Sample> = samples
+        .iter()
+        .filter(|x| x.name.starts_with("gala_gopher_ext_demo_") && x.label("host") == "h2")
+        .collect();
+    assert_eq!(h2.len(), 1, "{h2:?}");
+    assert_eq!(h2[0].name, "gala_gopher_ext_demo_requests_total");
+    assert_eq!(h2[0].value, 7.0);
+    assert_eq!((h2[0].label("port"), h2[0].label("kind")), ("", ""));
+    assert!(state_is(&samples, "good", "running"));
+    assert!(value(&samples, "gopher_probe_rows_total", &[("probe", "good")]).unwrap() >= 2.0);
+    // "starting" is not a row: ignored, counted.
+    assert_eq!(
+        value(
+            &samples,
+            "gopher_probe_lines_ignored_total",
+            &[("probe", "good")]
+        ),
+        Some(1.0)
+    );
+    for reason in ["malformed", "field_count", "bad_value", "unknown_table"] {
+        assert_eq!(rejected(&samples, "good", reason), 0.0, "{reason}");
+    }
+    let text = agent.raw();
+    assert!(
+        text.contains("# HELP gala_gopher_ext_demo_requests_total requests served\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_crashing_probe_is_restarted_with_backoff_then_failed_and_others_carry_on() {
+    let s = Scripts::new();
+    let counter = s.path("runs");
+    let crash = s.sh(
+        "crash.sh",
+        &format!(
+            "date +%s.%N >> {}\nprintf '|ext_demo|c|1|x|y|1|1|\\n'\necho 'boom: no service' >&2\nexit 3",
+            counter.display()
+        ),
+    );
+    let good = s.sh(
+        "good.sh",
+        "i=0\nwhile :; do i=$((i+1)); printf '|ext_demo|g|1|x|y|%d|1|\\n' $i; sleep 0.2; done",
+    );
+    let agent = Agent::start(&format!(
+        "{SUPERVISION}{}{}",
+        s.probe("crash", &crash, "switch = \"on\""),
+        s.probe("good", &good, "switch = \"on\"")
+    ));
+    let started = Instant::now();
+    let samples = agent.wait_for(WAIT, "crash probe failed", |x| {
+        state_is(x, "crash", "failed")
+    });
+    // Three runs: at 0, after 1 s, after 2 more seconds; then it stays failed.
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_secs(2), "{elapsed:?}");
+    assert_eq!(
+        value(
+            &samples,
+            "gopher_probe_restarts_total",
+            &[("probe", "crash")]
+        ),
+        Some(2.0)
+    );
+    let info: Vec<&Sample> = samples
+        .iter()
+        .filter(|x| x.name == "gopher_probe_last_failure_info" && x.label("probe") == "crash")
+        .collect();
+    assert_eq!(info.len(), 1);
+    assert_eq!(
+        info[0].label("reason"),
+        "exited with status 3; last stderr line: boom: no service"
+    );
+    let runs: Vec<f64> = std::fs::read_to_string(&counter)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    let (gap1, gap2) = (runs[1] - runs[0], runs[2] - runs[1]);
+    assert!((0.9..1.8).contains(&gap1), "first back-off {gap1}");
+    assert!((1.9..2.8).contains(&gap2), "second back-off {gap2}");
+    // Rows it printed before dying were taken.
+    assert_eq!(
+        value(
+            &samples,
+            "gala_gopher_ext_demo_requests_total",
+            &[("host", "c")]
+        ),
+        Some(1.0)
+    );
+    // The neighbour was never disturbed: running, never restarted, rows still moving.
+    assert!(state_is(&samples, "good", "running"));
+    assert_eq!(
+        value(
+            &samples,
+            "gopher_probe_restarts_total",
+            &[("probe", "good")]
+        ),
+        Some(0.0)
+    );
+    let before = value(
+        &samples,
+        "gala_gopher_ext_demo_requests_total",
+        &[("host", "g")],
+    )
+    .unwrap();
+    agent.wait_for(WAIT, "good probe still reporting", |x| {
+        value(x, "gala_gopher_ext_demo_requests_total", &[("host", "g")])
+            .is_some_and(|v| v > before)
+    });
+    // Failed stays failed: no further runs.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        std::fs::read_to_string(&counter).unwrap().lines().count(),
+        3
+    );
+}
+
+#[test]
+fn garbage_lines_are_counted_per_reason_and_good_rows_still_land() {
+    let s = Scripts::new();
+    let garbage = s.sh(
+        "garbage.sh",
+        "echo 'hello, not a row'\n\
+         printf '|ext_demo|onlyone|\\n'\n\
+         printf '|no_such_table|a|\\n'\n\
+         printf '|ext_demo|b|1|x|y|lots|1|\\n'\n\
+         printf '|ext_demo|b|1|x|y|1|1\\n'\n\
+         printf '|ext_demo|\\377|1|x|y|1|1|\\n'\n\
+         printf '|ext_demo|'; head -c 20000 /dev/zero | tr '\\0' x; echo '|'\n\
+         printf '|ext_demo|ok|1|x|y|5|2|\\n'\n\
+         exec sleep 1000",
+    );
+    let agent = Agent::start(&format!(
+        "{SUPERVISION}{}",
+        s.probe("garbage", &garbage, "switch = \"on\"")
+    ));
+    let samples = agent.wait_for(WAIT, "good row after garbage", |x| {
+        value(x, "gala_gopher_ext_demo_requests_total", &[("host", "ok")]).is_some()
+    });
+    assert_eq!(
+        value(
+            &samples,
+            "gala_gopher_ext_demo_requests_total",
+            &[("host", "ok")]
+        ),
+        Some(5.0)
+    );
+    assert_eq!(
+        value(&samples, "gala_gopher_ext_demo_load", &[("host", "ok")]),
+        Some(2.0)
+    );
+    for (reason, n) in [
+        ("field_count", 1.0),
+        ("unknown_table", 1.0),
+        ("bad_value", 1.0),
+        ("malformed", 1.0),
+        ("not_utf8", 1.0),
+        ("too_long", 1.0),
+    ] {
+        assert_eq!(rejected(&samples, "garbage", reason), n, "{reason}");
+    }
+    assert_eq!(
+        value(
+            &samples,
+            "gopher_probe_lines_ignored_total",
+            &[("probe", "garbage")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&samples, "gopher_probe_rows_total", &[("probe", "garbage")]),
+        Some(1.0)
+    );
+    // Only the good row reached the table.
+    let hosts: Vec<&str> = samples
+        .iter()
+        .filter(|x| x.name == "gala_gopher_ext_demo_requests_total")
+        .map(|x| x.label("host"))
+        .collect();
+    assert_eq!(hosts, ["ok"]);
+    assert!(state_is(&samples, "garbage", "running"));
+    assert_eq!(
+        value(
+            &samples,
+            "gopher_probe_restarts_total",
+            &[("probe", "garbage")]
+        ),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn a_flooding_probe_cannot_grow_the_agents_memory() {
+    let s = Scripts::new();
+    // As fast as the pipe goes: short rows, and one endless line with no newline at all.
+    let rows = s.sh("rows.sh", "exec yes '|ext_demo|f|1|x|y|1|1|'");
+    let endless = s.sh("endless.sh", "exec tr '\\0' x < /dev/zero");
+    let agent = Agent::start(&format!(
+        "{SUPERVISION}{}{}",
+        s.probe("rows", &rows, "switch = \"on\""),
+        s.probe("endless", &endless, "switch = \"on\"")
+    ));
+    let pid = agent_pid(&agent);
+    let baseline = rss_kib(pid, "VmRSS:");
+    let start = Instant::now();
+    let mut first_rows = None;
+    while start.elapsed() < Duration::from_secs(6) {
+        std::thread::sleep(Duration::from_millis(500));
+        if first_rows.is_none()
+            && let Ok(x) = agent.scrape()
+        {
+            first_rows = value(&x, "gopher_probe_rows_total", &[("probe", "rows")]);
+        }
+    }
+    let samples = agent.scrape().unwrap();
+    let peak = rss_kib(pid, "VmHWM:");
+    eprintln!("agent RSS: {baseline} KiB at start, peak {peak} KiB after 6 s of flooding");
+    assert!(peak < 64 * 1024, "agent peak RSS {peak} KiB");
+    let taken = value(&samples, "gopher_probe_rows_total", &[("probe", "rows")]).unwrap();
+    assert!(taken > 10_000.0, "the flood was read: {taken} rows");
+    assert!(taken > first_rows.unwrap_or(0.0), "and kept being read");
+    // The endless line is one over-long line, discarded as it streams.
+    assert_eq!(rejected(&samples, "endless", "too_long"), 1.0);
+    assert!(state_is(&samples, "rows", "running") && state_is(&samples, "endless", "running"));
+    // One key, one record: the table did not grow either.
+    assert_eq!(
+        value(&samples, "gopher_imdb_records", &[("table", "ext_demo")]),
+        Some(1.0)
+    );
+}
+
+/// The agent is the process whose command line names the test's config directory.
+fn agent_pid(agent: &Agent) -> u32 {
+    let config = agent.dir.path().join("probes.toml");
+    let needle = config.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == needle.as_bytes()))
+                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "gopher")
+        })
+        .expect("the agent's process")
+}
+
+#[test]
+fn a_hanging_start_check_times_out_is_counted_and_blocks_nobody() {
+    let s = Scripts::new();
+    let pids = s.path("check-pids");
+    let probe = s.sh(
+        "p.sh",
+        "while :; do printf '|ext_demo|a|1|x|y|1|1|\\n'; sleep 0.3; done",
+    );
+    let other = s.sh(
+        "q.sh",
+        "while :; do printf '|ext_demo|b|1|x|y|2|1|\\n'; sleep 0.3; done",
+    );
+    let hang = format!(
+        "switch = \"auto\"\ncheck_type = \"count\"\nstart_check = \"echo $$ >> {}; sleep 100\"",
+        pids.display()
+    );
+    let agent = Agent::start(&format!(
+        "{SUPERVISION}{}{}",
+        s.probe("hangs", &probe, &hang),
+        s.probe(
+            "present",
+            &other,
+            "switch = \"auto\"\nstart_check = \"echo 1\""
+        )
+    ));
+    let samples = agent.wait_for(WAIT, "three timeouts and the other probe running", |x| {
+        value(
+            x,
+            "gopher_start_check_failures_total",
+            &[("probe", "hangs"), ("reason", "timeout")],
+        )
+        .is_some_and(|v| v >= 3.0)
+            && value(x, "gala_gopher_ext_demo_requests_total", &[("host", "b")]).is_some()
+    });
+    assert!(state_is(&samples, "hangs", "stopped"));
+    assert!(state_is(&samples, "present", "running"));
+    assert!(
+        value(
+            &samples,
+            "gala_gopher_ext_demo_requests_total",
+            &[("host", "a")]
+        )
+        .is_none()
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "gopher_start_check_failures_total",
+            &[("probe", "present"), ("reason", "timeout")]
+        ),
+        Some(0.0)
+    );
+    // Every timed-out check was killed with its whole group (the sleep included); at most the
+    // one running right now is alive.
+    let listed: Vec<u32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(listed.len() >= 3, "{listed:?}");
+    let alive = listed.iter().filter(|&&pgid| group_alive(pgid)).count();
+    assert!(alive <= 1, "{alive} check groups alive of {listed:?}");
+}
+
+/// A live (non-zombie) process whose process group is `pgid`.
+fn group_alive(pgid: u32) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read_to_string(e.path().join("stat")).is_ok_and(|stat| {
+            let Some(i) = stat.rfind(')') else {
+                return false;
+            };
+            let f: Vec<&str> = stat[i + 1..].split_whitespace().collect();
+            f.len() > 2 && f[0] != "Z" && f[0] != "X" && f[2] == pgid.to_string()
+        })
+    })
+}
+
+#[test]
+fn auto_probes_follow_their_start_checks_and_stop_with_their_whole_group() {
+    let s = Scripts::new();
+    let script = |name: &str, host: &str| {
+        s.sh(
+            name,
+            &format!(
+                "sleep 1000 &\necho $! > {dir}/{host}.child\necho $$ > {dir}/{host}.pid\n\
+                 while :; do printf '|ext_demo|{host}|1|x|y|1|1|\\n'; sleep 0.3; done",
+                dir = s.dir.path().display()
+            ),
+        )
+    };
+    let count_probe = script("count.sh", "cnt");
+    let exit_probe = script("exit.sh", "ext");
+    let flag_count = s.path("flag-count");
+    let flag_exit = s.path("flag-exit");
+    let agent = Agent::start(&format!(
+        "{SUPERVISION}{}{}",
+        s.probe(
+            "by_count",
+            &count_probe,
+            &format!(
+                "switch = \"auto\"\ncheck_type = \"count\"\nstart_check = \"test -e {} && echo 1 || echo 0\"",
+                flag_count.display()
+            )
+        ),
+        s.probe(
+            "by_exit",
+            &exit_probe,
+            &format!(
+                "switch = \"auto\"\ncheck_type = \"exit\"\nstart_check = \"test -e {}\"",
+                flag_exit.display()
+            )
+        ),
+    ));
+    // Absent: both stopped, checks answering (no failures), no rows.
+    std::thread::sleep(Duration::from_millis(2500));
+    let samples = agent.scrape().unwrap();
+    for p in ["by_count", "by_exit"] {
+        assert!(state_is(&samples, p, "stopped"), "{p}");
+        for reason in ["timeout", "spawn", "bad_output", "killed"] {
+            assert_eq!(
+                value(
+                    &samples,
+                    "gopher_start_check_failures_total",
+                    &[("probe", p), ("reason", reason)]
+                ),
+                Some(0.0),
+                "{p} {reason}"
+            );
+        }
+    }
+    assert!(!s.path("cnt.pid").exists() && !s.path("ext.pid").exists());
+
+    for (probe, host, flag) in [
+        ("by_count", "cnt", &flag_count),
+        ("by_exit", "ext", &flag_exit),
+    ] {
+        std::fs::write(flag, "").unwrap();
+        agent.wait_for(WAIT, &format!("{probe} started with rows"), |x| {
+            state_is(x, probe, "running")
+                && value(x, "gala_gopher_ext_demo_requests_total", &[("host", host)]).is_some()
+        });
+        let pid = read_pid(&s.path(&format!("{host}.pid")));
+        let child = read_pid(&s.path(&format!("{host}.child")));
+        assert!(!gone(pid) && !gone(child));
+        std::fs::remove_file(flag).unwrap();
+        agent.wait_for(WAIT, &format!("{probe} stopped"), |x| {
+            state_is(x, probe, "stopped")
+        });
+        // The whole process group went: the probe's shell and the sleep it started.
+        wait_until("probe processes gone", Duration::from_secs(5), || {
+            gone(pid) && gone(child)
+        });
+        assert!(!group_alive(pid));
+    }
+    // Present again: started again (a fresh process).
+    let old = read_pid(&s.path("cnt.pid"));
+    std::fs::remove_file(s.path("cnt.pid")).unwrap();
+    std::fs::write(&flag_count, "").unwrap();
+    agent.wait_for(WAIT, "by_count started again", |x| {
+        state_is(x, "by_count", "running")
+    });
+    assert_ne!(read_pid(&s.path("cnt.pid")), old);
+}
