@@ -45,6 +45,8 @@ pub type Catalog = HashMap<String, Arc<TableMeta>>;
 /// can hold in flight.
 const MAX_BATCH_ROWS: usize = 256;
 const MAX_BATCH_BYTES: usize = 64 * 1024;
+/// After the program exits, its remaining output is read for at most this long.
+const EXIT_DRAIN: Duration = Duration::from_secs(2);
 /// Stderr lines beyond this are skipped (a note is logged instead).
 const MAX_STDERR_LINE: usize = 1024;
 /// The last stderr line is kept, this long at most, for the failure reason.
@@ -184,27 +186,41 @@ async fn run(spec: Spec, mut ctx: ProbeContext) -> anyhow::Result<()> {
 
     let mut intake = Intake::new(&spec.name, Arc::clone(&spec.catalog), &ctx.metrics);
     let mut lines = LineReader::new(stdout, MAX_LINE_BYTES);
-    let output_ended = tokio::select! {
-        biased;
-        () = stop_requested(&mut ctx.stop) => false,
-        end = pump(&mut lines, &mut intake, &ctx.rows) => match end {
-            PumpEnd::Closed => false,
-            PumpEnd::Eof => true,
-            PumpEnd::Error(e) => {
-                tracing::warn!(probe = %spec.name, "reading the probe's output: {e}");
-                true
+    let pumping = pump(&mut lines, &mut intake, &ctx.rows);
+    tokio::pin!(pumping);
+    let mut exited = None;
+    let drain_until = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(drain_until);
+    let output_ended = loop {
+        tokio::select! {
+            biased;
+            () = stop_requested(&mut ctx.stop) => break false,
+            end = &mut pumping => break match end {
+                PumpEnd::Closed => false,
+                PumpEnd::Eof => true,
+                PumpEnd::Error(e) => {
+                    tracing::warn!(probe = %spec.name, "reading the probe's output: {e}");
+                    true
+                }
+            },
+            status = child.wait(), if exited.is_none() => {
+                // Normally end of output follows at once. A helper that left the process group
+                // may hold stdout open, though: read what is there, but do not wait for ever.
+                exited = Some(status);
+                drain_until.as_mut().reset(tokio::time::Instant::now() + EXIT_DRAIN);
             }
-        },
+            () = &mut drain_until, if exited.is_some() => break true,
+        }
     };
     // Stdout is closed: the program is exiting (or closed it on purpose; then wait for exit).
-    let status = if output_ended {
-        tokio::select! {
+    let status = match exited {
+        Some(status) if output_ended => Some(status),
+        _ if output_ended => tokio::select! {
             biased;
             () = stop_requested(&mut ctx.stop) => None,
             status = child.wait() => Some(status),
-        }
-    } else {
-        None
+        },
+        _ => None,
     };
     // Whatever is left of the group (background helpers) goes with it.
     let reaped = process::terminate_group(&mut child, pgid, spec.stop_grace).await;
@@ -494,6 +510,56 @@ mod tests {
         ] {
             assert!(out.contains(want), "{want} missing from\n{out}");
         }
+    }
+
+    /// Runs `command` as a probe that may fail once; returns the manager and the rows channel.
+    fn supervised(command: &str) -> (super::super::Manager, mpsc::Receiver<Vec<Row>>) {
+        use super::super::{Manager, Policy};
+        let (tx, rx) = mpsc::channel(16);
+        let policy = Policy {
+            max_quick_failures: 1,
+            ..Policy::default()
+        };
+        let m = Manager::with_policy(tx, Arc::new(SelfMetrics::new()), Duration::ZERO, policy);
+        let probe = ExtensionProbe::new("p", command, "", Vec::new(), Duration::from_secs(1));
+        probe.set_catalog(catalog());
+        m.add(Arc::new(probe), Duration::from_secs(1));
+        m.start("p").unwrap();
+        (m, rx)
+    }
+
+    async fn failure(m: &super::super::Manager) -> String {
+        use super::super::manager::State;
+        for _ in 0..200 {
+            if let Some((State::Failed, why)) = m.state("p") {
+                return why;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("not failed: {:?}", m.state("p"));
+    }
+
+    #[tokio::test]
+    async fn exit_status_and_last_stderr_line_are_the_reason_and_last_rows_arrive() {
+        let (m, mut rx) = supervised("echo '|t|k|1|'; echo first >&2; echo last >&2; exit 4");
+        assert_eq!(
+            failure(&m).await,
+            "exited with status 4; last stderr line: last"
+        );
+        assert_eq!(rx.recv().await.unwrap()[0].values, ["k", "1"]);
+    }
+
+    #[tokio::test]
+    async fn a_helper_holding_stdout_open_does_not_hide_the_exit() {
+        // setsid: the helper leaves the process group, keeps stdout, and outlives the shell.
+        let start = Instant::now();
+        let (m, _rx) = supervised("setsid sleep 5 & exit 2");
+        assert_eq!(failure(&m).await, "exited with status 2");
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[tokio::test]
