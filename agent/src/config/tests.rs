@@ -454,7 +454,7 @@ fn invalid_values() {
             "[[probes]]\nname = \"udp\"\nswitch = \"on\"\n",
             2,
             "probes[0].name",
-            "unknown native probe \"udp\" (known: tcp)",
+            "unknown native probe \"udp\" (known: tcp, system_meminfo, ",
         ),
         (
             "[[probes]]\nname = \"tcp\"\nswitch = \"auto\"\n",

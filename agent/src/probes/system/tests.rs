@@ -109,6 +109,12 @@ fn probe_names_and_params() {
         assert_eq!(probe.name(), *name);
         assert_eq!(probe.tables()[0].name, *name);
     }
+    for name in SYSTEM_PROBES {
+        assert!(
+            crate::config::NATIVE_PROBES.contains(name),
+            "{name} is accepted in the probes list"
+        );
+    }
     assert!(native_probe("tcp", &toml::Table::new()).unwrap().is_none());
     assert!(
         native_probe("system_foo", &toml::Table::new())
