@@ -44,16 +44,18 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(path) = cli.check_config {
-        return match config::load(&path) {
-            Ok(_) => {
-                println!("{}: OK", path.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
+        let errors = match config::load(&path) {
+            Ok(cfg) => meta_errors(&cfg),
+            Err(e) => vec![e],
         };
+        if errors.is_empty() {
+            println!("{}: OK", path.display());
+            return ExitCode::SUCCESS;
+        }
+        for e in errors {
+            eprintln!("{e}");
+        }
+        return ExitCode::FAILURE;
     }
     let cfg = match config::load(&cli.config) {
         Ok(cfg) => cfg,
@@ -87,6 +89,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The meta files a valid config refers to (directories and extension probes' files), read the
+/// way the agent will read them at start, so that `--check-config` vouches for them too.
+fn meta_errors(cfg: &Config) -> Vec<config::ConfigError> {
+    let mut errors = Vec::new();
+    if let Err(e) = config::load_meta_dirs(&cfg.meta.dirs) {
+        errors.push(e);
+    }
+    for path in cfg.extend_probes.iter().filter_map(|e| e.meta.as_ref()) {
+        if let Err(e) = config::load_meta_file(path) {
+            errors.push(e);
+        }
+    }
+    errors
 }
 
 fn init_logging(cfg: &Config) {

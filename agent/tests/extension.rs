@@ -584,3 +584,30 @@ fn auto_probes_follow_their_start_checks_and_stop_with_their_whole_group() {
     });
     assert_ne!(read_pid(&s.path("cnt.pid")), old);
 }
+
+#[test]
+fn check_config_reads_the_meta_files_of_extension_probes() {
+    let s = Scripts::new();
+    std::fs::write(
+        s.path("bad.toml"),
+        "[[tables]]\nname = \"t\"\nfields = [{ name = \"x\", type = \"gague\" }]\n",
+    )
+    .unwrap();
+    let cfg = s.path("probes.toml");
+    std::fs::write(
+        &cfg,
+        "[[extend_probes]]\nname = \"p\"\ncommand = \"true\"\nswitch = \"off\"\nmeta = \"bad.toml\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gopher"))
+        .arg("--check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:3:", s.path("bad.toml").display())) && err.contains("gague"),
+        "{err}"
+    );
+}
