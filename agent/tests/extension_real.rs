@@ -1208,3 +1208,255 @@ fn haproxy_auto_start_check_runs_the_probe_while_haproxy_runs() {
         |mut hp| hp.svc.stop(),
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The repo's probes.toml as shipped.
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Processes (zombies included, as pgrep counts them) whose name is exactly `comm`.
+fn count_comm(comm: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim_end() == comm)
+        })
+        .count()
+}
+
+/// Runs a start check as the agent does (`sh -c`, from the config's directory); its number.
+fn run_count_check(check: &str) -> usize {
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(check)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{check:?} printed {text:?}"))
+}
+
+/// The shipped entries: name, the exact process name its start check counts, its table.
+const SHIPPED: [(&str, &str, &str); 3] = [
+    ("nginx", "nginx", "nginx_status"),
+    ("redis", "redis-server", "redis_server"),
+    ("haproxy", "haproxy", "haproxy_stat"),
+];
+
+/// The agent binary on a config file of our own, started from another working directory.
+struct AgentAt {
+    child: Child,
+    port: u16,
+}
+
+impl AgentAt {
+    fn start(config: &Path, cwd: &Path, port: u16) -> AgentAt {
+        let child = Command::new(env!("CARGO_BIN_EXE_gopher"))
+            .arg("--config")
+            .arg(config)
+            .current_dir(cwd)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let agent = AgentAt { child, port };
+        agent.wait_for("agent ready", |s| {
+            s.iter().any(|x| x.name == "gopher_build_info")
+        });
+        agent
+    }
+
+    fn scrape(&self) -> Option<Vec<Sample>> {
+        let out = Command::new("python3")
+            .arg(common::support("scrape.py"))
+            .arg(format!("http://127.0.0.1:{}/metrics", self.port))
+            .output()
+            .ok()?;
+        out.status.success().then(|| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    Sample {
+                        name: v["name"].as_str().unwrap().to_owned(),
+                        labels: v["labels"]
+                            .as_object()
+                            .unwrap()
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                            .collect(),
+                        value: v["value"].as_f64().unwrap_or(f64::NAN),
+                    }
+                })
+                .collect()
+        })
+    }
+
+    fn wait_for(&self, what: &str, pred: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            if let Some(s) = self.scrape()
+                && pred(&s)
+            {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("timed out waiting for {what}");
+    }
+}
+
+impl Drop for AgentAt {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = wait_exit(&mut self.child, Duration::from_secs(10));
+    }
+}
+
+/// Each shipped entry is auto with a count check, its program is in packaging/extend_probes/
+/// (relative to probes.toml) and executable, its meta file defines the table the program
+/// writes, and its check counts exactly the service's processes: never the checking shell.
+#[test]
+fn shipped_entries_are_consistent_and_their_checks_count_only_the_service() {
+    let cfg = gopher::config::load(&repo().join("probes.toml")).unwrap();
+    for (name, comm, table) in SHIPPED {
+        let e = cfg
+            .extend_probes
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("no [[extend_probes]] {name} in probes.toml"));
+        assert_eq!(e.switch, gopher::config::Switch::Auto, "{name}");
+        assert_eq!(e.check_type, gopher::config::CheckType::Count, "{name}");
+        let program = e.command.split_whitespace().next().unwrap();
+        assert!(
+            program.starts_with("packaging/extend_probes/"),
+            "{name}: {program}"
+        );
+        let path = repo().join(program);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert!(mode & 0o111 != 0, "{} is not executable", path.display());
+        let source = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            source.contains(&format!("TABLE = \"{table}\"")),
+            "{program} writes {table}"
+        );
+        let tables = gopher::config::load_meta_file(e.meta.as_ref().unwrap()).unwrap();
+        assert_eq!(tables.len(), 1);
+        assert_eq!(tables[0].name, table, "{name}: meta file");
+
+        let check = e.start_check.as_deref().unwrap();
+        let (before, n, after) = (count_comm(comm), run_count_check(check), count_comm(comm));
+        assert!(
+            before == n && n == after,
+            "{check:?} = {n}, {comm} processes: {before}/{after}"
+        );
+    }
+    // With the test's own instances running, the checks count them (nginx: master + worker).
+    let missing: Vec<_> = ["nginx", "redis-server", "haproxy"]
+        .into_iter()
+        .filter(|p| !have(p))
+        .collect();
+    if !require(missing.is_empty(), &format!("{missing:?} installed")) {
+        return;
+    }
+    let _services = (start_nginx(), start_redis(), start_haproxy());
+    for (name, comm, _) in SHIPPED {
+        let e = cfg.extend_probes.iter().find(|e| e.name == name).unwrap();
+        let check = e.start_check.as_deref().unwrap();
+        let (before, n, after) = (count_comm(comm), run_count_check(check), count_comm(comm));
+        assert!(n >= 1, "{check:?} = {n} while {comm} runs");
+        assert!(
+            before == n && n == after,
+            "{check:?} = {n}, {comm} processes: {before}/{after}"
+        );
+    }
+}
+
+/// The extension part of the repo's probes.toml, verbatim, run by the agent from another
+/// working directory with the config in a copy of the checkout's layout: the relative program
+/// and meta paths resolve, the pgrep checks start every probe while the service runs and stop it
+/// afterwards. (The shipped parameters point at the default ports, not at the test's
+/// instances: nginx_status and redis_server rows say up = 0, which still shows them flowing.)
+#[test]
+fn shipped_probes_toml_entries_run_from_a_checkout() {
+    let missing: Vec<_> = ["nginx", "redis-server", "haproxy"]
+        .into_iter()
+        .filter(|p| !have(p))
+        .collect();
+    if !require(missing.is_empty(), &format!("{missing:?} installed")) {
+        return;
+    }
+    let others: Vec<_> = SHIPPED
+        .iter()
+        .filter(|(_, comm, _)| count_comm(comm) > 0)
+        .collect();
+    if !others.is_empty() {
+        // The shipped checks count every such process on the host: this test needs none.
+        eprintln!("\n*** SKIPPED: services already run on this host: {others:?} ***\n");
+        return;
+    }
+    let text = std::fs::read_to_string(repo().join("probes.toml")).unwrap();
+    let section = &text[text.find("[[extend_probes]]").unwrap()..];
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(repo().join("packaging"), dir.path().join("packaging")).unwrap();
+    let port = free_port();
+    let config = format!(
+        "[supervision]\nstart_check_interval = 1\nstop_grace = 2\n\
+         [web_server]\nbind_addr = \"127.0.0.1\"\nport = {port}\n\n{section}"
+    );
+    let path = dir.path().join("probes.toml");
+    std::fs::write(&path, config).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let agent = AgentAt::start(&path, elsewhere.path(), port);
+
+    agent.wait_for("every shipped probe stopped", |s| {
+        SHIPPED
+            .iter()
+            .all(|(name, _, _)| state_is(s, name, "stopped"))
+    });
+    let services = (start_nginx(), start_redis(), start_haproxy());
+    let s = agent.wait_for("every shipped probe running, rows flowing", |s| {
+        SHIPPED
+            .iter()
+            .all(|(name, _, _)| state_is(s, name, "running"))
+            && value(
+                s,
+                "gala_gopher_nginx_status_up",
+                &[("server", "127.0.0.1:80")],
+            )
+            .is_some()
+            && value(
+                s,
+                "gala_gopher_redis_server_up",
+                &[("server", "127.0.0.1:6379")],
+            )
+            .is_some()
+    });
+    for (name, _, _) in SHIPPED {
+        assert_eq!(rejected(&s, name), 0.0, "{name}: rows refused");
+    }
+    drop(services);
+    agent.wait_for("every shipped probe stopped again", |s| {
+        SHIPPED
+            .iter()
+            .all(|(name, _, _)| state_is(s, name, "stopped"))
+    });
+    for script in ["nginx_probe.py", "redis_probe.py", "haproxy_probe.py"] {
+        eventually("probe processes gone", || {
+            processes_with(&format!("extend_probes/{script}")).is_empty()
+        });
+    }
+}
