@@ -71,8 +71,9 @@ fn shipped_probes_toml_is_valid_and_safe() {
         "Kafka must be off until a broker is configured"
     );
     assert_eq!(c.kafka.kafka_topic, "gala_gopher");
-    assert_eq!(c.probes.len(), 1);
-    assert_eq!(c.probes[0].name, "tcp");
+    let native: Vec<&str> = c.probes.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(native[0], "tcp");
+    assert_eq!(native[1..], *crate::probes::system::SYSTEM_PROBES);
     assert_eq!(c.probes[0].switch, Switch::On);
     assert_eq!(c.probes[0].interval, Duration::from_secs(5));
     let names: Vec<&str> = c.extend_probes.iter().map(|p| p.name.as_str()).collect();
