@@ -49,7 +49,7 @@ fn shipped(file: &str) -> PathBuf {
 }
 
 /// The one table of a shipped meta file, read by the agent's own meta loader.
-fn meta(file: &str) -> TableMeta {
+fn meta_of(file: &str) -> TableMeta {
     let mut tables =
         gopher::config::load_meta_file(&shipped(file)).unwrap_or_else(|e| panic!("{file}: {e:?}"));
     assert_eq!(tables.len(), 1, "{file} defines one table");
@@ -536,7 +536,7 @@ fn nginx_probe_matches_stub_status() {
     if !require(have("nginx"), "nginx (apt-get install nginx)") {
         return;
     }
-    let meta = meta("nginx.meta.toml");
+    let meta = meta_of("nginx.meta.toml");
     let nginx = start_nginx();
     let port = nginx.port;
     for _ in 0..5 {
@@ -579,6 +579,13 @@ fn nginx_probe_matches_stub_status() {
         "5 requests, this read and nginx's own count"
     );
 
+    // The redis probe pointed at nginx: not RESP, so up = 0, and the probe carries on.
+    let lines = probe_once("redis_probe.py", &["--addr", &format!("127.0.0.1:{port}")]);
+    assert_eq!(
+        num(&parse_row(&lines[0], &meta_of("redis.meta.toml")), "up"),
+        0.0
+    );
+
     // A page that is not stub_status and a port nobody listens on: up = 0, no values.
     let lines = probe_once(
         "nginx_probe.py",
@@ -608,7 +615,7 @@ fn redis_probe_matches_info() {
     ) {
         return;
     }
-    let meta = meta("redis.meta.toml");
+    let meta = meta_of("redis.meta.toml");
     let redis = start_redis();
     let port = redis.port;
     let mut me = Redis::connect(port).unwrap();
@@ -687,6 +694,16 @@ fn redis_probe_matches_info() {
     }
     assert!(num(&row, "used_memory") > 0.0);
     assert!(f("uptime_in_seconds") <= num(&row, "uptime_in_seconds"));
+
+    // The nginx probe pointed at redis: not HTTP, so up = 0, and the probe carries on.
+    let lines = probe_once(
+        "nginx_probe.py",
+        &["--url", &format!("http://127.0.0.1:{port}/nginx_status")],
+    );
+    assert_eq!(
+        num(&parse_row(&lines[0], &meta_of("nginx.meta.toml")), "up"),
+        0.0
+    );
 }
 
 #[test]
@@ -694,7 +711,7 @@ fn haproxy_probe_matches_show_stat() {
     if !require(have("haproxy"), "haproxy (apt-get install haproxy)") {
         return;
     }
-    let meta = meta("haproxy.meta.toml");
+    let meta = meta_of("haproxy.meta.toml");
     let hp = start_haproxy();
     for _ in 0..4 {
         assert!(http_get(hp.svc.port, "/").unwrap().ends_with("ok"));
@@ -778,7 +795,7 @@ fn redis_probe_survives_a_restart_and_exits_on_sigterm() {
     ) {
         return;
     }
-    let meta = meta("redis.meta.toml");
+    let meta = meta_of("redis.meta.toml");
     let mut redis = start_redis();
     let port = redis.port;
     let probe = Running::spawn(

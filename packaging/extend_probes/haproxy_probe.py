@@ -72,7 +72,8 @@ METRICS = [
 
 
 def log(msg):
-    sys.stderr.write("%s: %s\n" % (PROG, msg))
+    # One line per message: the agent logs the probe's stderr line by line.
+    sys.stderr.write("%s: %s\n" % (PROG, msg.replace("\r", " ").replace("\n", " ").strip()))
     sys.stderr.flush()
 
 
@@ -181,7 +182,7 @@ class Target:
     def collect(self):
         try:
             rows = self.rows()
-        except (OSError, ValueError, csv.Error, StopIteration, urllib.error.URLError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever the target does, keep probing
             if isinstance(e, urllib.error.HTTPError):
                 why = "HTTP %d from %s" % (e.code, self.url)
             else:

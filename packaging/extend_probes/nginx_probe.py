@@ -38,7 +38,8 @@ STATUS_RE = re.compile(
 
 
 def log(msg):
-    sys.stderr.write("%s: %s\n" % (PROG, msg))
+    # One line per message: the agent logs the probe's stderr line by line.
+    sys.stderr.write("%s: %s\n" % (PROG, msg.replace("\r", " ").replace("\n", " ").strip()))
     sys.stderr.flush()
 
 
@@ -93,7 +94,7 @@ class Target:
     def collect(self):
         try:
             nums = self.read()
-        except (OSError, ValueError, urllib.error.URLError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever the target does, keep probing
             if isinstance(e, urllib.error.HTTPError):
                 why = "HTTP %d from %s" % (e.code, self.url)
                 if e.code == 404:
@@ -101,7 +102,7 @@ class Target:
             elif isinstance(e, ValueError):
                 why = str(e)
             else:
-                why = "%s: %s" % (self.url, getattr(e, "reason", None) or e)
+                why = "%s: %s" % (self.url, getattr(e, "reason", None) or e or type(e).__name__)
             if why != self.last_error:
                 log("cannot read %s: %s; retrying every interval" % (self.server, why))
                 self.last_error = why

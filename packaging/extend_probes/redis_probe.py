@@ -57,7 +57,8 @@ METRICS = [
 
 
 def log(msg):
-    sys.stderr.write("%s: %s\n" % (PROG, msg))
+    # One line per message: the agent logs the probe's stderr line by line.
+    sys.stderr.write("%s: %s\n" % (PROG, msg.replace("\r", " ").replace("\n", " ").strip()))
     sys.stderr.flush()
 
 
@@ -194,7 +195,7 @@ class Target:
     def collect(self):
         try:
             row = self.info()
-        except (OSError, ValueError, RedisError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever the target does, keep probing
             self.close()
             why = str(e) or type(e).__name__
             if why != self.last_error:
