@@ -450,6 +450,8 @@ impl Redis {
 struct Haproxy {
     svc: Service,
     sock: String,
+    /// Port of the HTTP stats page (`/stats`, `/stats;csv`).
+    stats: u16,
 }
 
 fn start_haproxy() -> Haproxy {
@@ -458,7 +460,7 @@ fn start_haproxy() -> Haproxy {
 
 /// haproxy in the foreground (`-db`); config `haproxy.cfg` and stats socket `admin.sock` in `dir`.
 fn start_haproxy_in(dir: tempfile::TempDir) -> Haproxy {
-    let (front, origin, dead) = (free_port(), free_port(), free_port());
+    let (front, origin, dead, stats) = (free_port(), free_port(), free_port(), free_port());
     let d = dir.path().display().to_string();
     let sock = format!("{d}/admin.sock");
     let cfg = format!(
@@ -479,12 +481,16 @@ backend be_app
     server s1 127.0.0.1:{origin} check inter 200ms rise 1 fall 1
 backend be_dead
     server d1 127.0.0.1:{dead} check inter 200ms rise 1 fall 1
+frontend fe_stats
+    bind 127.0.0.1:{stats}
+    stats enable
+    stats uri /stats
 "
     );
     let cfg_path = format!("{d}/haproxy.cfg");
     std::fs::write(&cfg_path, cfg).unwrap();
     let svc = Service::spawn(dir, front, "haproxy", &["-db", "-f", &cfg_path]);
-    let hp = Haproxy { svc, sock };
+    let hp = Haproxy { svc, sock, stats };
     eventually("haproxy: s1 UP and d1 DOWN", || {
         show_stat(&hp.sock).is_ok_and(|s| {
             s.iter().any(|r| r["svname"] == "s1" && r["status"] == "UP")
@@ -775,6 +781,23 @@ fn haproxy_probe_matches_show_stat() {
         seen["fe_test/FRONTEND"]["weight"].is_empty(),
         "n/a stays empty"
     );
+
+    // The same statistics from the stats page (--url …;csv): same lines, same counts.
+    let url = format!("http://127.0.0.1:{}/stats;csv", hp.stats);
+    let lines = probe_once("haproxy_probe.py", &["--url", &url]);
+    let by_url: BTreeMap<String, Row> = lines
+        .iter()
+        .map(|l| parse_row(l, &meta))
+        .map(|r| (format!("{}/{}", r["proxy"], r["server"]), r))
+        .collect();
+    assert_eq!(
+        by_url.keys().collect::<Vec<_>>(),
+        seen.keys().collect::<Vec<_>>()
+    );
+    let r = &by_url["be_app/s1"];
+    assert_eq!(r["instance"], format!("127.0.0.1:{}", hp.stats));
+    assert_eq!((num(r, "sessions"), num(r, "up")), (4.0, 1.0));
+    assert_eq!(by_url["be_dead/d1"]["status"], "DOWN");
 
     // A socket nobody listens on: nothing printed, the reason on stderr, exit 0.
     let lines = probe_once(

@@ -17,7 +17,6 @@ Python 3 standard library only. Exits 0 on SIGTERM/SIGINT and when stdout is clo
 """
 
 import argparse
-import base64
 import csv
 import io
 import os
@@ -25,9 +24,7 @@ import signal
 import socket
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 PROG = "haproxy_probe"
 TABLE = "haproxy_stat"
@@ -116,6 +113,10 @@ class Target:
         if socket_path is not None:
             self.instance = "unix:" + socket_path
             return
+        # Only stats pages need HTTP: importing it costs a few MB of RSS, so not for sockets.
+        import base64
+        import urllib.request
+
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("not an http(s) URL: %r" % url)
@@ -141,6 +142,8 @@ class Target:
     def fetch(self):
         if self.socket_path is not None:
             return read_socket(self.socket_path, self.timeout)
+        import urllib.request
+
         req = urllib.request.Request(self.url, headers=self.headers)
         with self.opener.open(req, timeout=self.timeout) as resp:
             return resp.read(64 << 20).decode("utf-8", "replace")
@@ -183,7 +186,7 @@ class Target:
         try:
             rows = self.rows()
         except Exception as e:  # noqa: BLE001 - whatever the target does, keep probing
-            if isinstance(e, urllib.error.HTTPError):
+            if isinstance(getattr(e, "code", None), int) and hasattr(e, "geturl"):  # HTTPError
                 why = "HTTP %d from %s" % (e.code, self.url)
             else:
                 why = str(getattr(e, "reason", None) or e) or type(e).__name__
