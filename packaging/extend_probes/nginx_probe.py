@@ -21,11 +21,10 @@ import base64
 import os
 import re
 import signal
+import socket
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 PROG = "nginx_probe"
 TABLE = "nginx_status"
@@ -53,18 +52,26 @@ def emit(values):
     sys.stdout.flush()
 
 
+class HTTPStatus(Exception):
+    """The server answered, but not with 200."""
+
+    def __init__(self, code):
+        Exception.__init__(self, "HTTP %d" % code)
+        self.code = code
+
+
 class Target:
     def __init__(self, url, timeout):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("not an http(s) URL: %r" % url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        host = parts.hostname
-        self.server = ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
-        netloc = parts.netloc.rpartition("@")[2]
-        self.url = urllib.parse.urlunsplit(
-            (parts.scheme, netloc, parts.path or "/", parts.query, "")
-        )
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.server = ("[%s]:%d" if ":" in self.host else "%s:%d") % (self.host, self.port)
+        self.netloc = parts.netloc.rpartition("@")[2]
+        self.path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        self.url = "%s://%s%s" % (parts.scheme, self.netloc, self.path)
         self.headers = {"User-Agent": "gopher-nginx-probe"}
         if parts.username is not None:
             creds = "%s:%s" % (
@@ -76,14 +83,55 @@ class Target:
             ).decode()
         self.timeout = timeout
         self.last_error = None
-        # Never go through an http_proxy from the environment: the target is local.
-        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self.opener = None
+
+    def get(self):
+        """The page's body; HTTPStatus if the answer is not 200."""
+        if self.scheme == "https":
+            return self.get_https()
+        # Plain HTTP/1.0 by hand: urllib would cost the probe a third more memory.
+        s = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        try:
+            head = "".join("%s: %s\r\n" % kv for kv in self.headers.items())
+            req = "GET %s HTTP/1.0\r\nHost: %s\r\n%sConnection: close\r\n\r\n" % (
+                self.path,
+                self.netloc,
+                head,
+            )
+            s.sendall(req.encode("latin-1"))
+            chunks, total = [], 0
+            while total < (1 << 20):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+        finally:
+            s.close()
+        head, sep, body = b"".join(chunks).partition(b"\r\n\r\n")
+        status = head.split(b"\r\n", 1)[0].split()
+        if not sep or len(status) < 2 or not status[0].startswith(b"HTTP/"):
+            raise ValueError("%s did not answer in HTTP: %r" % (self.url, head[:40]))
+        if status[1] != b"200":
+            raise HTTPStatus(int(status[1]) if status[1].isdigit() else 0)
+        return body.decode("utf-8", "replace")
+
+    def get_https(self):
+        import urllib.error
+        import urllib.request
+
+        if self.opener is None:
+            # Never go through an http_proxy from the environment: the target is local.
+            self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        req = urllib.request.Request(self.url, headers=self.headers)
+        try:
+            with self.opener.open(req, timeout=self.timeout) as resp:
+                return resp.read(1 << 20).decode("utf-8", "replace")
+        except urllib.error.HTTPError as e:
+            raise HTTPStatus(e.code)
 
     def read(self):
-        req = urllib.request.Request(self.url, headers=self.headers)
-        with self.opener.open(req, timeout=self.timeout) as resp:
-            body = resp.read(65536).decode("utf-8", "replace")
-        m = STATUS_RE.search(body)
+        m = STATUS_RE.search(self.get())
         if not m:
             raise ValueError(
                 "%s is not an nginx stub_status page (is `stub_status;` set in that location?)"
@@ -95,7 +143,7 @@ class Target:
         try:
             nums = self.read()
         except Exception as e:  # noqa: BLE001 - whatever the target does, keep probing
-            if isinstance(e, urllib.error.HTTPError):
+            if isinstance(e, HTTPStatus):
                 why = "HTTP %d from %s" % (e.code, self.url)
                 if e.code == 404:
                     why += " (no stub_status location there?)"
