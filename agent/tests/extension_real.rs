@@ -359,32 +359,36 @@ fn stub_status(port: u16) -> Vec<f64> {
 }
 
 fn start_redis_in(dir: tempfile::TempDir, port: u16) -> Service {
+    start_redis_with(dir, port, &[])
+}
+
+/// redis in the foreground, no persistence, pid file and log in `dir`; `extra` arguments last.
+fn start_redis_with(dir: tempfile::TempDir, port: u16, extra: &[&str]) -> Service {
     let d = dir.path().display().to_string();
-    let svc = Service::spawn(
-        dir,
-        port,
-        "redis-server",
-        &[
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            &d,
-            "--logfile",
-            &format!("{d}/redis.log"),
-            "--pidfile",
-            &format!("{d}/redis.pid"),
-        ],
-    );
+    let mut args = vec![
+        "--port".to_owned(),
+        port.to_string(),
+        "--bind".to_owned(),
+        "127.0.0.1".to_owned(),
+        "--save".to_owned(),
+        String::new(),
+        "--appendonly".to_owned(),
+        "no".to_owned(),
+        "--daemonize".to_owned(),
+        "no".to_owned(),
+        "--dir".to_owned(),
+        d.clone(),
+        "--logfile".to_owned(),
+        format!("{d}/redis.log"),
+        "--pidfile".to_owned(),
+        format!("{d}/redis.pid"),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let svc = Service::spawn(dir, port, "redis-server", &args);
+    // A reply at all (+PONG, or -NOAUTH when a password is required) means it is serving.
     eventually("redis answering", || {
-        Redis::connect(port).is_ok_and(|mut r| r.cmd("PING") == "PONG")
+        Redis::connect(port).is_ok_and(|mut r| r.reply_line("PING").starts_with(['+', '-']))
     });
     svc
 }
@@ -401,6 +405,14 @@ impl Redis {
         let s = TcpStream::connect(("127.0.0.1", port))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         Ok(Redis(BufReader::new(s)))
+    }
+
+    /// Sends an inline command; returns the first line of the reply, whatever it is.
+    fn reply_line(&mut self, line: &str) -> String {
+        write!(self.0.get_mut(), "{line}\r\n").unwrap();
+        let mut head = String::new();
+        self.0.read_line(&mut head).unwrap();
+        head.trim_end().to_owned()
     }
 
     fn cmd(&mut self, line: &str) -> String {
@@ -1499,4 +1511,57 @@ fn shipped_probes_toml_entries_run_from_a_checkout() {
             processes_with(&format!("extend_probes/{script}")).is_empty()
         });
     }
+}
+
+#[test]
+fn redis_probe_authenticates_with_a_password_file_or_rediscli_auth() {
+    if !require(
+        have("redis-server"),
+        "redis-server (apt-get install redis-server)",
+    ) {
+        return;
+    }
+    let meta = meta_of("redis.meta.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let pw_file = dir.path().join("pw");
+    std::fs::write(&pw_file, "s3cret word\n").unwrap();
+    let pw_file = pw_file.display().to_string();
+    let redis = start_redis_with(dir, free_port(), &["--requirepass", "s3cret word"]);
+    let addr = format!("127.0.0.1:{}", redis.port);
+    let up = |lines: &[String]| num(&parse_row(&lines[0], &meta), "up");
+
+    assert_eq!(
+        up(&probe_once("redis_probe.py", &["--addr", &addr])),
+        0.0,
+        "no password"
+    );
+    assert_eq!(
+        up(&probe_once(
+            "redis_probe.py",
+            &["--addr", &addr, "--password-file", &pw_file]
+        )),
+        1.0,
+        "--password-file"
+    );
+    let out = Command::new(shipped("redis_probe.py"))
+        .args(["--addr", &addr, "--once"])
+        .env("REDISCLI_AUTH", "s3cret word")
+        .output()
+        .unwrap();
+    let lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(up(&lines), 1.0, "REDISCLI_AUTH");
+    // An unreadable password file stops the probe (exit 2) rather than running without it.
+    let out = Command::new(shipped("redis_probe.py"))
+        .args(["--addr", &addr, "--once", "--password-file", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "unreadable password file is a usage error"
+    );
 }
