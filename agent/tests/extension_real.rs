@@ -1565,3 +1565,83 @@ fn redis_probe_authenticates_with_a_password_file_or_rediscli_auth() {
         "unreadable password file is a usage error"
     );
 }
+
+/// All three probes' tables as the agent serves them pass `promtool check metrics` silently
+/// (names, HELP, TYPE, counters' `_total`), and the agent refuses none of their rows.
+#[test]
+fn all_three_tables_pass_promtool() {
+    let tools = ["nginx", "redis-server", "haproxy", "promtool"];
+    let missing: Vec<_> = tools.into_iter().filter(|p| !have(p)).collect();
+    if !require(missing.is_empty(), &format!("{missing:?} installed")) {
+        return;
+    }
+    let (nginx, redis, hp) = (start_nginx(), start_redis(), start_haproxy());
+    let entry = |name: &str, script: &str, param: String, meta: &str| {
+        format!(
+            "[[extend_probes]]\nname = \"{name}\"\ncommand = \"{}\"\nparam = \"{param}\"\n\
+             switch = \"on\"\nmeta = \"{}\"\n",
+            shipped(script).display(),
+            shipped(meta).display()
+        )
+    };
+    let config = [
+        entry(
+            "nginx",
+            "nginx_probe.py",
+            format!(
+                "--url http://127.0.0.1:{}/nginx_status --interval 1",
+                nginx.port
+            ),
+            "nginx.meta.toml",
+        ),
+        entry(
+            "redis",
+            "redis_probe.py",
+            format!("--addr 127.0.0.1:{} --interval 1", redis.port),
+            "redis.meta.toml",
+        ),
+        entry(
+            "haproxy",
+            "haproxy_probe.py",
+            format!("--socket {} --interval 1", hp.sock),
+            "haproxy.meta.toml",
+        ),
+    ]
+    .concat();
+    let agent = Agent::start(&config);
+    let s = agent.wait_for(WAIT, "rows of all three tables", |s| {
+        [
+            "gala_gopher_nginx_status_requests_total",
+            "gala_gopher_redis_server_total_commands_processed_total",
+            "gala_gopher_haproxy_stat_sessions_total",
+        ]
+        .iter()
+        .all(|m| s.iter().any(|x| x.name == *m))
+    });
+    for probe in ["nginx", "redis", "haproxy"] {
+        assert_eq!(rejected(&s, probe), 0.0, "{probe}: rows refused");
+    }
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(agent.raw().as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}"
+    );
+}

@@ -6,7 +6,9 @@ one line per server in the field order of redis.meta.toml:
 
     |redis_server|<server>|<version>|<role>|<up>|<uptime_in_seconds>|...|
 
-Fields are named as in INFO, except `keys` and `expires`, summed over the keyspace's databases.
+Fields are named as in INFO, except `keys` and `expires` (summed over the keyspace's databases)
+and `instantaneous_ops_per_second` (INFO's instantaneous_ops_per_sec: Prometheus names spell
+units out).
 When a server cannot be read the line says up=0 and leaves everything else empty (no value); the
 reason goes to stderr once per change, and the next interval reconnects. The connection is kept
 open between intervals, so the probe counts as one client in connected_clients.
@@ -40,7 +42,7 @@ METRICS = [
     ("connected_slaves", "connected_slaves"),
     ("keys", ""),
     ("expires", ""),
-    ("instantaneous_ops_per_sec", "instantaneous_ops_per_sec"),
+    ("instantaneous_ops_per_second", "instantaneous_ops_per_sec"),
     ("rdb_changes_since_last_save", "rdb_changes_since_last_save"),
     ("total_connections_received", "total_connections_received"),
     ("total_commands_processed", "total_commands_processed"),
