@@ -9,7 +9,10 @@
 //! Lifecycle: target restarts, SIGTERM and a closed stdout.
 //! End to end: the agent runs the probe with `switch = "auto"` and a start check keyed to the
 //! test's own instance: service up → probe started → rows on /metrics; service stopped → probe
-//! stopped and its processes gone.
+//! stopped and its processes gone. All three tables as served pass `promtool check metrics`.
+//! Shipped config: the repo's `[[extend_probes]]` entries are consistent (program, meta, table),
+//! their `pgrep -x` checks count exactly the service's processes, and the entries run verbatim
+//! from another working directory (relative paths resolved against the config's directory).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
