@@ -15,6 +15,7 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    io::Write as _,
     sync::Arc,
     time::Duration,
 };
@@ -528,4 +529,40 @@ fn agent_metrics_match_proc() {
     ] {
         assert!(raw.contains(help), "missing {help:?}");
     }
+    promtool_clean(&raw);
+}
+
+/// `promtool check metrics` accepts the exposition without a single lint (names, units,
+/// counter suffixes).
+fn promtool_clean(exposition: &str) {
+    let have = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !require(have, "promtool (scripts/setup.sh installs it)") {
+        return;
+    }
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {said}"
+    );
 }
