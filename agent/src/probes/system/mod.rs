@@ -230,8 +230,10 @@ async fn run<C: Collect>(mut ctx: ProbeContext) -> anyhow::Result<()> {
                     continue;
                 }
                 batch_len = rows.len();
-                if ctx.rows.send(rows).await.is_err() {
-                    break;
+                // A full channel (slow store) must not keep a stop request waiting.
+                tokio::select! {
+                    sent = ctx.rows.send(rows) => if sent.is_err() { break },
+                    _ = ctx.stop.wait_for(|stop| *stop) => break,
                 }
             }
         }
@@ -253,7 +255,8 @@ impl Files {
         }
     }
 
-    /// Reads every file afresh (procfs files must be reopened to get current values).
+    /// Reads every file afresh. Reopening costs a few microseconds and keeps no descriptor
+    /// open between intervals (nothing to leak or to go stale if /proc is remounted).
     fn read(&mut self) -> Result<&[String], String> {
         for (path, text) in self.paths.iter().zip(&mut self.texts) {
             text.clear();

@@ -264,6 +264,27 @@ async fn probes_run_until_stopped_and_count_errors() {
     }
 }
 
+#[tokio::test]
+async fn a_full_channel_does_not_delay_stop() {
+    let (tx, _rx) = mpsc::channel(1);
+    // `mut` for the Manager API that takes `&mut self`; harmless where it takes `&self`.
+    #[allow(unused_mut)]
+    let mut manager = Manager::new(tx, Arc::new(SelfMetrics::new()), Duration::from_mins(1));
+    manager.add(
+        native_probe("system_meminfo", &toml::Table::new())
+            .unwrap()
+            .unwrap(),
+        Duration::from_millis(10),
+    );
+    manager.start("system_meminfo").unwrap();
+    // One batch fills the channel; the next send waits for room that never comes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(Duration::from_secs(2), manager.stop_all())
+        .await
+        .expect("stopped while blocked on a full channel");
+    assert_eq!(manager.state("system_meminfo").unwrap().0, State::Stopped);
+}
+
 /// Lines built from the words that matter to the parsers, so that generated input reaches
 /// past the first checks.
 fn procish() -> impl Strategy<Value = String> {
