@@ -65,11 +65,18 @@ def descendants(pid):
     kids, todo = [], [pid]
     while todo:
         p = todo.pop()
+        # Children hang off the thread that spawned them: read every thread's list.
+        c = []
         try:
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                c = [int(x) for x in f.read().split()]
+            tasks = os.listdir(f"/proc/{p}/task")
         except OSError:
-            c = []
+            tasks = []
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    c += [int(x) for x in f.read().split()]
+            except OSError:
+                pass
         kids += c
         todo += c
     return kids

@@ -20,7 +20,7 @@ use aya_ebpf::{
         generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     },
     macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::{SockAddrContext, SockContext, SockOpsContext},
 };
 use core::ptr::read_volatile;
@@ -35,15 +35,17 @@ const TCPHDR_FIN: u32 = 0x01;
 /// Allow the operation (cgroup programs must say so explicitly).
 const ALLOW: i32 = 1;
 
-/// Live sockets by cookie. LRU so that sockets whose end the programs never see (a connect that
-/// fails before the handshake starts) cannot fill it; the agent resizes it at load time.
+/// Live sockets by cookie. A plain preallocated hash: LRU maps cost twice as much per update,
+/// and every entry has an owner that removes it (the CLOSE callback; failed connects included,
+/// since the connect callback watches state). Entries the fallback connect hooks leave behind
+/// for connects that fail before TCP starts are swept by the agent.
 #[map]
-static LINKS: LruHashMap<u64, LinkInfo> = LruHashMap::with_max_entries(65536, 0);
+static LINKS: HashMap<u64, LinkInfo> = HashMap::with_max_entries(65536, 0);
 
 /// Final counters of closed sockets, one event per socket.
 #[map]
 static CLOSED: RingBuf = RingBuf::with_byte_size(CLOSED_BYTES, 0);
-const CLOSED_BYTES: u32 = 8 << 20;
+const CLOSED_BYTES: u32 = 4 << 20;
 /// Wake the agent only once this much is waiting. A wake-up per event costs an IPI (a VM exit
 /// on virtual machines) in the closing connection's path: at connection churn that was most of
 /// the probe's cost. The agent also drains on a short timer, so events wait at most that long.

@@ -113,6 +113,25 @@ impl Programs {
         aya::maps::HashMap::try_from(map).context("map LINKS is not a hash map")
     }
 
+    /// Removes the given cookies from `LINKS` (entries whose socket is gone without a CLOSE
+    /// callback: see [`super::collector::Collector`]'s sweep).
+    pub fn forget(&mut self, cookies: &[u64]) -> usize {
+        let Some(map) = self.ebpf.map_mut("LINKS") else {
+            return 0;
+        };
+        let Ok(mut links) = aya::maps::HashMap::<&mut MapData, u64, LinkInfo>::try_from(map) else {
+            return 0;
+        };
+        cookies.iter().filter(|c| links.remove(c).is_ok()).count()
+    }
+
+    /// Every cookie in `LINKS`.
+    pub fn link_cookies(&self) -> Vec<u64> {
+        self.links()
+            .map(|m| m.keys().filter_map(Result::ok).collect())
+            .unwrap_or_default()
+    }
+
     /// Close events the ring buffer had no room for, summed over CPUs.
     pub fn lost(&self) -> u64 {
         let Some(map) = self.ebpf.map("LOST") else {

@@ -29,6 +29,8 @@ use crate::{
 /// Intervals a new socket whose owner is only guessed (not yet accepted, or not found in
 /// /proc) waits for its real owner before it is keyed to the guess for good.
 const OWNER_PATIENCE: u8 = 2;
+/// How often stale `LINKS` entries are looked for.
+const SWEEP_EVERY: Duration = Duration::from_mins(1);
 
 pub struct Collector {
     links: Links,
@@ -45,6 +47,9 @@ pub struct Collector {
     /// tgid → process name (`/proc/<tgid>/comm`), for tgids seen last interval.
     names: HashMap<u32, String>,
     last_ns_refresh: Instant,
+    /// Cookies in the eBPF `LINKS` map that were not live at the last sweep.
+    unseen_at_sweep: HashSet<u64>,
+    last_sweep: Instant,
     metrics: Arc<SelfMetrics>,
     lost_seen: u64,
 }
@@ -60,6 +65,8 @@ impl Collector {
             waiting: HashMap::default(),
             names: HashMap::default(),
             last_ns_refresh: Instant::now(),
+            unseen_at_sweep: HashSet::default(),
+            last_sweep: Instant::now(),
             metrics,
             lost_seen: 0,
         }
@@ -209,10 +216,38 @@ impl Collector {
         (dumped, complete)
     }
 
+    /// Drops `LINKS` entries whose socket was not live at two sweeps a minute apart. The eBPF
+    /// side removes entries at CLOSE; what it cannot see is a connect that failed before TCP
+    /// started (fallback connect hooks) or a socket whose callbacks another program switched
+    /// off. A connection still in SYN_SENT after a minute merely loses its eBPF owner record.
+    fn sweep(&mut self, programs: &mut bpf::Programs, live: &HashSet<u64>) {
+        if self.last_sweep.elapsed() < SWEEP_EVERY {
+            return;
+        }
+        self.last_sweep = Instant::now();
+        let unseen: HashSet<u64> = programs
+            .link_cookies()
+            .into_iter()
+            .filter(|c| !live.contains(c))
+            .collect();
+        let stale: Vec<u64> = unseen
+            .intersection(&self.unseen_at_sweep)
+            .copied()
+            .collect();
+        if !stale.is_empty() {
+            let n = programs.forget(&stale);
+            tracing::debug!(
+                removed = n,
+                "swept LINKS entries of sockets gone without CLOSE"
+            );
+        }
+        self.unseen_at_sweep = unseen;
+    }
+
     /// One interval: dump, apply closes, attribute, fold, and render rows.
     pub fn collect(
         &mut self,
-        programs: &bpf::Programs,
+        programs: &mut bpf::Programs,
         ring: &mut RingBuf<MapData>,
         idle: Option<Duration>,
     ) -> Vec<Row> {
@@ -246,6 +281,9 @@ impl Collector {
             if let Some(o) = self.observe_socket(*ns, s, infos.get(&s.cookie)) {
                 observed.push(o);
             }
+        }
+        if complete {
+            self.sweep(programs, &live_cookies);
         }
         self.syn_acked.retain(|c, _| live_cookies.contains(c));
         self.waiting.retain(|c, _| live_cookies.contains(c));

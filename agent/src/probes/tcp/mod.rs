@@ -213,7 +213,7 @@ async fn run(mut ctx: ProbeContext, max_links: u32, connect_hooks: bool) -> anyh
             _ = tick.tick() => {
                 // sock_diag dumps and /proc reads block: keep them off the async workers' queue.
                 let rows = tokio::task::block_in_place(|| {
-                    state.collect(&programs, ring.get_mut(), idle)
+                    state.collect(&mut programs, ring.get_mut(), idle)
                 });
                 if ctx.rows.send(rows).await.is_err() {
                     break;
