@@ -100,6 +100,7 @@ fi
 cleanup() {
     stop_probe TERM
     [[ -z $AUTOGROUP_OLD ]] || echo "$AUTOGROUP_OLD" >"/proc/$$/autogroup" 2>/dev/null || true
+    [[ -z ${old_bpf_stats:-} ]] || sysctl -qw "kernel.bpf_stats_enabled=$old_bpf_stats" 2>/dev/null || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -141,6 +142,17 @@ start_probe() {
     esac
 }
 
+# Run time of every loaded BPF program, as the kernel counts it (kernel.bpf_stats_enabled): the
+# probe's in-kernel cost, measured directly. Nothing else on these machines loads BPF programs;
+# off mode reads 0, which checks that.
+bpf_run_ns() {
+    bpftool -j prog show 2>/dev/null |
+        python3 -c 'import json,sys; print(sum(p.get("run_time_ns", 0) for p in json.load(sys.stdin)))' ||
+        echo 0
+}
+old_bpf_stats=$(sysctl -n kernel.bpf_stats_enabled 2>/dev/null || echo 0)
+sysctl -qw kernel.bpf_stats_enabled=1 || log "note: cannot enable kernel.bpf_stats_enabled; BPF ns/op will read 0"
+
 # run_load LOAD: one measurement, one JSON line. --watch-pid has the load generator measure the
 # probe's own CPU time over exactly its window.
 run_load() {
@@ -164,8 +176,10 @@ for round in $(seq "$ROUNDS"); do
         start_probe "$mode" "$round"
         sleep 1 # let start-up work (map creation, first scans) settle
         for load in $LOADS; do
+            b0=$(bpf_run_ns)
             line=$(run_load "$load") || die "loadgen $load failed in round $round, mode $mode"
-            printf '{"round":%d,"mode":"%s",%s\n' "$round" "$mode" "${line#\{}" >>"$RESULTS"
+            b1=$(bpf_run_ns)
+            printf '{"round":%d,"mode":"%s","bpf_ns":%d,%s\n' "$round" "$mode" "$((b1 - b0))" "${line#\{}" >>"$RESULTS"
             python3 "$REPO/bench/report.py" --progress "$(tail -n 1 "$RESULTS")" >&2
             sleep 0.5
         done
