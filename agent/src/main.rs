@@ -133,12 +133,20 @@ fn warn_unimplemented(cfg: &Config) {
 const ROWS_CHANNEL: usize = 64;
 
 /// Registers a table in the store and notes it in the catalog extension probes check rows with.
-fn register(store: &mut Store, catalog: &mut Catalog, meta: TableMeta) -> anyhow::Result<()> {
+/// Registers a table; `catalog` (the tables extension probes may write) gets it too unless
+/// it is a native probe's own table, which no extension probe may overwrite.
+fn register(
+    store: &mut Store,
+    catalog: Option<&mut Catalog>,
+    meta: TableMeta,
+) -> anyhow::Result<()> {
     let name = meta.name.clone();
     store
         .register(meta.clone())
         .with_context(|| format!("registering table {name}"))?;
-    catalog.insert(name, Arc::new(meta));
+    if let Some(catalog) = catalog {
+        catalog.insert(name, Arc::new(meta));
+    }
     Ok(())
 }
 
@@ -151,8 +159,9 @@ fn add_probes(
     manager: &Manager,
 ) -> anyhow::Result<()> {
     let mut catalog = Catalog::new();
+    let mut native_tables = std::collections::HashSet::new();
     for meta in config::load_meta_dirs(&cfg.meta.dirs).context("loading meta files")? {
-        register(store, &mut catalog, meta)?;
+        register(store, Some(&mut catalog), meta)?;
     }
     for p in &cfg.probes {
         let probe: Arc<dyn Probe> = match p.name.as_str() {
@@ -163,7 +172,9 @@ fn add_probes(
             },
         };
         for meta in probe.tables() {
-            register(store, &mut catalog, meta)?;
+            catalog.remove(&meta.name);
+            native_tables.insert(meta.name.clone());
+            register(store, None, meta)?;
         }
         manager.add(probe, p.interval);
     }
@@ -185,7 +196,15 @@ fn add_probes(
             .in_dir(base.cloned()),
         );
         for meta in probe.tables() {
-            register(store, &mut catalog, meta)?;
+            if native_tables.contains(&meta.name) {
+                anyhow::bail!(
+                    "extension probe {}: its meta file defines table {:?}, which the native probes \
+                     fill; rename the table",
+                    e.name,
+                    meta.name
+                );
+            }
+            register(store, Some(&mut catalog), meta)?;
         }
         extensions.push(Arc::clone(&probe));
         // Extension probes keep their own cadence; the interval is not used by them.

@@ -875,6 +875,37 @@ fn redis_probe_survives_a_restart_and_exits_on_sigterm() {
     assert!(!stderr.contains("Traceback"), "{stderr}");
 }
 
+/// When haproxy goes away, the rows it had keep coming with up = 0 and no stale values, so that
+/// `up == 0` alerts fire instead of the series silently ageing out.
+#[test]
+fn haproxy_probe_reports_known_rows_down_when_haproxy_goes_away() {
+    if !require(have("haproxy"), "haproxy (apt-get install haproxy)") {
+        return;
+    }
+    let meta = meta_of("haproxy.meta.toml");
+    let mut hp = start_haproxy();
+    let probe = Running::spawn(
+        "haproxy_probe.py",
+        &["--socket", &hp.sock, "--interval", "0.2"],
+    );
+    let s1 = |want: f64| {
+        let meta = &meta;
+        move |l: &str| {
+            let r = parse_row(l, meta);
+            r["proxy"] == "be_app" && r["server"] == "s1" && num(&r, "up") == want
+        }
+    };
+    probe.until("be_app/s1 up = 1", s1(1.0));
+    hp.svc.stop();
+    let down = parse_row(&probe.until("be_app/s1 up = 0", s1(0.0)), &meta);
+    assert!(
+        down.iter().all(|(k, v)| {
+            ["instance", "proxy", "server", "type", "up"].contains(&k.as_str()) || v.is_empty()
+        }),
+        "an unreachable haproxy leaves no stale values: {down:?}"
+    );
+}
+
 /// Without any service: each probe keeps running on refused connections, logs the reason once,
 /// exits 0 on SIGTERM, and exits 0 without a traceback when its stdout is closed.
 #[test]

@@ -110,6 +110,9 @@ class Target:
         self.socket_path = socket_path
         self.timeout = timeout
         self.last_error = None
+        # (proxy, server, type) of the last rows read: reported with up = 0 while unreadable,
+        # so that `up == 0` alerts fire instead of the rows silently ageing out.
+        self.last_keys = []
         if socket_path is not None:
             self.instance = "unix:" + socket_path
             return
@@ -193,10 +196,13 @@ class Target:
             if why != self.last_error:
                 log("cannot read %s: %s; retrying every interval" % (self.instance, why))
                 self.last_error = why
+            for px, sv, ty in self.last_keys:
+                emit([self.instance, px, sv, ty, "", 0] + [""] * len(METRICS))
             return
         if self.last_error is not None:
             log("%s readable again" % self.instance)
             self.last_error = None
+        self.last_keys = [(row[1], row[2], row[3]) for row in rows]
         for row in rows:
             emit(row)
 

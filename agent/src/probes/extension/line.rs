@@ -171,9 +171,13 @@ fn check_value(ty: FieldType, value: &str) -> Result<(), &'static str> {
         return Ok(());
     }
     match ty {
-        FieldType::Counter | FieldType::Gauge => {
-            value.parse::<f64>().map(drop).map_err(|_| "not a number")
-        }
+        FieldType::Gauge => value.parse::<f64>().map(drop).map_err(|_| "not a number"),
+        // A counter only counts: a negative or non-finite one would read as a reset.
+        FieldType::Counter => match value.parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => Ok(()),
+            Ok(_) => Err("a counter must be a finite number >= 0"),
+            Err(_) => Err("not a number"),
+        },
         FieldType::Histogram => histogram::parse(value).map(drop),
         FieldType::Key | FieldType::Label | FieldType::Unknown => Ok(()),
     }
@@ -282,9 +286,16 @@ mod tests {
             "bad_value"
         );
         assert_eq!(
-            to_row(&m, &["a", "-2.5e3", "0", ""]).unwrap().values[1],
-            "-2.5e3"
+            to_row(&m, &["a", "2.5e3", "-1.5", ""]).unwrap().values[1..3],
+            ["2.5e3", "-1.5"]
         );
+        // A counter only counts.
+        for bad in ["-1", "inf", "NaN"] {
+            assert_eq!(
+                to_row(&m, &["a", bad, "", ""]).unwrap_err().reason(),
+                "bad_value"
+            );
+        }
     }
 
     #[test]

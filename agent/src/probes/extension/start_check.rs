@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
     process::Stdio,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::{sync::watch, task::JoinHandle};
@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     config::CheckType,
-    probes::Manager,
+    probes::{Manager, manager::State},
     selfmetrics::{START_CHECK_FAILURES, SelfMetrics},
 };
 
@@ -72,17 +72,25 @@ impl std::fmt::Display for CheckError {
     }
 }
 
-/// Count type: the first whitespace-separated word of the first line, as a number, > 0.
+/// Count type, read as gala-gopher read it (`atoi` of the first line): leading blanks, an
+/// optional sign, digits. No output or a line that does not start with a number counts as 0,
+/// i.e. absent, so that `pgrep nginx` (which prints nothing once nginx is gone) stops the probe.
 pub fn count_says_present(first_line: &[u8]) -> Result<bool, CheckError> {
     let text = String::from_utf8_lossy(first_line);
-    let word = text.split_whitespace().next().ok_or_else(|| {
-        CheckError::BadOutput("the first output line is empty; expected a count".into())
-    })?;
-    word.parse::<f64>().map(|n| n > 0.0).map_err(|_| {
-        let mut shown = word.to_owned();
-        shown.truncate(40);
-        CheckError::BadOutput(format!("expected a count, found {shown:?}"))
-    })
+    let t = text.trim_start();
+    let (negative, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let has_digit = digits.bytes().next().is_some_and(|b| b.is_ascii_digit());
+    let positive = has_digit
+        && !negative
+        && digits
+            .bytes()
+            .take_while(u8::is_ascii_digit)
+            .any(|b| b != b'0');
+    Ok(positive)
 }
 
 /// Runs the check once: `Ok(true)` when the service is present.
@@ -118,9 +126,8 @@ pub async fn evaluate(
                     Ok(Next::TooLong) => Err(CheckError::BadOutput(format!(
                         "the first output line is longer than {MAX_CHECK_LINE} bytes"
                     ))),
-                    Ok(Next::Eof) => {
-                        Err(CheckError::BadOutput("no output; expected a count".into()))
-                    }
+                    // No output is a count of 0 (atoi of nothing), as in gala-gopher.
+                    Ok(Next::Eof) => Ok(Vec::new()),
                     Err(e) => Err(CheckError::BadOutput(format!("reading its output: {e}"))),
                 };
                 // Closing the pipe ends a check that would go on printing (SIGPIPE), as pclose did.
@@ -146,6 +153,9 @@ pub async fn evaluate(
     }
 }
 
+/// How long a failed probe whose service stays present waits before it is started again.
+const RETRY_FAILED_AFTER: Duration = Duration::from_mins(5);
+
 /// Runs the check every interval and starts or stops the probe when the answer changes,
 /// until `shutdown` turns true.
 pub fn spawn_auto(
@@ -164,6 +174,7 @@ pub fn spawn_auto(
         let name = check.probe.as_str();
         let mut present = false;
         let mut failing: Option<&'static str> = None;
+        let mut failed_since: Option<Instant> = None;
         loop {
             let outcome = tokio::select! {
                 biased;
@@ -183,6 +194,20 @@ pub fn spawn_auto(
                     } else if !now && present {
                         tracing::info!(probe = %name, "start check: service gone; stopping the probe");
                         let _ = manager.stop(name).await;
+                    } else if now && matches!(manager.state(name), Some((State::Failed, _))) {
+                        // A probe that gave up while its service stays present is tried again
+                        // after a cool-down: a passing cause (an interpreter moved by a package
+                        // upgrade) must not end its monitoring until the service restarts.
+                        let since = *failed_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= RETRY_FAILED_AFTER {
+                            failed_since = None;
+                            tracing::info!(probe = %name, "start check: service present; retrying the failed probe");
+                            if let Err(e) = manager.start(name) {
+                                tracing::error!(probe = %name, "cannot start: {e:#}");
+                            }
+                        }
+                    } else {
+                        failed_since = None;
                     }
                     present = now;
                 }
@@ -221,11 +246,11 @@ mod tests {
         assert!(count_says_present(b"  2 /var/run/x.pid").unwrap());
         assert!(!count_says_present(b"0").unwrap());
         assert!(!count_says_present(b"-1").unwrap());
-        assert_eq!(count_says_present(b"").unwrap_err().reason(), "bad_output");
-        assert_eq!(
-            count_says_present(b"yes").unwrap_err().reason(),
-            "bad_output"
-        );
+        assert!(!count_says_present(b"").unwrap());
+        assert!(!count_says_present(b"0.5").unwrap());
+        assert!(count_says_present(b"12abc").unwrap());
+        assert!(!count_says_present(b"000").unwrap());
+        assert!(!count_says_present(b"yes").unwrap());
     }
 
     #[tokio::test]
@@ -237,13 +262,8 @@ mod tests {
                 .unwrap()
         );
         assert!(evaluate("yes 1", CheckType::Count, T, None).await.unwrap());
-        assert_eq!(
-            evaluate("true", CheckType::Count, T, None)
-                .await
-                .unwrap_err()
-                .reason(),
-            "bad_output"
-        );
+        // No output counts as 0 (gala-gopher's atoi), so a vanished service stops its probe.
+        assert!(!evaluate("true", CheckType::Count, T, None).await.unwrap());
         assert!(evaluate("exit 0", CheckType::Exit, T, None).await.unwrap());
         assert!(!evaluate("exit 3", CheckType::Exit, T, None).await.unwrap());
         assert_eq!(
