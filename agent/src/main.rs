@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use gopher::{
     config::{self, Config, Switch},
-    egress::http,
+    egress::{http, kafka},
     imdb::{Limits, Row, Store, TableMeta},
     probes::{
         Manager, Policy, Probe,
@@ -118,11 +118,6 @@ fn init_logging(cfg: &Config) {
 /// Settings this version accepts (they belong to gala-gopher's configuration) but does not act
 /// on yet: say so once rather than pretend.
 fn warn_unimplemented(cfg: &Config) {
-    if cfg.kafka.switch.is_on() {
-        tracing::warn!(
-            "kafka.switch = \"on\": Kafka egress is not in this version; rows go to /metrics only"
-        );
-    }
     if let Some(dir) = &cfg.global.log_directory {
         tracing::warn!(dir = %dir.display(), "global.log_directory is not in this version; logging to stderr");
     }
@@ -301,6 +296,8 @@ async fn run(cfg: Config, base: Option<PathBuf>) -> anyhow::Result<()> {
         let _ = shutdown_rx.wait_for(|s| *s).await;
     }));
 
+    let kafka = start_kafka(&cfg, &store, &metrics, shutdown_tx.subscribe())?;
+
     wait_for_signal().await?;
     tracing::info!("stopping");
     // Start checks first, so that none starts a probe that is being stopped.
@@ -311,9 +308,45 @@ async fn run(cfg: Config, base: Option<PathBuf>) -> anyhow::Result<()> {
     manager.stop_all().await;
     let _ = shutdown_tx.send(true);
     let _ = web.await;
+    // After the probes stopped: its last pass sends their final rows, then flushes (bounded).
+    if let Some(kafka) = kafka {
+        let _ = kafka.await;
+    }
     drop(manager);
     let _ = ingest.await;
     Ok(())
+}
+
+/// Starts the Kafka sink when `kafka.switch = "on"`. A producer librdkafka refuses to create (an
+/// unknown or invalid `kafka.properties` entry) stops the agent at start, like any config error;
+/// an absent broker does not (librdkafka keeps connecting in the background).
+fn start_kafka(
+    cfg: &Config,
+    store: &Arc<Mutex<Store>>,
+    metrics: &Arc<SelfMetrics>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if !cfg.kafka.switch.is_on() {
+        return Ok(None);
+    }
+    let sink = kafka::KafkaSink::new(
+        &cfg.kafka,
+        kafka::Identity::of_this_host(),
+        Arc::clone(metrics),
+    )?;
+    tracing::info!(
+        brokers = %cfg.kafka.kafka_broker,
+        topic = %cfg.kafka.kafka_topic,
+        metadata_topic = %cfg.kafka.metadata_topic,
+        "producing to Kafka"
+    );
+    Ok(Some(tokio::spawn(kafka::run(
+        sink,
+        Arc::clone(store),
+        cfg.egress.interval,
+        now_ms,
+        shutdown,
+    ))))
 }
 
 /// Moves probe rows into the store. Rejected rows are counted by the store itself.

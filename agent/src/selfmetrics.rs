@@ -33,6 +33,11 @@ pub const SCRAPE_DURATION: &str = "gopher_scrape_duration_seconds";
 pub const IMDB_RECORDS: &str = "gopher_imdb_records";
 pub const IMDB_TABLES: &str = "gopher_imdb_tables";
 pub const FAMILIES_SKIPPED: &str = "gopher_prometheus_families_skipped";
+pub const KAFKA_QUEUED: &str = "gopher_kafka_queued_total";
+pub const KAFKA_DELIVERED: &str = "gopher_kafka_delivered_total";
+pub const KAFKA_FAILED: &str = "gopher_kafka_failed_total";
+pub const KAFKA_DROPPED: &str = "gopher_kafka_dropped_total";
+pub const KAFKA_QUEUE_MESSAGES: &str = "gopher_kafka_queue_messages";
 
 /// The values of `gopher_probe_state{state}`; exactly one is 1 per probe.
 pub const PROBE_STATES: [&str; 4] = ["stopped", "starting", "running", "failed"];
@@ -108,7 +113,7 @@ impl SelfMetrics {
     #[allow(clippy::too_many_lines)]
     pub fn new() -> Self {
         use Kind::{Counter, Gauge};
-        let declared: [(&'static str, Kind, &'static [&'static str], &'static str); 16] = [
+        let declared: [(&'static str, Kind, &'static [&'static str], &'static str); 21] = [
             (
                 BUILD_INFO,
                 Gauge,
@@ -199,6 +204,36 @@ impl SelfMetrics {
                 Gauge,
                 &[],
                 "Metric families left out of the last scrape because their name clashed with an earlier family.",
+            ),
+            (
+                KAFKA_QUEUED,
+                Counter,
+                &[],
+                "Kafka messages (records and table definitions) accepted into the producer queue.",
+            ),
+            (
+                KAFKA_DELIVERED,
+                Counter,
+                &[],
+                "Kafka messages the broker acknowledged.",
+            ),
+            (
+                KAFKA_FAILED,
+                Counter,
+                &["reason"],
+                "Queued Kafka messages whose delivery failed after the producer's retries (timeout, unknown_topic, too_large, other).",
+            ),
+            (
+                KAFKA_DROPPED,
+                Counter,
+                &["reason"],
+                "Kafka messages never queued (queue_full, too_large, unknown_topic, other) or still queued when shutdown's wait ran out (shutdown).",
+            ),
+            (
+                KAFKA_QUEUE_MESSAGES,
+                Gauge,
+                &[],
+                "Kafka messages in the producer queue (waiting or in flight), sampled every egress interval.",
             ),
         ];
         let families = declared

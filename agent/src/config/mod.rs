@@ -19,8 +19,8 @@ use std::path::Path;
 pub use error::{ConfigError, Diagnostic, DiagnosticKind};
 pub use meta_file::{load_meta_dirs, load_meta_file, parse_meta_libconfig, parse_meta_toml};
 pub use model::{
-    CheckType, Config, Egress, ExtendProbe, Global, Imdb, Ingress, Kafka, LogLevel, MetaSection,
-    NATIVE_PROBES, NativeProbe, OnOff, Supervision, Switch, WebServer, load, parse,
+    CheckType, Compression, Config, Egress, ExtendProbe, Global, Imdb, Ingress, Kafka, LogLevel,
+    MetaSection, NATIVE_PROBES, NativeProbe, OnOff, Supervision, Switch, WebServer, load, parse,
 };
 
 /// Validates a config file without starting anything (`gopher check`); same as [`load`].

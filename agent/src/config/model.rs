@@ -161,11 +161,51 @@ impl Default for WebServer {
     }
 }
 
+/// Compression librdkafka applies to message batches (`compression.codec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    pub const WORDS: [&'static str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
+    const ALL: [Self; 5] = [Self::None, Self::Gzip, Self::Snappy, Self::Lz4, Self::Zstd];
+
+    pub fn as_str(self) -> &'static str {
+        Self::WORDS[Self::ALL.iter().position(|c| *c == self).unwrap_or(0)]
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kafka {
     pub switch: OnOff,
+    /// `host:port[,host:port…]` (librdkafka `bootstrap.servers`).
     pub kafka_broker: String,
+    /// Topic of the table records.
     pub kafka_topic: String,
+    /// Topic of the table definitions.
+    pub metadata_topic: String,
+    /// librdkafka `batch.num.messages`.
+    pub batch_num_messages: u32,
+    /// librdkafka `queue.buffering.max.messages`: the bound on messages waiting for the broker.
+    pub queue_buffering_max_messages: u32,
+    /// librdkafka `queue.buffering.max.kbytes`.
+    pub queue_buffering_max_kbytes: u32,
+    /// librdkafka `queue.buffering.max.ms` (linger), milliseconds.
+    pub queue_buffering_max_ms: u32,
+    pub compression_codec: Compression,
+    /// librdkafka `message.max.bytes`.
+    pub message_max_bytes: u32,
+    /// librdkafka `message.timeout.ms`: how long a queued message is retried before it fails.
+    pub message_timeout_ms: u32,
+    /// How long shutdown waits for queued messages to be delivered.
+    pub flush_timeout: Duration,
+    /// Passed verbatim to librdkafka after the settings above (TLS, SASL, …), in file order.
+    pub properties: Vec<(String, String)>,
 }
 
 impl Default for Kafka {
@@ -174,6 +214,16 @@ impl Default for Kafka {
             switch: OnOff::Off,
             kafka_broker: "localhost:9092".to_owned(),
             kafka_topic: "gala_gopher".to_owned(),
+            metadata_topic: "gala_gopher_metadata".to_owned(),
+            batch_num_messages: 10_000,
+            queue_buffering_max_messages: 100_000,
+            queue_buffering_max_kbytes: 1_048_576,
+            queue_buffering_max_ms: 5,
+            compression_codec: Compression::None,
+            message_max_bytes: 1_000_000,
+            message_timeout_ms: 300_000,
+            flush_timeout: Duration::from_secs(10),
+            properties: Vec::new(),
         }
     }
 }
@@ -476,6 +526,22 @@ fn web_server(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) -> WebServer
     out
 }
 
+/// Settings the agent owns; `kafka.properties` may not set them (use the keys above instead).
+const KAFKA_OWNED_PROPERTIES: [&str; 10] = [
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "batch.num.messages",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.ms",
+    "linger.ms",
+    "compression.codec",
+    "message.max.bytes",
+    "message.timeout.ms",
+];
+
+// One flat walk over the [kafka] keys; splitting it further would scatter them.
+#[allow(clippy::too_many_lines)]
 fn kafka(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) -> Kafka {
     let mut out = Kafka::default();
     let Some(t) = node.and_then(|n| {
@@ -483,7 +549,21 @@ fn kafka(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) -> Kafka {
             rep,
             n,
             "kafka".into(),
-            &["switch", "kafka_broker", "kafka_topic"],
+            &[
+                "switch",
+                "kafka_broker",
+                "kafka_topic",
+                "metadata_topic",
+                "batch_num_messages",
+                "queue_buffering_max_messages",
+                "queue_buffering_max_kbytes",
+                "queue_buffering_max_ms",
+                "compression_codec",
+                "message_max_bytes",
+                "message_timeout_ms",
+                "flush_timeout",
+                "properties",
+            ],
             true,
         )
     }) else {
@@ -492,16 +572,84 @@ fn kafka(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) -> Kafka {
     if let Some((i, _)) = t.word(rep, "switch", &["on", "off"]) {
         out.switch = [OnOff::On, OnOff::Off][i];
     }
-    if let Some((topic, span)) = t.string(rep, "kafka_topic") {
-        if let Err(why) = check_topic(topic) {
-            rep.report(
-                &span,
-                &t.path_of("kafka_topic"),
-                DiagnosticKind::InvalidValue,
-                why,
-            );
+    for (key, slot) in [
+        ("kafka_topic", &mut out.kafka_topic),
+        ("metadata_topic", &mut out.metadata_topic),
+    ] {
+        if let Some((topic, span)) = t.string(rep, key) {
+            if let Err(why) = check_topic(topic) {
+                rep.report(&span, &t.path_of(key), DiagnosticKind::InvalidValue, why);
+            }
+            topic.clone_into(slot);
         }
-        topic.clone_into(&mut out.kafka_topic);
+    }
+    if out.kafka_topic == out.metadata_topic {
+        let span = t
+            .get("metadata_topic")
+            .map_or_else(|| t.span.clone(), Spanned::span);
+        rep.report(
+            &span,
+            &t.path_of("metadata_topic"),
+            DiagnosticKind::InvalidValue,
+            format!(
+                "must differ from kafka_topic ({:?}): records and table definitions need their own topics",
+                out.kafka_topic
+            ),
+        );
+    }
+    // Ranges are librdkafka's own, so that a bad value is reported here rather than at start.
+    let ranges: [(&str, &mut u32, std::ops::RangeInclusive<i64>, &str); 7] = [
+        (
+            "batch_num_messages",
+            &mut out.batch_num_messages,
+            1..=1_000_000,
+            "",
+        ),
+        (
+            "queue_buffering_max_messages",
+            &mut out.queue_buffering_max_messages,
+            1..=2_147_483_647,
+            "",
+        ),
+        (
+            "queue_buffering_max_kbytes",
+            &mut out.queue_buffering_max_kbytes,
+            1..=2_147_483_647,
+            " KiB",
+        ),
+        (
+            "queue_buffering_max_ms",
+            &mut out.queue_buffering_max_ms,
+            0..=900_000,
+            " ms",
+        ),
+        (
+            "message_max_bytes",
+            &mut out.message_max_bytes,
+            1000..=1_000_000_000,
+            " bytes",
+        ),
+        (
+            "message_timeout_ms",
+            &mut out.message_timeout_ms,
+            1..=2_147_483_647,
+            " ms",
+        ),
+        ("flush_timeout", &mut 0, 0..=MAX_INTERVAL_SECS, " seconds"),
+    ];
+    for (key, slot, range, unit) in ranges {
+        if let Some(v) = t.int_in(rep, key, range, unit) {
+            *slot = v as u32;
+            if key == "flush_timeout" {
+                out.flush_timeout = Duration::from_secs(v.unsigned_abs());
+            }
+        }
+    }
+    if let Some((i, _)) = t.word(rep, "compression_codec", &Compression::WORDS) {
+        out.compression_codec = Compression::ALL[i];
+    }
+    if let Some(p) = t.get("properties") {
+        out.properties = kafka_properties(rep, p, t.path_of("properties"));
     }
     let broker = t.string(rep, "kafka_broker");
     if let Some((b, _)) = broker {
@@ -517,6 +665,44 @@ fn kafka(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) -> Kafka {
                 DiagnosticKind::InvalidValue,
                 why,
             );
+        }
+    }
+    out
+}
+
+/// `[kafka.properties]`: string → string, in file order, minus the settings the agent owns.
+fn kafka_properties(
+    rep: &mut Reporter<'_>,
+    node: &Spanned<Node>,
+    path: String,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Some(props) = TableView::of(rep, node, path, &[], false) else {
+        return out;
+    };
+    for (key, value) in props.entries() {
+        let name = key.get_ref();
+        let path = props.path_of(name);
+        if KAFKA_OWNED_PROPERTIES.contains(&name.as_str()) {
+            rep.report(
+                &key.span(),
+                &path,
+                DiagnosticKind::InvalidValue,
+                "set by the agent from the kafka keys above; set it there".to_owned(),
+            );
+            continue;
+        }
+        match value.get_ref() {
+            Node::Str(v) => out.push((name.clone(), v.clone())),
+            other => rep.report(
+                &value.span(),
+                &path,
+                DiagnosticKind::WrongType,
+                format!(
+                    "expected a string (librdkafka takes every property as text), found {}",
+                    other.describe()
+                ),
+            ),
         }
     }
     out

@@ -224,6 +224,11 @@ impl<'n> TableView<'n> {
             .map(|(_, v)| v)
     }
 
+    /// Every key and value, in file order (for free-form tables such as `kafka.properties`).
+    pub(crate) fn entries(&self) -> &'n [Entry] {
+        self.entries
+    }
+
     pub(crate) fn path_of(&self, key: &str) -> String {
         child(&self.path, key)
     }

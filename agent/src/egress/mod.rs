@@ -1,6 +1,8 @@
 //! Sinks: each reads imdb snapshots and knows nothing of probes.
 //!
 //! `prometheus` turns a snapshot into the text exposition format; `http` serves it.
+//! `kafka` produces changed records (and table definitions) to Kafka.
 
 pub mod http;
+pub mod kafka;
 pub mod prometheus;

@@ -1,0 +1,487 @@
+//! Kafka egress: table records to `kafka.kafka_topic`, table definitions to
+//! `kafka.metadata_topic`, with librdkafka (the `rdkafka` crate, bundled librdkafka).
+//!
+//! # Records
+//!
+//! Every `egress.interval` the sink takes the records written since its previous pass
+//! ([`Store::changed_since`], under a brief lock) and produces each one once, as one flat JSON
+//! object, keys in this order:
+//!
+//! ```json
+//! {"timestamp": 1700000000000, "hostname": "node1", "machine_id": "0123…", "table_name": "tcp_link",
+//!  "tgid": "42", "role": "0", …}
+//! ```
+//!
+//! `timestamp` is the record's update time in ms (a JSON number); `machine_id` comes from
+//! `/etc/machine-id` (empty when unreadable); then every field of the table's meta, in meta
+//! order, each value a JSON **string** (gala-spider compares `role == "0"`). The message key is
+//! the table name followed by the key field values, each after a `|` (`tcp_link|42|0|…`), so
+//! the partitioner keeps one link's records in order.
+//!
+//! # Table definitions
+//!
+//! At start, and whenever a table appears or its definition changes, one message per such table
+//! goes to the metadata topic, key = table name:
+//!
+//! ```json
+//! {"timestamp": 1700000000000, "meta_name": "tcp_link", "table_name": "tcp_link", "entity_name": "tcp_link",
+//!  "version": "1", "keys": ["tgid", …], "labels": [...], "metrics": [...],
+//!  "fields": [{"name": "tgid", "type": "key", "description": "…"}, …]}
+//! ```
+//!
+//! # Faults
+//!
+//! librdkafka's producer queue is the only buffer, bounded by
+//! `kafka.queue_buffering_max_messages` / `queue_buffering_max_kbytes`. A message that cannot
+//! be queued is counted in `gopher_kafka_dropped_total{reason}` and not retried. A queued
+//! message is retried by librdkafka across broker outages until `kafka.message_timeout_ms`
+//! (default 300000 = 5 min); after that it is counted in `gopher_kafka_failed_total{reason}`.
+//! No broker at start, a broker that goes away, a missing topic: the agent keeps running and
+//! serving /metrics, and delivery resumes by itself. On shutdown the sink sends what changed
+//! since its last pass, waits up to `kafka.flush_timeout` for delivery, and counts what is still
+//! queued as `gopher_kafka_dropped_total{reason="shutdown"}`.
+//!
+//! # Self-metrics (all count both record and metadata messages)
+//!
+//! | family | labels | meaning |
+//! |---|---|---|
+//! | `gopher_kafka_queued_total` | | messages accepted into the producer queue |
+//! | `gopher_kafka_delivered_total` | | messages the broker acknowledged |
+//! | `gopher_kafka_failed_total` | `reason`: `timeout`, `unknown_topic`, `too_large`, `other` | queued messages whose delivery failed after librdkafka's retries |
+//! | `gopher_kafka_dropped_total` | `reason`: `queue_full`, `too_large`, `unknown_topic`, `other`, `shutdown` | messages never queued (or still queued when shutdown's wait ran out) |
+//! | `gopher_kafka_queue_messages` | | messages queued whose delivery report has not arrived yet (waiting or in flight), sampled each pass |
+//!
+//! Invariant once the queue is empty: queued = delivered + failed + dropped{shutdown}.
+//!
+//! # Configuration keys (`[kafka]`, see docs/config.md)
+//!
+//! `switch`, `kafka_broker`, `kafka_topic`, `metadata_topic`, `batch_num_messages`,
+//! `queue_buffering_max_messages`, `queue_buffering_max_kbytes`, `queue_buffering_max_ms`,
+//! `compression_codec`, `message_max_bytes`, `message_timeout_ms`, `flush_timeout` (seconds),
+//! and `[kafka.properties]` (string → string, passed verbatim to librdkafka: TLS, SASL, …).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
+use rdkafka::{ClientContext, message::Message as _};
+use tokio::sync::watch;
+
+use crate::config::Kafka as KafkaConfig;
+use crate::imdb::{Record, Snapshot, Store, TableMeta};
+use crate::selfmetrics::{
+    Counter, Gauge, KAFKA_DELIVERED, KAFKA_DROPPED, KAFKA_FAILED, KAFKA_QUEUE_MESSAGES,
+    KAFKA_QUEUED, SelfMetrics,
+};
+
+/// Who sent a record: the first fields of every message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub hostname: String,
+    pub machine_id: String,
+}
+
+impl Identity {
+    /// `gethostname(2)` and `/etc/machine-id` (each empty when unavailable).
+    pub fn of_this_host() -> Self {
+        let mut buf = [0u8; 256];
+        // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
+        // when the name fits (a truncated name is cut at the buffer's end below).
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        let hostname = if rc == 0 {
+            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+            String::from_utf8_lossy(&buf[..end]).into_owned()
+        } else {
+            String::new()
+        };
+        let machine_id = std::fs::read_to_string("/etc/machine-id")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
+        Self {
+            hostname,
+            machine_id,
+        }
+    }
+}
+
+/// Appends `s` as a JSON string literal (RFC 8259 escaping).
+pub fn write_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// One record as the flat JSON object gala-spider reads (see the module doc).
+pub fn record_json(id: &Identity, meta: &TableMeta, record: &Record) -> String {
+    let mut out =
+        String::with_capacity(128 + record.values.iter().map(String::len).sum::<usize>() * 2);
+    let _ = write!(out, "{{\"timestamp\":{}", record.updated_ms);
+    out.push_str(",\"hostname\":");
+    write_json_str(&mut out, &id.hostname);
+    out.push_str(",\"machine_id\":");
+    write_json_str(&mut out, &id.machine_id);
+    out.push_str(",\"table_name\":");
+    write_json_str(&mut out, &meta.name);
+    for (field, value) in meta.fields.iter().zip(record.values.iter()) {
+        out.push(',');
+        write_json_str(&mut out, &field.name);
+        out.push(':');
+        write_json_str(&mut out, value);
+    }
+    out.push('}');
+    out
+}
+
+/// The message key: table name, then `|` and each key field's value.
+pub fn record_key(meta: &TableMeta, record: &Record) -> String {
+    let mut key = meta.name.clone();
+    for (field, value) in meta.fields.iter().zip(record.values.iter()) {
+        if field.ty == crate::imdb::FieldType::Key {
+            key.push('|');
+            key.push_str(value);
+        }
+    }
+    key
+}
+
+fn json_names<'a>(out: &mut String, names: impl Iterator<Item = &'a str>) {
+    out.push('[');
+    for (i, n) in names.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_json_str(out, n);
+    }
+    out.push(']');
+}
+
+/// A table definition as published on the metadata topic (see the module doc).
+pub fn metadata_json(meta: &TableMeta, now_ms: u64) -> String {
+    use crate::imdb::FieldType;
+    let mut out = String::with_capacity(256);
+    let _ = write!(out, "{{\"timestamp\":{now_ms}");
+    for key in ["meta_name", "table_name", "entity_name"] {
+        let _ = write!(out, ",\"{key}\":");
+        write_json_str(&mut out, &meta.name);
+    }
+    out.push_str(",\"version\":\"1\",\"description\":");
+    write_json_str(&mut out, &meta.description);
+    let of = |pred: fn(FieldType) -> bool| {
+        meta.fields
+            .iter()
+            .filter(move |f| pred(f.ty))
+            .map(|f| f.name.as_str())
+    };
+    out.push_str(",\"keys\":");
+    json_names(&mut out, of(|t| t == FieldType::Key));
+    out.push_str(",\"labels\":");
+    json_names(&mut out, of(|t| t == FieldType::Label));
+    out.push_str(",\"metrics\":");
+    json_names(&mut out, of(FieldType::is_metric));
+    out.push_str(",\"fields\":[");
+    for (i, f) in meta.fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"name\":");
+        write_json_str(&mut out, &f.name);
+        out.push_str(",\"type\":");
+        write_json_str(&mut out, f.ty.as_str());
+        out.push_str(",\"description\":");
+        write_json_str(&mut out, &f.description);
+        out.push('}');
+    }
+    out.push_str("]}");
+    out
+}
+
+/// The librdkafka settings for `cfg`: the agent's own first, then `kafka.properties` verbatim.
+pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.kafka_broker)
+        .set("batch.num.messages", cfg.batch_num_messages.to_string())
+        .set(
+            "queue.buffering.max.messages",
+            cfg.queue_buffering_max_messages.to_string(),
+        )
+        .set(
+            "queue.buffering.max.kbytes",
+            cfg.queue_buffering_max_kbytes.to_string(),
+        )
+        .set(
+            "queue.buffering.max.ms",
+            cfg.queue_buffering_max_ms.to_string(),
+        )
+        .set("compression.codec", cfg.compression_codec.as_str())
+        .set("message.max.bytes", cfg.message_max_bytes.to_string())
+        .set("message.timeout.ms", cfg.message_timeout_ms.to_string());
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A bounded label value for an error (so a flood of odd errors cannot grow the series).
+fn reason(code: Option<RDKafkaErrorCode>) -> &'static str {
+    match code {
+        Some(RDKafkaErrorCode::QueueFull) => "queue_full",
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => {
+            "too_large"
+        }
+        Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::RequestTimedOut) => "timeout",
+        Some(RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition) => {
+            "unknown_topic"
+        }
+        _ => "other",
+    }
+}
+
+/// Delivery reports, on librdkafka's polling thread.
+struct Reports {
+    metrics: Arc<SelfMetrics>,
+    delivered: Counter,
+    /// Messages queued and not yet reported (delivered, failed or purged). librdkafka's own
+    /// `outq_len` also counts protocol requests, so it is not used for the accounting.
+    outstanding: Arc<AtomicI64>,
+}
+
+impl ClientContext for Reports {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::warn!(target: "gopher::kafka", fac, "{log_message}");
+            }
+            L::Warning | L::Notice => tracing::info!(target: "gopher::kafka", fac, "{log_message}"),
+            L::Info | L::Debug => tracing::debug!(target: "gopher::kafka", fac, "{log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Broker down, resolution failures, …: librdkafka retries on its own.
+        tracing::debug!(target: "gopher::kafka", "{error}: {reason}");
+    }
+}
+
+impl ProducerContext for Reports {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, (): ()) {
+        self.outstanding.fetch_sub(1, Ordering::Relaxed);
+        match result {
+            Ok(_) => self.delivered.inc(),
+            Err((e, msg)) => {
+                let code = e.rdkafka_error_code();
+                // Purged by shutdown: already counted as dropped{shutdown}.
+                if matches!(
+                    code,
+                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+                ) {
+                    return;
+                }
+                let why = reason(code);
+                tracing::debug!(target: "gopher::kafka", topic = msg.topic(), "delivery failed: {e}");
+                self.metrics.counter(KAFKA_FAILED, &[("reason", why)]).inc();
+            }
+        }
+    }
+}
+
+/// The producer and what it has sent so far.
+pub struct KafkaSink {
+    producer: ThreadedProducer<Reports>,
+    cfg: KafkaConfig,
+    identity: Identity,
+    metrics: Arc<SelfMetrics>,
+    queued: Counter,
+    queue_messages: Gauge,
+    outstanding: Arc<AtomicI64>,
+    /// Records with a version above this have not been produced yet.
+    last_version: u64,
+    /// Table definitions already published (by name).
+    published: BTreeMap<String, Arc<TableMeta>>,
+}
+
+impl KafkaSink {
+    /// Creates the producer. This does not contact a broker: librdkafka connects in the
+    /// background and keeps trying, so a broker absent at start is not an error.
+    pub fn new(
+        cfg: &KafkaConfig,
+        identity: Identity,
+        metrics: Arc<SelfMetrics>,
+    ) -> anyhow::Result<Self> {
+        let outstanding = Arc::new(AtomicI64::new(0));
+        let reports = Reports {
+            metrics: Arc::clone(&metrics),
+            delivered: metrics.counter(KAFKA_DELIVERED, &[]),
+            outstanding: Arc::clone(&outstanding),
+        };
+        let producer: ThreadedProducer<Reports> =
+            client_config(cfg)
+                .create_with_context(reports)
+                .map_err(|e| anyhow::anyhow!("creating the Kafka producer: {e}"))?;
+        let queued = metrics.counter(KAFKA_QUEUED, &[]);
+        let queue_messages = metrics.gauge(KAFKA_QUEUE_MESSAGES, &[]);
+        // Make the families visible at 0 from the start.
+        for why in ["queue_full", "too_large", "shutdown"] {
+            metrics.counter(KAFKA_DROPPED, &[("reason", why)]);
+        }
+        metrics.counter(KAFKA_FAILED, &[("reason", "timeout")]);
+        Ok(Self {
+            producer,
+            cfg: cfg.clone(),
+            identity,
+            metrics,
+            queued,
+            queue_messages,
+            outstanding,
+            last_version: 0,
+            published: BTreeMap::new(),
+        })
+    }
+
+    /// Queues one message; counts it as queued or dropped. Never blocks.
+    fn send(&self, topic: &str, key: &str, payload: &str) -> bool {
+        match self
+            .producer
+            .send(BaseRecord::to(topic).key(key).payload(payload))
+        {
+            Ok(()) => {
+                self.outstanding.fetch_add(1, Ordering::Relaxed);
+                self.queued.inc();
+                true
+            }
+            Err((e, _)) => {
+                let why = reason(e.rdkafka_error_code());
+                tracing::debug!(target: "gopher::kafka", topic, "message not queued: {e}");
+                self.metrics
+                    .counter(KAFKA_DROPPED, &[("reason", why)])
+                    .inc();
+                false
+            }
+        }
+    }
+
+    /// One pass: table definitions that are new or changed, then every record written since
+    /// the previous pass. Returns how many record messages were queued.
+    pub fn pass(&mut self, store: &Mutex<Store>, now_ms: u64) -> usize {
+        let (tables, changed) = {
+            let store = store.lock().unwrap_or_else(PoisonError::into_inner);
+            let tables: Vec<Arc<TableMeta>> = store
+                .record_counts()
+                .into_iter()
+                .filter_map(|(name, _)| store.table(&name).cloned())
+                .collect();
+            let changed = store.changed_since(self.last_version);
+            self.last_version = store.version();
+            (tables, changed)
+        };
+        self.publish_metadata(&tables, now_ms);
+        let sent = self.publish_records(&changed);
+        self.queue_messages.set(self.outstanding() as f64);
+        sent
+    }
+
+    /// Messages queued whose delivery report has not arrived yet.
+    pub fn outstanding(&self) -> u64 {
+        self.outstanding
+            .load(Ordering::Relaxed)
+            .max(0)
+            .unsigned_abs()
+    }
+
+    fn publish_metadata(&mut self, tables: &[Arc<TableMeta>], now_ms: u64) {
+        self.published
+            .retain(|name, _| tables.iter().any(|t| &t.name == name));
+        for meta in tables {
+            if self
+                .published
+                .get(&meta.name)
+                .is_some_and(|old| **old == **meta)
+            {
+                continue;
+            }
+            let topic = self.cfg.metadata_topic.clone();
+            // Not remembered when it could not be queued, so the next pass tries again.
+            if self.send(&topic, &meta.name, &metadata_json(meta, now_ms)) {
+                self.published.insert(meta.name.clone(), Arc::clone(meta));
+            }
+        }
+    }
+
+    fn publish_records(&self, changed: &Snapshot) -> usize {
+        let topic = &self.cfg.kafka_topic;
+        let mut sent = 0;
+        for table in &changed.tables {
+            for record in &table.records {
+                let json = record_json(&self.identity, &table.meta, record);
+                if self.send(topic, &record_key(&table.meta, record), &json) {
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    }
+
+    /// Waits up to `timeout` for the queue to drain, then purges and counts what is left as
+    /// dropped{shutdown}. Blocking.
+    pub fn close(self, timeout: Duration) -> u64 {
+        let _ = self.producer.flush(timeout);
+        let left = self.outstanding();
+        if left > 0 {
+            tracing::warn!(left, "Kafka messages not delivered by shutdown");
+            self.metrics
+                .counter(KAFKA_DROPPED, &[("reason", "shutdown")])
+                .add(left);
+            self.producer
+                .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        }
+        self.queue_messages.set(0.0);
+        left
+    }
+}
+
+/// The sink's task: a pass every `interval` until `shutdown` turns true, then a last pass and
+/// a bounded flush (`cfg.flush_timeout`).
+pub async fn run(
+    mut sink: KafkaSink,
+    store: Arc<Mutex<Store>>,
+    interval: Duration,
+    clock: fn() -> u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+        sink.pass(&store, clock());
+    }
+    sink.pass(&store, clock());
+    let timeout = sink.cfg.flush_timeout;
+    let _ = tokio::task::spawn_blocking(move || sink.close(timeout)).await;
+}
+
+#[cfg(test)]
+mod tests;
