@@ -54,6 +54,23 @@ if ! python3 -c 'import prometheus_client' 2>/dev/null; then
     || python3 -m pip install -q --break-system-packages prometheus-client
 fi
 
+# The Kafka tests start a real Kafka-protocol broker: tansu (Apache Kafka and Redpanda are not
+# in the registries). Built once into a cache outside the clone (about 10 minutes cold); the
+# tests find it there. Their consumer is confluent-kafka, whose wheel bundles a librdkafka that
+# works with tansu (Debian's librdkafka 2.0 and kcat do not).
+TANSU_VERSION=0.6.0
+TANSU_ROOT="$HOME/.cache/gopher/tansu"
+if ! "$TANSU_ROOT/bin/tansu" --version 2>/dev/null | grep -qw "$TANSU_VERSION"; then
+  log "installing tansu $TANSU_VERSION into $TANSU_ROOT (about 10 minutes)"
+  CARGO_TARGET_DIR="$HOME/.cache/gopher/tansu-target" cargo +"$TOOLCHAIN" install --locked \
+    "tansu@$TANSU_VERSION" --features dynostore --root "$TANSU_ROOT"
+fi
+if ! python3 -c 'import confluent_kafka' 2>/dev/null; then
+  log "pip install confluent-kafka"
+  python3 -m pip install -q confluent-kafka 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages confluent-kafka
+fi
+
 log "cargo build --release"
 cargo build --release --locked -p gopher
 log "ready: target/release/gopher"

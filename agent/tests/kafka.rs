@@ -1,0 +1,1000 @@
+//! Kafka egress, end to end: a real Kafka-protocol broker (tansu, memory storage) on a free
+//! loopback port per test, the real agent producing to it, and an independent consumer
+//! (Python confluent-kafka, `support/kafka_client.py`) reading what arrived. Records are checked
+//! field by field against the rows the probes produced; faults are real (the broker process is
+//! stopped and started again) and the agent's `gopher_kafka_*` counters must account for every
+//! message. Counts are of consumed messages, never of high watermarks.
+//!
+//! Needs `tansu` (scripts/setup.sh installs it into ~/.cache/gopher/tansu; `GOPHER_TANSU` names
+//! another binary) and `python3 -c 'import confluent_kafka'`; skips loudly without them.
+// Counters are compared exactly on purpose: they must be exact.
+#![allow(
+    clippy::float_cmp,
+    clippy::too_many_lines,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use common::{Agent, Peer, Sample, free_port, is_root, require, support};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+/// Long enough for librdkafka to reconnect (backoff up to 10 s) and retry after an outage.
+const SETTLE: Duration = Duration::from_secs(90);
+const ROWS: &str = "gala_gopher";
+const META_TOPIC: &str = "gala_gopher_metadata";
+
+// ---------------------------------------------------------------------------------------------
+// The broker.
+
+/// The tansu binary: `GOPHER_TANSU`, else the one scripts/setup.sh installs, else `PATH`.
+fn tansu_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("GOPHER_TANSU") {
+        return Some(PathBuf::from(p));
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from)?;
+    let cached = home.join(".cache/gopher/tansu/bin/tansu");
+    if cached.is_file() {
+        return Some(cached);
+    }
+    let found = Command::new("sh")
+        .args(["-c", "command -v tansu"])
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&found.stdout).trim().to_owned();
+    (found.status.success() && !path.is_empty()).then(|| PathBuf::from(path))
+}
+
+fn python_kafka() -> bool {
+    Command::new("python3")
+        .args(["-c", "import confluent_kafka"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Both the broker and the consumer are here, or the test is skipped (loudly).
+fn kafka_available() -> Option<PathBuf> {
+    let bin = tansu_bin();
+    let ok = require(
+        bin.is_some(),
+        "the tansu broker (scripts/setup.sh installs it into ~/.cache/gopher/tansu)",
+    ) && require(
+        python_kafka(),
+        "python3 confluent-kafka (scripts/setup.sh pip-installs it)",
+    );
+    if ok { bin } else { None }
+}
+
+/// One tansu broker with memory storage on a loopback port. Memory storage: a restart starts
+/// empty, so `start` (re)creates the topics every time.
+struct Broker {
+    bin: PathBuf,
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    starts: u32,
+}
+
+impl Broker {
+    fn new(bin: PathBuf, port: u16) -> Broker {
+        Broker {
+            bin,
+            port,
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            starts: 0,
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("tansu-{}.log", self.starts))
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Starts the broker, waits until it accepts connections, creates the topics.
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "broker already running");
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path()).unwrap();
+        let child = Command::new(&self.bin)
+            .args(["broker", "--listener-url", &self.url()])
+            .args(["--advertised-listener-url", &self.url()])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let start = Instant::now();
+        while TcpStream::connect(self.addr()).is_err() {
+            assert!(
+                start.elapsed() < WAIT,
+                "tansu did not listen on {}:\n{}",
+                self.addr(),
+                self.log_tail()
+            );
+            assert!(
+                self.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+                "tansu exited:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for topic in [ROWS, META_TOPIC] {
+            self.create_topic(topic);
+        }
+    }
+
+    fn create_topic(&self, topic: &str) {
+        let start = Instant::now();
+        loop {
+            let out = Command::new(&self.bin)
+                .args(["topic", "create", topic, "--broker", &self.url()])
+                .args(["--partitions", "1"])
+                .env("RUST_LOG", "warn")
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "tansu topic create {topic}: {}{}\nbroker log:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops the broker (SIGTERM, then SIGKILL after 5 s) and waits until the port is free.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id().cast_signed(), libc::SIGTERM) };
+        let start = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > Duration::from_secs(5) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let start = Instant::now();
+        while TcpStream::connect(self.addr()).is_ok() {
+            assert!(start.elapsed() < WAIT, "port {} still open", self.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The consumer.
+
+#[derive(Debug, Clone)]
+struct Msg {
+    topic: String,
+    offset: i64,
+    key: Option<String>,
+    value: String,
+}
+
+impl Msg {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.value)
+            .unwrap_or_else(|e| panic!("message is not JSON ({e}): {}", self.value))
+    }
+}
+
+/// `kafka_client.py consume` reading partition 0 of the given topics from the beginning; a
+/// thread collects every message it prints.
+struct Consumer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    got: Arc<Mutex<Vec<Msg>>>,
+}
+
+impl Consumer {
+    fn start(broker: &Broker, topics: &[&str]) -> Consumer {
+        let mut child = Command::new("python3")
+            .arg(support("kafka_client.py"))
+            .args(["consume", &broker.addr(), &topics.join(",")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&got);
+        std::thread::spawn(move || {
+            for line in out.lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line).unwrap();
+                sink.lock().unwrap().push(Msg {
+                    topic: v["topic"].as_str().unwrap().to_owned(),
+                    offset: v["offset"].as_i64().unwrap(),
+                    key: v["key"].as_str().map(str::to_owned),
+                    value: v["value"].as_str().unwrap_or_default().to_owned(),
+                });
+            }
+        });
+        Consumer { child, stdin, got }
+    }
+
+    fn messages(&self) -> Vec<Msg> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits until `pred` holds over everything consumed so far; panics with a dump on timeout.
+    fn wait_for(&self, timeout: Duration, what: &str, pred: impl Fn(&[Msg]) -> bool) -> Vec<Msg> {
+        let start = Instant::now();
+        loop {
+            let got = self.messages();
+            if pred(&got) {
+                return got;
+            }
+            if start.elapsed() > timeout {
+                let tail: Vec<String> = got
+                    .iter()
+                    .rev()
+                    .take(20)
+                    .map(|m| format!("{}@{}: {}", m.topic, m.offset, m.value))
+                    .collect();
+                panic!(
+                    "timed out waiting for {what}; {} messages consumed, last ones:\n{}",
+                    got.len(),
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the consumer; everything it printed is kept.
+    fn stop(&mut self) -> Vec<Msg> {
+        drop(self.stdin.take());
+        let start = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            if start.elapsed() > Duration::from_secs(5) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Let the reader thread take the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        self.messages()
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn produce(broker: &Broker, topic: &str, n: usize) -> String {
+    let out = Command::new("python3")
+        .arg(support("kafka_client.py"))
+        .args(["produce", &broker.addr(), topic, &n.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success(),
+        "produce: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records, agent and probes.
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it here.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    assert_eq!(rc, 0);
+    let end = buf.iter().position(|&b| b == 0).unwrap();
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// The JSON rows of `table` among `msgs` (topic `gala_gopher`).
+fn rows(msgs: &[Msg], table: &str) -> Vec<BTreeMap<String, Value>> {
+    msgs.iter()
+        .filter(|m| m.topic == ROWS)
+        .map(Msg::json)
+        .filter(|v| v["table_name"] == table)
+        .map(|v| v.as_object().unwrap().clone().into_iter().collect())
+        .collect()
+}
+
+fn field<'a>(row: &'a BTreeMap<String, Value>, name: &str) -> &'a str {
+    row.get(name)
+        .unwrap_or_else(|| panic!("no field {name} in {row:?}"))
+        .as_str()
+        .unwrap_or_else(|| panic!("{name} is not a JSON string in {row:?}"))
+}
+
+/// The envelope every record carries: timestamp (ms, number) within `since..=now`, this
+/// host's name, a machine id, the table; every other value a JSON string.
+fn check_envelope(row: &BTreeMap<String, Value>, table: &str, since_ms: i64) {
+    let ts = row["timestamp"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("timestamp is not an integer: {row:?}"));
+    assert!(
+        ts >= since_ms - 1000 && ts <= now_ms() + 1000,
+        "timestamp {ts} not in [{since_ms}, now]: {row:?}"
+    );
+    assert_eq!(field(row, "table_name"), table);
+    assert_eq!(field(row, "hostname"), hostname());
+    assert!(!field(row, "machine_id").is_empty(), "{row:?}");
+    for (k, v) in row {
+        if k != "timestamp" {
+            assert!(v.is_string(), "{k} is not a JSON string in {row:?}");
+        }
+    }
+}
+
+/// Fast supervision and 1 s ingress/egress; Kafka on towards `broker`.
+fn agent_config(broker: &str, extra: &str) -> String {
+    format!(
+        r#"
+[ingress]
+interval = 1
+[egress]
+interval = 1
+[imdb]
+record_timeout = 120
+[kafka]
+switch = "on"
+kafka_broker = "{broker}"
+[supervision]
+restart_backoff = 1
+restart_backoff_max = 2
+max_quick_failures = 3
+stop_grace = 2
+start_check_interval = 1
+start_check_timeout = 1
+{extra}
+"#
+    )
+}
+
+/// key host, key port, label kind, unknown note, counter requests, gauge load.
+const META: &str = r#"
+[[tables]]
+name = "ext_demo"
+description = "kafka test table"
+fields = [
+    { name = "host", type = "key" },
+    { name = "port", type = "key" },
+    { name = "kind", type = "label" },
+    { name = "note", type = "unknown" },
+    { name = "requests", type = "counter", description = "requests served" },
+    { name = "load", type = "gauge", description = "current load" },
+]
+"#;
+
+const EXT_FIELDS: [&str; 6] = ["host", "port", "kind", "note", "requests", "load"];
+
+/// An extension probe: a shell script and its TOML meta file in a temporary directory.
+struct ExtProbe {
+    dir: tempfile::TempDir,
+}
+
+impl ExtProbe {
+    fn new(body: &str) -> ExtProbe {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("demo.toml"), META).unwrap();
+        let p = dir.path().join("probe.sh");
+        std::fs::write(
+            &p,
+            format!("#!/bin/sh\ncd '{}'\n{body}\n", dir.path().display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        ExtProbe { dir }
+    }
+
+    /// A probe that prints `|ext_demo|h1|80|web|n|<seq>|1.5|` five times a second, with seq
+    /// counting up, while the file `go` exists in its directory (it starts without).
+    fn counting() -> ExtProbe {
+        ExtProbe::new(
+            "i=0\nwhile :; do\n  if [ -e go ]; then\n    i=$((i+1))\n    \
+             printf '|ext_demo|h1|80|web|n|%d|1.5|\\n' \"$i\"\n  fi\n  sleep 0.2\ndone",
+        )
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn set_go(&self, on: bool) {
+        if on {
+            std::fs::write(self.path("go"), "").unwrap();
+        } else {
+            let _ = std::fs::remove_file(self.path("go"));
+        }
+    }
+
+    fn config(&self) -> String {
+        format!(
+            "[[extend_probes]]\nname = \"demo\"\ncommand = \"{}\"\nmeta = \"{}\"\nswitch = \"on\"\n",
+            self.path("probe.sh").display(),
+            self.path("demo.toml").display()
+        )
+    }
+}
+
+/// Sum of every sample named `name` (whatever its labels); 0 when absent.
+fn total(samples: &[Sample], name: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| s.value)
+        .sum()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Counts {
+    queued: f64,
+    delivered: f64,
+    failed: f64,
+    /// Still queued at shutdown (so counted in `queued`).
+    dropped_shutdown: f64,
+    /// Never queued (queue full, too large, …).
+    dropped_other: f64,
+    in_queue: f64,
+}
+
+fn counts(samples: &[Sample]) -> Counts {
+    let dropped = total(samples, "gopher_kafka_dropped_total");
+    let dropped_shutdown = samples
+        .iter()
+        .filter(|s| s.name == "gopher_kafka_dropped_total" && s.label("reason") == "shutdown")
+        .map(|s| s.value)
+        .sum();
+    Counts {
+        queued: total(samples, "gopher_kafka_queued_total"),
+        delivered: total(samples, "gopher_kafka_delivered_total"),
+        failed: total(samples, "gopher_kafka_failed_total"),
+        dropped_shutdown,
+        dropped_other: dropped - dropped_shutdown,
+        in_queue: total(samples, "gopher_kafka_queue_messages"),
+    }
+}
+
+impl Counts {
+    /// Every message the producer queued is delivered, failed, or still queued. (Only exact
+    /// while no delivery report arrives between two passes: the queue gauge is sampled then.)
+    fn balanced(&self) -> bool {
+        self.queued == self.delivered + self.failed + self.dropped_shutdown + self.in_queue
+    }
+
+    fn settled(&self) -> bool {
+        self.in_queue == 0.0 && self.balanced()
+    }
+}
+
+/// Waits until the agent has queued nothing new for 3 s (the probe stopped printing and the
+/// last rows went through ingress and an egress pass); returns the counts then.
+fn wait_quiet(agent: &Agent) -> Counts {
+    let start = Instant::now();
+    let mut last = counts(&agent.scrape().unwrap());
+    let mut since = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let c = counts(&agent.scrape().unwrap());
+        if c.queued != last.queued || c.dropped_other != last.dropped_other {
+            last = c;
+            since = Instant::now();
+        } else if since.elapsed() >= Duration::from_secs(3) {
+            return c;
+        }
+        assert!(start.elapsed() < WAIT, "the agent kept queueing: {c:?}");
+    }
+}
+
+/// Waits until the agent's queue is empty and its counters balance, and the consumer has
+/// seen exactly as many messages (both topics) as the agent counts delivered to this broker
+/// (`delivered_before`: what earlier broker lifetimes received).
+fn wait_settled(agent: &Agent, consumer: &Consumer, delivered_before: f64) -> Counts {
+    let start = Instant::now();
+    loop {
+        let c = counts(&agent.scrape().unwrap());
+        let seen = consumer.messages().len() as f64;
+        if c.settled() && c.delivered - delivered_before == seen {
+            return c;
+        }
+        assert!(
+            start.elapsed() < SETTLE,
+            "counters did not settle: {c:?}, consumed {seen} + {delivered_before} earlier"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn ext_seq(row: &BTreeMap<String, Value>) -> u64 {
+    field(row, "requests").parse().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness by itself: what the agent tests stand on.
+
+/// The broker takes topics, a librdkafka client produces to it, the consumer reads back
+/// exactly what was produced; after a restart (memory storage) the topics are recreated and
+/// the broker is empty again.
+#[test]
+fn harness_broker_round_trip_and_restart() {
+    let Some(bin) = kafka_available() else { return };
+    let mut broker = Broker::new(bin, free_port());
+    broker.start();
+    assert_eq!(produce(&broker, ROWS, 50), "delivered 50 failed 0");
+    let mut consumer = Consumer::start(&broker, &[ROWS, META_TOPIC]);
+    let got = consumer.wait_for(WAIT, "50 messages", |m| m.len() >= 50);
+    std::thread::sleep(Duration::from_secs(1));
+    let got = {
+        let later = consumer.messages();
+        assert_eq!(later.len(), got.len(), "more than produced arrived");
+        later
+    };
+    for (i, m) in got.iter().enumerate() {
+        assert_eq!(m.topic, ROWS);
+        assert_eq!(m.offset, i64::try_from(i).unwrap());
+        assert_eq!(m.key.as_deref(), Some(format!("k{i}").as_str()));
+        assert_eq!(m.value, format!("m{i}"));
+    }
+    consumer.stop();
+
+    broker.stop();
+    broker.start();
+    assert_eq!(produce(&broker, META_TOPIC, 3), "delivered 3 failed 0");
+    let consumer = Consumer::start(&broker, &[ROWS, META_TOPIC]);
+    let got = consumer.wait_for(WAIT, "3 messages", |m| m.len() >= 3);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(consumer.messages().len(), 3, "{got:?}");
+    assert!(got.iter().all(|m| m.topic == META_TOPIC), "{got:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent.
+
+/// An extension probe's rows arrive as flat JSON records, every value a string, exactly as
+/// printed; empty values are sent as empty strings.
+#[test]
+fn extension_rows_arrive_field_by_field() {
+    let Some(bin) = kafka_available() else { return };
+    let mut broker = Broker::new(bin, free_port());
+    broker.start();
+    let probe = ExtProbe::new(
+        "while :; do\n  printf '|ext_demo|h1|80|web|n|42|1.5|\\n'\n  \
+         printf '|ext_demo|h2||||7||\\n'\n  sleep 1\ndone",
+    );
+    let since = now_ms();
+    let agent = Agent::start(&agent_config(&broker.addr(), &probe.config()));
+    let consumer = Consumer::start(&broker, &[ROWS]);
+    let got = consumer.wait_for(WAIT, "rows of h1 and h2", |m| {
+        let r = rows(m, "ext_demo");
+        ["h1", "h2"]
+            .iter()
+            .all(|h| r.iter().any(|x| x.get("host") == Some(&Value::from(*h))))
+    });
+    let expect: [(&str, [&str; 6]); 2] = [
+        ("h1", ["h1", "80", "web", "n", "42", "1.5"]),
+        ("h2", ["h2", "", "", "", "7", ""]),
+    ];
+    let r = rows(&got, "ext_demo");
+    for (host, values) in expect {
+        for row in r.iter().filter(|x| field(x, "host") == host) {
+            check_envelope(row, "ext_demo", since);
+            let keys: Vec<&str> = row.keys().map(String::as_str).collect();
+            let mut want: Vec<&str> = ["timestamp", "hostname", "machine_id", "table_name"]
+                .into_iter()
+                .chain(EXT_FIELDS)
+                .collect();
+            want.sort_unstable();
+            assert_eq!(keys, want, "{row:?}");
+            for (name, value) in EXT_FIELDS.iter().zip(values) {
+                assert_eq!(field(row, name), value, "{name} of {row:?}");
+            }
+        }
+    }
+    // Every message is a row of this table (no probe other than demo runs).
+    assert!(got.iter().all(|m| m.json()["table_name"] == "ext_demo"));
+    let c = counts(&agent.scrape().unwrap());
+    assert!(c.delivered >= 2.0 && c.dropped_other == 0.0, "{c:?}");
+}
+
+/// tcp_link rows from a real loopback link with known byte counts, both ends.
+#[test]
+fn tcp_link_rows_match_real_traffic() {
+    if !require(is_root(), "root (eBPF)") {
+        return;
+    }
+    let Some(bin) = kafka_available() else { return };
+    let mut broker = Broker::new(bin, free_port());
+    broker.start();
+    let since = now_ms();
+    let agent = Agent::start(&agent_config(
+        &broker.addr(),
+        "[[probes]]\nname = \"tcp\"\nswitch = \"on\"\ninterval = 1\n",
+    ));
+    agent.wait_for(WAIT, "tcp probe running", |s| {
+        s.iter().any(|x| {
+            x.name == "gopher_probe_state"
+                && x.label("probe") == "tcp"
+                && x.label("state") == "running"
+                && x.value == 1.0
+        })
+    });
+    let consumer = Consumer::start(&broker, &[ROWS]);
+
+    let (c2s, s2c) = (5000usize, 3000usize);
+    let mut server = Peer::spawn(
+        &[],
+        &[
+            "server",
+            "127.0.0.1",
+            "0",
+            &s2c.to_string(),
+            &c2s.to_string(),
+        ],
+    );
+    let port: u16 = server
+        .line()
+        .strip_prefix("ready ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client.write_all(&vec![b'x'; c2s]).unwrap();
+    let mut buf = vec![0u8; s2c];
+    client.read_exact(&mut buf).unwrap();
+    assert_eq!(server.line(), "done");
+    let me = std::process::id().to_string();
+    let (spid, scomm) = (server.pid().to_string(), server.comm());
+    let my_comm = std::fs::read_to_string("/proc/self/comm")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let port_s = port.to_string();
+    let find = |m: &[Msg], role: &str, tx: usize, rx: usize, links: &str| {
+        rows(m, "tcp_link").into_iter().rev().find(|x| {
+            x.get("server_port") == Some(&Value::from(port_s.as_str()))
+                && x.get("role") == Some(&Value::from(role))
+                && x.get("tx_bytes") == Some(&Value::from(tx.to_string()))
+                && x.get("rx_bytes") == Some(&Value::from(rx.to_string()))
+                && x.get("link_count") == Some(&Value::from(links))
+        })
+    };
+    let got = consumer.wait_for(WAIT, "both ends of the live link", |m| {
+        find(m, "1", c2s, s2c, "1").is_some() && find(m, "0", s2c, c2s, "1").is_some()
+    });
+    let tcp_fields = [
+        "tgid",
+        "role",
+        "client_ip",
+        "server_ip",
+        "server_port",
+        "protocol",
+        "netns",
+        "process_name",
+        "link_count",
+        "rx_bytes",
+        "tx_bytes",
+        "packets_in",
+        "packets_out",
+        "retran_packets",
+        "lost_packets",
+        "rtt",
+    ];
+    let netns = std::fs::read_link("/proc/self/ns/net")
+        .unwrap()
+        .display()
+        .to_string();
+    let netns = netns
+        .trim_start_matches("net:[")
+        .trim_end_matches(']')
+        .to_owned();
+    for (role, tgid, comm, tx, rx) in [
+        ("1", me.as_str(), my_comm.as_str(), c2s, s2c),
+        ("0", spid.as_str(), scomm.as_str(), s2c, c2s),
+    ] {
+        let row = find(&got, role, tx, rx, "1").unwrap();
+        check_envelope(&row, "tcp_link", since);
+        let mut want: Vec<&str> = ["timestamp", "hostname", "machine_id", "table_name"]
+            .into_iter()
+            .chain(tcp_fields)
+            .collect();
+        want.sort_unstable();
+        assert_eq!(
+            row.keys().map(String::as_str).collect::<Vec<_>>(),
+            want,
+            "{row:?}"
+        );
+        assert_eq!(field(&row, "tgid"), tgid, "{row:?}");
+        assert_eq!(field(&row, "process_name"), comm, "{row:?}");
+        assert_eq!(field(&row, "client_ip"), "127.0.0.1");
+        assert_eq!(field(&row, "server_ip"), "127.0.0.1");
+        assert_eq!(field(&row, "protocol"), "2");
+        assert_eq!(field(&row, "netns"), netns);
+        for counter in ["packets_in", "packets_out"] {
+            let n: u64 = field(&row, counter).parse().unwrap();
+            assert!(n >= 1, "{counter} of {row:?}");
+        }
+        for number in ["retran_packets", "lost_packets", "rtt"] {
+            field(&row, number).parse::<f64>().unwrap();
+        }
+    }
+
+    // Closed: the last record of each end says link_count 0 with the same bytes, and equals
+    // what /metrics shows for the link.
+    drop(client);
+    server.close();
+    let got = consumer.wait_for(WAIT, "both ends closed", |m| {
+        find(m, "1", c2s, s2c, "0").is_some() && find(m, "0", s2c, c2s, "0").is_some()
+    });
+    let samples = agent.scrape().unwrap();
+    for role in ["0", "1"] {
+        let row = rows(&got, "tcp_link")
+            .into_iter()
+            .rev()
+            .find(|x| {
+                x.get("server_port") == Some(&Value::from(port_s.as_str()))
+                    && x.get("role") == Some(&Value::from(role))
+            })
+            .unwrap();
+        for metric in [
+            "rx_bytes",
+            "tx_bytes",
+            "packets_in",
+            "packets_out",
+            "link_count",
+        ] {
+            let sample = samples
+                .iter()
+                .find(|s| {
+                    s.name
+                        .strip_prefix("gala_gopher_tcp_link_")
+                        .is_some_and(|n| n.trim_end_matches("_total") == metric)
+                        && s.label("server_port") == port_s
+                        && s.label("role") == role
+                        && s.label("tgid") == field(&row, "tgid")
+                })
+                .unwrap_or_else(|| panic!("no {metric} on /metrics for role {role}"));
+            assert_eq!(
+                field(&row, metric).parse::<f64>().unwrap(),
+                sample.value,
+                "{metric} of role {role}: Kafka {row:?} vs /metrics"
+            );
+        }
+    }
+}
+
+/// The broker goes away and comes back (memory storage: empty, topics recreated): the agent
+/// keeps serving /metrics, rows produced meanwhile are queued, delivery resumes by itself, and
+/// queued = delivered + failed + dropped + still queued, with delivered equal to what the
+/// consumers read from both broker lifetimes.
+#[test]
+fn broker_outage_loses_nothing_silently() {
+    let Some(bin) = kafka_available() else { return };
+    let mut broker = Broker::new(bin, free_port());
+    broker.start();
+    let probe = ExtProbe::counting();
+    let agent = Agent::start(&agent_config(&broker.addr(), &probe.config()));
+    let mut consumer = Consumer::start(&broker, &[ROWS, META_TOPIC]);
+
+    // Phase 1: rows flow, then stop and let everything arrive.
+    probe.set_go(true);
+    consumer.wait_for(WAIT, "first rows", |m| rows(m, "ext_demo").len() >= 3);
+    probe.set_go(false);
+    wait_quiet(&agent);
+    let before = wait_settled(&agent, &consumer, 0.0);
+    let first = consumer.stop();
+    let last_seq = rows(&first, "ext_demo").iter().map(ext_seq).max().unwrap();
+    let seqs: Vec<u64> = rows(&first, "ext_demo").iter().map(ext_seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+
+    // Phase 2: broker down, rows keep coming; the agent serves /metrics and queues.
+    broker.stop();
+    probe.set_go(true);
+    let samples = agent.wait_for(WAIT, "rows queued while the broker is down", |s| {
+        let c = counts(s);
+        c.queued >= before.queued + 3.0 && c.balanced()
+    });
+    let during = counts(&samples);
+    assert_eq!(during.delivered, before.delivered, "{during:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    probe.set_go(false);
+    let outage = wait_quiet(&agent);
+    assert_eq!(outage.delivered, before.delivered, "{outage:?}");
+    assert!(outage.balanced(), "{outage:?}");
+    let made_in_outage = outage.queued - before.queued;
+
+    // Phase 3: the broker is back (empty); delivery resumes without help.
+    broker.start();
+    let consumer = Consumer::start(&broker, &[ROWS, META_TOPIC]);
+    let after = wait_settled(&agent, &consumer, before.delivered);
+    let second = consumer.messages();
+    let resent = rows(&second, "ext_demo");
+    // Every message of the outage is accounted for: delivered to the new broker (and read
+    // back, one for one), or failed (counted); none was refused at the queue.
+    let lost = after.failed - before.failed;
+    assert_eq!(after.dropped_other, 0.0, "{after:?}");
+    assert_eq!(
+        after.delivered - before.delivered,
+        made_in_outage - lost,
+        "before {before:?} outage {outage:?} after {after:?}"
+    );
+    assert_eq!(second.len() as f64, made_in_outage - lost, "{second:?}");
+    assert!(
+        resent.iter().all(|r| ext_seq(r) > last_seq),
+        "{resent:?} after {last_seq}"
+    );
+
+    // New rows after the restart arrive too.
+    probe.set_go(true);
+    let top = resent.iter().map(ext_seq).max().unwrap_or(last_seq);
+    consumer.wait_for(WAIT, "fresh rows after the restart", |m| {
+        rows(m, "ext_demo").iter().any(|r| ext_seq(r) > top + 2)
+    });
+    probe.set_go(false);
+    wait_quiet(&agent);
+    let end = wait_settled(&agent, &consumer, before.delivered);
+    for r in rows(&consumer.messages(), "ext_demo") {
+        assert_eq!(
+            (field(&r, "host"), field(&r, "port"), field(&r, "load")),
+            ("h1", "80", "1.5")
+        );
+    }
+    assert!(end.settled(), "{end:?}");
+}
+
+/// No broker when the agent starts: /metrics is served, rows queue, and delivery starts by
+/// itself once the broker appears.
+#[test]
+fn broker_absent_at_start_then_delivery_begins() {
+    let Some(bin) = kafka_available() else { return };
+    let mut broker = Broker::new(bin, free_port());
+    let probe = ExtProbe::counting();
+    probe.set_go(true);
+    let agent = Agent::start(&agent_config(&broker.addr(), &probe.config()));
+    let samples = agent.wait_for(WAIT, "rows queued without a broker", |s| {
+        counts(s).queued >= 3.0
+            && s.iter()
+                .any(|x| x.name == "gala_gopher_ext_demo_requests_total")
+    });
+    assert_eq!(counts(&samples).delivered, 0.0);
+    assert!(counts(&samples).balanced(), "{:?}", counts(&samples));
+
+    broker.start();
+    let consumer = Consumer::start(&broker, &[ROWS, META_TOPIC]);
+    let got = consumer.wait_for(WAIT, "rows after the broker appeared", |m| {
+        rows(m, "ext_demo").len() >= 3
+    });
+    let r = rows(&got, "ext_demo");
+    let seqs: Vec<u64> = r.iter().map(ext_seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    probe.set_go(false);
+    wait_quiet(&agent);
+    let end = wait_settled(&agent, &consumer, 0.0);
+    assert_eq!(end.dropped_other, 0.0, "{end:?}");
+}
+
+/// Table names of a metadata message (whatever the key naming it).
+fn meta_table(v: &Value) -> String {
+    ["table_name", "meta_name", "entity_name"]
+        .iter()
+        .find_map(|k| v[*k].as_str())
+        .unwrap_or_else(|| panic!("metadata without a table name: {v}"))
+        .to_owned()
+}
+
+/// Names listed under `key` (strings, or objects with a "name").
+fn names(v: &Value, key: &str) -> Vec<String> {
+    v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no array {key} in {v}"))
+        .iter()
+        .map(|x| {
+            x.as_str()
+                .or_else(|| x["name"].as_str())
+                .unwrap_or_else(|| panic!("{key} entry without a name: {x}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The metadata topic carries one message per table with its keys, labels and metrics.
+#[test]
+fn metadata_topic_describes_each_table_once() {
+    let Some(bin) = kafka_available() else { return };
+    let mut broker = Broker::new(bin, free_port());
+    broker.start();
+    let probe = ExtProbe::counting();
+    probe.set_go(true);
+    let agent = Agent::start(&agent_config(&broker.addr(), &probe.config()));
+    let consumer = Consumer::start(&broker, &[META_TOPIC]);
+    consumer.wait_for(WAIT, "ext_demo metadata", |m| {
+        m.iter().any(|x| meta_table(&x.json()) == "ext_demo")
+    });
+    // Rows keep flowing for a while: the metadata is not repeated with them.
+    std::thread::sleep(Duration::from_secs(4));
+    let got = consumer.messages();
+    let mut per_table: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for m in &got {
+        let v = m.json();
+        per_table.entry(meta_table(&v)).or_default().push(v);
+    }
+    for (table, msgs) in &per_table {
+        assert_eq!(msgs.len(), 1, "{table}: {msgs:?}");
+    }
+    let demo = &per_table["ext_demo"][0];
+    assert_eq!(names(demo, "keys"), ["host", "port"], "{demo}");
+    assert_eq!(names(demo, "labels"), ["kind"], "{demo}");
+    assert_eq!(names(demo, "metrics"), ["requests", "load"], "{demo}");
+    assert_eq!(names(demo, "fields"), EXT_FIELDS, "{demo}");
+    let m = got
+        .iter()
+        .find(|m| meta_table(&m.json()) == "ext_demo")
+        .unwrap();
+    assert_eq!(m.key.as_deref(), Some("ext_demo"));
+    drop(agent);
+}
