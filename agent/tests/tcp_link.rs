@@ -349,10 +349,22 @@ fn links_between_namespaces_carry_their_netns_and_count_retransmissions() {
     // the server retransmits. (Dropping in the sender's own output hook would not do: TCP sees
     // a failed local send and sends again as new data, not as a retransmission.)
     sh(&format!(
-        "ip netns exec {} nft -f - <<'EOF'\ntable inet gopher_test {{\n chain in {{\n  type filter hook input priority 0;\n  meta l4proto tcp numgen random mod 100 < 10 drop\n }}\n}}\nEOF",
+        "ip netns exec {} nft -f - <<'EOF'\ntable inet gopher_test {{\n chain in {{\n  type filter hook input priority 0;\n  meta l4proto tcp numgen random mod 100 < 20 drop\n }}\n}}\nEOF",
         ns.b
     ));
-    let (c2s, s2c) = (1000usize, 1_000_000usize);
+    // Segments must cross the veth one MSS at a time: a handful of 64 KiB GSO packets would
+    // often all survive a random drop and leave nothing to retransmit.
+    let _ = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &ns.a,
+            "link",
+            "set",
+            &format!("gva{}", std::process::id() % 100_000),
+        ])
+        .args(["gso_max_size", "1500"])
+        .status();
+    let (c2s, s2c) = (1000usize, 2_000_000usize);
     let mut server = Peer::spawn(
         &["ip", "netns", "exec", &ns.a],
         &[
@@ -403,7 +415,7 @@ fn links_between_namespaces_carry_their_netns_and_count_retransmissions() {
     });
     assert!(
         s["retran_packets"] > 0.0,
-        "10% loss must cause retransmissions: {s:?}"
+        "20% loss must cause retransmissions: {s:?}"
     );
     expect_row(&agent, "client row in netns b", &cli, |r| {
         r["rx_bytes"] == s2c as f64 && r["tx_bytes"] == c2s as f64 && r["link_count"] == 1.0
