@@ -1,7 +1,7 @@
 //! `gopher`: the node agent's command line and wiring. Nothing clever lives here.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     sync::{Arc, Mutex},
     time::Duration,
@@ -10,19 +10,12 @@ use std::{
 use anyhow::Context as _;
 use clap::Parser;
 use gopher::{
-    config::{self, Config, Switch},
+    config::{self, Config},
+    control::{self, Controller},
     egress::{http, kafka},
-    imdb::{Limits, Row, Store, TableMeta},
-    probes::{
-        Manager, Policy, Probe,
-        extension::{
-            Catalog, ExtensionProbe,
-            start_check::{self, StartCheck},
-        },
-        now_ms, system,
-        tcp::TcpProbe,
-    },
-    selfmetrics::SelfMetrics,
+    imdb::{Limits, Row, Store},
+    probes::{Manager, Policy, now_ms},
+    selfmetrics::{CONFIG_RELOADS, SelfMetrics},
 };
 use tokio::sync::{mpsc, watch};
 
@@ -39,10 +32,21 @@ struct Cli {
     /// Validate FILE and exit: 0 when valid, 1 with every error (file:line:col: key: why).
     #[arg(long, value_name = "FILE")]
     check_config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Talk to a running agent over its control channel: list, get, set, reset, watch.
+    Ctl(control::client::CtlArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Ctl(args)) = cli.command {
+        return ctl(args);
+    }
     if let Some(path) = cli.check_config {
         let errors = match config::load(&path) {
             Ok(cfg) => meta_errors(&cfg),
@@ -82,10 +86,34 @@ fn main() -> ExitCode {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map(PathBuf::from);
-    match runtime.block_on(run(cfg, base)) {
+    match runtime.block_on(run(cfg, base, cli.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ctl(args: control::client::CtlArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gopher ctl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(control::client::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A refusal from the agent reads better as its gRPC code and message.
+            match e.downcast_ref::<tonic::Status>() {
+                Some(s) => eprintln!("gopher ctl: {:?}: {}", s.code(), s.message()),
+                None => eprintln!("gopher ctl: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -127,131 +155,10 @@ fn warn_unimplemented(cfg: &Config) {
 /// also caps what flooding probes can have in flight (they block on their full pipes beyond it).
 const ROWS_CHANNEL: usize = 64;
 
-/// Registers a table in the store and notes it in the catalog extension probes check rows with.
-/// Registers a table; `catalog` (the tables extension probes may write) gets it too unless
-/// it is a native probe's own table, which no extension probe may overwrite.
-fn register(
-    store: &mut Store,
-    catalog: Option<&mut Catalog>,
-    meta: TableMeta,
-) -> anyhow::Result<()> {
-    let name = meta.name.clone();
-    store
-        .register(meta.clone())
-        .with_context(|| format!("registering table {name}"))?;
-    if let Some(catalog) = catalog {
-        catalog.insert(name, Arc::new(meta));
-    }
-    Ok(())
-}
+/// How long in-flight control calls get to finish at shutdown.
+const CONTROL_DRAIN: Duration = Duration::from_secs(2);
 
-/// Builds every configured probe, registers its tables (and those of the meta directories) and
-/// adds it to the manager, stopped.
-fn add_probes(
-    cfg: &Config,
-    base: Option<&PathBuf>,
-    store: &mut Store,
-    manager: &Manager,
-) -> anyhow::Result<()> {
-    let mut catalog = Catalog::new();
-    let mut native_tables = std::collections::HashSet::new();
-    for meta in config::load_meta_dirs(&cfg.meta.dirs).context("loading meta files")? {
-        register(store, Some(&mut catalog), meta)?;
-    }
-    for p in &cfg.probes {
-        let probe: Arc<dyn Probe> = match p.name.as_str() {
-            "tcp" => Arc::new(TcpProbe::from_params(&p.params)?),
-            other => match system::native_probe(other, &p.params)? {
-                Some(probe) => probe,
-                None => anyhow::bail!("native probe {other:?} is not built into this agent"),
-            },
-        };
-        for meta in probe.tables() {
-            catalog.remove(&meta.name);
-            native_tables.insert(meta.name.clone());
-            register(store, None, meta)?;
-        }
-        manager.add(probe, p.interval);
-    }
-    let mut extensions = Vec::new();
-    for e in &cfg.extend_probes {
-        let tables = match &e.meta {
-            Some(path) => config::load_meta_file(path)
-                .with_context(|| format!("loading the meta file of extension probe {}", e.name))?,
-            None => Vec::new(),
-        };
-        let probe = Arc::new(
-            ExtensionProbe::new(
-                &e.name,
-                &e.command,
-                &e.param,
-                tables,
-                cfg.supervision.stop_grace,
-            )
-            .in_dir(base.cloned()),
-        );
-        for meta in probe.tables() {
-            if native_tables.contains(&meta.name) {
-                anyhow::bail!(
-                    "extension probe {}: its meta file defines table {:?}, which the native probes \
-                     fill; rename the table",
-                    e.name,
-                    meta.name
-                );
-            }
-            register(store, Some(&mut catalog), meta)?;
-        }
-        extensions.push(Arc::clone(&probe));
-        // Extension probes keep their own cadence; the interval is not used by them.
-        manager.add(probe, cfg.ingress.interval);
-    }
-    // Rows may go to any registered table (gala-gopher's meta directory was shared).
-    let catalog = Arc::new(catalog);
-    for probe in &extensions {
-        probe.set_catalog(Arc::clone(&catalog));
-    }
-    Ok(())
-}
-
-/// Starts the probes switched on, and a start-check task per auto probe (they end when the
-/// returned sender sends `true`).
-fn start_probes(
-    cfg: &Config,
-    base: Option<&PathBuf>,
-    manager: &Manager,
-    metrics: &Arc<SelfMetrics>,
-) -> anyhow::Result<(watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>)> {
-    for p in &cfg.probes {
-        if p.switch == Switch::On {
-            manager.start(&p.name)?;
-        }
-    }
-    let (checks_stop, checks_rx) = watch::channel(false);
-    let mut checks = Vec::new();
-    for e in &cfg.extend_probes {
-        match (e.switch, &e.start_check) {
-            (Switch::On, _) => manager.start(&e.name)?,
-            (Switch::Auto, Some(command)) => checks.push(start_check::spawn_auto(
-                manager.clone(),
-                StartCheck {
-                    probe: e.name.clone(),
-                    command: command.clone(),
-                    kind: e.check_type,
-                    interval: cfg.supervision.start_check_interval,
-                    timeout: cfg.supervision.start_check_timeout,
-                    workdir: base.cloned(),
-                },
-                Arc::clone(metrics),
-                checks_rx.clone(),
-            )),
-            // Off, or auto without a check (the config reader refuses that): registered, stopped.
-            _ => {}
-        }
-    }
-    Ok((checks_stop, checks))
-}
-
-async fn run(cfg: Config, base: Option<PathBuf>) -> anyhow::Result<()> {
+async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Result<()> {
     warn_unimplemented(&cfg);
     let metrics = Arc::new(SelfMetrics::new());
     let mut store = Store::new(Limits {
@@ -276,10 +183,20 @@ async fn run(cfg: Config, base: Option<PathBuf>) -> anyhow::Result<()> {
         cfg.imdb.record_timeout,
         policy,
     );
-    add_probes(&cfg, base.as_ref(), &mut store, &manager)?;
+    if let Some(path) = &cfg.control.state_file {
+        control::runtime::check_state_dir(path)?;
+    }
+    let ctl = Controller::new(
+        &cfg,
+        base,
+        &mut store,
+        manager.clone(),
+        Arc::clone(&metrics),
+    )?;
     let store = Arc::new(Mutex::new(store));
-    let ingest = tokio::spawn(ingest(rows_rx, Arc::clone(&store)));
-    let (checks_stop, checks) = start_probes(&cfg, base.as_ref(), &manager, &metrics)?;
+    let (ingest_stop, ingest_stop_rx) = watch::channel(false);
+    let ingest = tokio::spawn(ingest(rows_rx, Arc::clone(&store), ingest_stop_rx));
+    ctl.start()?;
 
     let listener = http::bind(&cfg.web_server.bind_addr, cfg.web_server.port).await?;
     tracing::info!(
@@ -297,23 +214,30 @@ async fn run(cfg: Config, base: Option<PathBuf>) -> anyhow::Result<()> {
     }));
 
     let kafka = start_kafka(&cfg, &store, &metrics, shutdown_tx.subscribe())?;
+    let control = start_control(&cfg, &ctl, &metrics, shutdown_tx.subscribe()).await?;
 
-    wait_for_signal().await?;
+    serve_signals(&path, cfg, &ctl, &store, &metrics).await?;
     tracing::info!("stopping");
-    // Start checks first, so that none starts a probe that is being stopped.
-    let _ = checks_stop.send(true);
-    for check in checks {
-        let _ = check.await;
-    }
-    manager.stop_all().await;
+    // Start checks first (so that none starts a probe being stopped), then the probes.
+    ctl.shutdown().await;
+    // The probes' last rows into the store before the sinks' last pass.
+    let _ = ingest_stop.send(true);
+    let _ = ingest.await;
     let _ = shutdown_tx.send(true);
     let _ = web.await;
+    if let Some(mut control) = control {
+        // Graceful shutdown waits for clients to hang up; a `gopher ctl watch` never does.
+        if tokio::time::timeout(CONTROL_DRAIN, &mut control)
+            .await
+            .is_err()
+        {
+            control.abort();
+        }
+    }
     // After the probes stopped: its last pass sends their final rows, then flushes (bounded).
     if let Some(kafka) = kafka {
         let _ = kafka.await;
     }
-    drop(manager);
-    let _ = ingest.await;
     Ok(())
 }
 
@@ -349,9 +273,55 @@ fn start_kafka(
     ))))
 }
 
-/// Moves probe rows into the store. Rejected rows are counted by the store itself.
-async fn ingest(mut rx: mpsc::Receiver<Vec<Row>>, store: Arc<Mutex<Store>>) {
-    while let Some(batch) = rx.recv().await {
+/// Serves the control channel when `control.switch = "on"`.
+async fn start_control(
+    cfg: &Config,
+    ctl: &Controller,
+    metrics: &Arc<SelfMetrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if !cfg.control.switch {
+        return Ok(None);
+    }
+    let (addr, serving) = control::server::bind(&cfg.control, ctl.clone(), metrics, async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    })
+    .await?;
+    tracing::info!(
+        %addr,
+        tls = cfg.control.tls(),
+        token = cfg.control.token_file.is_some(),
+        "serving the control channel (gRPC)"
+    );
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = serving.await {
+            tracing::error!("{e:#}");
+        }
+    })))
+}
+
+/// Moves probe rows into the store until `stop` (after the probes stopped), then takes what is
+/// still queued. Rejected rows are counted by the store itself. Ending on `stop` rather than on
+/// the last sender going away: control-channel connections may hold the probes' handles.
+async fn ingest(
+    mut rx: mpsc::Receiver<Vec<Row>>,
+    store: Arc<Mutex<Store>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let batch = tokio::select! {
+            b = rx.recv() => b,
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let batch = match batch {
+            Some(b) => Some(b),
+            None if *stop.borrow() => {
+                rx.close();
+                rx.recv().await
+            }
+            None => None,
+        };
+        let Some(batch) = batch else { break };
         let now = now_ms();
         let mut store = store
             .lock()
@@ -365,13 +335,71 @@ async fn ingest(mut rx: mpsc::Receiver<Vec<Row>>, store: Arc<Mutex<Store>>) {
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Until SIGTERM or SIGINT; SIGHUP reloads the configuration file in between.
+async fn serve_signals(
+    path: &Path,
+    mut current: Config,
+    ctl: &Controller,
+    store: &Mutex<Store>,
+    metrics: &SelfMetrics,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                let result = match reload(path, &current, ctl, store).await {
+                    Ok(new) => {
+                        current = new;
+                        "ok"
+                    }
+                    Err(e) => {
+                        tracing::error!("configuration reload refused, the running configuration stays: {e:#}");
+                        "error"
+                    }
+                };
+                metrics.counter(CONFIG_RELOADS, &[("result", result)]).inc();
+            }
+        }
     }
-    Ok(())
+}
+
+/// Reads and applies the configuration file again. Probes follow it at once; the other
+/// sections (listeners, Kafka, table store limits, logging) are read at start only.
+async fn reload(
+    path: &Path,
+    current: &Config,
+    ctl: &Controller,
+    store: &Mutex<Store>,
+) -> anyhow::Result<Config> {
+    tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+    let new = config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let meta = meta_errors(&new);
+    if let Some(e) = meta.first() {
+        anyhow::bail!("{e}");
+    }
+    let restart_only = [
+        ("global", current.global != new.global),
+        ("ingress", current.ingress != new.ingress),
+        ("egress", current.egress != new.egress),
+        ("imdb", current.imdb != new.imdb),
+        ("web_server", current.web_server != new.web_server),
+        ("kafka", current.kafka != new.kafka),
+        ("supervision", current.supervision != new.supervision),
+        ("control", current.control != new.control),
+    ];
+    for (section, changed) in restart_only {
+        if changed {
+            tracing::warn!(
+                section,
+                "config reload: [{section}] changed; it takes effect at the next restart"
+            );
+        }
+    }
+    ctl.reload(&new, store).await?;
+    Ok(new)
 }

@@ -38,6 +38,8 @@ pub const KAFKA_DELIVERED: &str = "gopher_kafka_delivered_total";
 pub const KAFKA_FAILED: &str = "gopher_kafka_failed_total";
 pub const KAFKA_DROPPED: &str = "gopher_kafka_dropped_total";
 pub const KAFKA_QUEUE_MESSAGES: &str = "gopher_kafka_queue_messages";
+pub const CONTROL_REQUESTS: &str = "gopher_control_requests_total";
+pub const CONFIG_RELOADS: &str = "gopher_config_reloads_total";
 
 /// The values of `gopher_probe_state{state}`; exactly one is 1 per probe.
 pub const PROBE_STATES: [&str; 4] = ["stopped", "starting", "running", "failed"];
@@ -113,7 +115,19 @@ impl SelfMetrics {
     #[allow(clippy::too_many_lines)]
     pub fn new() -> Self {
         use Kind::{Counter, Gauge};
-        let declared: [(&'static str, Kind, &'static [&'static str], &'static str); 21] = [
+        let declared: [(&'static str, Kind, &'static [&'static str], &'static str); 23] = [
+            (
+                CONTROL_REQUESTS,
+                Counter,
+                &["method", "code"],
+                "Control channel (gRPC) calls by method and outcome (ok, not_found, invalid_argument, unauthenticated, ...).",
+            ),
+            (
+                CONFIG_RELOADS,
+                Counter,
+                &["result"],
+                "Configuration reloads (SIGHUP): ok, or error when the new file was refused and the old one kept.",
+            ),
             (
                 BUILD_INFO,
                 Gauge,
@@ -166,7 +180,7 @@ impl SelfMetrics {
                 PROBE_ROWS,
                 Counter,
                 &["probe"],
-                "Rows an extension probe printed that passed the format checks and went to the table store.",
+                "Rows a probe sent to the table store (for extension probes: lines that passed the format checks).",
             ),
             (
                 PROBE_ROWS_REJECTED,

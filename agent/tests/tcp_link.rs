@@ -267,22 +267,7 @@ fn links_that_predate_the_agent_are_picked_up() {
     expect_row(&agent, "pre-existing server", &want("0"), |r| {
         r["rx_bytes"] == 777.0 && r["link_count"] == 1.0
     });
-    let attached = || {
-        let cg = std::fs::read_to_string("/proc/mounts")
-            .unwrap()
-            .lines()
-            .find_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_owned())
-            })
-            .unwrap();
-        let out = std::process::Command::new("bpftool")
-            .args(["cgroup", "show", &cg])
-            .output();
-        String::from_utf8_lossy(&out.unwrap().stdout)
-            .matches("gopher_")
-            .count()
-    };
+    let attached = common::gopher_programs_attached;
     assert!(attached() >= 2, "programs attached while the agent runs");
     drop(agent);
     assert_eq!(

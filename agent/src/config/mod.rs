@@ -5,6 +5,7 @@
 //! Every reader reports problems as `file:line:col: key.path: message`, all of them at once
 //! where it can.
 
+mod control;
 mod error;
 mod libconfig;
 mod meta_file;
@@ -16,6 +17,7 @@ mod tests;
 
 use std::path::Path;
 
+pub use control::{Control, DEFAULT_LISTEN};
 pub use error::{ConfigError, Diagnostic, DiagnosticKind};
 pub use meta_file::{load_meta_dirs, load_meta_file, parse_meta_libconfig, parse_meta_toml};
 pub use model::{

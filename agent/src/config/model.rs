@@ -46,6 +46,7 @@ pub struct Config {
     pub extend_probes: Vec<ExtendProbe>,
     pub meta: MetaSection,
     pub supervision: Supervision,
+    pub control: super::control::Control,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -370,6 +371,7 @@ const SECTIONS: &[&str] = &[
     "extend_probes",
     "meta",
     "supervision",
+    "control",
 ];
 
 /// Parses and validates `probes.toml` text; `origin` names the file in diagnostics and anchors
@@ -405,6 +407,7 @@ pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
             .collect(),
         meta: meta(&mut rep, root.get("meta"), base),
         supervision: supervision(&mut rep, root.get("supervision")),
+        control: super::control::control(&mut rep, root.get("control"), base),
     };
     rep.finish(config)
 }

@@ -18,7 +18,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{mpsc, watch},
+    sync::{broadcast, mpsc, watch},
     task::JoinHandle,
 };
 
@@ -73,7 +73,60 @@ impl Default for Policy {
     }
 }
 
-type Cell = Arc<Mutex<(State, String)>>;
+/// What the manager knows of a probe's run right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub state: State,
+    /// Why it is `failed` (or waiting to restart); empty otherwise.
+    pub reason: String,
+    /// The process (group leader) of a running extension probe.
+    pub pid: Option<u32>,
+    /// Why the last run ended on its own; kept across restarts, cleared by nothing.
+    pub last_error: String,
+}
+
+impl Status {
+    fn new() -> Self {
+        Self {
+            state: State::Stopped,
+            reason: String::new(),
+            pid: None,
+            last_error: String::new(),
+        }
+    }
+}
+
+/// Status cell plus where changes are announced (the probe's name, on every change).
+#[derive(Clone)]
+struct Cell {
+    status: Arc<Mutex<Status>>,
+    changes: broadcast::Sender<String>,
+}
+
+impl Cell {
+    fn get(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn update(&self, name: &str, f: impl FnOnce(&mut Status)) {
+        let changed = {
+            let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = s.clone();
+            f(&mut s);
+            *s != before
+        };
+        if changed {
+            // No receiver (nobody watching) is fine.
+            let _ = self.changes.send(name.to_owned());
+        }
+    }
+}
+
+/// How many state changes a slow watcher may fall behind before it is told it lagged.
+const CHANGES_BACKLOG: usize = 256;
 
 struct Entry {
     probe: Arc<dyn Probe>,
@@ -88,6 +141,7 @@ struct Inner {
     metrics: Arc<SelfMetrics>,
     record_timeout: Duration,
     policy: Policy,
+    changes: broadcast::Sender<String>,
 }
 
 #[derive(Clone)]
@@ -117,6 +171,7 @@ impl Manager {
                 metrics,
                 record_timeout,
                 policy,
+                changes: broadcast::channel(CHANGES_BACKLOG).0,
             }),
         }
     }
@@ -135,9 +190,12 @@ impl Manager {
         self.inner
             .metrics
             .set_probe_state(&name, State::Stopped.as_str());
-        let state = Arc::new(Mutex::new((State::Stopped, String::new())));
+        let state = Cell {
+            status: Arc::new(Mutex::new(Status::new())),
+            changes: self.inner.changes.clone(),
+        };
         self.lock().insert(
-            name,
+            name.clone(),
             Entry {
                 probe,
                 interval,
@@ -145,6 +203,53 @@ impl Manager {
                 state,
             },
         );
+        let _ = self.inner.changes.send(name);
+    }
+
+    /// Swaps a stopped probe's implementation and interval (new params), keeping its status.
+    pub fn replace(&self, probe: Arc<dyn Probe>, interval: Duration) -> anyhow::Result<()> {
+        let mut probes = self.lock();
+        let name = probe.name().to_owned();
+        let entry = probes
+            .get_mut(&name)
+            .ok_or_else(|| anyhow::anyhow!("no probe named {name:?}"))?;
+        if entry.task.as_ref().is_some_and(|(_, h)| !h.is_finished()) {
+            anyhow::bail!("probe {name:?} must be stopped before it is replaced");
+        }
+        entry.probe = probe;
+        entry.interval = interval;
+        Ok(())
+    }
+
+    /// Forgets a stopped probe (it left the configuration).
+    pub fn remove(&self, name: &str) -> anyhow::Result<()> {
+        let mut probes = self.lock();
+        let entry = probes
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("no probe named {name:?}"))?;
+        if entry.task.as_ref().is_some_and(|(_, h)| !h.is_finished()) {
+            anyhow::bail!("probe {name:?} must be stopped before it is removed");
+        }
+        probes.remove(name);
+        drop(probes);
+        self.inner.metrics.forget_probe(name);
+        let _ = self.inner.changes.send(name.to_owned());
+        Ok(())
+    }
+
+    /// Names of probes whose status changed, as they change. A receiver that lags gets
+    /// `Lagged` and should re-read every status.
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.inner.changes.subscribe()
+    }
+
+    /// The probe's full status.
+    pub fn status(&self, name: &str) -> Option<Status> {
+        self.lock().get(name).map(|e| e.state.get())
+    }
+
+    pub fn interval(&self, name: &str) -> Option<Duration> {
+        self.lock().get(name).map(|e| e.interval)
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -153,14 +258,7 @@ impl Manager {
 
     /// The probe's state and, for `failed` (or a pending restart), why.
     pub fn state(&self, name: &str) -> Option<(State, String)> {
-        let probes = self.lock();
-        let e = probes.get(name)?;
-        Some(
-            e.state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-        )
+        self.status(name).map(|s| (s.state, s.reason))
     }
 
     /// Starts a probe under supervision (no-op if its supervisor is active, back-off included).
@@ -178,7 +276,7 @@ impl Manager {
             name: name.to_owned(),
             probe: Arc::clone(&entry.probe),
             interval: entry.interval,
-            cell: Arc::clone(&entry.state),
+            cell: entry.state.clone(),
             inner: Arc::clone(&self.inner),
         };
         set(&entry.state, &self.inner.metrics, name, State::Starting, "");
@@ -194,7 +292,7 @@ impl Manager {
             let entry = probes
                 .get_mut(name)
                 .ok_or_else(|| anyhow::anyhow!("no probe named {name:?}"))?;
-            (entry.task.take(), Arc::clone(&entry.state))
+            (entry.task.take(), entry.state.clone())
         };
         if let Some((stop, mut handle)) = task {
             let _ = stop.send(true);
@@ -257,7 +355,7 @@ impl Supervised {
                 record_timeout: inner.record_timeout,
                 state: StateHandle {
                     name: name.clone(),
-                    cell: Arc::clone(&cell),
+                    cell: cell.clone(),
                     metrics: Arc::clone(metrics),
                 },
             };
@@ -284,6 +382,10 @@ impl Supervised {
             metrics
                 .gauge(PROBE_LAST_FAILURE, &[("probe", &name), ("reason", &label)])
                 .set(1.0);
+            cell.update(&name, |s| {
+                s.last_error.clone_from(&label);
+                s.pid = None;
+            });
             if began.elapsed() >= policy.stable_after {
                 quick = 0;
                 backoff = policy.backoff_initial;
@@ -333,9 +435,15 @@ fn one_line(reason: &str) -> String {
     s
 }
 
-fn set(state: &Mutex<(State, String)>, metrics: &SelfMetrics, name: &str, s: State, reason: &str) {
-    *state.lock().unwrap_or_else(PoisonError::into_inner) = (s, reason.to_owned());
-    metrics.set_probe_state(name, s.as_str());
+fn set(cell: &Cell, metrics: &SelfMetrics, name: &str, state: State, reason: &str) {
+    cell.update(name, |s| {
+        s.state = state;
+        reason.clone_into(&mut s.reason);
+        if state != State::Running {
+            s.pid = None;
+        }
+    });
+    metrics.set_probe_state(name, state.as_str());
 }
 
 /// Lets a probe report that start-up (loading, attaching) worked and it is now running.
@@ -349,6 +457,12 @@ pub struct StateHandle {
 impl StateHandle {
     pub fn running(&self) {
         set(&self.cell, &self.metrics, &self.name, State::Running, "");
+    }
+
+    /// Running as process `pid` (an extension probe's process group leader).
+    pub fn running_as(&self, pid: u32) {
+        self.cell.update(&self.name, |s| s.pid = Some(pid));
+        self.running();
     }
 }
 

@@ -68,6 +68,8 @@ impl Sample {
 pub struct Agent {
     child: Child,
     pub port: u16,
+    /// The control channel's port (when the test's config has no `[control]` of its own).
+    pub control_port: u16,
     pub dir: tempfile::TempDir,
 }
 
@@ -76,8 +78,16 @@ impl Agent {
     pub fn start(config: &str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let control_port = free_port();
         let path = dir.path().join("probes.toml");
-        let body = format!("{config}\n[web_server]\nbind_addr = \"127.0.0.1\"\nport = {port}\n");
+        // Control off the default port, so tests never collide with an agent running here.
+        let control = if config.contains("[control]") {
+            String::new()
+        } else {
+            format!("[control]\nlisten = \"127.0.0.1:{control_port}\"\n")
+        };
+        let body =
+            format!("{config}\n[web_server]\nbind_addr = \"127.0.0.1\"\nport = {port}\n{control}");
         std::fs::write(&path, body).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gopher"))
             .arg("--config")
@@ -86,7 +96,12 @@ impl Agent {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let agent = Agent { child, port, dir };
+        let agent = Agent {
+            child,
+            port,
+            control_port,
+            dir,
+        };
         agent.wait_for(Duration::from_secs(30), "agent ready", |s| {
             s.iter().any(|x| x.name == "gopher_build_info")
         });
@@ -247,4 +262,23 @@ impl Drop for Peer {
 pub fn sh(cmd: &str) {
     let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
     assert!(st.success(), "command failed: {cmd}");
+}
+
+/// gopher programs attached to the cgroup2 root, as bpftool (not the agent) sees them.
+pub fn gopher_programs_attached() -> usize {
+    let cg = std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_owned())
+        })
+        .unwrap();
+    let out = Command::new("bpftool")
+        .args(["cgroup", "show", &cg])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .matches("gopher_")
+        .count()
 }

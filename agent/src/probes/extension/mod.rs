@@ -174,7 +174,7 @@ async fn run(spec: Spec, mut ctx: ProbeContext) -> anyhow::Result<()> {
         .context("the probe process vanished before it could be watched")?;
     let mut guard = process::GroupGuard::new(pgid);
     tracing::info!(probe = %spec.name, pid = pgid, command = %spec.command, "extension probe started");
-    ctx.state.running();
+    ctx.state.running_as(pgid);
     let stdout = child.stdout.take().context("no stdout pipe")?;
     let stderr = child.stderr.take().context("no stderr pipe")?;
     let last_stderr = Arc::new(Mutex::new(String::new()));

@@ -28,7 +28,7 @@ use std::{
 use super::{Probe, ProbeContext, ProbeFuture};
 use crate::{
     imdb::{FieldMeta, FieldType, Row, TableMeta},
-    selfmetrics::PROBE_ERRORS,
+    selfmetrics::{PROBE_ERRORS, PROBE_ROWS},
 };
 
 /// Names of the system probes; each is also the name of the one table it fills.
@@ -195,6 +195,7 @@ impl<C: Collect> Probe for SystemProbe<C> {
 
 async fn run<C: Collect>(mut ctx: ProbeContext) -> anyhow::Result<()> {
     let errors = ctx.metrics.counter(PROBE_ERRORS, &[("probe", C::TABLE)]);
+    let rows_sent = ctx.metrics.counter(PROBE_ROWS, &[("probe", C::TABLE)]);
     let mut files = Files::new(C::FILES);
     let mut family = C::new();
     let mut warn = RateLimit::new(Duration::from_mins(1));
@@ -230,6 +231,7 @@ async fn run<C: Collect>(mut ctx: ProbeContext) -> anyhow::Result<()> {
                     continue;
                 }
                 batch_len = rows.len();
+                rows_sent.add(rows.len() as u64);
                 // A full channel (slow store) must not keep a stop request waiting.
                 tokio::select! {
                     sent = ctx.rows.send(rows) => if sent.is_err() { break },

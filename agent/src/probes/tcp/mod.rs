@@ -27,7 +27,10 @@ use self::{
     owners::Owner,
 };
 use super::{Probe, ProbeContext, ProbeFuture};
-use crate::imdb::{FieldMeta, FieldType, Row, TableMeta};
+use crate::{
+    imdb::{FieldMeta, FieldType, Row, TableMeta},
+    selfmetrics::PROBE_ROWS,
+};
 
 pub const TABLE: &str = "tcp_link";
 
@@ -193,6 +196,7 @@ async fn run(mut ctx: ProbeContext, max_links: u32, connect_hooks: bool) -> anyh
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The eBPF side wakes us only when the ring is filling up; drain it often anyway.
     let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+    let rows_sent = ctx.metrics.counter(PROBE_ROWS, &[("probe", "tcp")]);
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A link with no open connection is kept while its record would live in the store, and
     // at least two intervals so that a short connection is always reported once.
@@ -215,6 +219,7 @@ async fn run(mut ctx: ProbeContext, max_links: u32, connect_hooks: bool) -> anyh
                 let rows = tokio::task::block_in_place(|| {
                     state.collect(&mut programs, ring.get_mut(), idle)
                 });
+                rows_sent.add(rows.len() as u64);
                 if ctx.rows.send(rows).await.is_err() {
                     break;
                 }

@@ -1,0 +1,892 @@
+//! The control channel end to end: a real tonic client against the running agent. Switching the
+//! TCP probe off must detach its programs (checked with bpftool, independently of the agent) and
+//! stop its rows; an extension probe switched off must have its process gone; watch streams each
+//! change; validation and authentication errors carry the right codes; TLS/mTLS with a CA the
+//! test makes itself; runtime changes survive a restart through the state file; `gopher ctl`.
+#![allow(
+    clippy::too_many_lines,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::unnecessary_wraps
+)]
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{Agent, free_port, is_root, require};
+use gopher::control::grpc::pb::{
+    self, ParamValue, Params, SetProbeRequest, param_value::Value,
+    probe_control_client::ProbeControlClient,
+};
+use tonic::{
+    Code, Request,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn client(port: u16) -> ProbeControlClient<Channel> {
+    let ch = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    ProbeControlClient::new(ch)
+}
+
+async fn get(c: &mut ProbeControlClient<Channel>, name: &str) -> pb::Probe {
+    c.get_probe(pb::GetProbeRequest { name: name.into() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn set(name: &str) -> SetProbeRequest {
+    SetProbeRequest {
+        name: name.into(),
+        ..SetProbeRequest::default()
+    }
+}
+
+fn switch(name: &str, s: pb::Switch) -> SetProbeRequest {
+    SetProbeRequest {
+        switch: Some(s as i32),
+        ..set(name)
+    }
+}
+
+fn params(kv: &[(&str, Value)]) -> Option<Params> {
+    Some(Params {
+        values: kv
+            .iter()
+            .map(|(k, v)| {
+                (
+                    (*k).to_owned(),
+                    ParamValue {
+                        value: Some(v.clone()),
+                    },
+                )
+            })
+            .collect(),
+    })
+}
+
+fn attached() -> usize {
+    common::gopher_programs_attached()
+}
+
+/// One loopback connection carrying `n` bytes each way; returns the server port.
+fn traffic(n: usize) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = vec![0u8; n];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(&buf).unwrap();
+    });
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(&vec![7u8; n]).unwrap();
+    let mut back = vec![0u8; n];
+    c.read_exact(&mut back).unwrap();
+    server.join().unwrap();
+    // Kept open a while so that a running probe sees it live too.
+    std::thread::sleep(Duration::from_millis(1500));
+    port
+}
+
+fn has_link(agent: &Agent, port: u16) -> bool {
+    agent.scrape().unwrap().iter().any(|s| {
+        s.name.starts_with("gala_gopher_tcp_link_") && s.label("server_port") == port.to_string()
+    })
+}
+
+/// An extension probe printing one `ctl_demo` row every 200 ms, and its meta file.
+fn demo_probe(dir: &Path) -> String {
+    std::fs::write(
+        dir.join("demo.toml"),
+        r#"
+[[tables]]
+name = "ctl_demo"
+fields = [
+    { name = "name", type = "key" },
+    { name = "n", type = "counter" },
+]
+"#,
+    )
+    .unwrap();
+    let script = dir.join("demo.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nn=0\nwhile :; do n=$((n+1)); echo \"|ctl_demo|$1|$n|\"; sleep 0.2; done\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    format!(
+        r#"
+[[extend_probes]]
+name = "demo"
+command = "{}"
+param = "first"
+switch = "on"
+meta = "{}"
+"#,
+        script.display(),
+        dir.join("demo.toml").display()
+    )
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toggles_apply_for_real_and_are_watched() {
+    if !require(is_root(), "root (eBPF)") {
+        return;
+    }
+    let scripts = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[[probes]]\nname = \"tcp\"\nswitch = \"on\"\ninterval = 1\n{}",
+        demo_probe(scripts.path())
+    );
+    let agent = Agent::start(&config);
+    let mut c = client(agent.control_port).await;
+
+    // Watch from the start; collected in the background.
+    let mut stream = c
+        .watch_probes(pb::WatchProbesRequest { initial: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(e)) = stream.message().await {
+            let _ = ev_tx.send(e);
+        }
+    });
+
+    // Wait for both to run.
+    let began = Instant::now();
+    loop {
+        let list = c
+            .list_probes(pb::ListProbesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .probes;
+        let running = list
+            .iter()
+            .filter(|p| p.state == pb::RunState::Running as i32)
+            .count();
+        if running == 2 {
+            break;
+        }
+        assert!(began.elapsed() < WAIT, "probes never ran: {list:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(attached() >= 2, "tcp programs attached while on");
+    let demo = get(&mut c, "demo").await;
+    let pid = demo.pid.expect("a running extension probe has a pid");
+    assert!(pid_alive(pid));
+    assert_eq!(demo.kind, pb::ProbeKind::Extension as i32);
+    assert_eq!(
+        demo.command,
+        scripts.path().join("demo.sh").display().to_string()
+    );
+
+    // TCP off: detached when the answer comes, and new traffic makes no row.
+    let off = c
+        .set_probe(switch("tcp", pb::Switch::Off))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(off.state, pb::RunState::Stopped as i32);
+    assert_eq!(off.switch, pb::Switch::Off as i32);
+    assert!(off.overridden);
+    assert_eq!(
+        attached(),
+        0,
+        "programs still attached after switching tcp off"
+    );
+    let quiet_port = traffic(4000);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !has_link(&agent, quiet_port),
+        "a link made while tcp was off appeared"
+    );
+    // Idempotent: the same change again changes nothing and succeeds.
+    let again = c
+        .set_probe(switch("tcp", pb::Switch::Off))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.state, pb::RunState::Stopped as i32);
+
+    // On again: attached when the answer comes, rows resume.
+    let on = c
+        .set_probe(switch("tcp", pb::Switch::On))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(on.state, pb::RunState::Running as i32, "{on:?}");
+    assert!(
+        attached() >= 2,
+        "programs not attached after switching tcp on"
+    );
+    let live_port = traffic(5000);
+    let began = Instant::now();
+    while !has_link(&agent, live_port) {
+        assert!(began.elapsed() < WAIT, "no tcp_link row after switching on");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // A new interval restarts the probe with it; params are validated by the probe itself.
+    let tuned = c
+        .set_probe(SetProbeRequest {
+            interval_seconds: Some(2),
+            params: params(&[("max_links", Value::IntValue(32768))]),
+            ..set("tcp")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(tuned.interval_seconds, 2);
+    assert_eq!(tuned.state, pb::RunState::Running as i32);
+    assert_eq!(
+        tuned.params.unwrap().values["max_links"].value,
+        Some(Value::IntValue(32768))
+    );
+    assert!(attached() >= 2);
+
+    // Extension probe off: its process is gone when the answer comes. On: a new one.
+    let off = c
+        .set_probe(switch("demo", pb::Switch::Off))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(off.state, pb::RunState::Stopped as i32);
+    assert_eq!(off.pid, None);
+    assert!(!pid_alive(pid), "extension probe process {pid} still alive");
+    let on = c
+        .set_probe(SetProbeRequest {
+            switch: Some(pb::Switch::On as i32),
+            params: params(&[("param", Value::StringValue("second".into()))]),
+            ..set("demo")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(on.state, pb::RunState::Running as i32);
+    let new_pid = on.pid.expect("pid after switching on");
+    assert_ne!(new_pid, pid);
+    assert!(pid_alive(new_pid));
+    // The new param reached the command line: rows now come keyed "second".
+    agent.wait_for(WAIT, "rows from the new param", |s| {
+        s.iter()
+            .any(|x| x.name == "gala_gopher_ctl_demo_n_total" && x.label("name") == "second")
+    });
+    assert!(get(&mut c, "demo").await.rows > 0);
+
+    // Every change was streamed, in order.
+    let mut seen = Vec::new();
+    let want = [
+        ("tcp", pb::RunState::Stopped),
+        ("tcp", pb::RunState::Running),
+        ("demo", pb::RunState::Stopped),
+        ("demo", pb::RunState::Running),
+    ];
+    let began = Instant::now();
+    let mut next = 0;
+    while next < want.len() {
+        let e = tokio::time::timeout(WAIT.saturating_sub(began.elapsed()), ev_rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("watch stream missed {:?}; saw {seen:?}", want[next]))
+            .unwrap();
+        let p = e.probe.unwrap();
+        seen.push((p.name.clone(), p.state, p.switch));
+        if p.name == want[next].0 && p.state == want[next].1 as i32 {
+            next += 1;
+        }
+    }
+    drop(agent);
+    assert_eq!(attached(), 0);
+}
+
+fn status_of<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> tonic::Status {
+    r.expect_err("expected an error")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_with_the_field_named() {
+    let scripts = tempfile::tempdir().unwrap();
+    // tcp stays off: validating its params needs no eBPF.
+    let config = format!(
+        "[[probes]]\nname = \"tcp\"\nswitch = \"off\"\n[[probes]]\nname = \"system_meminfo\"\nswitch = \"on\"\ninterval = 1\n{}",
+        demo_probe(scripts.path())
+    );
+    let agent = Agent::start(&config);
+    let mut c = client(agent.control_port).await;
+
+    let e = status_of(
+        c.get_probe(pb::GetProbeRequest {
+            name: "nope".into(),
+        })
+        .await,
+    );
+    assert_eq!(e.code(), Code::NotFound);
+    let e = status_of(c.set_probe(switch("nope", pb::Switch::On)).await);
+    assert_eq!(e.code(), Code::NotFound);
+
+    let cases: Vec<(SetProbeRequest, &str)> = vec![
+        (
+            SetProbeRequest {
+                interval_seconds: Some(0),
+                ..set("system_meminfo")
+            },
+            "interval_seconds",
+        ),
+        (
+            SetProbeRequest {
+                interval_seconds: Some(3601),
+                ..set("system_meminfo")
+            },
+            "interval_seconds",
+        ),
+        (switch("system_meminfo", pb::Switch::Auto), "switch"),
+        (switch("demo", pb::Switch::Auto), "switch"),
+        (
+            SetProbeRequest {
+                switch: Some(42),
+                ..set("tcp")
+            },
+            "switch",
+        ),
+        (
+            SetProbeRequest {
+                params: params(&[("max_links", Value::IntValue(5))]),
+                ..set("tcp")
+            },
+            "params.max_links",
+        ),
+        (
+            SetProbeRequest {
+                params: params(&[("bogus", Value::BoolValue(true))]),
+                ..set("tcp")
+            },
+            "params.bogus",
+        ),
+        (
+            SetProbeRequest {
+                params: params(&[("x", Value::IntValue(1))]),
+                ..set("system_meminfo")
+            },
+            "params.x",
+        ),
+        (
+            SetProbeRequest {
+                interval_seconds: Some(5),
+                ..set("demo")
+            },
+            "interval_seconds",
+        ),
+        // The command runs through a shell: nothing that could start another command.
+        (
+            SetProbeRequest {
+                params: params(&[("param", Value::StringValue("x; touch /tmp/pwned".into()))]),
+                ..set("demo")
+            },
+            "params.param",
+        ),
+        (
+            SetProbeRequest {
+                params: params(&[("param", Value::StringValue("$(id)".into()))]),
+                ..set("demo")
+            },
+            "params.param",
+        ),
+        (
+            SetProbeRequest {
+                params: params(&[("command", Value::StringValue("/bin/sh".into()))]),
+                ..set("demo")
+            },
+            "params.command",
+        ),
+        (
+            SetProbeRequest {
+                name: String::new(),
+                ..SetProbeRequest::default()
+            },
+            "name",
+        ),
+    ];
+    for (req, field) in cases {
+        let what = format!("{req:?}");
+        let e = status_of(c.set_probe(req).await);
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+        assert!(
+            e.message().starts_with(&format!("{field}: ")),
+            "{what}: message {:?} does not name {field}",
+            e.message()
+        );
+        let details = tonic_types::StatusExt::get_error_details(&e);
+        let bad = details.bad_request().expect("a BadRequest detail");
+        assert_eq!(bad.field_violations[0].field, field, "{what}");
+    }
+    // Nothing was changed by the refused requests.
+    let m = get(&mut c, "system_meminfo").await;
+    assert_eq!((m.interval_seconds, m.overridden), (1, false));
+    assert_eq!(m.state, pb::RunState::Running as i32);
+    assert!(!Path::new("/tmp/pwned").exists());
+    // Still serving, and still exporting.
+    agent.wait_for(WAIT, "meminfo rows", |s| {
+        s.iter()
+            .any(|x| x.name.starts_with("gala_gopher_system_meminfo_"))
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sets_settle_consistently() {
+    let agent =
+        Agent::start("[[probes]]\nname = \"system_meminfo\"\nswitch = \"on\"\ninterval = 1\n");
+    let mut tasks = Vec::new();
+    for i in 0..16u32 {
+        let port = agent.control_port;
+        tasks.push(tokio::spawn(async move {
+            let mut c = client(port).await;
+            let s = if i % 2 == 0 {
+                pb::Switch::Off
+            } else {
+                pb::Switch::On
+            };
+            c.set_probe(switch("system_meminfo", s))
+                .await
+                .unwrap()
+                .into_inner()
+        }));
+    }
+    for t in tasks {
+        let p = t.await.unwrap();
+        // Each answer describes a settled probe: off and stopped, or on and running.
+        let settled = (p.switch == pb::Switch::Off as i32
+            && p.state == pb::RunState::Stopped as i32)
+            || (p.switch == pb::Switch::On as i32 && p.state == pb::RunState::Running as i32);
+        assert!(settled, "{p:?}");
+    }
+    let mut c = client(agent.control_port).await;
+    let p = get(&mut c, "system_meminfo").await;
+    let expect = if p.switch == pb::Switch::On as i32 {
+        pb::RunState::Running
+    } else {
+        pb::RunState::Stopped
+    };
+    assert_eq!(p.state, expect as i32, "{p:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_is_required_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let port = free_port();
+    let agent = Agent::start(&format!(
+        "[[probes]]\nname = \"system_meminfo\"\nswitch = \"on\"\n[control]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n",
+        token_file.display()
+    ));
+    let mut c = client(port).await;
+    let e = status_of(c.list_probes(pb::ListProbesRequest {}).await);
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut req = Request::new(pb::ListProbesRequest {});
+    req.metadata_mut()
+        .insert("authorization", "Bearer wrong".parse().unwrap());
+    assert_eq!(
+        status_of(c.list_probes(req).await).code(),
+        Code::Unauthenticated
+    );
+    let mut req = Request::new(switch("system_meminfo", pb::Switch::Off));
+    req.metadata_mut()
+        .insert("authorization", "Bearer wrong".parse().unwrap());
+    assert_eq!(
+        status_of(c.set_probe(req).await).code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        get_with(&mut c, "s3cret-token").await.switch,
+        pb::Switch::On as i32
+    );
+
+    // Health answers without a token (it says no more than a connect would).
+    let ch = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    let h = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "gopher.control.v1.ProbeControl".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        h.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    drop(agent);
+}
+
+async fn get_with(c: &mut ProbeControlClient<Channel>, token: &str) -> pb::Probe {
+    let mut req = Request::new(pb::GetProbeRequest {
+        name: "system_meminfo".into(),
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    c.get_probe(req).await.unwrap().into_inner()
+}
+
+struct Pki {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+    /// A client certificate from a CA the agent does not trust.
+    rogue_cert: String,
+    rogue_key: String,
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let ca_params = |cn: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, cn.to_owned());
+        p
+    };
+    let ca =
+        CertifiedIssuer::self_signed(ca_params("gopher test CA"), KeyPair::generate().unwrap())
+            .unwrap();
+    let rogue_ca =
+        CertifiedIssuer::self_signed(ca_params("rogue CA"), KeyPair::generate().unwrap()).unwrap();
+    let leaf = |names: Vec<String>, issuer: &CertifiedIssuer<'_, KeyPair>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()], &ca);
+    let (client_cert, client_key) = leaf(vec!["manager".into()], &ca);
+    let (rogue_cert, rogue_key) = leaf(vec!["manager".into()], &rogue_ca);
+    Pki {
+        ca: ca.pem(),
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
+        rogue_cert,
+        rogue_key,
+    }
+}
+
+async fn tls_client(
+    port: u16,
+    ca: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<pb::ListProbesResponse, String> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some((c, k)) = identity {
+        tls = tls.identity(Identity::from_pem(c, k));
+    }
+    let ch = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    ProbeControlClient::new(ch)
+        .list_probes(pb::ListProbesRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|e| format!("call: {e:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_on_a_non_loopback_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let (ca, cert, key) = (
+        write("ca.pem", &pki.ca),
+        write("server.pem", &pki.server_cert),
+        write("server.key", &pki.server_key),
+    );
+    let port = free_port();
+    let agent = Agent::start(&format!(
+        "[[probes]]\nname = \"system_meminfo\"\nswitch = \"on\"\n[control]\nlisten = \"0.0.0.0:{port}\"\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\ntls_client_ca = \"{ca}\"\n"
+    ));
+    let ok = tls_client(port, &pki.ca, Some((&pki.client_cert, &pki.client_key)))
+        .await
+        .expect("a client with a certificate from the configured CA is served");
+    assert!(ok.probes.iter().any(|p| p.name == "system_meminfo"));
+    let no_cert = tls_client(port, &pki.ca, None).await;
+    assert!(no_cert.is_err(), "served a client without a certificate");
+    let rogue = tls_client(port, &pki.ca, Some((&pki.rogue_cert, &pki.rogue_key))).await;
+    assert!(
+        rogue.is_err(),
+        "served a client with an untrusted certificate"
+    );
+    // Plain HTTP/2 against the TLS port gets nothing.
+    let plain = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await;
+    if let Ok(ch) = plain {
+        assert!(
+            ProbeControlClient::new(ch)
+                .list_probes(pb::ListProbesRequest {})
+                .await
+                .is_err()
+        );
+    }
+    // The client certificate does not have to be checked: TLS alone on a public address.
+    drop(agent);
+    let port = free_port();
+    let agent = Agent::start(&format!(
+        "[[probes]]\nname = \"system_meminfo\"\nswitch = \"on\"\n[control]\nlisten = \"0.0.0.0:{port}\"\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n"
+    ));
+    assert!(tls_client(port, &pki.ca, None).await.is_ok());
+    drop(agent);
+}
+
+#[test]
+fn a_public_listener_without_protection_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("probes.toml");
+    std::fs::write(&path, "[control]\nlisten = \"0.0.0.0:8889\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gopher"))
+        .arg("--check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(":2:") && err.contains("control.listen"),
+        "{err}"
+    );
+    assert!(err.contains("insecure = true"), "{err}");
+    // Writing it down is accepted.
+    std::fs::write(
+        &path,
+        "[control]\nlisten = \"0.0.0.0:8889\"\ninsecure = true\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gopher"))
+        .arg("--check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_changes_survive_a_restart_until_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.toml");
+    let config = |port: u16| {
+        format!(
+            "[[probes]]\nname = \"system_meminfo\"\nswitch = \"on\"\ninterval = 1\n[[probes]]\nname = \"system_vmstat\"\nswitch = \"on\"\ninterval = 1\n[control]\nlisten = \"127.0.0.1:{port}\"\nstate_file = \"{}\"\n",
+            state.display()
+        )
+    };
+    let port = free_port();
+    let agent = Agent::start(&config(port));
+    let mut c = client(port).await;
+    c.set_probe(switch("system_meminfo", pb::Switch::Off))
+        .await
+        .unwrap();
+    c.set_probe(SetProbeRequest {
+        interval_seconds: Some(7),
+        ..set("system_vmstat")
+    })
+    .await
+    .unwrap();
+    drop(c);
+    drop(agent);
+    let saved = std::fs::read_to_string(&state).unwrap();
+    assert!(saved.contains("[probes.system_meminfo]"), "{saved}");
+
+    let port = free_port();
+    let agent = Agent::start(&config(port));
+    let mut c = client(port).await;
+    let m = get(&mut c, "system_meminfo").await;
+    assert_eq!(
+        (m.switch, m.state),
+        (pb::Switch::Off as i32, pb::RunState::Stopped as i32)
+    );
+    assert!(m.overridden);
+    let v = get(&mut c, "system_vmstat").await;
+    assert_eq!((v.interval_seconds, v.overridden), (7, true));
+    let back = c
+        .reset_probe(pb::ResetProbeRequest {
+            name: "system_meminfo".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(back.state, pb::RunState::Running as i32);
+    assert!(!back.overridden);
+    let saved = std::fs::read_to_string(&state).unwrap();
+    assert!(!saved.contains("system_meminfo"), "{saved}");
+    assert!(saved.contains("system_vmstat"), "{saved}");
+    agent.wait_for(WAIT, "meminfo rows again", |s| {
+        s.iter()
+            .any(|x| x.name.starts_with("gala_gopher_system_meminfo_"))
+    });
+}
+
+fn ctl(port: u16, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_gopher"))
+        .arg("ctl")
+        .arg("--addr")
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_command_for_people_and_scripts() {
+    let agent = Agent::start(
+        "[[probes]]\nname = \"system_meminfo\"\nswitch = \"on\"\ninterval = 1\n[[probes]]\nname = \"system_cpu\"\nswitch = \"off\"\n",
+    );
+    let port = agent.control_port;
+    let out = ctl(port, &["--output", "json", "list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["system_cpu", "system_meminfo"]);
+    assert_eq!(list[1]["switch"], "on");
+    assert_eq!(list[0]["state"], "stopped");
+
+    let out = ctl(
+        port,
+        &[
+            "-o",
+            "json",
+            "set",
+            "system_cpu",
+            "--switch",
+            "on",
+            "--interval",
+            "2",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p[0]["state"], "running");
+    assert_eq!(p[0]["interval_seconds"], 2);
+    assert_eq!(p[0]["overridden"], true);
+
+    let out = ctl(port, &["get", "system_cpu"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("NAME"), "{text}");
+    assert!(
+        text.contains("system_cpu") && text.contains("running"),
+        "{text}"
+    );
+
+    let out = ctl(port, &["get", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
+    let out = ctl(port, &["set", "system_cpu", "--interval", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interval_seconds"));
+
+    // watch prints each change as a JSON line.
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_gopher"))
+        .args([
+            "ctl",
+            "--addr",
+            &format!("http://127.0.0.1:{port}"),
+            "-o",
+            "json",
+            "watch",
+            "--no-initial",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        ctl(port, &["set", "system_cpu", "--switch", "off"])
+            .status
+            .success()
+    );
+    let mut stdout = std::io::BufReader::new(watch.stdout.take().unwrap());
+    let line = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        loop {
+            let mut l = String::new();
+            if std::io::BufRead::read_line(&mut stdout, &mut l).unwrap() == 0 {
+                break lines;
+            }
+            let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+            let done = v["name"] == "system_cpu" && v["state"] == "stopped";
+            lines.push(v);
+            if done {
+                break lines;
+            }
+        }
+    });
+    let lines = tokio::time::timeout(WAIT, line).await.unwrap().unwrap();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["name"] == "system_cpu" && v["state"] == "stopped" && v["switch"] == "off"),
+        "{lines:?}"
+    );
+}
