@@ -671,18 +671,35 @@ fn kafka(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) -> Kafka {
 }
 
 /// `[kafka.properties]`: string → string, in file order, minus the settings the agent owns.
+/// librdkafka's names are dotted, and TOML reads an unquoted `security.protocol = "ssl"` as a
+/// nested table; such tables are joined back into the dotted name (quoting is not required).
 fn kafka_properties(
     rep: &mut Reporter<'_>,
     node: &Spanned<Node>,
     path: String,
 ) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let Some(props) = TableView::of(rep, node, path, &[], false) else {
-        return out;
-    };
+    if let Some(props) = TableView::of(rep, node, path, &[], false) {
+        collect_properties(rep, &props, "", &mut out);
+    }
+    out
+}
+
+fn collect_properties(
+    rep: &mut Reporter<'_>,
+    props: &TableView<'_>,
+    prefix: &str,
+    out: &mut Vec<(String, String)>,
+) {
     for (key, value) in props.entries() {
-        let name = key.get_ref();
-        let path = props.path_of(name);
+        let name = format!("{prefix}{}", key.get_ref());
+        let path = props.path_of(key.get_ref());
+        if let Node::Table(_) = value.get_ref() {
+            if let Some(inner) = TableView::of(rep, value, path, &[], false) {
+                collect_properties(rep, &inner, &format!("{name}."), out);
+            }
+            continue;
+        }
         if KAFKA_OWNED_PROPERTIES.contains(&name.as_str()) {
             rep.report(
                 &key.span(),
@@ -693,7 +710,7 @@ fn kafka_properties(
             continue;
         }
         match value.get_ref() {
-            Node::Str(v) => out.push((name.clone(), v.clone())),
+            Node::Str(v) => out.push((name, v.clone())),
             other => rep.report(
                 &value.span(),
                 &path,
@@ -705,7 +722,6 @@ fn kafka_properties(
             ),
         }
     }
-    out
 }
 
 fn check_topic(topic: &str) -> Result<(), String> {
