@@ -1097,7 +1097,7 @@ batch_num_messages = 500
 queue_buffering_max_messages = 2000
 queue_buffering_max_kbytes = 4096
 queue_buffering_max_ms = 50
-compression_codec = "zstd"
+compression_codec = "lz4"
 message_max_bytes = 2000000
 message_timeout_ms = 60000
 flush_timeout = 3
@@ -1113,8 +1113,8 @@ flush_timeout = 3
     assert_eq!(k.queue_buffering_max_messages, 2000);
     assert_eq!(k.queue_buffering_max_kbytes, 4096);
     assert_eq!(k.queue_buffering_max_ms, 50);
-    assert_eq!(k.compression_codec, Compression::Zstd);
-    assert_eq!(k.compression_codec.as_str(), "zstd");
+    assert_eq!(k.compression_codec, Compression::Lz4);
+    assert_eq!(k.compression_codec.as_str(), "lz4");
     assert_eq!(k.message_max_bytes, 2_000_000);
     assert_eq!(k.message_timeout_ms, 60_000);
     assert_eq!(k.flush_timeout, Duration::from_secs(3));
@@ -1130,7 +1130,14 @@ flush_timeout = 3
 
 #[test]
 fn kafka_producer_settings_are_validated() {
-    let cases: [(&str, usize, &str, DiagnosticKind, &str); 9] = [
+    let cases: [(&str, usize, &str, DiagnosticKind, &str); 10] = [
+        (
+            "[kafka]\ncompression_codec = \"zstd\"\n",
+            2,
+            "kafka.compression_codec",
+            DiagnosticKind::InvalidValue,
+            "not available in this build",
+        ),
         (
             "[kafka]\ncompression_codec = \"brotli\"\n",
             2,

@@ -41,8 +41,21 @@
 //! message is retried by librdkafka across broker outages until `kafka.message_timeout_ms`
 //! (default 300000 = 5 min); after that it is counted in `gopher_kafka_failed_total{reason}`.
 //! No broker at start, a broker that goes away, a missing topic: the agent keeps running and
-//! serving /metrics, and delivery resumes by itself. On shutdown the sink sends what changed
-//! since its last pass, waits up to `kafka.flush_timeout` for delivery, and counts what is still
+//! serving /metrics, and delivery resumes by itself. In detail (each checked against a real
+//! broker in agent/tests/kafka.rs):
+//!
+//! * a record whose JSON exceeds `kafka.message_max_bytes` is refused by the producer:
+//!   dropped{too_large} (a broker's own, smaller limit fails it after queueing:
+//!   failed{too_large});
+//! * a topic missing on the broker (no auto-creation): librdkafka waits
+//!   `topic.metadata.propagation.max.ms` (30 s; a `[kafka.properties]` entry) for it to appear,
+//!   then the messages for it are counted under reason `unknown_topic` (failed once queued,
+//!   dropped when refused at once); delivery starts when a metadata refresh sees the topic
+//!   (`topic.metadata.refresh.interval.ms`, 5 min by default; the test sets 1 s);
+//! * an outage longer than `kafka.message_timeout_ms`: the messages queued meanwhile fail
+//!   (failed{timeout}) and are not sent later; a failed table definition is published again.
+//!
+//! On shutdown the sink sends what changed since its last pass, waits up to `kafka.flush_timeout` for delivery, and counts what is still
 //! queued as `gopher_kafka_dropped_total{reason="shutdown"}`.
 //!
 //! # Self-metrics (all count both record and metadata messages)
