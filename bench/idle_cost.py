@@ -17,6 +17,8 @@ import tempfile
 import time
 import urllib.request
 
+from mdsection import write_section
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
 AGENT = os.path.join(TARGET, "release", "gopher")
@@ -207,14 +209,7 @@ meta = "{ext}/haproxy.meta.toml"
         md += ["", END]
         section = "\n".join(md)
         print(section)
-        try:
-            old = open(OUT, encoding="utf-8").read()
-        except OSError:
-            old = "# Benchmarks\n"
-        s, e = old.find(BEGIN), old.find(END)
-        new = old[:s] + section + old[e + len(END):] if s != -1 and e != -1 else old.rstrip("\n") + "\n\n" + section + "\n"
-        with open(OUT, "w", encoding="utf-8") as f:
-            f.write(new)
+        write_section(OUT, BEGIN, END, section)
     finally:
         for p in reversed(procs):
             try:

@@ -14,6 +14,11 @@ import sys
 
 IDLE_BEGIN = "<!-- idle-cost: written by bench/idle_cost.py -->"
 IDLE_END = "<!-- /idle-cost -->"
+# Blocks of BENCHMARKS.md other scripts write: (begin marker, end marker), kept in this order.
+OWNED_BLOCKS = [
+    (IDLE_BEGIN, IDLE_END),
+    ("<!-- kafka: written by bench/kafka_bench.py -->", "<!-- /kafka -->"),
+]
 
 MODES = ["off", "on", "bpftrace"]
 LOAD_CPU = 1  # set from --load-cpu
@@ -293,15 +298,16 @@ def report(args):
     md += [json.dumps(r, separators=(",", ":")) for r in runs]
     md += ["```", "", "</details>", ""]
 
-    # bench/idle_cost.py owns a block of this file; keep it across re-runs of this report.
+    # Other scripts own marker-delimited blocks of this file; keep them across re-runs.
     try:
         old = open(args.out, encoding="utf-8").read()
     except OSError:
         old = ""
-    start, end = old.find(IDLE_BEGIN), old.find(IDLE_END)
-    if start != -1 and end != -1:
-        md.append("")
-        md.append(old[start:end + len(IDLE_END)])
+    for begin, end_marker in OWNED_BLOCKS:
+        start, end = old.find(begin), old.find(end_marker)
+        if start != -1 and end != -1:
+            md.append("")
+            md.append(old[start:end + len(end_marker)])
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(md))
     print("\n".join(["", "Results", ""] + results + ["", "Measured probe cost", ""] + attributed

@@ -648,8 +648,18 @@ fn kafka(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) -> Kafka {
             }
         }
     }
-    if let Some((i, _)) = t.word(rep, "compression_codec", &Compression::WORDS) {
+    if let Some((i, span)) = t.word(rep, "compression_codec", &Compression::WORDS) {
         out.compression_codec = Compression::ALL[i];
+        // The bundled librdkafka is built without libzstd (rdkafka's `zstd` feature is off):
+        // say so here, where --check-config sees it, rather than fail at start.
+        if out.compression_codec == Compression::Zstd {
+            rep.report(
+                &span,
+                &t.path_of("compression_codec"),
+                DiagnosticKind::InvalidValue,
+                "\"zstd\" is not available in this build (librdkafka without libzstd); use \"lz4\", \"snappy\" or \"gzip\"".to_owned(),
+            );
+        }
     }
     if let Some(p) = t.get("properties") {
         out.properties = kafka_properties(rep, p, t.path_of("properties"));
@@ -674,18 +684,35 @@ fn kafka(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) -> Kafka {
 }
 
 /// `[kafka.properties]`: string → string, in file order, minus the settings the agent owns.
+/// librdkafka's names are dotted, and TOML reads an unquoted `security.protocol = "ssl"` as a
+/// nested table; such tables are joined back into the dotted name (quoting is not required).
 fn kafka_properties(
     rep: &mut Reporter<'_>,
     node: &Spanned<Node>,
     path: String,
 ) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let Some(props) = TableView::of(rep, node, path, &[], false) else {
-        return out;
-    };
+    if let Some(props) = TableView::of(rep, node, path, &[], false) {
+        collect_properties(rep, &props, "", &mut out);
+    }
+    out
+}
+
+fn collect_properties(
+    rep: &mut Reporter<'_>,
+    props: &TableView<'_>,
+    prefix: &str,
+    out: &mut Vec<(String, String)>,
+) {
     for (key, value) in props.entries() {
-        let name = key.get_ref();
-        let path = props.path_of(name);
+        let name = format!("{prefix}{}", key.get_ref());
+        let path = props.path_of(key.get_ref());
+        if let Node::Table(_) = value.get_ref() {
+            if let Some(inner) = TableView::of(rep, value, path, &[], false) {
+                collect_properties(rep, &inner, &format!("{name}."), out);
+            }
+            continue;
+        }
         if KAFKA_OWNED_PROPERTIES.contains(&name.as_str()) {
             rep.report(
                 &key.span(),
@@ -696,7 +723,7 @@ fn kafka_properties(
             continue;
         }
         match value.get_ref() {
-            Node::Str(v) => out.push((name.clone(), v.clone())),
+            Node::Str(v) => out.push((name, v.clone())),
             other => rep.report(
                 &value.span(),
                 &path,
@@ -708,7 +735,6 @@ fn kafka_properties(
             ),
         }
     }
-    out
 }
 
 fn check_topic(topic: &str) -> Result<(), String> {

@@ -61,83 +61,278 @@ impl Node {
     }
 }
 
-impl<'de> Deserialize<'de> for Node {
+// The TOML reader gives most keys and values a place in the text (`Spanned`), but not the tables
+// it makes implicitly: `[kafka.properties]` without `[kafka]`, or a dotted key such as
+// `security.protocol = "ssl"`. Reading those straight into `Spanned` fails with serde_spanned's
+// internal "expected a borrowed string", which names neither the key nor the section. So the text
+// is first read into `Raw`, where a place is optional, and `placed` then gives every key and value
+// the place of what it holds (or of its parent), so that diagnostics still name file:line.
+
+/// A value whose place in the text the reader may not know.
+#[derive(Debug)]
+struct Raw {
+    span: Option<Range<usize>>,
+    value: RawValue,
+}
+
+#[derive(Debug)]
+enum RawValue {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Array(Vec<Raw>),
+    Table(Vec<(RawKey, Raw)>),
+}
+
+#[derive(Debug)]
+struct RawKey {
+    span: Option<Range<usize>>,
+    name: String,
+}
+
+/// serde_spanned's private protocol: a struct of this name with these fields asks the TOML
+/// reader for the value's place (it answers with a map of start, end, value when it knows it).
+const SPANNED: &str = "$__serde_spanned_private_Spanned";
+const SPANNED_START: &str = "$__serde_spanned_private_start";
+const SPANNED_END: &str = "$__serde_spanned_private_end";
+const SPANNED_VALUE: &str = "$__serde_spanned_private_value";
+const SPANNED_FIELDS: [&str; 3] = [SPANNED_START, SPANNED_END, SPANNED_VALUE];
+/// Datetimes arrive as a private map with this key. No setting here takes a date, so one is
+/// refused plainly instead of leaking the marker.
+const TOML_DATETIME: &str = "$__toml_private_datetime";
+const DATETIME_REFUSED: &str = "date/time values are not accepted in this file";
+
+/// Reads the rest of the place protocol, `start` already read: end, then the value.
+fn rest_of_spanned<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
+    mut map: A,
+    start: usize,
+) -> Result<(Range<usize>, T), A::Error> {
+    let mut end = None;
+    let mut value = None;
+    while let Some(key) = map.next_key::<String>()? {
+        match key.as_str() {
+            SPANNED_END => end = Some(map.next_value::<usize>()?),
+            SPANNED_VALUE => value = Some(map.next_value::<T>()?),
+            other => return Err(de::Error::unknown_field(other, &SPANNED_FIELDS)),
+        }
+    }
+    let end = end.ok_or_else(|| de::Error::missing_field(SPANNED_END))?;
+    let value = value.ok_or_else(|| de::Error::missing_field(SPANNED_VALUE))?;
+    Ok((start..end, value))
+}
+
+impl<'de> Deserialize<'de> for RawKey {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(NodeVisitor)
+        deserializer.deserialize_struct(SPANNED, &SPANNED_FIELDS, RawKeyVisitor)
     }
 }
 
-struct NodeVisitor;
+struct RawKeyVisitor;
 
-impl<'de> Visitor<'de> for NodeVisitor {
-    type Value = Node;
+impl<'de> Visitor<'de> for RawKeyVisitor {
+    type Value = RawKey;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<RawKey, E> {
+        Ok(RawKey {
+            span: None,
+            name: v.to_owned(),
+        })
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<RawKey, E> {
+        Ok(RawKey {
+            span: None,
+            name: v,
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawKey, A::Error> {
+        match map.next_key::<String>()?.as_deref() {
+            Some(SPANNED_START) => {
+                let start = map.next_value::<usize>()?;
+                let (span, name) = rest_of_spanned::<A, String>(map, start)?;
+                Ok(RawKey {
+                    span: Some(span),
+                    name,
+                })
+            }
+            _ => Err(de::Error::custom("expected a key")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Raw {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_struct(SPANNED, &SPANNED_FIELDS, RawVisitor { spanned: true })
+    }
+}
+
+/// Reads a bare value (no place protocol): what the place protocol's value field holds.
+struct Bare(RawValue);
+
+impl<'de> Deserialize<'de> for Bare {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(RawVisitor { spanned: false })
+            .map(|r| Bare(r.value))
+    }
+}
+
+/// `spanned`: a map may be the place protocol (only where the place was asked for; a table's
+/// entries never are).
+struct RawVisitor {
+    spanned: bool,
+}
+
+fn unplaced(value: RawValue) -> Raw {
+    Raw { span: None, value }
+}
+
+impl<'de> Visitor<'de> for RawVisitor {
+    type Value = Raw;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any TOML value")
     }
 
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Node, E> {
-        Ok(Node::Bool(v))
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Raw, E> {
+        Ok(unplaced(RawValue::Bool(v)))
     }
 
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Node, E> {
-        Ok(Node::Int(v))
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Raw, E> {
+        Ok(unplaced(RawValue::Int(v)))
     }
 
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node, E> {
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Raw, E> {
         i64::try_from(v)
-            .map(Node::Int)
             .map_err(|_| E::custom("integer out of range"))
+            .map(|i| unplaced(RawValue::Int(i)))
     }
 
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node, E> {
-        Ok(Node::Float(v))
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Raw, E> {
+        Ok(unplaced(RawValue::Float(v)))
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Node, E> {
-        Ok(Node::Str(v.to_owned()))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Raw, E> {
+        Ok(unplaced(RawValue::Str(v.to_owned())))
     }
 
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Node, E> {
-        Ok(Node::Str(v))
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Raw, E> {
+        Ok(unplaced(RawValue::Str(v)))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Raw, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Spanned<Node>>()? {
+        while let Some(item) = seq.next_element::<Raw>()? {
             items.push(item);
         }
-        Ok(Node::Array(items))
+        Ok(unplaced(RawValue::Array(items)))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw, A::Error> {
         let mut entries = Vec::new();
-        while let Some(entry) = map.next_entry::<Spanned<String>, Spanned<Node>>()? {
+        let Some(first) = map.next_key::<RawKey>()? else {
+            return Ok(unplaced(RawValue::Table(entries)));
+        };
+        if first.span.is_none() && first.name == TOML_DATETIME {
+            return Err(de::Error::custom(DATETIME_REFUSED));
+        }
+        if self.spanned && first.span.is_none() && first.name == SPANNED_START {
+            let start = map.next_value::<usize>()?;
+            let (span, Bare(value)) = rest_of_spanned::<A, Bare>(map, start)?;
+            return Ok(Raw {
+                span: Some(span),
+                value,
+            });
+        }
+        entries.push((first, map.next_value::<Raw>()?));
+        while let Some(entry) = map.next_entry::<RawKey, Raw>()? {
             entries.push(entry);
         }
-        Ok(Node::Table(entries))
+        Ok(unplaced(RawValue::Table(entries)))
     }
+}
+
+/// The first place known inside `value` (an implicit table is where its first key is).
+fn first_place(value: &RawValue) -> Option<Range<usize>> {
+    match value {
+        RawValue::Table(entries) => entries.iter().find_map(|(k, v)| {
+            k.span
+                .clone()
+                .or_else(|| v.span.clone())
+                .or_else(|| first_place(&v.value))
+        }),
+        RawValue::Array(items) => items
+            .iter()
+            .find_map(|v| v.span.clone().or_else(|| first_place(&v.value))),
+        _ => None,
+    }
+}
+
+/// `raw` with a place for every key and value: its own, else that of what it holds, else
+/// `parent`'s.
+fn placed(raw: Raw, parent: &Range<usize>) -> Spanned<Node> {
+    let span = raw
+        .span
+        .or_else(|| first_place(&raw.value))
+        .unwrap_or_else(|| parent.clone());
+    let node = match raw.value {
+        RawValue::Str(s) => Node::Str(s),
+        RawValue::Int(i) => Node::Int(i),
+        RawValue::Float(x) => Node::Float(x),
+        RawValue::Bool(b) => Node::Bool(b),
+        RawValue::Array(items) => {
+            Node::Array(items.into_iter().map(|v| placed(v, &span)).collect())
+        }
+        RawValue::Table(entries) => Node::Table(placed_entries(entries, &span)),
+    };
+    Spanned::new(span, node)
+}
+
+fn placed_entries(entries: Vec<(RawKey, Raw)>, parent: &Range<usize>) -> Vec<Entry> {
+    entries
+        .into_iter()
+        .map(|(k, v)| {
+            let value = placed(v, parent);
+            let key_span = k.span.unwrap_or_else(|| value.span());
+            (Spanned::new(key_span, k.name), value)
+        })
+        .collect()
 }
 
 /// Parses TOML text into a spanned tree, turning syntax errors into a diagnostic.
 pub(crate) fn parse_toml(text: &str, rep: &mut Reporter<'_>) -> Option<Vec<Entry>> {
-    match toml::from_str::<Node>(text) {
-        Ok(Node::Table(entries)) => Some(entries),
-        Ok(other) => {
+    match toml::from_str::<Bare>(text) {
+        Ok(Bare(RawValue::Table(entries))) => Some(placed_entries(entries, &(0..0))),
+        Ok(Bare(other)) => {
             rep.report(
                 &(0..0),
                 "",
                 DiagnosticKind::Syntax,
-                format!("expected a table, found {}", other.describe()),
+                format!(
+                    "expected a table, found {}",
+                    placed(
+                        Raw {
+                            span: None,
+                            value: other
+                        },
+                        &(0..0)
+                    )
+                    .get_ref()
+                    .describe()
+                ),
             );
             None
         }
         Err(err) => {
             let span = err.span().unwrap_or(0..0);
-            // Datetimes arrive as a private marker map whose key cannot carry a span; no
-            // setting here takes a date, so say that plainly instead of leaking the marker.
-            let message = if err.message().contains("$__toml_private_datetime") {
-                "date/time values are not accepted in this file".to_owned()
+            let message = if err.message().contains(TOML_DATETIME) {
+                DATETIME_REFUSED.to_owned()
             } else {
                 err.message().trim().replace('\n', "; ")
             };

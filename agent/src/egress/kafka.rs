@@ -20,8 +20,10 @@
 //!
 //! # Table definitions
 //!
-//! At start, and whenever a table appears or its definition changes, one message per such table
-//! goes to the metadata topic, key = table name:
+//! At start, whenever a table appears or its definition changes, and again on the next pass
+//! after a definition's delivery failed (a record is sent again on its next change, a
+//! definition would never be), one message per such table goes to the metadata topic, key =
+//! table name:
 //!
 //! ```json
 //! {"timestamp": 1700000000000, "meta_name": "tcp_link", "table_name": "tcp_link", "entity_name": "tcp_link",
@@ -33,12 +35,27 @@
 //!
 //! librdkafka's producer queue is the only buffer, bounded by
 //! `kafka.queue_buffering_max_messages` / `queue_buffering_max_kbytes`. A message that cannot
-//! be queued is counted in `gopher_kafka_dropped_total{reason}` and not retried. A queued
+//! be queued is counted in `gopher_kafka_dropped_total{reason}` and not retried; but a pass
+//! that finds the queue full first waits for room, up to one egress interval, so a pass larger
+//! than the bound is not cut short while the broker keeps up. A queued
 //! message is retried by librdkafka across broker outages until `kafka.message_timeout_ms`
 //! (default 300000 = 5 min); after that it is counted in `gopher_kafka_failed_total{reason}`.
 //! No broker at start, a broker that goes away, a missing topic: the agent keeps running and
-//! serving /metrics, and delivery resumes by itself. On shutdown the sink sends what changed
-//! since its last pass, waits up to `kafka.flush_timeout` for delivery, and counts what is still
+//! serving /metrics, and delivery resumes by itself. In detail (each checked against a real
+//! broker in agent/tests/kafka.rs):
+//!
+//! * a record whose JSON exceeds `kafka.message_max_bytes` is refused by the producer:
+//!   dropped{too_large} (a broker's own, smaller limit fails it after queueing:
+//!   failed{too_large});
+//! * a topic missing on the broker (no auto-creation): librdkafka waits
+//!   `topic.metadata.propagation.max.ms` (30 s; a `[kafka.properties]` entry) for it to appear,
+//!   then the messages for it are counted under reason `unknown_topic` (failed once queued,
+//!   dropped when refused at once); delivery starts when a metadata refresh sees the topic
+//!   (`topic.metadata.refresh.interval.ms`, 5 min by default; the test sets 1 s);
+//! * an outage longer than `kafka.message_timeout_ms`: the messages queued meanwhile fail
+//!   (failed{timeout}) and are not sent later; a failed table definition is published again.
+//!
+//! On shutdown the sink sends what changed since its last pass, waits up to `kafka.flush_timeout` for delivery, and counts what is still
 //! queued as `gopher_kafka_dropped_total{reason="shutdown"}`.
 //!
 //! # Self-metrics (all count both record and metadata messages)
@@ -64,7 +81,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -80,6 +97,9 @@ use crate::selfmetrics::{
     Counter, Gauge, KAFKA_DELIVERED, KAFKA_DROPPED, KAFKA_FAILED, KAFKA_QUEUE_MESSAGES,
     KAFKA_QUEUED, SelfMetrics,
 };
+
+/// How often a message that found the queue full tries again.
+const QUEUE_FULL_RETRY: Duration = Duration::from_millis(2);
 
 /// Who sent a record: the first fields of every message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,53 +134,74 @@ impl Identity {
 /// Appends `s` as a JSON string literal (RFC 8259 escaping).
 pub fn write_json_str(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+    // Most values need no escaping: copy the runs between escapes whole rather than char by
+    // char (this is on the path of every field of every record).
+    let mut run = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
+        // `i` is at an ASCII byte, so both slices end on char boundaries.
+        out.push_str(&s[run..i]);
+        run = i + 1;
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            _ => {
+                let _ = write!(out, "\\u{b:04x}");
             }
-            c => out.push(c),
         }
     }
+    out.push_str(&s[run..]);
     out.push('"');
 }
 
 /// One record as the flat JSON object gala-spider reads (see the module doc).
 pub fn record_json(id: &Identity, meta: &TableMeta, record: &Record) -> String {
-    let mut out =
-        String::with_capacity(128 + record.values.iter().map(String::len).sum::<usize>() * 2);
+    let mut out = String::new();
+    write_record_json(&mut out, id, meta, record);
+    out
+}
+
+/// [`record_json`] into `out` (cleared first), so that one buffer serves a whole pass.
+pub fn write_record_json(out: &mut String, id: &Identity, meta: &TableMeta, record: &Record) {
+    out.clear();
     let _ = write!(out, "{{\"timestamp\":{}", record.updated_ms);
     out.push_str(",\"hostname\":");
-    write_json_str(&mut out, &id.hostname);
+    write_json_str(out, &id.hostname);
     out.push_str(",\"machine_id\":");
-    write_json_str(&mut out, &id.machine_id);
+    write_json_str(out, &id.machine_id);
     out.push_str(",\"table_name\":");
-    write_json_str(&mut out, &meta.name);
+    write_json_str(out, &meta.name);
     for (field, value) in meta.fields.iter().zip(record.values.iter()) {
         out.push(',');
-        write_json_str(&mut out, &field.name);
+        write_json_str(out, &field.name);
         out.push(':');
-        write_json_str(&mut out, value);
+        write_json_str(out, value);
     }
     out.push('}');
-    out
 }
 
 /// The message key: table name, then `|` and each key field's value.
 pub fn record_key(meta: &TableMeta, record: &Record) -> String {
-    let mut key = meta.name.clone();
+    let mut key = String::new();
+    write_record_key(&mut key, meta, record);
+    key
+}
+
+/// [`record_key`] into `out` (cleared first).
+pub fn write_record_key(out: &mut String, meta: &TableMeta, record: &Record) {
+    out.clear();
+    out.push_str(&meta.name);
     for (field, value) in meta.fields.iter().zip(record.values.iter()) {
         if field.ty == crate::imdb::FieldType::Key {
-            key.push('|');
-            key.push_str(value);
+            out.push('|');
+            out.push_str(value);
         }
     }
-    key
 }
 
 fn json_names<'a>(out: &mut String, names: impl Iterator<Item = &'a str>) {
@@ -262,6 +303,12 @@ struct Reports {
     /// Messages queued and not yet reported (delivered, failed or purged). librdkafka's own
     /// `outq_len` also counts protocol requests, so it is not used for the accounting.
     outstanding: Arc<AtomicI64>,
+    /// The topic of table definitions: a failed one must be sent again.
+    metadata_topic: String,
+    /// Tables whose definition failed to arrive (message key = table name); the next pass
+    /// publishes them again. A record can wait for the next change, a definition cannot: it
+    /// is sent only once, so a consumer would never learn the table.
+    republish: Arc<Mutex<Vec<String>>>,
 }
 
 impl ClientContext for Reports {
@@ -301,6 +348,14 @@ impl ProducerContext for Reports {
                 let why = reason(code);
                 tracing::debug!(target: "gopher::kafka", topic = msg.topic(), "delivery failed: {e}");
                 self.metrics.counter(KAFKA_FAILED, &[("reason", why)]).inc();
+                if msg.topic() == self.metadata_topic
+                    && let Some(Ok(table)) = msg.key_view::<str>()
+                {
+                    self.republish
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(table.to_owned());
+                }
             }
         }
     }
@@ -319,6 +374,10 @@ pub struct KafkaSink {
     last_version: u64,
     /// Table definitions already published (by name).
     published: BTreeMap<String, Arc<TableMeta>>,
+    /// Filled by the delivery reports: definitions to publish again (see [`Reports`]).
+    republish: Arc<Mutex<Vec<String>>>,
+    /// Until when the current pass waits for room in a full queue (see [`KafkaSink::pass`]).
+    deadline: Option<Instant>,
 }
 
 impl KafkaSink {
@@ -330,15 +389,22 @@ impl KafkaSink {
         metrics: Arc<SelfMetrics>,
     ) -> anyhow::Result<Self> {
         let outstanding = Arc::new(AtomicI64::new(0));
+        let republish = Arc::new(Mutex::new(Vec::new()));
         let reports = Reports {
             metrics: Arc::clone(&metrics),
             delivered: metrics.counter(KAFKA_DELIVERED, &[]),
             outstanding: Arc::clone(&outstanding),
+            metadata_topic: cfg.metadata_topic.clone(),
+            republish: Arc::clone(&republish),
         };
-        let producer: ThreadedProducer<Reports> =
-            client_config(cfg)
-                .create_with_context(reports)
-                .map_err(|e| anyhow::anyhow!("creating the Kafka producer: {e}"))?;
+        let producer: ThreadedProducer<Reports> = client_config(cfg)
+            .create_with_context(reports)
+            .map_err(|e| {
+            anyhow::anyhow!(
+                "creating the Kafka producer: librdkafka refused the [kafka] settings \
+                         or [kafka.properties]: {e}"
+            )
+        })?;
         let queued = metrics.counter(KAFKA_QUEUED, &[]);
         let queue_messages = metrics.gauge(KAFKA_QUEUE_MESSAGES, &[]);
         // Make the families visible at 0 from the start.
@@ -356,34 +422,50 @@ impl KafkaSink {
             outstanding,
             last_version: 0,
             published: BTreeMap::new(),
+            republish,
+            deadline: None,
         })
     }
 
     /// Queues one message; counts it as queued or dropped. Never blocks.
     fn send(&self, topic: &str, key: &str, payload: &str) -> bool {
-        match self
-            .producer
-            .send(BaseRecord::to(topic).key(key).payload(payload))
-        {
-            Ok(()) => {
-                self.outstanding.fetch_add(1, Ordering::Relaxed);
-                self.queued.inc();
-                true
-            }
-            Err((e, _)) => {
-                let why = reason(e.rdkafka_error_code());
-                tracing::debug!(target: "gopher::kafka", topic, "message not queued: {e}");
-                self.metrics
-                    .counter(KAFKA_DROPPED, &[("reason", why)])
-                    .inc();
-                false
+        let mut record = BaseRecord::to(topic).key(key).payload(payload);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.outstanding.fetch_add(1, Ordering::Relaxed);
+                    self.queued.inc();
+                    return true;
+                }
+                // A full queue usually drains within milliseconds while the broker keeps up:
+                // a pass larger than the queue bound waits for room (until its deadline)
+                // rather than dropping what the broker could take.
+                Err((e, back))
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull)
+                        && self.deadline.is_some_and(|d| Instant::now() < d) =>
+                {
+                    record = back;
+                    std::thread::sleep(QUEUE_FULL_RETRY);
+                }
+                Err((e, _)) => {
+                    let why = reason(e.rdkafka_error_code());
+                    tracing::debug!(target: "gopher::kafka", topic, "message not queued: {e}");
+                    self.metrics
+                        .counter(KAFKA_DROPPED, &[("reason", why)])
+                        .inc();
+                    return false;
+                }
             }
         }
     }
 
     /// One pass: table definitions that are new or changed, then every record written since
     /// the previous pass. Returns how many record messages were queued.
-    pub fn pass(&mut self, store: &Mutex<Store>, now_ms: u64) -> usize {
+    ///
+    /// A message that finds the queue full waits for room up to `queue_full_wait` after the
+    /// pass began (zero: it is dropped at once); so a pass can block that long.
+    pub fn pass(&mut self, store: &Mutex<Store>, now_ms: u64, queue_full_wait: Duration) -> usize {
+        self.deadline = (!queue_full_wait.is_zero()).then(|| Instant::now() + queue_full_wait);
         let (tables, changed) = {
             let store = store.lock().unwrap_or_else(PoisonError::into_inner);
             let tables: Vec<Arc<TableMeta>> = store
@@ -410,6 +492,16 @@ impl KafkaSink {
     }
 
     fn publish_metadata(&mut self, tables: &[Arc<TableMeta>], now_ms: u64) {
+        let failed = std::mem::take(
+            &mut *self
+                .republish
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for name in failed {
+            tracing::info!(target: "gopher::kafka", table = name, "table definition not delivered; publishing it again");
+            self.published.remove(&name);
+        }
         self.published
             .retain(|name, _| tables.iter().any(|t| &t.name == name));
         for meta in tables {
@@ -431,10 +523,13 @@ impl KafkaSink {
     fn publish_records(&self, changed: &Snapshot) -> usize {
         let topic = &self.cfg.kafka_topic;
         let mut sent = 0;
+        // librdkafka copies key and payload when queueing, so two buffers serve every record.
+        let (mut json, mut key) = (String::with_capacity(1024), String::with_capacity(128));
         for table in &changed.tables {
             for record in &table.records {
-                let json = record_json(&self.identity, &table.meta, record);
-                if self.send(topic, &record_key(&table.meta, record), &json) {
+                write_record_json(&mut json, &self.identity, &table.meta, record);
+                write_record_key(&mut key, &table.meta, record);
+                if self.send(topic, &key, &json) {
                     sent += 1;
                 }
             }
@@ -461,7 +556,9 @@ impl KafkaSink {
 }
 
 /// The sink's task: a pass every `interval` until `shutdown` turns true, then a last pass and
-/// a bounded flush (`cfg.flush_timeout`).
+/// a bounded flush (`cfg.flush_timeout`). Passes run on the blocking pool: one that meets a
+/// full queue waits for room, up to one `interval` (the last pass does not wait: the flush's
+/// bound is what shutdown promises).
 pub async fn run(
     mut sink: KafkaSink,
     store: Arc<Mutex<Store>>,
@@ -476,9 +573,21 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|s| *s) => break,
         }
-        sink.pass(&store, clock());
+        let store = Arc::clone(&store);
+        let done = tokio::task::spawn_blocking(move || {
+            sink.pass(&store, clock(), interval);
+            sink
+        })
+        .await;
+        match done {
+            Ok(s) => sink = s,
+            Err(e) => {
+                tracing::error!(target: "gopher::kafka", "Kafka egress pass failed, Kafka egress stops: {e}");
+                return;
+            }
+        }
     }
-    sink.pass(&store, clock());
+    sink.pass(&store, clock(), Duration::ZERO);
     let timeout = sink.cfg.flush_timeout;
     let _ = tokio::task::spawn_blocking(move || sink.close(timeout)).await;
 }

@@ -172,6 +172,23 @@ impl Agent {
         panic!("timed out waiting for {what}; last scrape:\n{dump}");
     }
 
+    /// SIGTERM, then waits up to `timeout` for the exit; returns its status and how long it
+    /// took (`None`: still running, killed).
+    pub fn terminate(&mut self, timeout: Duration) -> (Option<std::process::ExitStatus>, Duration) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (Some(status), start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (None, start.elapsed())
+    }
+
     pub fn raw(&self) -> String {
         let out = Command::new("curl")
             .args(["-sf", &self.url()])
@@ -183,6 +200,10 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        // Already gone (terminate): its pid may belong to another process by now.
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let start = Instant::now();

@@ -192,9 +192,9 @@ fn without_a_broker_everything_is_accounted_for() {
         s.upsert(row("2", &"x".repeat(2000)), 10).unwrap();
     }
     // metadata (1) + record 1 queued; the 2 KB record is too large.
-    assert_eq!(sink.pass(&store, 20), 1);
+    assert_eq!(sink.pass(&store, 20, Duration::ZERO), 1);
     // Nothing changed: nothing sent again.
-    assert_eq!(sink.pass(&store, 30), 0);
+    assert_eq!(sink.pass(&store, 30, Duration::ZERO), 0);
     {
         let mut s = store.lock().unwrap();
         for t in 3..6 {
@@ -202,7 +202,7 @@ fn without_a_broker_everything_is_accounted_for() {
         }
     }
     // Queue bound 3, two already held: one more fits, two are dropped.
-    assert_eq!(sink.pass(&store, 50), 1);
+    assert_eq!(sink.pass(&store, 50, Duration::ZERO), 1);
     let get = |name, labels: &[(&str, &str)]| metrics.counter(name, labels).get();
     assert_eq!(get(KAFKA_QUEUED, &[]), 3);
     assert_eq!(get(KAFKA_DROPPED, &[("reason", "too_large")]), 1);
@@ -219,4 +219,52 @@ fn without_a_broker_everything_is_accounted_for() {
         !out.contains("gopher_kafka_failed_total{reason=\"other\"}"),
         "{out}"
     );
+}
+
+/// A pass that finds the queue full waits for room up to its deadline, then drops (counted);
+/// without a deadline it drops at once.
+#[test]
+fn a_full_queue_is_waited_for_up_to_the_deadline() {
+    let metrics = Arc::new(SelfMetrics::new());
+    let cfg = KafkaConfig {
+        kafka_broker: "127.0.0.1:1".into(),
+        queue_buffering_max_messages: 1,
+        ..KafkaConfig::default()
+    };
+    let mut sink = KafkaSink::new(&cfg, id(), Arc::clone(&metrics)).unwrap();
+    let mut store = Store::new(Limits::default());
+    store.register(meta()).unwrap();
+    let store = Mutex::new(store);
+    let row = |tgid: &str| Row {
+        table: "tcp_link".into(),
+        values: vec![
+            tgid.into(),
+            "0".into(),
+            "a".into(),
+            "1".into(),
+            "2".into(),
+            String::new(),
+        ],
+    };
+    store.lock().unwrap().upsert(row("1"), 10).unwrap();
+    // The metadata message takes the only place; the record waits, then is dropped.
+    let start = std::time::Instant::now();
+    assert_eq!(sink.pass(&store, 20, Duration::from_millis(300)), 0);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    let full = || {
+        metrics
+            .counter(KAFKA_DROPPED, &[("reason", "queue_full")])
+            .get()
+    };
+    assert_eq!(full(), 1);
+    store.lock().unwrap().upsert(row("2"), 30).unwrap();
+    let start = std::time::Instant::now();
+    assert_eq!(sink.pass(&store, 40, Duration::ZERO), 0);
+    assert!(start.elapsed() < Duration::from_millis(200));
+    assert_eq!(full(), 2);
+    sink.close(Duration::ZERO);
 }
