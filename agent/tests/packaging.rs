@@ -259,7 +259,6 @@ fn systemd_unit_verifies_and_is_hardened() {
             "CAP_PERFMON",
             "CAP_SYS_ADMIN",
             "CAP_SYS_PTRACE",
-            "CAP_SYS_RESOURCE"
         ]
     );
 
