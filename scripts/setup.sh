@@ -13,6 +13,9 @@ APT_PACKAGES=(
   prometheus                 # promtool, and a real Prometheus server for end-to-end tests
   bpftrace bpftool           # benchmark peer and independent checks of attached programs
   nginx redis-server haproxy procps  # extension probe tests start their own instances (pgrep: start checks)
+  systemd                    # systemd-analyze verify/security of the shipped unit (no systemd is started)
+  dpkg-dev rpm cpio          # packaging tests: cargo-deb's dependency scan, rpm -qp, rpm2cpio | cpio
+  ansible-core python3-apt   # the Ansible role, run against localhost (apt module needs python3-apt)
 )
 
 log() { printf '== setup: %s\n' "$*"; }
@@ -70,6 +73,24 @@ if ! python3 -c 'import confluent_kafka' 2>/dev/null; then
   log "pip install confluent-kafka"
   python3 -m pip install -q confluent-kafka 2>/dev/null \
     || python3 -m pip install -q --break-system-packages confluent-kafka
+fi
+
+# Package builders (packaging tests and packaging/README.md). Pinned, built once into ~/.cargo/bin.
+CARGO_DEB_VERSION=3.8.0
+CARGO_GENERATE_RPM_VERSION=0.21.1
+if ! cargo deb --version 2>/dev/null | grep -qw "$CARGO_DEB_VERSION"; then
+  log "installing cargo-deb $CARGO_DEB_VERSION (about 3 minutes)"
+  cargo +"$TOOLCHAIN" install --locked "cargo-deb@$CARGO_DEB_VERSION"
+fi
+if ! cargo generate-rpm --version 2>/dev/null | grep -qw "$CARGO_GENERATE_RPM_VERSION"; then
+  log "installing cargo-generate-rpm $CARGO_GENERATE_RPM_VERSION (about 3 minutes)"
+  cargo +"$TOOLCHAIN" install --locked "cargo-generate-rpm@$CARGO_GENERATE_RPM_VERSION"
+fi
+# Strict schema validation of the Kubernetes manifest (offline: the schemas ship in the wheel).
+if ! python3 -m kubernetes_validate --version >/dev/null 2>&1; then
+  log "pip install kubernetes-validate"
+  python3 -m pip install -q kubernetes-validate 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages kubernetes-validate
 fi
 
 log "cargo build --release"

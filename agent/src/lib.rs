@@ -10,3 +10,4 @@ pub mod egress;
 pub mod imdb;
 pub mod probes;
 pub mod selfmetrics;
+pub mod service;

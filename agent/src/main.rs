@@ -68,7 +68,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_logging(&cfg);
+    if let Err(e) = gopher::service::logging::init(&cfg.global) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -134,23 +137,6 @@ fn meta_errors(cfg: &Config) -> Vec<config::ConfigError> {
     errors
 }
 
-fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cfg.global.log_level.as_str()));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-/// Settings this version accepts (they belong to gala-gopher's configuration) but does not act
-/// on yet: say so once rather than pretend.
-fn warn_unimplemented(cfg: &Config) {
-    if let Some(dir) = &cfg.global.log_directory {
-        tracing::warn!(dir = %dir.display(), "global.log_directory is not in this version; logging to stderr");
-    }
-}
-
 /// Capacity of the rows channel, in batches. Extension probes cap a batch at 64 KiB, so this
 /// also caps what flooding probes can have in flight (they block on their full pipes beyond it).
 const ROWS_CHANNEL: usize = 64;
@@ -159,7 +145,6 @@ const ROWS_CHANNEL: usize = 64;
 const CONTROL_DRAIN: Duration = Duration::from_secs(2);
 
 async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Result<()> {
-    warn_unimplemented(&cfg);
     let metrics = Arc::new(SelfMetrics::new());
     let mut store = Store::new(Limits {
         max_tables: cfg.imdb.max_tables_num,
@@ -216,8 +201,13 @@ async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Resul
     let kafka = start_kafka(&cfg, &store, &metrics, shutdown_tx.subscribe())?;
     let control = start_control(&cfg, &ctl, &metrics, shutdown_tx.subscribe()).await?;
 
+    // Ready for systemd (Type=notify) once /metrics is served and every sink started.
+    let notifier = Arc::new(gopher::service::notify::Notifier::from_env());
+    notifier.ready();
+    let _watchdog = notifier.spawn_watchdog();
     serve_signals(&path, cfg, &ctl, &store, &metrics).await?;
     tracing::info!("stopping");
+    notifier.stopping();
     // Start checks first (so that none starts a probe being stopped), then the probes.
     ctl.shutdown().await;
     // The probes' last rows into the store before the sinks' last pass.

@@ -303,3 +303,20 @@ pub fn gopher_programs_attached() -> usize {
         .matches("gopher_")
         .count()
 }
+
+/// A command's stdout and stderr, for assertion messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// True when `program args` runs and exits 0 (a tool is installed and working).
+pub fn have(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}

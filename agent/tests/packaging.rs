@@ -1,0 +1,535 @@
+//! The packages and the fleet wiring, for real: the .deb is built with cargo-deb from the release
+//! binary, installed with dpkg on this machine, its config validated by the installed agent, and
+//! purged; the .rpm is built with cargo-generate-rpm and read back with rpm; the systemd unit
+//! passes `systemd-analyze verify`; the Ansible role installs and configures the agent on
+//! localhost.
+//!
+//! dpkg changes the host, so these tests guard it: they refuse (fail, or skip outside CI) to run
+//! where a `gopher` package is installed that they did not install themselves (a marker file
+//! records theirs), and every install is purged by a guard, also when an assertion fails.
+//! Nothing is enabled or started: the unit is enabled by the package's maintainer scripts only
+//! as symlinks (no systemd runs here; the scripts skip systemctl then), and purge removes them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::Mutex,
+};
+
+use common::{have, is_root, output_text, require};
+
+/// dpkg's database is one per host: the tests that install take turns.
+static DPKG: Mutex<()> = Mutex::new(());
+
+/// Written before our install, removed after our purge: a `gopher` package found installed with
+/// this marker present is a leftover of an interrupted run, which may be purged.
+const MARKER: &str = "/var/lib/gopher-packaging-test";
+
+/// Every path the package installs (files; their directories are checked via the purge).
+const PACKAGE_FILES: [&str; 13] = [
+    "/usr/bin/gopher",
+    "/etc/gopher/probes.toml",
+    "/usr/lib/systemd/system/gopher.service",
+    "/usr/share/gopher/extend_probes/nginx_probe.py",
+    "/usr/share/gopher/extend_probes/nginx.meta.toml",
+    "/usr/share/gopher/extend_probes/redis_probe.py",
+    "/usr/share/gopher/extend_probes/redis.meta.toml",
+    "/usr/share/gopher/extend_probes/haproxy_probe.py",
+    "/usr/share/gopher/extend_probes/haproxy.meta.toml",
+    "/usr/share/doc/gopher/README.md",
+    "/usr/share/doc/gopher/config.md",
+    "/usr/share/doc/gopher/copyright",
+    // Created by deb-systemd-helper in postinst (enable), removed on purge.
+    "/etc/systemd/system/multi-user.target.wants/gopher.service",
+];
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        output_text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The release binary the packages take (`scripts/setup.sh` builds it), in cargo's target dir.
+fn release_binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace().join("target"), PathBuf::from);
+    let bin = target.join("release/gopher");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run scripts/setup.sh (cargo build --release)",
+        bin.display()
+    );
+    bin
+}
+
+/// Builds the .deb into `out` from the release binary, as packaging/README.md says to.
+fn build_deb(out: &Path) -> PathBuf {
+    let bin = release_binary();
+    ok(Command::new("cargo")
+        .current_dir(workspace())
+        .args(["deb", "-p", "gopher", "--no-build", "--fast", "--output"])
+        .arg(out));
+    let deb = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("cargo deb wrote no .deb");
+    // The package carries the binary cargo built (stripped by cargo-deb: same GNU build id).
+    let unpacked = tempfile::tempdir().unwrap();
+    ok(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(unpacked.path()));
+    assert_eq!(
+        build_id(&unpacked.path().join("usr/bin/gopher")),
+        build_id(&bin)
+    );
+    deb
+}
+
+fn build_id(elf: &Path) -> String {
+    let notes = ok(Command::new("readelf").arg("-n").arg(elf));
+    notes
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .unwrap_or_else(|| panic!("no build id in {}", elf.display()))
+        .to_owned()
+}
+
+fn installed() -> bool {
+    run(Command::new("dpkg-query").args(["-W", "-f=${Status}", "gopher"]))
+        .stdout
+        .starts_with(b"install ok installed")
+}
+
+/// Purges the test's install when dropped, so that a failed assertion leaves the host clean.
+struct Installed;
+
+impl Installed {
+    /// None (after `require`) when this host cannot host the test.
+    fn prepare() -> Option<()> {
+        if !require(is_root(), "root (dpkg installs the package)")
+            || !require(
+                have("dpkg", &["--version"]) && have("cargo", &["deb", "--version"]),
+                "dpkg and cargo-deb (scripts/setup.sh installs cargo-deb)",
+            )
+        {
+            return None;
+        }
+        if installed() || Path::new("/etc/gopher").exists() {
+            if Path::new(MARKER).exists() {
+                purge();
+            } else {
+                require(
+                    false,
+                    "a host without a gopher package or /etc/gopher of its own (not touching it)",
+                );
+                return None;
+            }
+        }
+        Some(())
+    }
+
+    fn mark() -> Self {
+        std::fs::write(MARKER, "installed by agent/tests/packaging.rs\n").unwrap();
+        Installed
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        purge();
+    }
+}
+
+fn purge() {
+    let out = run(Command::new("dpkg").args(["--purge", "gopher"]));
+    assert!(out.status.success(), "dpkg --purge: {}", output_text(&out));
+    let _ = std::fs::remove_file("/var/cache/gopher.deb");
+    let _ = std::fs::remove_file(MARKER);
+}
+
+/// `/usr/bin/gopher --check-config FILE` of the installed agent.
+fn check_config(file: &str) -> String {
+    ok(Command::new("/usr/bin/gopher").args(["--check-config", file]))
+}
+
+#[test]
+fn packaged_config_is_the_default_with_installed_paths() {
+    // packaging/probes.toml is what /etc/gopher/probes.toml becomes; it must not drift from the
+    // documented default: the only difference allowed is where the extension probes live.
+    let repo = std::fs::read_to_string(workspace().join("probes.toml")).unwrap();
+    let packaged = std::fs::read_to_string(workspace().join("packaging/probes.toml")).unwrap();
+    let expected: String = repo
+        .lines()
+        .map(|l| {
+            if l.starts_with("command = ") || l.starts_with("meta = ") {
+                l.replace(
+                    "\"packaging/extend_probes/",
+                    "\"/usr/share/gopher/extend_probes/",
+                )
+            } else {
+                l.to_owned()
+            }
+        })
+        .map(|l| l + "\n")
+        .collect();
+    assert_eq!(packaged, expected);
+    assert_eq!(
+        packaged.matches("/usr/share/gopher/extend_probes/").count(),
+        6
+    );
+}
+
+/// The unit as shipped, with its absolute program paths pointed at this build (verify wants
+/// them to exist), checked by systemd's own verifier. Returns what it said.
+fn analyze_verify(unit_text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("gopher.service");
+    std::fs::write(&unit, unit_text).unwrap();
+    let out = run(Command::new("systemd-analyze").arg("verify").arg(&unit));
+    (out.status.success(), output_text(&out))
+}
+
+#[test]
+fn systemd_unit_verifies_and_is_hardened() {
+    if !require(
+        have("systemd-analyze", &["--version"]),
+        "systemd-analyze (Debian package systemd)",
+    ) {
+        return;
+    }
+    let shipped =
+        std::fs::read_to_string(workspace().join("packaging/systemd/gopher.service")).unwrap();
+    let unit = shipped.replace("/usr/bin/gopher", env!("CARGO_BIN_EXE_gopher"));
+    let (success, said) = analyze_verify(&unit);
+    assert!(
+        success && said.trim().is_empty(),
+        "systemd-analyze verify:\n{said}"
+    );
+    // The verifier does complain: a misspelt setting and a relative program path.
+    let (_, said) = analyze_verify(&unit.replace("ProtectSystem=strict", "ProtectSytem=strict"));
+    assert!(said.contains("ProtectSytem"), "{said}");
+    let (success, said) = analyze_verify(&unit.replace(
+        &format!("ExecStart={}", env!("CARGO_BIN_EXE_gopher")),
+        "ExecStart=gopher-not-there",
+    ));
+    assert!(!success, "{said}");
+
+    for line in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+    ] {
+        assert!(shipped.lines().any(|l| l == line), "missing {line}");
+    }
+    assert!(shipped.lines().any(|l| l.starts_with("WatchdogSec=")));
+    let caps = shipped
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .unwrap();
+    let mut caps: Vec<_> = caps.split_whitespace().collect();
+    caps.sort_unstable();
+    assert_eq!(
+        caps,
+        [
+            "CAP_BPF",
+            "CAP_DAC_READ_SEARCH",
+            "CAP_NET_ADMIN",
+            "CAP_PERFMON",
+            "CAP_SYS_ADMIN",
+            "CAP_SYS_PTRACE",
+        ]
+    );
+
+    // systemd's own exposure score (0 = locked down, 10 = unprotected): the hardening holds.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gopher.service");
+    std::fs::write(&path, &unit).unwrap();
+    let out = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&path));
+    let said = output_text(&out);
+    let score: f64 = said
+        .lines()
+        .find_map(|l| l.split("exposure level for gopher.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{said}"));
+    assert!(score <= 4.0, "exposure {score} > 4.0:\n{said}");
+}
+
+#[test]
+fn deb_installs_validates_and_purges_cleanly() {
+    let _turn = DPKG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if Installed::prepare().is_none() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let deb = build_deb(out.path());
+
+    let info = ok(Command::new("dpkg-deb").arg("-I").arg(&deb));
+    assert!(info.contains("Package: gopher"), "{info}");
+    let ctrl = tempfile::tempdir().unwrap();
+    ok(Command::new("dpkg-deb")
+        .arg("-e")
+        .arg(&deb)
+        .arg(ctrl.path()));
+    assert_eq!(
+        std::fs::read_to_string(ctrl.path().join("conffiles")).unwrap(),
+        "/etc/gopher/probes.toml\n"
+    );
+
+    let guard = Installed::mark();
+    ok(Command::new("dpkg").arg("-i").arg(&deb));
+    assert!(installed());
+    for f in PACKAGE_FILES {
+        assert!(Path::new(f).symlink_metadata().is_ok(), "{f} not installed");
+    }
+    let listed = ok(Command::new("dpkg").args(["-L", "gopher"]));
+    for f in &PACKAGE_FILES[..PACKAGE_FILES.len() - 1] {
+        assert!(
+            listed.lines().any(|l| l == *f),
+            "dpkg -L lacks {f}:\n{listed}"
+        );
+    }
+
+    // The installed agent vouches for the installed config, meta files included: the paths in
+    // /etc/gopher/probes.toml resolve on the installed system.
+    assert_eq!(
+        check_config("/etc/gopher/probes.toml"),
+        "/etc/gopher/probes.toml: OK\n"
+    );
+    let version = ok(Command::new("/usr/bin/gopher").arg("--version"));
+    assert_eq!(
+        version.trim(),
+        format!("gopher {}", env!("CARGO_PKG_VERSION"))
+    );
+    for probe in ["nginx", "redis", "haproxy"] {
+        let help = ok(
+            Command::new(format!("/usr/share/gopher/extend_probes/{probe}_probe.py")).arg("--help"),
+        );
+        assert!(help.contains("--interval"), "{probe}: {help}");
+    }
+    // The unit as installed, with the installed binary.
+    let out =
+        run(Command::new("systemd-analyze")
+            .args(["verify", "/usr/lib/systemd/system/gopher.service"]));
+    assert!(
+        out.status.success() && output_text(&out).trim().is_empty(),
+        "{}",
+        output_text(&out)
+    );
+
+    // A local edit to the conffile survives `remove` and goes with `purge`.
+    let edited = std::fs::read_to_string("/etc/gopher/probes.toml").unwrap() + "# local edit\n";
+    std::fs::write("/etc/gopher/probes.toml", &edited).unwrap();
+    ok(Command::new("dpkg").args(["--remove", "gopher"]));
+    assert!(!Path::new("/usr/bin/gopher").exists());
+    assert_eq!(
+        std::fs::read_to_string("/etc/gopher/probes.toml").unwrap(),
+        edited
+    );
+    drop(guard);
+    assert!(!installed());
+    for f in
+        PACKAGE_FILES
+            .iter()
+            .chain(&["/etc/gopher", "/usr/share/gopher", "/usr/share/doc/gopher"])
+    {
+        assert!(
+            Path::new(f).symlink_metadata().is_err(),
+            "{f} left after purge"
+        );
+    }
+    // deb-systemd-helper's records of the enablement went with the purge too.
+    for dir in [
+        "/var/lib/systemd/deb-systemd-helper-enabled",
+        "/var/lib/systemd/deb-systemd-helper-masked",
+    ]
+    .into_iter()
+    .filter(|d| Path::new(d).exists())
+    {
+        let left = ok(Command::new("find").args([dir, "-name", "*gopher*"]));
+        assert!(left.is_empty(), "left in {dir}: {left}");
+    }
+    let state = run(Command::new("dpkg-query").args(["-W", "gopher"]));
+    assert!(
+        !state.status.success(),
+        "dpkg still knows gopher: {}",
+        output_text(&state)
+    );
+}
+
+#[test]
+fn rpm_has_the_files_config_and_scripts() {
+    if !require(
+        have("rpm", &["--version"]) && have("cargo", &["generate-rpm", "--version"]),
+        "rpm and cargo-generate-rpm (scripts/setup.sh installs both)",
+    ) {
+        return;
+    }
+    release_binary();
+    let out = tempfile::tempdir().unwrap();
+    let rpm = out.path().join("gopher.rpm");
+    ok(Command::new("cargo")
+        .current_dir(workspace())
+        .args(["generate-rpm", "-p", "agent", "-o"])
+        .arg(&rpm));
+    let query = |flag: &str| ok(Command::new("rpm").args(["-qp", flag]).arg(&rpm));
+    let files: Vec<String> = query("-l").lines().map(str::to_owned).collect();
+    for f in &PACKAGE_FILES[..PACKAGE_FILES.len() - 2] {
+        assert!(files.iter().any(|l| l == f), "rpm lacks {f}: {files:?}");
+    }
+    assert_eq!(query("-c").trim(), "/etc/gopher/probes.toml");
+    let scripts = query("--scripts");
+    assert!(
+        scripts.contains("systemctl --no-reload disable --now gopher.service"),
+        "{scripts}"
+    );
+    assert!(query("--requires").contains("procps-ng"));
+    let info = query("-i");
+    assert!(
+        info.contains(&format!("Version     : {}", env!("CARGO_PKG_VERSION"))),
+        "{info}"
+    );
+    // The packaged config is byte for byte the one the .deb ships.
+    let extract = tempfile::tempdir().unwrap();
+    ok(Command::new("sh")
+        .current_dir(extract.path())
+        .arg("-c")
+        .arg(format!(
+            "rpm2cpio '{}' | cpio -idm --quiet ./etc/gopher/probes.toml",
+            rpm.display()
+        )));
+    assert_eq!(
+        std::fs::read(extract.path().join("etc/gopher/probes.toml")).unwrap(),
+        std::fs::read(workspace().join("packaging/probes.toml")).unwrap()
+    );
+}
+
+fn playbook(deb: &Path, vars: &[(&str, &str)]) -> (bool, String) {
+    let dir = workspace().join("packaging/ansible");
+    let mut cmd = Command::new("ansible-playbook");
+    cmd.current_dir(&dir)
+        .args(["-c", "local", "-i", "localhost,", "gopher.yml"])
+        .arg("-e")
+        .arg(format!("gopher_deb={}", deb.display()))
+        // No systemd runs here: install and configure, leave the service alone.
+        .args(["-e", "gopher_manage_service=false"])
+        .env("ANSIBLE_NOCOLOR", "1")
+        .env("ANSIBLE_RETRY_FILES_ENABLED", "0");
+    for (k, v) in vars {
+        cmd.arg("-e").arg(format!("{k}={v}"));
+    }
+    let out = run(&mut cmd);
+    (out.status.success(), output_text(&out))
+}
+
+/// `changed=N` of the play recap.
+fn changed(said: &str) -> u32 {
+    said.lines()
+        .find(|l| l.starts_with("localhost") && l.contains("changed="))
+        .and_then(|l| l.split("changed=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no recap in:\n{said}"))
+}
+
+#[test]
+fn ansible_role_installs_configures_and_is_idempotent() {
+    let _turn = DPKG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if Installed::prepare().is_none()
+        || !require(
+            have("ansible-playbook", &["--version"]),
+            "ansible-playbook (Debian package ansible-core)",
+        )
+    {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let deb = build_deb(out.path());
+    let _guard = Installed::mark();
+
+    let (success, said) = playbook(
+        &deb,
+        &[("gopher_port", "9311"), ("gopher_log_level", "debug")],
+    );
+    assert!(success, "{said}");
+    assert!(installed());
+    let config = std::fs::read_to_string("/etc/gopher/probes.toml").unwrap();
+    assert!(config.contains("\nport = 9311\n"), "{config}");
+    assert!(config.contains("\nlog_level = \"debug\"\n"), "{config}");
+    assert!(config.contains("Ansible managed"), "{config}");
+    assert_eq!(
+        check_config("/etc/gopher/probes.toml"),
+        "/etc/gopher/probes.toml: OK\n"
+    );
+    assert!(
+        said.contains("RUNNING HANDLER [gopher : Restart gopher]"),
+        "{said}"
+    );
+
+    // Same settings again: nothing changes, nothing restarts.
+    let (success, said) = playbook(
+        &deb,
+        &[("gopher_port", "9311"), ("gopher_log_level", "debug")],
+    );
+    assert!(success, "{said}");
+    assert_eq!(changed(&said), 0, "{said}");
+    assert!(!said.contains("RUNNING HANDLER"), "{said}");
+
+    // A new port: only the config changes, and the restart is notified.
+    let (success, said) = playbook(
+        &deb,
+        &[("gopher_port", "9312"), ("gopher_log_level", "debug")],
+    );
+    assert!(success, "{said}");
+    assert_eq!(changed(&said), 1, "{said}");
+    assert!(
+        said.contains("RUNNING HANDLER [gopher : Restart gopher]"),
+        "{said}"
+    );
+    assert!(
+        std::fs::read_to_string("/etc/gopher/probes.toml")
+            .unwrap()
+            .contains("\nport = 9312\n")
+    );
+
+    // A value the agent refuses never reaches /etc/gopher: validation keeps the working file.
+    let (success, said) = playbook(&deb, &[("gopher_port", "70000")]);
+    assert!(!success, "{said}");
+    assert!(
+        said.contains("web_server.port: 70000 is out of range"),
+        "{said}"
+    );
+    assert!(
+        std::fs::read_to_string("/etc/gopher/probes.toml")
+            .unwrap()
+            .contains("\nport = 9312\n")
+    );
+}
