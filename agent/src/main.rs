@@ -169,7 +169,7 @@ async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Resul
         policy,
     );
     if let Some(path) = &cfg.control.state_file {
-        control::runtime::check_state_dir(path)?;
+        control::runtime::prepare_state_dir(path)?;
     }
     let ctl = Controller::new(
         &cfg,

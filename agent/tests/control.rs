@@ -7,7 +7,8 @@
     clippy::too_many_lines,
     clippy::unwrap_used,
     clippy::expect_used,
-    clippy::unnecessary_wraps
+    clippy::unnecessary_wraps,
+    clippy::float_cmp
 )]
 
 mod common;
@@ -889,4 +890,127 @@ async fn ctl_command_for_people_and_scripts() {
             .any(|v| v["name"] == "system_cpu" && v["state"] == "stopped" && v["switch"] == "off"),
         "{lines:?}"
     );
+}
+
+fn reloads(agent: &Agent, result: &str) -> f64 {
+    agent
+        .scrape()
+        .unwrap()
+        .iter()
+        .find(|s| s.name == "gopher_config_reloads_total" && s.label("result") == result)
+        .map_or(0.0, |s| s.value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reload_follows_the_file_and_refuses_a_bad_one() {
+    let scripts = tempfile::tempdir().unwrap();
+    let demo = demo_probe(scripts.path());
+    let v1 = format!(
+        "[[probes]]\nname = \"system_meminfo\"\nswitch = \"on\"\ninterval = 1\n[[probes]]\nname = \"system_cpu\"\nswitch = \"on\"\ninterval = 1\n{demo}"
+    );
+    let agent = Agent::start(&v1);
+    let mut c = client(agent.control_port).await;
+    let began = Instant::now();
+    let old_pid = loop {
+        if let Some(pid) = get(&mut c, "demo").await.pid {
+            break pid;
+        }
+        assert!(began.elapsed() < WAIT, "demo never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // A runtime change, to see that it stays on top of the new file.
+    c.set_probe(SetProbeRequest {
+        interval_seconds: Some(3),
+        ..set("system_cpu")
+    })
+    .await
+    .unwrap();
+    let mut stream = c
+        .watch_probes(pb::WatchProbesRequest { initial: false })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // meminfo removed, vmstat added, cpu switched off in the file, demo's param changed.
+    let v2 = format!(
+        "[[probes]]\nname = \"system_cpu\"\nswitch = \"off\"\ninterval = 2\n[[probes]]\nname = \"system_vmstat\"\nswitch = \"on\"\ninterval = 1\n{}",
+        demo.replace("param = \"first\"", "param = \"second\"")
+    );
+    agent.reload(&v2);
+    let began = Instant::now();
+    while reloads(&agent, "ok") < 1.0 {
+        assert!(began.elapsed() < WAIT, "reload never reported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let list = c
+        .list_probes(pb::ListProbesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .probes;
+    let names: Vec<&str> = list.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["demo", "system_cpu", "system_vmstat"]);
+    let e = status_of(
+        c.get_probe(pb::GetProbeRequest {
+            name: "system_meminfo".into(),
+        })
+        .await,
+    );
+    assert_eq!(e.code(), Code::NotFound);
+    let cpu = get(&mut c, "system_cpu").await;
+    assert_eq!(
+        (cpu.switch, cpu.state, cpu.interval_seconds, cpu.overridden),
+        (
+            pb::Switch::Off as i32,
+            pb::RunState::Stopped as i32,
+            3,
+            true
+        ),
+        "switch follows the file, the runtime interval stays"
+    );
+    let vmstat = get(&mut c, "system_vmstat").await;
+    assert_eq!(vmstat.state, pb::RunState::Running as i32);
+    let demo_now = get(&mut c, "demo").await;
+    let new_pid = demo_now.pid.expect("demo restarted");
+    assert_ne!(new_pid, old_pid);
+    assert!(!pid_alive(old_pid));
+    agent.wait_for(WAIT, "rows with the reloaded param", |s| {
+        s.iter()
+            .any(|x| x.name == "gala_gopher_ctl_demo_n_total" && x.label("name") == "second")
+    });
+    agent.wait_for(WAIT, "rows of the added probe", |s| {
+        s.iter()
+            .any(|x| x.name.starts_with("gala_gopher_system_vmstat_"))
+    });
+    // The removal was streamed.
+    let began = Instant::now();
+    loop {
+        let e = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if e.removed && e.probe.as_ref().unwrap().name == "system_meminfo" {
+            break;
+        }
+        assert!(began.elapsed() < WAIT);
+    }
+
+    // A file with an error is refused as a whole: nothing changes.
+    agent.reload("[[probes]]\nname = \"bogus\"\nswitch = \"on\"\n");
+    let began = Instant::now();
+    while reloads(&agent, "error") < 1.0 {
+        assert!(began.elapsed() < WAIT, "refused reload never reported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = c
+        .list_probes(pb::ListProbesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .probes;
+    let names: Vec<&str> = after.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["demo", "system_cpu", "system_vmstat"]);
+    assert_eq!(get(&mut c, "demo").await.pid, Some(new_pid));
+    assert_eq!(reloads(&agent, "ok"), 1.0);
 }

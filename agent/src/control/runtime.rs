@@ -886,16 +886,18 @@ fn build_all(cfg: &Config, env: &ExtEnv, store: &mut Store) -> anyhow::Result<Bu
     Ok((entries, catalog, built))
 }
 
-/// The state file's directory must exist for the atomic rename; say where it is expected.
-pub fn check_state_dir(path: &Path) -> anyhow::Result<()> {
+/// The state file's directory must exist for the atomic rename: made at start if missing
+/// (systemd's StateDirectory= makes it under the unit), so a bad path fails the start, not the
+/// first change.
+pub fn prepare_state_dir(path: &Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     if let Some(dir) = dir
         && !dir.is_dir()
     {
-        anyhow::bail!(
-            "control.state_file: directory {} does not exist",
-            dir.display()
-        );
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!("control.state_file: cannot create directory {}", dir.display())
+        })?;
     }
     Ok(())
 }

@@ -65,6 +65,18 @@ impl Sample {
     }
 }
 
+/// A test's config plus the listeners: web on `port`, control on `control_port` unless the
+/// test has a `[control]` of its own (off the default port, so tests never collide with an
+/// agent running on this machine).
+fn config_body(config: &str, port: u16, control_port: u16) -> String {
+    let control = if config.contains("[control]") {
+        String::new()
+    } else {
+        format!("[control]\nlisten = \"127.0.0.1:{control_port}\"\n")
+    };
+    format!("{config}\n[web_server]\nbind_addr = \"127.0.0.1\"\nport = {port}\n{control}")
+}
+
 pub struct Agent {
     child: Child,
     pub port: u16,
@@ -80,15 +92,7 @@ impl Agent {
         let port = free_port();
         let control_port = free_port();
         let path = dir.path().join("probes.toml");
-        // Control off the default port, so tests never collide with an agent running here.
-        let control = if config.contains("[control]") {
-            String::new()
-        } else {
-            format!("[control]\nlisten = \"127.0.0.1:{control_port}\"\n")
-        };
-        let body =
-            format!("{config}\n[web_server]\nbind_addr = \"127.0.0.1\"\nport = {port}\n{control}");
-        std::fs::write(&path, body).unwrap();
+        std::fs::write(&path, config_body(config, port, control_port)).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gopher"))
             .arg("--config")
             .arg(&path)
@@ -106,6 +110,18 @@ impl Agent {
             s.iter().any(|x| x.name == "gopher_build_info")
         });
         agent
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Replaces the config file (same ports) and sends SIGHUP.
+    pub fn reload(&self, config: &str) {
+        let path = self.dir.path().join("probes.toml");
+        std::fs::write(&path, config_body(config, self.port, self.control_port)).unwrap();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
     }
 
     pub fn url(&self) -> String {
