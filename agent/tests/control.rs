@@ -874,7 +874,7 @@ async fn ctl_command_for_people_and_scripts() {
                 break lines;
             }
             let v: serde_json::Value = serde_json::from_str(&l).unwrap();
-            let done = v["name"] == "system_cpu" && v["state"] == "stopped";
+            let done = v["name"] == "system_cpu" && v["state"] == "stopped" && v["switch"] == "off";
             lines.push(v);
             if done {
                 break lines;

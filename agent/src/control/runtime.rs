@@ -397,6 +397,12 @@ impl Controller {
         } else {
             None
         };
+        // From here on, readers (and the events of the stop and start below) see the settings
+        // being applied.
+        let switch = wanted.switch;
+        if let Some(e) = self.lock().get_mut(name) {
+            e.current = wanted.clone();
+        }
         self.stop_check(name).await;
         let must_stop = rebuild
             || wanted.switch == Switch::Off
@@ -412,10 +418,6 @@ impl Controller {
             manager
                 .replace(probe, wanted.interval)
                 .map_err(|e| ControlError::Failed(format!("{e:#}")))?;
-        }
-        let switch = wanted.switch;
-        if let Some(e) = self.lock().get_mut(name) {
-            e.current = wanted;
         }
         tracing::info!(probe = %name, switch = %switch, "probe settings changed");
         match switch {
@@ -896,7 +898,10 @@ pub fn prepare_state_dir(path: &Path) -> anyhow::Result<()> {
         && !dir.is_dir()
     {
         std::fs::create_dir_all(dir).with_context(|| {
-            format!("control.state_file: cannot create directory {}", dir.display())
+            format!(
+                "control.state_file: cannot create directory {}",
+                dir.display()
+            )
         })?;
     }
     Ok(())

@@ -300,6 +300,9 @@ impl Manager {
             if tokio::time::timeout(limit, &mut handle).await.is_err() {
                 tracing::warn!(probe = %name, "probe did not stop within {limit:?}; aborting it");
                 handle.abort();
+                // An aborted task ends at its next poll: wait for that, so that "stopped" means
+                // its resources (programs, processes) are released.
+                let _ = handle.await;
             }
         }
         // Whatever it was (a failed probe included), a stopped probe is off now.
