@@ -277,6 +277,12 @@ async fn start_control(
         let _ = shutdown.wait_for(|s| *s).await;
     })
     .await?;
+    let c = &cfg.control;
+    if !addr.ip().is_loopback() && c.token_file.is_none() && c.tls_client_ca.is_none() {
+        // TLS alone encrypts but authenticates no client: allowed (an operator may rely on
+        // network policy), said out loud.
+        tracing::warn!(%addr, "control channel open to any client that reaches it: no token_file and no tls_client_ca");
+    }
     tracing::info!(
         %addr,
         tls = cfg.control.tls(),

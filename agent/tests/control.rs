@@ -79,8 +79,9 @@ fn params(kv: &[(&str, Value)]) -> Option<Params> {
     })
 }
 
-fn attached() -> usize {
-    common::gopher_programs_attached()
+/// Held by this test's agent: other agents may run on a shared machine.
+fn attached_by(agent: &Agent) -> usize {
+    common::gopher_programs_attached_by(Some(agent.pid()))
 }
 
 /// One loopback connection carrying `n` bytes each way; returns the server port.
@@ -137,6 +138,7 @@ name = "demo"
 command = "{}"
 param = "first"
 switch = "on"
+remote_param = true
 meta = "{}"
 "#,
         script.display(),
@@ -196,7 +198,7 @@ async fn toggles_apply_for_real_and_are_watched() {
         assert!(began.elapsed() < WAIT, "probes never ran: {list:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(attached() >= 2, "tcp programs attached while on");
+    assert!(attached_by(&agent) >= 2, "tcp programs attached while on");
     let demo = get(&mut c, "demo").await;
     let pid = demo.pid.expect("a running extension probe has a pid");
     assert!(pid_alive(pid));
@@ -216,7 +218,7 @@ async fn toggles_apply_for_real_and_are_watched() {
     assert_eq!(off.switch, pb::Switch::Off as i32);
     assert!(off.overridden);
     assert_eq!(
-        attached(),
+        attached_by(&agent),
         0,
         "programs still attached after switching tcp off"
     );
@@ -242,7 +244,7 @@ async fn toggles_apply_for_real_and_are_watched() {
         .into_inner();
     assert_eq!(on.state, pb::RunState::Running as i32, "{on:?}");
     assert!(
-        attached() >= 2,
+        attached_by(&agent) >= 2,
         "programs not attached after switching tcp on"
     );
     let live_port = traffic(5000);
@@ -268,7 +270,7 @@ async fn toggles_apply_for_real_and_are_watched() {
         tuned.params.unwrap().values["max_links"].value,
         Some(Value::IntValue(32768))
     );
-    assert!(attached() >= 2);
+    assert!(attached_by(&agent) >= 2);
 
     // Extension probe off: its process is gone when the answer comes. On: a new one.
     let off = c
@@ -320,8 +322,6 @@ async fn toggles_apply_for_real_and_are_watched() {
             next += 1;
         }
     }
-    drop(agent);
-    assert_eq!(attached(), 0);
 }
 
 fn status_of<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> tonic::Status {
@@ -333,7 +333,7 @@ async fn bad_requests_are_refused_with_the_field_named() {
     let scripts = tempfile::tempdir().unwrap();
     // tcp stays off: validating its params needs no eBPF.
     let config = format!(
-        "[[probes]]\nname = \"tcp\"\nswitch = \"off\"\n[[probes]]\nname = \"system_meminfo\"\nswitch = \"on\"\ninterval = 1\n{}",
+        "[[probes]]\nname = \"tcp\"\nswitch = \"off\"\n[[probes]]\nname = \"system_meminfo\"\nswitch = \"on\"\ninterval = 1\n{}\n[[extend_probes]]\nname = \"locked\"\ncommand = \"sleep\"\nparam = \"600\"\nswitch = \"off\"\n",
         demo_probe(scripts.path())
     );
     let agent = Agent::start(&config);
@@ -429,6 +429,14 @@ async fn bad_requests_are_refused_with_the_field_named() {
                 ..SetProbeRequest::default()
             },
             "name",
+        ),
+        // Arguments can change what a program does: only where the operator opted in.
+        (
+            SetProbeRequest {
+                params: params(&[("param", Value::StringValue("--config=/tmp/x".into()))]),
+                ..set("locked")
+            },
+            "params.param",
         ),
     ];
     for (req, field) in cases {

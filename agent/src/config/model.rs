@@ -248,6 +248,10 @@ pub struct ExtendProbe {
     pub switch: Switch,
     /// Meta file describing the probe's tables; resolved against the config file's directory.
     pub meta: Option<PathBuf>,
+    /// Whether the control channel may change `param` (the arguments of `command`). Off by
+    /// default: arguments can change what a program does (`--config=/elsewhere`), so the
+    /// operator opts in per probe.
+    pub remote_param: bool,
 }
 
 /// How probes are restarted and stopped, and how often auto start checks run (not in
@@ -1026,6 +1030,7 @@ fn extend_probe(
         "check_type",
         "switch",
         "meta",
+        "remote_param",
     ];
     let t = TableView::of(rep, node, path, &allowed, true)?;
     let name = probe_name(rep, &t);
@@ -1092,6 +1097,21 @@ fn extend_probe(
         Some((m, _)) => Some(base.join(m)),
         None => None,
     };
+    let remote_param = match t.get("remote_param") {
+        None => false,
+        Some(n) => match n.get_ref() {
+            Node::Bool(b) => *b,
+            other => {
+                rep.report(
+                    &n.span(),
+                    &t.path_of("remote_param"),
+                    DiagnosticKind::WrongType,
+                    format!("expected true or false, found {}", other.describe()),
+                );
+                false
+            }
+        },
+    };
     Some(ExtendProbe {
         name: name?.0,
         command: command?,
@@ -1100,5 +1120,6 @@ fn extend_probe(
         check_type,
         switch: switch?,
         meta,
+        remote_param,
     })
 }

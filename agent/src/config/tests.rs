@@ -98,6 +98,7 @@ fn shipped_probes_toml_is_valid_and_safe() {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)]
 fn full_file_round_trips_every_key() {
     let c = ok(r#"
         [global]
@@ -197,6 +198,7 @@ fn full_file_round_trips_every_key() {
             check_type: CheckType::Exit,
             switch: Switch::Auto,
             meta: Some(PathBuf::from("/etc/gopher/meta/nginx.meta")),
+            remote_param: false,
         }
     );
 }

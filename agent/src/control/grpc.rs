@@ -71,6 +71,7 @@ impl From<ControlError> for Status {
                 ErrorDetails::with_bad_request_violation(field, message),
             ),
             ControlError::Failed(why) => Status::failed_precondition(why),
+            ControlError::Unavailable(why) => Status::unavailable(why),
         }
     }
 }

@@ -38,6 +38,9 @@ pub const MAX_INTERVAL_SECS: u64 = 3600;
 /// How long `set` waits for a probe switched on to come up (attach, spawn) before answering
 /// with whatever state it is in.
 const START_WAIT: Duration = Duration::from_secs(30);
+/// Extension probes keep their own cadence; the interval the manager hands them is unused, so
+/// it is a constant rather than `[ingress] interval` (whose change would restart them all).
+const EXTENSION_INTERVAL: Duration = Duration::from_secs(5);
 /// How many events a slow watcher may fall behind before it is told to re-read.
 const EVENTS_BACKLOG: usize = 1024;
 
@@ -105,6 +108,17 @@ pub enum ControlError {
     Invalid { field: String, message: String },
     #[error("{0}")]
     Failed(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The result of a change run on its own task.
+async fn spawned(task: JoinHandle<Result<View, ControlError>>) -> Result<View, ControlError> {
+    task.await.unwrap_or_else(|e| {
+        Err(ControlError::Failed(format!(
+            "the change did not complete: {e}"
+        )))
+    })
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> ControlError {
@@ -163,6 +177,8 @@ struct Inner {
     events: broadcast::Sender<Event>,
     /// Becomes true at shutdown: watchers end their streams.
     closing: watch::Sender<bool>,
+    /// Set at shutdown: no more changes.
+    shut: std::sync::atomic::AtomicBool,
 }
 
 /// Cheap handle (clone it): the gRPC service, the signal handler and `main` share one.
@@ -217,6 +233,7 @@ impl Controller {
                 catalog: Mutex::new(catalog),
                 events: broadcast::channel(EVENTS_BACKLOG).0,
                 closing: watch::channel(false).0,
+                shut: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         ctl.load_overrides()?;
@@ -279,8 +296,15 @@ impl Controller {
         self.inner.closing.subscribe()
     }
 
-    /// Stops the start checks, then every probe; ends the watch streams.
+    /// Refuses further changes (after one in progress), stops the start checks, then every
+    /// probe; ends the watch streams.
     pub async fn shutdown(&self) {
+        {
+            let _after_any_change = self.inner.apply.lock().await;
+            self.inner
+                .shut
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         let checks: Vec<_> = self
             .lock()
             .values_mut()
@@ -292,8 +316,17 @@ impl Controller {
         }
         self.inner.manager.stop_all().await;
         // Let the forwarder pass the last state changes on before the streams end.
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         self.inner.closing.send_replace(true);
+    }
+
+    fn refuse_if_shut(&self) -> Result<(), ControlError> {
+        if self.inner.shut.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ControlError::Unavailable(
+                "the agent is shutting down".to_owned(),
+            ));
+        }
+        Ok(())
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -341,37 +374,55 @@ impl Controller {
     }
 
     /// Validates `change` and applies it before returning the probe's new view.
+    ///
+    /// The change runs on a task of its own: a caller that goes away (a cancelled call, a
+    /// deadline) does not leave it half done.
     pub async fn set(&self, name: &str, change: &Change) -> Result<View, ControlError> {
-        let _one_at_a_time = self.inner.apply.lock().await;
-        let wanted = {
-            let probes = self.lock();
-            let e = probes
-                .get(name)
-                .ok_or_else(|| ControlError::NotFound(name.to_owned()))?;
-            resolve(name, e, change)?
-        };
-        self.apply(name, wanted).await?;
-        self.persist();
-        self.get(name)
+        let me = self.clone();
+        let (name, change) = (name.to_owned(), change.clone());
+        spawned(tokio::spawn(async move {
+            let _one_at_a_time = me.inner.apply.lock().await;
+            me.refuse_if_shut()?;
+            let wanted = {
+                let probes = me.lock();
+                let e = probes
+                    .get(&name)
+                    .ok_or_else(|| ControlError::NotFound(name.clone()))?;
+                resolve(&name, e, &change)?
+            };
+            let applied = me.apply(&name, wanted, true).await;
+            me.persist();
+            applied?;
+            me.get(&name)
+        }))
+        .await
     }
 
     /// Back to the configuration file's settings.
     pub async fn reset(&self, name: &str) -> Result<View, ControlError> {
-        let _one_at_a_time = self.inner.apply.lock().await;
-        let configured = self
-            .lock()
-            .get(name)
-            .map(|e| e.configured.clone())
-            .ok_or_else(|| ControlError::NotFound(name.to_owned()))?;
-        self.apply(name, configured).await?;
-        self.persist();
-        self.get(name)
+        let me = self.clone();
+        let name = name.to_owned();
+        spawned(tokio::spawn(async move {
+            let _one_at_a_time = me.inner.apply.lock().await;
+            me.refuse_if_shut()?;
+            let configured = me
+                .lock()
+                .get(&name)
+                .map(|e| e.configured.clone())
+                .ok_or_else(|| ControlError::NotFound(name.clone()))?;
+            let applied = me.apply(&name, configured, true).await;
+            me.persist();
+            applied?;
+            me.get(&name)
+        }))
+        .await
     }
 
     /// Makes `wanted` true for `name`: rebuilds the probe if its interval or params change,
-    /// stops and starts it as its switch says. Callers hold the `apply` lock.
-    async fn apply(&self, name: &str, wanted: Settings) -> Result<(), ControlError> {
-        self.apply_with(name, wanted, false).await
+    /// stops and starts it as its switch says. `wait`: answer only once a probe switched on
+    /// runs (or failed). Callers hold the `apply` lock.
+    async fn apply(&self, name: &str, wanted: Settings, wait: bool) -> Result<(), ControlError> {
+        self.apply_with(name, wanted, false, wait).await
     }
 
     /// [`Controller::apply`]; `force` rebuilds and restarts the probe even when its settings
@@ -381,13 +432,29 @@ impl Controller {
         name: &str,
         wanted: Settings,
         force: bool,
+        wait: bool,
     ) -> Result<(), ControlError> {
         let old = self
             .lock()
             .get(name)
             .map(|e| e.current.clone())
             .ok_or_else(|| ControlError::NotFound(name.to_owned()))?;
+        let manager = &self.inner.manager;
         if wanted == old && !force {
+            // Nothing to change; but "on" means running: a probe that gave up (or was
+            // stopped behind our back) is started again.
+            let idle = matches!(
+                manager.status(name).map(|s| s.state),
+                Some(State::Failed | State::Stopped)
+            );
+            if wanted.switch == Switch::On && idle {
+                manager
+                    .start(name)
+                    .map_err(|e| ControlError::Failed(format!("{e:#}")))?;
+                if wait {
+                    self.wait_started(name).await;
+                }
+            }
             return Ok(());
         }
         let rebuild = force || wanted.interval != old.interval || wanted.params != old.params;
@@ -400,38 +467,58 @@ impl Controller {
         // From here on, readers (and the events of the stop and start below) see the settings
         // being applied.
         let switch = wanted.switch;
-        if let Some(e) = self.lock().get_mut(name) {
-            e.current = wanted.clone();
+        self.set_current(name, wanted.clone());
+        let result = self
+            .carry_out(name, &old, &wanted, built, force, wait)
+            .await;
+        if result.is_err() {
+            // Say what is true: the old settings (the probe may be stopped: its state says so).
+            self.set_current(name, old);
+        } else {
+            tracing::info!(probe = %name, switch = %switch, "probe settings changed");
         }
+        if let Ok(view) = self.get(name) {
+            let _ = self.inner.events.send(Event::Changed(view));
+        }
+        result
+    }
+
+    fn set_current(&self, name: &str, s: Settings) {
+        if let Some(e) = self.lock().get_mut(name) {
+            e.current = s;
+        }
+    }
+
+    async fn carry_out(
+        &self,
+        name: &str,
+        old: &Settings,
+        wanted: &Settings,
+        built: Option<Arc<dyn Probe>>,
+        force: bool,
+        wait: bool,
+    ) -> Result<(), ControlError> {
+        let failed = |e: anyhow::Error| ControlError::Failed(format!("{e:#}"));
         self.stop_check(name).await;
-        let must_stop = rebuild
+        let must_stop = built.is_some()
             || wanted.switch == Switch::Off
             || (wanted.switch == Switch::Auto && (old.switch != Switch::Auto || force));
         let manager = &self.inner.manager;
         if must_stop {
-            manager
-                .stop(name)
-                .await
-                .map_err(|e| ControlError::Failed(format!("{e:#}")))?;
+            manager.stop(name).await.map_err(failed)?;
         }
         if let Some(probe) = built {
-            manager
-                .replace(probe, wanted.interval)
-                .map_err(|e| ControlError::Failed(format!("{e:#}")))?;
+            manager.replace(probe, wanted.interval).map_err(failed)?;
         }
-        tracing::info!(probe = %name, switch = %switch, "probe settings changed");
-        match switch {
+        match wanted.switch {
             Switch::On => {
-                manager
-                    .start(name)
-                    .map_err(|e| ControlError::Failed(format!("{e:#}")))?;
-                self.wait_started(name).await;
+                manager.start(name).map_err(failed)?;
+                if wait {
+                    self.wait_started(name).await;
+                }
             }
             Switch::Auto => self.spawn_check(name),
             Switch::Off => {}
-        }
-        if let Ok(view) = self.get(name) {
-            let _ = self.inner.events.send(Event::Changed(view));
         }
         Ok(())
     }
@@ -510,12 +597,23 @@ impl Controller {
     /// Makes a new configuration (SIGHUP) true without a restart: probes that left it are
     /// stopped and forgotten, new ones are built and started, changed ones are rebuilt and
     /// restarted; unchanged ones are not touched. Runtime changes made over the control channel
-    /// stay on top of the new configuration, field by field. If the new configuration's probes
-    /// cannot be built (a meta file is missing, a table clashes), nothing changes and the error
-    /// says why.
+    /// stay on top of the new configuration, field by field. The new configuration's probes are
+    /// all built (against a scratch table store) before anything changes: a missing meta file
+    /// or a clashing table refuses the reload as a whole. Applying does not wait for probes to
+    /// come up (a reload must not hold off SIGTERM); a probe that cannot be applied is reported
+    /// and the others still are.
     pub async fn reload(&self, cfg: &Config, store: &Mutex<Store>) -> anyhow::Result<()> {
         let _one_at_a_time = self.inner.apply.lock().await;
-        let (mut fresh, catalog, built) = {
+        if self.refuse_if_shut().is_err() {
+            return Ok(());
+        }
+        let limits = store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .limits();
+        build_all(cfg, &self.inner.env, &mut Store::new(limits))?;
+        // Valid: now for real (the same build, so the same result).
+        let (fresh, catalog, built) = {
             let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
             build_all(cfg, &self.inner.env, &mut store)?
         };
@@ -528,89 +626,136 @@ impl Controller {
             .catalog
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = catalog;
-        let old_names: Vec<String> = self.lock().keys().cloned().collect();
-        for name in &old_names {
-            if fresh.contains_key(name) {
+        let old_names: Vec<(String, Kind)> = self
+            .lock()
+            .iter()
+            .map(|(n, e)| (n.clone(), e.kind))
+            .collect();
+        for (name, kind) in &old_names {
+            // A name that changed kind (native <-> extension) is a different probe.
+            if fresh.get(name).is_some_and(|e| e.kind == *kind) {
                 continue;
             }
-            self.stop_check(name).await;
-            let _ = self.inner.manager.stop(name).await;
-            let gone = self.lock().remove(name);
-            if let Some(e) = gone {
-                let view = self.view(name, &e);
-                self.inner.manager.remove(name)?;
-                tracing::info!(probe = %name, "config reload: probe removed");
-                let _ = self.inner.events.send(Event::Removed(view));
-            }
+            self.remove_probe(name).await;
         }
         let mut changed = 0usize;
-        for (name, new) in std::mem::take(&mut fresh) {
-            let old = self.lock().get(name.as_str()).map(|e| {
-                (
-                    e.configured.clone(),
-                    e.current.clone(),
-                    e.ext.clone(),
-                    e.kind,
-                )
-            });
+        let mut errors = Vec::new();
+        for (name, new) in fresh {
+            let old = self
+                .lock()
+                .get(name.as_str())
+                .map(|e| (e.configured.clone(), e.current.clone(), e.ext.clone()));
             match old {
                 None => {
                     let Some(probe) = built.remove(&name) else {
                         continue;
                     };
-                    let switch = new.current.switch;
-                    self.inner.manager.add(probe, new.current.interval);
-                    self.lock().insert(name.clone(), new);
-                    tracing::info!(probe = %name, "config reload: probe added");
-                    match switch {
-                        Switch::On => self.inner.manager.start(&name)?,
-                        Switch::Auto => self.spawn_check(&name),
-                        Switch::Off => {}
+                    if let Err(e) = self.add_probe(&name, new, probe) {
+                        errors.push(format!("probe {name}: {e:#}"));
                     }
                     changed += 1;
                 }
-                Some((configured, current, ext, kind)) => {
-                    let definition_changed = ext != new.ext || kind != new.kind;
-                    if configured == new.configured && !definition_changed {
+                Some((configured, current, ext)) => {
+                    if configured == new.configured && ext == new.ext {
                         continue;
                     }
-                    // Fields changed at runtime keep their runtime value.
-                    let wanted = Settings {
-                        switch: if current.switch == configured.switch {
-                            new.configured.switch
-                        } else {
-                            current.switch
-                        },
-                        interval: if current.interval == configured.interval {
-                            new.configured.interval
-                        } else {
-                            current.interval
-                        },
-                        params: if current.params == configured.params {
-                            new.configured.params.clone()
-                        } else {
-                            current.params.clone()
-                        },
-                    };
-                    if wanted != new.configured {
-                        tracing::warn!(probe = %name, "config reload: runtime changes from the control channel stay on top of the new configuration (`gopher ctl reset {name}` drops them)");
+                    match self.change_probe(&name, &new, &configured, &current).await {
+                        Ok(()) => changed += 1,
+                        Err(err) => errors.push(format!("probe {name}: {err}")),
                     }
-                    if let Some(e) = self.lock().get_mut(&name) {
-                        e.configured = new.configured.clone();
-                        e.ext.clone_from(&new.ext);
-                        e.tables.clone_from(&new.tables);
-                    }
-                    self.apply_with(&name, wanted, definition_changed)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("probe {name}: {e}"))?;
-                    tracing::info!(probe = %name, "config reload: probe changed");
-                    changed += 1;
                 }
             }
         }
-        tracing::info!(changed, "configuration reloaded");
         self.persist();
-        Ok(())
+        if errors.is_empty() {
+            tracing::info!(changed, "configuration reloaded");
+            Ok(())
+        } else {
+            anyhow::bail!(
+                "configuration reloaded except for: {} (changed: {changed})",
+                errors.join("; ")
+            )
+        }
+    }
+
+    /// A probe new in the configuration: registered, started as its switch says, announced.
+    fn add_probe(&self, name: &str, entry: Entry, probe: Arc<dyn Probe>) -> anyhow::Result<()> {
+        let switch = entry.current.switch;
+        self.lock().insert(name.to_owned(), entry);
+        self.inner.manager.add(probe, self.interval_of(name));
+        tracing::info!(probe = %name, "config reload: probe added");
+        let started = match switch {
+            Switch::On => self.inner.manager.start(name),
+            Switch::Auto => {
+                self.spawn_check(name);
+                Ok(())
+            }
+            Switch::Off => Ok(()),
+        };
+        if let Ok(view) = self.get(name) {
+            let _ = self.inner.events.send(Event::Changed(view));
+        }
+        started
+    }
+
+    /// A probe whose configuration changed: rebuilt from the new definition and restarted, with
+    /// runtime changes kept on top. On failure it keeps its old definition, so that the same
+    /// reload tries again.
+    async fn change_probe(
+        &self,
+        name: &str,
+        new: &Entry,
+        configured: &Settings,
+        current: &Settings,
+    ) -> Result<(), ControlError> {
+        let wanted = merged(configured, current, &new.configured);
+        if wanted != new.configured {
+            tracing::warn!(probe = %name, "config reload: runtime changes from the control channel stay on top of the new configuration (`gopher ctl reset {name}` drops them)");
+        }
+        // The new definition is what the probe is built from.
+        let Some((old_ext, old_tables)) = self.lock().get_mut(name).map(|e| {
+            let before = (e.ext.clone(), e.tables.clone());
+            e.ext.clone_from(&new.ext);
+            e.tables.clone_from(&new.tables);
+            before
+        }) else {
+            return Err(ControlError::NotFound(name.to_owned()));
+        };
+        let definition_changed = old_ext != new.ext;
+        let applied = self
+            .apply_with(name, wanted, definition_changed, false)
+            .await;
+        let mut probes = self.lock();
+        let Some(e) = probes.get_mut(name) else {
+            return applied;
+        };
+        if applied.is_ok() {
+            e.configured = new.configured.clone();
+            tracing::info!(probe = %name, "config reload: probe changed");
+        } else {
+            e.ext = old_ext;
+            e.tables = old_tables;
+        }
+        applied
+    }
+
+    fn interval_of(&self, name: &str) -> Duration {
+        self.lock()
+            .get(name)
+            .map_or(EXTENSION_INTERVAL, |e| e.current.interval)
+    }
+
+    /// Stops a probe, forgets it, and says so to watchers.
+    async fn remove_probe(&self, name: &str) {
+        self.stop_check(name).await;
+        let _ = self.inner.manager.stop(name).await;
+        let gone = self.lock().remove(name);
+        if let Some(e) = gone {
+            let view = self.view(name, &e);
+            let _ = self.inner.manager.remove(name);
+            tracing::info!(probe = %name, "config reload: probe removed");
+            let _ = self.inner.events.send(Event::Removed(view));
+        }
     }
 
     /// Lays the state file's changes over the configuration (before anything starts). A change
@@ -620,7 +765,16 @@ impl Controller {
         let Some(path) = &self.inner.state_file else {
             return Ok(());
         };
-        for (name, change) in overrides::load(path)? {
+        let changes = match overrides::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                // The configuration file stays the authority: a damaged state file costs the
+                // runtime changes, not the agent.
+                tracing::error!(state_file = %path.display(), "runtime changes not loaded: {e:#}");
+                return Ok(());
+            }
+        };
+        for (name, change) in changes {
             let mut probes = self.lock();
             let Some(e) = probes.get_mut(&name) else {
                 tracing::warn!(state_file = %path.display(), probe = %name, "runtime change for a probe that is no longer configured; ignored");
@@ -668,6 +822,28 @@ impl Controller {
         if let Err(e) = overrides::save(path, &changes) {
             tracing::error!(state_file = %path.display(), "runtime changes not saved (they apply until the agent stops): {e:#}");
         }
+    }
+}
+
+/// A reloaded probe's settings: the new configuration's, except fields changed at runtime
+/// (where `current` differs from what was configured), which keep their runtime value.
+fn merged(configured: &Settings, current: &Settings, new: &Settings) -> Settings {
+    Settings {
+        switch: if current.switch == configured.switch {
+            new.switch
+        } else {
+            current.switch
+        },
+        interval: if current.interval == configured.interval {
+            new.interval
+        } else {
+            current.interval
+        },
+        params: if current.params == configured.params {
+            new.params.clone()
+        } else {
+            current.params.clone()
+        },
     }
 }
 
@@ -735,7 +911,18 @@ fn resolve(name: &str, e: &Entry, change: &Change) -> Result<Settings, ControlEr
                 probes::native(name, params).map_err(|err| param_error(&err))?;
                 Params::Native(params.clone())
             }
-            Kind::Extension => Params::Extension(extension_param(params)?),
+            Kind::Extension => {
+                if !e.ext.as_ref().is_some_and(|(x, _)| x.remote_param) {
+                    return Err(invalid(
+                        "params.param",
+                        format!(
+                            "probe {name:?} does not take params over the control channel (its \
+                             [[extend_probes]] entry would need remote_param = true)"
+                        ),
+                    ));
+                }
+                Params::Extension(extension_param(params)?)
+            }
         };
     }
     Ok(s)
@@ -868,7 +1055,7 @@ fn build_all(cfg: &Config, env: &ExtEnv, store: &mut Store) -> anyhow::Result<Bu
         }
         let settings = Settings {
             switch: e.switch,
-            interval: cfg.ingress.interval,
+            interval: EXTENSION_INTERVAL,
             params: Params::Extension(e.param.clone()),
         };
         let names = tables.iter().map(|t| t.name.clone()).collect();

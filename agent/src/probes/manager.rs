@@ -302,7 +302,7 @@ impl Manager {
                 handle.abort();
                 // An aborted task ends at its next poll: wait for that, so that "stopped" means
                 // its resources (programs, processes) are released.
-                let _ = handle.await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
             }
         }
         // Whatever it was (a failed probe included), a stopped probe is off now.

@@ -301,8 +301,9 @@ pub fn sh(cmd: &str) {
     assert!(st.success(), "command failed: {cmd}");
 }
 
-/// gopher programs attached to the cgroup2 root, as bpftool (not the agent) sees them.
-pub fn gopher_programs_attached() -> usize {
+/// gopher programs attached to the cgroup2 root, as bpftool (not the agent) sees them. With
+/// `holder`, only those that process holds (other agents may run on a shared machine).
+pub fn gopher_programs_attached_by(holder: Option<u32>) -> usize {
     let cg = std::fs::read_to_string("/proc/mounts")
         .unwrap()
         .lines()
@@ -311,13 +312,41 @@ pub fn gopher_programs_attached() -> usize {
             (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_owned())
         })
         .unwrap();
-    let out = Command::new("bpftool")
-        .args(["cgroup", "show", &cg])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .matches("gopher_")
-        .count()
+    let json = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = Command::new("bpftool")
+            .arg("-j")
+            .args(args)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    let attached: Vec<u64> = json(&["cgroup", "show", &cg])
+        .iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("gopher_")))
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    let Some(pid) = holder else {
+        return attached.len();
+    };
+    // The program ids behind the process's fds (program and link fds name them in fdinfo).
+    let held: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .flat_map(|info| {
+                    info.lines()
+                        .filter_map(|l| l.strip_prefix("prog_id:"))
+                        .filter_map(|v| v.trim().parse().ok())
+                        .collect::<Vec<u64>>()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    attached.iter().filter(|id| held.contains(id)).count()
+}
+
+pub fn gopher_programs_attached() -> usize {
+    gopher_programs_attached_by(None)
 }
 
 /// A command's stdout and stderr, for assertion messages.
