@@ -30,6 +30,10 @@ use tonic::{
     Code, Request,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -551,6 +555,37 @@ async fn bearer_token_is_required_when_configured() {
     assert_eq!(
         h.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    // Reflection lists the service, with the token only.
+    let ask = || {
+        tokio_stream::iter(vec![ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }])
+    };
+    let mut reflection = ServerReflectionClient::new(ch);
+    let refused = reflection.server_reflection_info(Request::new(ask())).await;
+    assert_eq!(status_of(refused).code(), Code::Unauthenticated);
+    let mut req = Request::new(ask());
+    req.metadata_mut()
+        .insert("authorization", "Bearer s3cret-token".parse().unwrap());
+    let answer = reflection
+        .server_reflection_info(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("unexpected reflection answer {answer:?}");
+    };
+    let services: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        services.contains(&"gopher.control.v1.ProbeControl"),
+        "{services:?}"
     );
     drop(agent);
 }
