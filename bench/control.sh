@@ -134,11 +134,12 @@ What a round trip holds:
 - **no-op SetProbe**: `tcp` on while already on: the floor (gRPC, the control lock, answering).
 - **ListProbes**: every probe's state.
 
-Back to back, tcp off comes a few tens of ms after tcp on and is bimodal: ~1 ms or ~43 ms,
-in proportions that vary from run to run (so its p50 may be either); with steps 300 ms apart
-(`BENCH_TOGGLE_SETTLE_MS=300`) none was slow. Not pinned down yet: a likely cause is the
-probe's first collection (sock_diag dumps and a /proc scan for socket owners, run as soon as
-the programs are attached, blocking the probe's task), which a stop has to wait out.
+tcp off is bimodal, ~1 ms or ~43 ms, in proportions that vary from run to run (so its p50 may
+be either). The agent itself answers in ~2 ms either way: the slow ones are the answers it
+writes in two pieces (HTTP/2 HEADERS, then DATA; seen with strace, 4 split answers = the 4 slow
+calls of an 8-round run), the second held back by Nagle on the control listener's sockets (no
+`TCP_NODELAY`) until the client's delayed ACK, ~40 ms. With steps 300 ms apart
+(`BENCH_TOGGLE_SETTLE_MS=300`) none was slow.
 
 {rows}
 {END}"""
