@@ -8,7 +8,7 @@ use std::{future::Future, net::SocketAddr, path::Path, sync::Arc};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{StreamExt as _, wrappers::TcpListenerStream};
 use tonic::{
     Request, Status,
     service::Interceptor,
@@ -146,9 +146,18 @@ pub async fn bind(
         .add_service(tonic::service::interceptor::InterceptedService::new(
             reflection, auth,
         ));
+    // Small answers must not wait for the client's delayed ACK (~40 ms) behind Nagle: tonic
+    // sets TCP_NODELAY only on connections it accepts itself.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|c| {
+            if let Err(e) = c.set_nodelay(true) {
+                tracing::debug!("control: TCP_NODELAY not set: {e}");
+            }
+        })
+    });
     let serving = Box::pin(async move {
         router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .context("control channel")
     });
