@@ -8,6 +8,7 @@ TOOLCHAIN=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
 BPF_LINKER_VERSION=0.10.4
 APT_PACKAGES=(
   gcc pkg-config curl ca-certificates python3 python3-pip
+  make libssl-dev            # librdkafka (bundled, built by rdkafka-sys) with TLS: the system OpenSSL
   protobuf-compiler          # protoc: the control channel's gRPC code is generated at build time
   iproute2 nftables          # test network namespaces, veth, packet loss
   prometheus                 # promtool, and a real Prometheus server for end-to-end tests

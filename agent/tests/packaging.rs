@@ -295,6 +295,8 @@ fn deb_installs_validates_and_purges_cleanly() {
 
     let info = ok(Command::new("dpkg-deb").arg("-I").arg(&deb));
     assert!(info.contains("Package: gopher"), "{info}");
+    // librdkafka's TLS links the system OpenSSL: $auto must have found it.
+    assert!(info.contains("libssl3"), "{info}");
     let ctrl = tempfile::tempdir().unwrap();
     ok(Command::new("dpkg-deb")
         .arg("-e")
@@ -412,7 +414,9 @@ fn rpm_has_the_files_config_and_scripts() {
         scripts.contains("systemctl --no-reload disable --now gopher.service"),
         "{scripts}"
     );
-    assert!(query("--requires").contains("procps-ng"));
+    let requires = query("--requires");
+    assert!(requires.contains("procps-ng"), "{requires}");
+    assert!(requires.contains("libssl.so.3"), "{requires}");
     let info = query("-i");
     assert!(
         info.contains(&format!("Version     : {}", env!("CARGO_PKG_VERSION"))),

@@ -652,18 +652,8 @@ fn kafka(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) -> Kafka {
             }
         }
     }
-    if let Some((i, span)) = t.word(rep, "compression_codec", &Compression::WORDS) {
+    if let Some((i, _)) = t.word(rep, "compression_codec", &Compression::WORDS) {
         out.compression_codec = Compression::ALL[i];
-        // The bundled librdkafka is built without libzstd (rdkafka's `zstd` feature is off):
-        // say so here, where --check-config sees it, rather than fail at start.
-        if out.compression_codec == Compression::Zstd {
-            rep.report(
-                &span,
-                &t.path_of("compression_codec"),
-                DiagnosticKind::InvalidValue,
-                "\"zstd\" is not available in this build (librdkafka without libzstd); use \"lz4\", \"snappy\" or \"gzip\"".to_owned(),
-            );
-        }
     }
     if let Some(p) = t.get("properties") {
         out.properties = kafka_properties(rep, p, t.path_of("properties"));

@@ -8,8 +8,11 @@ consume BROKER TOPIC[,TOPIC...]: reads partition 0 of each TOPIC from the beginn
         killed or stdin closes. Errors go to stderr as they come; the consumer keeps retrying.
 produce BROKER TOPIC N: produces N messages "m0" .. "m<N-1>" (key "k<i>"), waits for every
         delivery report, prints "delivered <ok> failed <failed>", exits 0 only if all arrived.
+
+With KAFKA_SSL_CA set (a CA file, PEM), both connect with TLS (security.protocol = ssl).
 """
 import json
+import os
 import sys
 import threading
 
@@ -18,6 +21,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 
 def text(b):
     return None if b is None else b.decode("utf-8", "replace")
+
+
+def tls():
+    ca = os.environ.get("KAFKA_SSL_CA")
+    return {"security.protocol": "ssl", "ssl.ca.location": ca} if ca else {}
 
 
 def consume(broker, topic):
@@ -36,6 +44,7 @@ def consume(broker, topic):
         "auto.offset.reset": "earliest",
         "reconnect.backoff.max.ms": 500,
         "topic.metadata.refresh.interval.ms": 1000,
+        **tls(),
     })
     c.assign([TopicPartition(t, 0, OFFSET_BEGINNING) for t in topic.split(",")])
     while not stop.is_set():
@@ -56,7 +65,7 @@ def consume(broker, topic):
 
 
 def produce(broker, topic, n):
-    p = Producer({"bootstrap.servers": broker, "message.timeout.ms": 20000})
+    p = Producer({"bootstrap.servers": broker, "message.timeout.ms": 20000, **tls()})
     done = {"ok": 0, "failed": 0}
 
     def report(err, _msg):
