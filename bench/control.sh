@@ -134,12 +134,11 @@ What a round trip holds:
 - **no-op SetProbe**: `tcp` on while already on: the floor (gRPC, the control lock, answering).
 - **ListProbes**: every probe's state.
 
-tcp off is bimodal, ~1 ms or ~43 ms, in proportions that vary from run to run (so its p50 may
-be either). The agent itself answers in ~2 ms either way: the slow ones are the answers it
-writes in two pieces (HTTP/2 HEADERS, then DATA; seen with strace, 4 split answers = the 4 slow
-calls of an 8-round run), the second held back by Nagle on the control listener's sockets (no
-`TCP_NODELAY`) until the client's delayed ACK, ~40 ms. With steps 300 ms apart
-(`BENCH_TOGGLE_SETTLE_MS=300`) none was slow.
+An earlier run found tcp off bimodal, ~1 ms or ~43 ms: answers written in two pieces (HTTP/2
+HEADERS, then DATA; seen with strace) had the second held back by Nagle until the client's
+delayed ACK, because the control listener's accepted sockets lacked `TCP_NODELAY`. The agent now
+sets it on every accepted connection; the figures below are from after that fix. Most of tcp on
+is the BTF parse, which could be cached across restarts of the probe (not done).
 
 {rows}
 {END}"""
