@@ -944,6 +944,26 @@ fn reloads(agent: &Agent, result: &str) -> f64 {
         .map_or(0.0, |s| s.value)
 }
 
+/// Until the agent counted one reload with `result`.
+async fn wait_reloads(agent: &Agent, result: &str) {
+    let began = Instant::now();
+    while reloads(agent, result) < 1.0 {
+        assert!(began.elapsed() < WAIT, "no reload counted as {result}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn names(c: &mut ProbeControlClient<Channel>) -> Vec<String> {
+    c.list_probes(pb::ListProbesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .probes
+        .into_iter()
+        .map(|p| p.name)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reload_follows_the_file_and_refuses_a_bad_one() {
     let scripts = tempfile::tempdir().unwrap();
@@ -980,19 +1000,8 @@ async fn sighup_reload_follows_the_file_and_refuses_a_bad_one() {
         demo.replace("param = \"first\"", "param = \"second\"")
     );
     agent.reload(&v2);
-    let began = Instant::now();
-    while reloads(&agent, "ok") < 1.0 {
-        assert!(began.elapsed() < WAIT, "reload never reported");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let list = c
-        .list_probes(pb::ListProbesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .probes;
-    let names: Vec<&str> = list.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["demo", "system_cpu", "system_vmstat"]);
+    wait_reloads(&agent, "ok").await;
+    assert_eq!(names(&mut c).await, ["demo", "system_cpu", "system_vmstat"]);
     let e = status_of(
         c.get_probe(pb::GetProbeRequest {
             name: "system_meminfo".into(),
@@ -1041,19 +1050,8 @@ async fn sighup_reload_follows_the_file_and_refuses_a_bad_one() {
 
     // A file with an error is refused as a whole: nothing changes.
     agent.reload("[[probes]]\nname = \"bogus\"\nswitch = \"on\"\n");
-    let began = Instant::now();
-    while reloads(&agent, "error") < 1.0 {
-        assert!(began.elapsed() < WAIT, "refused reload never reported");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let after = c
-        .list_probes(pb::ListProbesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .probes;
-    let names: Vec<&str> = after.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["demo", "system_cpu", "system_vmstat"]);
+    wait_reloads(&agent, "error").await;
+    assert_eq!(names(&mut c).await, ["demo", "system_cpu", "system_vmstat"]);
     assert_eq!(get(&mut c, "demo").await.pid, Some(new_pid));
     assert_eq!(reloads(&agent, "ok"), 1.0);
 }

@@ -22,9 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use gopher::control::grpc::pb::{
-    self, RunState, Switch, probe_control_client::ProbeControlClient,
-};
+use gopher::control::grpc::pb::{self, RunState, Switch, probe_control_client::ProbeControlClient};
 use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
@@ -111,7 +109,11 @@ impl Bench {
     async fn tcp_off(&mut self) -> Result<Duration> {
         let before = gopher_progs(&self.cgroup)?;
         let (d, p) = self.set(&self.tcp.clone(), Switch::Off).await?;
-        ensure!(p.state == RunState::Stopped as i32, "tcp off: state {}", p.state);
+        ensure!(
+            p.state == RunState::Stopped as i32,
+            "tcp off: state {}",
+            p.state
+        );
         let after = gopher_progs(&self.cgroup)?;
         if self.ours.is_empty() {
             // First step: the agent started with tcp on; its programs are the ones that left.
@@ -153,8 +155,16 @@ impl Bench {
     async fn ext_off(&mut self) -> Result<Duration> {
         let pid = self.running_pid().await?;
         let (d, p) = self.set(&self.ext.clone(), Switch::Off).await?;
-        ensure!(p.state == RunState::Stopped as i32, "ext off: state {}", p.state);
-        ensure!(p.pid.is_none(), "ext off: agent still reports pid {:?}", p.pid);
+        ensure!(
+            p.state == RunState::Stopped as i32,
+            "ext off: state {}",
+            p.state
+        );
+        ensure!(
+            p.pid.is_none(),
+            "ext off: agent still reports pid {:?}",
+            p.pid
+        );
         ensure!(!alive(pid), "ext off: pid {pid} still in /proc");
         Ok(d)
     }
@@ -189,7 +199,11 @@ impl Bench {
     /// The switch the probe already has: the agent changes nothing.
     async fn noop(&mut self) -> Result<Duration> {
         let (d, p) = self.set(&self.tcp.clone(), Switch::On).await?;
-        ensure!(p.state == RunState::Running as i32, "no-op: state {}", p.state);
+        ensure!(
+            p.state == RunState::Running as i32,
+            "no-op: state {}",
+            p.state
+        );
         Ok(d)
     }
 
@@ -226,7 +240,11 @@ impl Bench {
                 return Ok(());
             }
             if began.elapsed() > limit {
-                bail!("{} and {} not both running after {limit:?}", self.tcp, self.ext);
+                bail!(
+                    "{} and {} not both running after {limit:?}",
+                    self.tcp,
+                    self.ext
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -293,7 +311,8 @@ async fn main() -> Result<()> {
         ext: args.ext,
         ours: BTreeSet::new(),
     };
-    b.wait_running(Duration::from_secs(args.wait_seconds)).await?;
+    b.wait_running(Duration::from_secs(args.wait_seconds))
+        .await?;
     // Untimed round: warms the channel and learns this agent's program IDs.
     b.tcp_off().await?;
     b.tcp_on().await?;
