@@ -1,4 +1,10 @@
 //! `gopher`: the node agent's command line and wiring. Nothing clever lives here.
+//!
+//! The agent's own tasks run supervised (see `service::supervise`): the ingest task, the
+//! /metrics server and the Kafka sink are restarted with back-off after a panic or an unexpected
+//! end and counted in `gopher_task_restarts_total{task}`; when one keeps failing, the agent stops
+//! with a failure status so that systemd (`Restart=on-failure`) restarts it whole. Each beats a
+//! heartbeat that the systemd watchdog checks before every ping.
 
 use std::{
     path::{Path, PathBuf},
@@ -16,6 +22,10 @@ use gopher::{
     imdb::{Limits, Row, Store},
     probes::{Manager, Policy, now_ms},
     selfmetrics::{CONFIG_RELOADS, SelfMetrics},
+    service::{
+        supervise::{Beating, CatchUnwind, Liveness, Restarts, STALL_BOUND, TICK},
+        tasks,
+    },
 };
 use tokio::sync::{mpsc, watch};
 
@@ -71,6 +81,13 @@ fn main() -> ExitCode {
     if let Err(e) = gopher::service::logging::init(&cfg.global) {
         eprintln!("{e}");
         return ExitCode::FAILURE;
+    }
+    match gopher::service::limits::raise_nofile() {
+        Ok((before, after)) if before != after => {
+            tracing::debug!(before, after, "raised the open-files soft limit");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the open-files soft limit: {e}"),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -144,6 +161,8 @@ const ROWS_CHANNEL: usize = 64;
 /// How long in-flight control calls get to finish at shutdown.
 const CONTROL_DRAIN: Duration = Duration::from_secs(2);
 
+// The wiring in start-up and shutdown order, which reads best in one piece.
+#[allow(clippy::too_many_lines)]
 async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Result<()> {
     let metrics = Arc::new(SelfMetrics::new());
     let mut store = Store::new(Limits {
@@ -179,8 +198,21 @@ async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Resul
         Arc::clone(&metrics),
     )?;
     let store = Arc::new(Mutex::new(store));
+    let liveness = manager.liveness();
+    // A task that keeps failing says so here; the agent then stops with a failure status.
+    let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(4);
     let (ingest_stop, ingest_stop_rx) = watch::channel(false);
-    let ingest = tokio::spawn(ingest(rows_rx, Arc::clone(&store), ingest_stop_rx));
+    let ingest = tokio::spawn(Beating::new(
+        supervised_ingest(
+            rows_rx,
+            Arc::clone(&store),
+            ingest_stop_rx,
+            Restarts::new("ingest", policy, &metrics),
+            fatal_tx.clone(),
+        ),
+        liveness.register("ingest", STALL_BOUND),
+        TICK,
+    ));
     ctl.start()?;
 
     let listener = http::bind(&cfg.web_server.bind_addr, cfg.web_server.port).await?;
@@ -188,24 +220,46 @@ async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Resul
         addr = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
         "serving /metrics"
     );
-    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let (shutdown_tx, _shutdown_rx) = watch::channel(false);
     let web_state = Arc::new(http::WebState {
         store: Arc::clone(&store),
         metrics: Arc::clone(&metrics),
         clock: now_ms,
     });
-    let web = tokio::spawn(http::serve(listener, web_state, async move {
-        let _ = shutdown_rx.wait_for(|s| *s).await;
-    }));
+    let web = tokio::spawn(Beating::new(
+        tasks::web(
+            listener.into_std()?,
+            web_state,
+            shutdown_tx.subscribe(),
+            Restarts::new("web", policy, &metrics),
+            fatal_tx.clone(),
+        ),
+        liveness.register("web", STALL_BOUND),
+        TICK,
+    ));
 
-    let kafka = start_kafka(&cfg, &store, &metrics, shutdown_tx.subscribe())?;
+    let kafka = start_kafka(
+        &cfg,
+        &store,
+        &metrics,
+        shutdown_tx.subscribe(),
+        policy,
+        &liveness,
+        fatal_tx,
+    )?;
     let control = start_control(&cfg, &ctl, &metrics, shutdown_tx.subscribe()).await?;
 
     // Ready for systemd (Type=notify) once /metrics is served and every sink started.
     let notifier = Arc::new(gopher::service::notify::Notifier::from_env());
     notifier.ready();
-    let _watchdog = notifier.spawn_watchdog();
-    serve_signals(&path, cfg, &ctl, &store, &metrics).await?;
+    let _watchdog = notifier.spawn_watchdog(liveness);
+    let fatal = tokio::select! {
+        r = serve_signals(&path, cfg, &ctl, &store, &metrics) => {
+            r?;
+            None
+        }
+        Some(why) = fatal_rx.recv() => Some(why),
+    };
     tracing::info!("stopping");
     notifier.stopping();
     // Start checks first (so that none starts a probe being stopped), then the probes.
@@ -228,7 +282,10 @@ async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Resul
     if let Some(kafka) = kafka {
         let _ = kafka.await;
     }
-    Ok(())
+    match fatal {
+        Some(why) => anyhow::bail!("stopped because the {why}"),
+        None => Ok(()),
+    }
 }
 
 /// Starts the Kafka sink when `kafka.switch = "on"`. A producer librdkafka refuses to create (an
@@ -239,6 +296,9 @@ fn start_kafka(
     store: &Arc<Mutex<Store>>,
     metrics: &Arc<SelfMetrics>,
     shutdown: watch::Receiver<bool>,
+    policy: Policy,
+    liveness: &Liveness,
+    fatal: mpsc::Sender<String>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     if !cfg.kafka.switch.is_on() {
         return Ok(None);
@@ -254,13 +314,42 @@ fn start_kafka(
         metadata_topic = %cfg.kafka.metadata_topic,
         "producing to Kafka"
     );
-    Ok(Some(tokio::spawn(kafka::run(
-        sink,
-        Arc::clone(store),
-        cfg.egress.interval,
-        now_ms,
+    // A pass may wait up to one interval for queue room, then the next tick comes.
+    let heartbeat = liveness.register("kafka", cfg.egress.interval * 2 + STALL_BOUND);
+    let task = tasks::KafkaTask {
+        cfg: cfg.kafka.clone(),
+        interval: cfg.egress.interval,
+        store: Arc::clone(store),
+        metrics: Arc::clone(metrics),
         shutdown,
-    ))))
+        clock: now_ms,
+        heartbeat,
+    };
+    let restarts = Restarts::new("kafka", policy, metrics);
+    Ok(Some(tokio::spawn(task.supervise(sink, restarts, fatal))))
+}
+
+/// [`ingest`] under supervision. The receiver outlives a run, so a panic loses at most the
+/// batch being stored, never the queue.
+async fn supervised_ingest(
+    mut rx: mpsc::Receiver<Vec<Row>>,
+    store: Arc<Mutex<Store>>,
+    stop: watch::Receiver<bool>,
+    mut restarts: Restarts,
+    fatal: mpsc::Sender<String>,
+) {
+    loop {
+        restarts.started();
+        let why = match CatchUnwind::new(ingest(&mut rx, Arc::clone(&store), stop.clone())).await {
+            Ok(()) if *stop.borrow() => return,
+            Ok(()) => "the rows channel closed".to_owned(),
+            Err(panic) => format!("panicked: {panic}"),
+        };
+        if let Err(e) = restarts.failed(&why).await {
+            let _ = fatal.send(e).await;
+            return;
+        }
+    }
 }
 
 /// Serves the control channel when `control.switch = "on"`.
@@ -300,7 +389,7 @@ async fn start_control(
 /// still queued. Rejected rows are counted by the store itself. Ending on `stop` rather than on
 /// the last sender going away: control-channel connections may hold the probes' handles.
 async fn ingest(
-    mut rx: mpsc::Receiver<Vec<Row>>,
+    rx: &mut mpsc::Receiver<Vec<Row>>,
     store: Arc<Mutex<Store>>,
     mut stop: watch::Receiver<bool>,
 ) {

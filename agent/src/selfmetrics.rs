@@ -20,6 +20,8 @@ use crate::imdb::Store;
 pub const BUILD_INFO: &str = "gopher_build_info";
 pub const PROBE_STATE: &str = "gopher_probe_state";
 pub const PROBE_RESTARTS: &str = "gopher_probe_restarts_total";
+pub const PROBE_PANICS: &str = "gopher_probe_panics_total";
+pub const TASK_RESTARTS: &str = "gopher_task_restarts_total";
 pub const ROWS_INGESTED: &str = "gopher_rows_ingested_total";
 pub const ROWS_DROPPED: &str = "gopher_rows_dropped_total";
 pub const EBPF_EVENTS_LOST: &str = "gopher_ebpf_events_lost_total";
@@ -115,7 +117,7 @@ impl SelfMetrics {
     #[allow(clippy::too_many_lines)]
     pub fn new() -> Self {
         use Kind::{Counter, Gauge};
-        let declared: [(&'static str, Kind, &'static [&'static str], &'static str); 23] = [
+        let declared: [(&'static str, Kind, &'static [&'static str], &'static str); 25] = [
             (
                 CONTROL_REQUESTS,
                 Counter,
@@ -145,6 +147,18 @@ impl SelfMetrics {
                 Counter,
                 &["probe"],
                 "Times the supervisor restarted the probe after it ended on its own (exit, crash, error).",
+            ),
+            (
+                PROBE_PANICS,
+                Counter,
+                &["probe"],
+                "Times a probe's code panicked; the supervisor counts it as a failure and restarts the probe.",
+            ),
+            (
+                TASK_RESTARTS,
+                Counter,
+                &["task"],
+                "Times one of the agent's own tasks (web, ingest, kafka) panicked or ended unexpectedly and was restarted.",
             ),
             (
                 ROWS_INGESTED,

@@ -16,11 +16,15 @@ use std::{
 use common::free_port;
 
 /// Writes a config serving /metrics on a free port (plus `extra`) into `dir`; returns the port.
+/// The control channel is off: its default port (8889) would make agents of tests running in
+/// parallel (or another agent on the machine) refuse to start.
 fn config(dir: &Path, extra: &str) -> u16 {
     let port = free_port();
     std::fs::write(
         dir.join("probes.toml"),
-        format!("{extra}\n[web_server]\nbind_addr = \"127.0.0.1\"\nport = {port}\n"),
+        format!(
+            "{extra}\n[web_server]\nbind_addr = \"127.0.0.1\"\nport = {port}\n[control]\nswitch = \"off\"\n"
+        ),
     )
     .unwrap();
     port
@@ -154,6 +158,22 @@ fn notifies_ready_once_serving_then_watchdog_then_stopping() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(5),
         "3 pings in {took:?}"
     );
+    // The agent's own tasks run supervised, their restart counters shown from 0 (Kafka is
+    // off: no task). After the timing: a scrape under load would let pings queue up meanwhile.
+    let out = Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    for task in ["ingest", "web"] {
+        assert!(
+            body.contains(&format!(
+                "gopher_task_restarts_total{{task=\"{task}\"}} 0\n"
+            )),
+            "{body}"
+        );
+    }
+    assert!(!body.contains("task=\"kafka\""), "{body}");
 
     let status = terminate(&mut agent.0);
     assert!(status.success(), "{status}");

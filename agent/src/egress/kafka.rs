@@ -97,6 +97,7 @@ use crate::selfmetrics::{
     Counter, Gauge, KAFKA_DELIVERED, KAFKA_DROPPED, KAFKA_FAILED, KAFKA_QUEUE_MESSAGES,
     KAFKA_QUEUED, SelfMetrics,
 };
+use crate::service::supervise::Heartbeat;
 
 /// How often a message that found the queue full tries again.
 const QUEUE_FULL_RETRY: Duration = Duration::from_millis(2);
@@ -558,13 +559,15 @@ impl KafkaSink {
 /// The sink's task: a pass every `interval` until `shutdown` turns true, then a last pass and
 /// a bounded flush (`cfg.flush_timeout`). Passes run on the blocking pool: one that meets a
 /// full queue waits for room, up to one `interval` (the last pass does not wait: the flush's
-/// bound is what shutdown promises).
+/// bound is what shutdown promises). `heartbeat` is beaten after every pass, for the systemd
+/// watchdog: a pass that never ends stops the beats.
 pub async fn run(
     mut sink: KafkaSink,
     store: Arc<Mutex<Store>>,
     interval: Duration,
     clock: fn() -> u64,
     mut shutdown: watch::Receiver<bool>,
+    heartbeat: Heartbeat,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -580,7 +583,10 @@ pub async fn run(
         })
         .await;
         match done {
-            Ok(s) => sink = s,
+            Ok(s) => {
+                sink = s;
+                heartbeat.beat();
+            }
             Err(e) => {
                 tracing::error!(target: "gopher::kafka", "Kafka egress pass failed, Kafka egress stops: {e}");
                 return;

@@ -8,6 +8,12 @@
 //! [`Policy::max_quick_failures`] quick failures in a row the probe is `failed`, with the
 //! reason, until someone starts it again.
 //!
+//! A probe whose code panics is treated the same way: the panic is caught at the supervisor
+//! ([`CatchUnwind`]), its message becomes the failure reason, `gopher_probe_panics_total{probe}`
+//! counts it and the usual back-off applies. Each supervisor task also beats a heartbeat
+//! ([`Manager::liveness`]) on every poll, so a probe that blocks its worker thread stops the
+//! systemd watchdog's pings.
+//!
 //! The manager is a cheap handle (clone it): start-check tasks start and stop probes through
 //! their own clone while `main` holds another.
 
@@ -25,7 +31,8 @@ use tokio::{
 use super::{Probe, ProbeContext};
 use crate::{
     imdb::Row,
-    selfmetrics::{PROBE_LAST_FAILURE, PROBE_RESTARTS, SelfMetrics},
+    selfmetrics::{PROBE_LAST_FAILURE, PROBE_PANICS, PROBE_RESTARTS, SelfMetrics},
+    service::supervise::{Beating, CatchUnwind, Liveness, STALL_BOUND, TICK},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +149,7 @@ struct Inner {
     record_timeout: Duration,
     policy: Policy,
     changes: broadcast::Sender<String>,
+    liveness: Liveness,
 }
 
 #[derive(Clone)]
@@ -172,8 +180,16 @@ impl Manager {
                 record_timeout,
                 policy,
                 changes: broadcast::channel(CHANGES_BACKLOG).0,
+                liveness: Liveness::new(),
             }),
         }
+    }
+
+    /// The heartbeats of the probes' supervisors (`probe <name>`, one per started probe, gone
+    /// when it stops). The agent registers its other loops here too, and the watchdog checks
+    /// them all.
+    pub fn liveness(&self) -> Liveness {
+        self.inner.liveness.clone()
     }
 
     /// The probe map holds plain data; a panic elsewhere while holding the lock leaves it usable.
@@ -190,6 +206,10 @@ impl Manager {
         self.inner
             .metrics
             .set_probe_state(&name, State::Stopped.as_str());
+        // At 0 from the start, so that the first panic shows in increase().
+        self.inner
+            .metrics
+            .counter(PROBE_PANICS, &[("probe", name.as_str())]);
         let state = Cell {
             status: Arc::new(Mutex::new(Status::new())),
             changes: self.inner.changes.clone(),
@@ -280,7 +300,11 @@ impl Manager {
             inner: Arc::clone(&self.inner),
         };
         set(&entry.state, &self.inner.metrics, name, State::Starting, "");
-        let handle = tokio::spawn(run.supervise(stop_rx));
+        let heartbeat = self
+            .inner
+            .liveness
+            .register(format!("probe {name}"), STALL_BOUND);
+        let handle = tokio::spawn(Beating::new(run.supervise(stop_rx), heartbeat, TICK));
         entry.task = Some((stop_tx, handle));
         Ok(())
     }
@@ -346,6 +370,7 @@ impl Supervised {
         let policy = inner.policy;
         let metrics = &inner.metrics;
         let restarts = metrics.counter(PROBE_RESTARTS, &[("probe", name.as_str())]);
+        let panics = metrics.counter(PROBE_PANICS, &[("probe", name.as_str())]);
         let mut backoff = policy.backoff_initial;
         let mut quick = 0u32;
         let mut last_failure: Option<String> = None;
@@ -367,7 +392,19 @@ impl Supervised {
                 break;
             }
             let began = Instant::now();
-            let result = probe.run(ctx).await;
+            // `run` itself inside the guard too: a panic while building the future counts.
+            let run = {
+                let probe = Arc::clone(&probe);
+                async move { probe.run(ctx).await }
+            };
+            let result = match CatchUnwind::new(run).await {
+                Ok(result) => result,
+                Err(message) => {
+                    panics.inc();
+                    tracing::error!(probe = %name, "probe panicked: {message}");
+                    Err(anyhow::anyhow!("panicked: {message}"))
+                }
+            };
             if *stop.borrow() || inner.rows.is_closed() {
                 if let Err(e) = result {
                     tracing::debug!(probe = %name, "probe ended with an error while stopping: {e:#}");
@@ -470,149 +507,4 @@ impl StateHandle {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-    use crate::imdb::TableMeta;
-    use crate::probes::ProbeFuture;
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    /// Fails `fail_first` times, then runs until stopped.
-    struct Flaky {
-        runs: Arc<AtomicU32>,
-        fail_first: u32,
-    }
-
-    impl Probe for Flaky {
-        fn name(&self) -> &'static str {
-            "flaky"
-        }
-        fn tables(&self) -> Vec<TableMeta> {
-            Vec::new()
-        }
-        fn run(&self, mut ctx: ProbeContext) -> ProbeFuture {
-            let n = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
-            let fail = n <= self.fail_first;
-            Box::pin(async move {
-                if fail {
-                    anyhow::bail!("boom {n}");
-                }
-                ctx.state.running();
-                let _ = ctx.stop.wait_for(|s| *s).await;
-                Ok(())
-            })
-        }
-    }
-
-    fn manager(policy: Policy) -> (Manager, Arc<SelfMetrics>, mpsc::Receiver<Vec<Row>>) {
-        let (tx, rx) = mpsc::channel(1);
-        let metrics = Arc::new(SelfMetrics::new());
-        (
-            Manager::with_policy(tx, Arc::clone(&metrics), Duration::ZERO, policy),
-            metrics,
-            rx,
-        )
-    }
-
-    fn fast(max: u32) -> Policy {
-        Policy {
-            backoff_initial: Duration::from_millis(10),
-            backoff_max: Duration::from_millis(40),
-            max_quick_failures: max,
-            stable_after: Duration::from_mins(1),
-            stop_timeout: Duration::from_secs(5),
-        }
-    }
-
-    async fn until(m: &Manager, want: State) -> String {
-        for _ in 0..500 {
-            if let Some((s, why)) = m.state("flaky")
-                && s == want
-            {
-                return why;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        panic!("never reached {want:?}: {:?}", m.state("flaky"));
-    }
-
-    #[tokio::test]
-    async fn restarts_with_backoff_then_runs() {
-        let (m, metrics, _rx) = manager(fast(5));
-        let runs = Arc::new(AtomicU32::new(0));
-        m.add(
-            Arc::new(Flaky {
-                runs: Arc::clone(&runs),
-                fail_first: 3,
-            }),
-            Duration::from_secs(1),
-        );
-        m.start("flaky").unwrap();
-        until(&m, State::Running).await;
-        assert_eq!(runs.load(Ordering::SeqCst), 4);
-        assert_eq!(
-            metrics.counter(PROBE_RESTARTS, &[("probe", "flaky")]).get(),
-            3
-        );
-        m.stop("flaky").await.unwrap();
-        assert_eq!(m.state("flaky").unwrap().0, State::Stopped);
-    }
-
-    #[tokio::test]
-    async fn gives_up_after_quick_failures_with_the_reason() {
-        let (m, metrics, _rx) = manager(fast(3));
-        let runs = Arc::new(AtomicU32::new(0));
-        m.add(
-            Arc::new(Flaky {
-                runs: Arc::clone(&runs),
-                fail_first: 100,
-            }),
-            Duration::from_secs(1),
-        );
-        m.start("flaky").unwrap();
-        assert_eq!(until(&m, State::Failed).await, "boom 3");
-        assert_eq!(runs.load(Ordering::SeqCst), 3);
-        let mut out = String::new();
-        metrics.render(&mut out);
-        assert!(
-            out.contains("gopher_probe_restarts_total{probe=\"flaky\"} 2\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("gopher_probe_last_failure_info{probe=\"flaky\",reason=\"boom 3\"} 1\n")
-        );
-        assert!(out.contains("gopher_probe_state{probe=\"flaky\",state=\"failed\"} 1\n"));
-        // Starting again gives it a fresh set of attempts.
-        m.start("flaky").unwrap();
-        until(&m, State::Failed).await;
-        assert_eq!(runs.load(Ordering::SeqCst), 6);
-        m.stop("flaky").await.unwrap();
-        assert_eq!(m.state("flaky").unwrap().0, State::Stopped);
-    }
-
-    #[tokio::test]
-    async fn stop_during_backoff_is_prompt() {
-        let mut policy = fast(5);
-        policy.backoff_initial = Duration::from_secs(30);
-        let (m, _metrics, _rx) = manager(policy);
-        m.add(
-            Arc::new(Flaky {
-                runs: Arc::new(AtomicU32::new(0)),
-                fail_first: 100,
-            }),
-            Duration::from_secs(1),
-        );
-        m.start("flaky").unwrap();
-        while m.state("flaky").unwrap().1.is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(
-            m.state("flaky").unwrap(),
-            (State::Starting, "boom 1".into())
-        );
-        let t = Instant::now();
-        m.stop("flaky").await.unwrap();
-        assert!(t.elapsed() < Duration::from_secs(1));
-        assert_eq!(m.state("flaky").unwrap().0, State::Stopped);
-    }
-}
+mod tests;

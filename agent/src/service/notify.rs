@@ -6,6 +6,11 @@
 //! start` returns only when the agent can be scraped; `STOPPING=1` when shutdown begins; and,
 //! with `WatchdogSec=`, `WATCHDOG=1` at half the period systemd asks for (`$WATCHDOG_USEC`), as
 //! sd_watchdog_enabled(3) recommends, so one late tick does not get the agent killed.
+//!
+//! The pings are proof of progress, not of a timer: each one is sent only while every loop
+//! registered with [`Liveness`] (ingest, the /metrics server, each probe's supervisor, the Kafka
+//! sink) has beaten within its bound. A stuck loop means no ping, a `STATUS=` line and an error
+//! naming it, and systemd restarts the agent after `WatchdogSec`.
 
 use std::{
     ffi::OsStr,
@@ -16,6 +21,8 @@ use std::{
     },
     time::Duration,
 };
+
+use super::supervise::{Liveness, Stuck};
 
 /// Where notifications go; `None` inside means "not supervised by systemd".
 #[derive(Debug)]
@@ -98,21 +105,47 @@ impl Notifier {
         self.notify("STOPPING=1\nSTATUS=stopping");
     }
 
-    /// Starts the watchdog pings on the current tokio runtime, if systemd asked for them. They
-    /// come from the runtime that serves /metrics and runs the probes' supervision, so a wedged
-    /// runtime stops them and systemd restarts the agent. The task ends when the runtime does.
-    pub fn spawn_watchdog(self: &std::sync::Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+    /// Starts the watchdog pings on the current tokio runtime, if systemd asked for them: one
+    /// per interval while no loop of `liveness` is stuck. They come from the runtime that runs
+    /// those loops, so a wedged runtime stops them too. The task ends when the runtime does.
+    pub fn spawn_watchdog(
+        self: &std::sync::Arc<Self>,
+        liveness: Liveness,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         let interval = self.watchdog_interval()?;
         let this = std::sync::Arc::clone(self);
         Some(tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut was_stuck = false;
             loop {
                 tick.tick().await;
-                this.notify("WATCHDOG=1");
+                let stuck = liveness.stuck();
+                if stuck.is_empty() {
+                    if was_stuck {
+                        tracing::warn!("every loop makes progress again; watchdog pings resume");
+                        this.notify("STATUS=serving /metrics");
+                    }
+                    this.notify("WATCHDOG=1");
+                } else {
+                    let list = describe(&stuck);
+                    // Every tick: the journal shows how long it has lasted until systemd acts.
+                    tracing::error!(stuck = %list, "loops stuck; not feeding the systemd watchdog");
+                    this.notify(&format!("STATUS=stuck: {list}"));
+                }
+                was_stuck = !stuck.is_empty();
             }
         }))
     }
+}
+
+/// `ingest (75s), probe tcp (61s)`.
+fn describe(stuck: &[Stuck]) -> String {
+    stuck
+        .iter()
+        .map(|s| format!("{} ({}s)", s.name, s.since.as_secs()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A `NOTIFY_SOCKET` value as a socket address: a path, or `@name` for the abstract namespace.
@@ -199,7 +232,7 @@ mod tests {
             42,
         ));
         assert_eq!(n.watchdog_interval(), Some(Duration::from_secs(1)));
-        let task = n.spawn_watchdog().unwrap();
+        let task = n.spawn_watchdog(Liveness::new()).unwrap();
         // Paused clock: the sleep advances time from timer to timer, running the pings due.
         tokio::time::sleep(Duration::from_millis(3500)).await;
         socket.set_nonblocking(true).unwrap();
@@ -212,6 +245,64 @@ mod tests {
         task.abort();
         // Ticks at 0, 1, 2 and 3 s of paused time.
         assert_eq!(pings, 4, "one ping per half period");
+    }
+
+    /// Every datagram waiting on `socket`, without blocking.
+    fn drain(socket: &UnixDatagram) -> Vec<String> {
+        socket.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while let Ok(n) = socket.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        socket.set_nonblocking(false).unwrap();
+        got
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_loop_stops_the_pings_until_it_moves_again() {
+        let (_dir, path, socket) = listener();
+        let n = Arc::new(Notifier::from_vars(
+            Some(path.as_os_str()),
+            Some("2000000"),
+            None,
+            1,
+        ));
+        let live = Liveness::new();
+        let busy = live.register("ingest", Duration::from_millis(2500));
+        let stalled = live.register("web", Duration::from_millis(2500));
+        // `ingest` beats every half second throughout; `web` beats until 2 s, then stops.
+        let beating = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                busy.beat();
+            }
+        });
+        let task = n.spawn_watchdog(live.clone()).unwrap();
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            stalled.beat();
+        }
+        // Ticks at 0, 1 and 2 s (web beat at 2 s): three pings.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(drain(&socket), ["WATCHDOG=1"; 3]);
+        // Pings go on while web is within its 2.5 s bound (ticks at 3 and 4 s), then stop.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let got = drain(&socket);
+        let pings = got.iter().filter(|m| *m == "WATCHDOG=1").count();
+        assert_eq!(pings, 2, "{got:?}");
+        assert!(
+            got.last().unwrap().starts_with("STATUS=stuck: web ("),
+            "{got:?}"
+        );
+        assert!(!got.iter().any(|m| m.contains("ingest")), "{got:?}");
+        // web moves again: pings resume at the next tick.
+        stalled.beat();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let got = drain(&socket);
+        assert!(got.iter().any(|m| m == "WATCHDOG=1"), "{got:?}");
+        task.abort();
+        beating.abort();
     }
 
     #[test]
