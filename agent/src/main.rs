@@ -330,7 +330,8 @@ fn start_kafka(
 }
 
 /// [`ingest`] under supervision. The receiver outlives a run, so a panic loses at most the
-/// batch being stored, never the queue.
+/// batch being stored, never the queue. Ingest ends normally when stopped or when every sender
+/// is gone (the manager holds one for the agent's life, so that means the agent is going away).
 async fn supervised_ingest(
     mut rx: mpsc::Receiver<Vec<Row>>,
     store: Arc<Mutex<Store>>,
@@ -340,12 +341,11 @@ async fn supervised_ingest(
 ) {
     loop {
         restarts.started();
-        let why = match CatchUnwind::new(ingest(&mut rx, Arc::clone(&store), stop.clone())).await {
-            Ok(()) if *stop.borrow() => return,
-            Ok(()) => "the rows channel closed".to_owned(),
-            Err(panic) => format!("panicked: {panic}"),
+        let Err(panic) = CatchUnwind::new(ingest(&mut rx, Arc::clone(&store), stop.clone())).await
+        else {
+            return;
         };
-        if let Err(e) = restarts.failed(&why).await {
+        if let Err(e) = restarts.failed(&format!("panicked: {panic}")).await {
             let _ = fatal.send(e).await;
             return;
         }
