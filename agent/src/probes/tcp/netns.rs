@@ -211,6 +211,12 @@ impl Namespaces {
         self.unreachable.keys().copied()
     }
 
+    /// Makes the next refresh a full re-walk (benchmarks).
+    #[cfg(test)]
+    pub fn force_full_walk(&mut self) {
+        self.last_full = None;
+    }
+
     /// `/proc/<pid>/ns/net` stats done so far.
     #[cfg(test)]
     pub fn stats(&self) -> u64 {

@@ -141,7 +141,7 @@ pub fn scan(wanted: &HashSet<u64>) -> HashMap<u64, Owner> {
 /// Calls `f` with the link target of every fd of `pid`. Reads links relative to the open fd
 /// directory (`readlinkat`) into one buffer: a path lookup through /proc and an allocation per
 /// fd are most of a walk's cost otherwise. Targets longer than the buffer are not sockets.
-fn for_each_fd_link(pid: u32, buf: &mut [u8], mut f: impl FnMut(&[u8])) {
+pub(super) fn for_each_fd_link(pid: u32, buf: &mut [u8], mut f: impl FnMut(&[u8])) {
     let Ok(path) = std::ffi::CString::new(format!("/proc/{pid}/fd")) else {
         return;
     };
