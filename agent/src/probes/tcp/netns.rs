@@ -6,8 +6,10 @@
 //! socket would keep a dead namespace alive.
 //!
 //! Discovery follows change: `/proc` is listed every refresh (one cheap directory read), but
-//! `/proc/<pid>/ns/net` is looked at only for pids not seen before, so a node with 50 k
-//! processes costs 50 k stats once, not every interval. A namespace is closed as soon as the last
+//! `/proc/<pid>/ns/net` is looked at only for pids new in the last [`YOUNG_REFRESHES`] refreshes
+//! (a container runtime forks, then the child unshares: a pid first seen in the host namespace
+//! may move at once), so a node with 50 k processes costs 50 k stats once, not every interval.
+//! A namespace is closed as soon as the last
 //! process known in it exits and no pin (`/run/netns`, …) holds it. What a known pid cannot
 //! tell us without a stat, a `setns()`/`unshare()` into another namespace by a running process,
 //! is caught by a full re-walk every [`FULL_WALK_EVERY`].
@@ -33,6 +35,8 @@ use std::{
 const SO_NETNS_COOKIE: i32 = 71;
 /// How often every known process's namespace is looked at again, and unreachable ones retried.
 pub const FULL_WALK_EVERY: Duration = Duration::from_secs(30);
+/// Refreshes after the first that look at a new pid's namespace again.
+pub const YOUNG_REFRESHES: u8 = 2;
 /// `ip netns add` and CNI plugins pin namespaces in /run/netns, Docker in /run/docker/netns; a
 /// pinned namespace may have no process left in it while its sockets still close.
 const PIN_DIRS: [&str; 2] = ["/run/netns", "/run/docker/netns"];
@@ -74,8 +78,9 @@ pub struct Namespaces {
     pub by_inode: HashMap<u64, Namespace>,
     /// Namespaces that exist but could not be opened: inode → path tried.
     unreachable: HashMap<u64, PathBuf>,
-    /// pid → its namespace inode when first seen (0: none readable, e.g. a zombie).
-    pids: HashMap<u32, u64>,
+    /// pid → its namespace inode (0: none readable, e.g. a zombie) and how many more refreshes
+    /// look at it again.
+    pids: HashMap<u32, (u64, u8)>,
     pin_dirs: Vec<PathBuf>,
     last_full: Option<Instant>,
     /// `/proc/<pid>/ns/net` stats done so far (the cost a refresh is proportional to).
@@ -115,20 +120,30 @@ impl Namespaces {
             })
             .unwrap_or_default();
         listed.sort_unstable();
+        self.pids.retain(|pid, _| listed.binary_search(pid).is_ok());
         if full {
-            self.pids.clear();
-        } else {
-            self.pids.retain(|pid, _| listed.binary_search(pid).is_ok());
+            for (_, look_again) in self.pids.values_mut() {
+                *look_again = (*look_again).max(1);
+            }
         }
+        // At the first walk every process is as old as the agent knows.
+        let young = if self.pids.is_empty() {
+            1
+        } else {
+            YOUNG_REFRESHES + 1
+        };
         let mut found: HashMap<u64, Source> = HashMap::new();
         if let Ok(own) = ns_inode(Path::new("/proc/self/ns/net")) {
             found.insert(own, Source::Path(PathBuf::from("/proc/self/ns/net")));
         }
         for pid in listed {
-            let ino = *self.pids.entry(pid).or_insert_with(|| {
+            let entry = self.pids.entry(pid).or_insert((0, young));
+            if entry.1 > 0 {
+                entry.1 -= 1;
+                entry.0 = ns_inode(&Source::Pid(pid).path()).unwrap_or(0);
                 self.stats += 1;
-                ns_inode(&Source::Pid(pid).path()).unwrap_or(0)
-            });
+            }
+            let ino = entry.0;
             if ino != 0 {
                 found.entry(ino).or_insert(Source::Pid(pid));
             }
@@ -330,6 +345,42 @@ mod tests {
         assert!(
             !ns.by_inode.contains_key(&ino),
             "the namespace of an exited process is closed at the next refresh"
+        );
+    }
+
+    #[test]
+    fn a_new_process_that_unshares_after_it_was_first_seen_is_looked_at_again() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 && std::env::var_os("GOPHER_STRICT_TESTS").is_none() {
+            eprintln!("skipped: unshare -n needs root");
+            return;
+        }
+        let mut ns = Namespaces::with_pin_dirs(Vec::new());
+        ns.refresh();
+        let own = ns_inode(Path::new("/proc/self/ns/net")).unwrap();
+        // Like a container runtime: fork first, unshare a moment later in the same pid.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.5; exec unshare -n sleep 60"])
+            .spawn()
+            .unwrap();
+        let path = Source::Pid(child.id()).path();
+        ns.refresh(); // sees the child still in our namespace
+        let mut moved = None;
+        for _ in 0..300 {
+            moved = ns_inode(&path).ok().filter(|&i| i != own);
+            if moved.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        ns.refresh();
+        let known = moved.is_some_and(|ino| ns.by_inode.contains_key(&ino));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(moved.is_some(), "the child never unshared");
+        assert!(
+            known,
+            "the young pid's new namespace is found before a full re-walk"
         );
     }
 
