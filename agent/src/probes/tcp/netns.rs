@@ -300,6 +300,23 @@ mod tests {
         assert_eq!(ns.inode_of_cookie(me.cookie), Some(own));
     }
 
+    /// Namespaces found through processes only, after a first refresh; None (a skip) when not
+    /// root, since `unshare -n` needs it (a failure under `GOPHER_STRICT_TESTS`).
+    fn watching_processes_only() -> Option<Namespaces> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("GOPHER_STRICT_TESTS").is_none(),
+                "unshare -n needs root"
+            );
+            eprintln!("skipped: unshare -n needs root");
+            return None;
+        }
+        let mut ns = Namespaces::with_pin_dirs(Vec::new());
+        ns.refresh();
+        Some(ns)
+    }
+
     fn child_in_own_netns() -> std::process::Child {
         let mut child = std::process::Command::new("unshare")
             .args(["-n", "sleep", "60"])
@@ -321,13 +338,9 @@ mod tests {
 
     #[test]
     fn a_namespace_whose_last_process_exits_is_closed_without_re_walking_every_process() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 && std::env::var_os("GOPHER_STRICT_TESTS").is_none() {
-            eprintln!("skipped: unshare -n needs root");
+        let Some(mut ns) = watching_processes_only() else {
             return;
-        }
-        let mut ns = Namespaces::with_pin_dirs(Vec::new());
-        ns.refresh();
+        };
         let first = ns.stats();
         let mut child = child_in_own_netns();
         let ino = ns_inode(&Source::Pid(child.id()).path()).unwrap();
@@ -350,13 +363,9 @@ mod tests {
 
     #[test]
     fn a_new_process_that_unshares_after_it_was_first_seen_is_looked_at_again() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 && std::env::var_os("GOPHER_STRICT_TESTS").is_none() {
-            eprintln!("skipped: unshare -n needs root");
+        let Some(mut ns) = watching_processes_only() else {
             return;
-        }
-        let mut ns = Namespaces::with_pin_dirs(Vec::new());
-        ns.refresh();
+        };
         let own = ns_inode(Path::new("/proc/self/ns/net")).unwrap();
         // Like a container runtime: fork first, unshare a moment later in the same pid.
         let mut child = std::process::Command::new("sh")
