@@ -37,6 +37,8 @@ pub struct Collector {
     namespaces: Namespaces,
     /// Socket inode → owner, for inodes seen live (pruned to those).
     owners: HashMap<u64, Owner>,
+    /// /proc walks for owners, with back-off for sockets whose owner is not found.
+    resolver: owners::Resolver,
     /// (netns inode, port) → listening socket inode.
     listeners: HashMap<(u64, u16), u64>,
     /// Whether a tracked socket's `bytes_acked` counts its SYN, fixed when first seen so that a
@@ -62,6 +64,7 @@ impl Collector {
             links: Links::default(),
             namespaces: Namespaces::default(),
             owners: HashMap::default(),
+            resolver: owners::Resolver::default(),
             listeners: HashMap::default(),
             syn_acked: HashMap::default(),
             waiting: HashMap::default(),
@@ -96,8 +99,7 @@ impl Collector {
             {
                 // A namespace born since the last refresh: learn it before keying (at most
                 // once a second: a namespace already gone cannot be learnt).
-                self.namespaces.refresh();
-                self.last_ns_refresh = Instant::now();
+                self.refresh_namespaces();
             }
             let sock = self.closed_event(&ev);
             self.links.close(sock, now);
@@ -191,12 +193,10 @@ impl Collector {
     /// Every namespace's listening and link-carrying TCP sockets, with the namespace inode, and
     /// whether every dump succeeded.
     fn dump_all(&mut self) -> (Vec<(u64, DiagSocket)>, bool) {
-        for (path, e) in self.namespaces.refresh() {
-            tracing::debug!(path = %path.display(), "cannot open sock_diag in namespace: {e}");
-        }
-        self.last_ns_refresh = Instant::now();
+        self.refresh_namespaces();
         let mut dumped: Vec<(u64, DiagSocket)> = Vec::new();
-        let mut complete = true;
+        // A namespace that exists but cannot be opened has sockets we do not see.
+        let mut complete = self.namespaces.unreachable().next().is_none();
         let mut broken = Vec::new();
         for ns in self.namespaces.by_inode.values() {
             for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
@@ -216,6 +216,23 @@ impl Collector {
             self.count_error();
         }
         (dumped, complete)
+    }
+
+    /// Learns new namespaces and closes vanished ones; a namespace that newly cannot be opened
+    /// is logged and counted once (`netns` retries it every full re-walk, quietly).
+    fn refresh_namespaces(&mut self) {
+        for f in self.namespaces.refresh() {
+            tracing::warn!(
+                path = %f.path.display(),
+                netns = f.inode,
+                reason = f.reason,
+                "cannot open sock_diag in network namespace: {}; its sockets are not dumped \
+                 and dumps are incomplete until it opens or vanishes",
+                f.error
+            );
+            self.count_error();
+        }
+        self.last_ns_refresh = Instant::now();
     }
 
     /// Drops `LINKS` entries whose socket was not live at two sweeps a minute apart. The eBPF
@@ -321,9 +338,11 @@ impl Collector {
                 wanted.insert(s.inode);
             }
         }
-        self.owners.extend(owners::scan(&wanted));
+        self.owners
+            .extend(self.resolver.resolve(wanted.into_iter()));
         let live_inodes: HashSet<u64> = dumped.iter().map(|(_, s)| s.inode).collect();
         self.owners.retain(|ino, _| live_inodes.contains(ino));
+        self.resolver.retain(|ino| live_inodes.contains(&ino));
     }
 
     /// Turns one dumped socket into an observation, or None while its owner is still a guess.

@@ -10,6 +10,8 @@ mod diag;
 mod links;
 mod netns;
 mod owners;
+#[cfg(test)]
+mod scan_bench;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
