@@ -11,7 +11,8 @@ Two parts, both with the real agent on this host:
    turn, round after round, the order alternating: wait until its store holds the links
    (checked on the link_count samples of the hold processes), let one interval pass, measure
    its CPU over WINDOW seconds with no scrape, then scrape: plain (3x), gzip (3x), 4 concurrent.
-   RSS steady = VmRSS at the end of the quiet window; peak = VmHWM after the scrapes.
+   RSS steady = VmRSS at the end of the quiet window; peaks = VmHWM before any measured
+   scrape, after the one-at-a-time scrapes, and after the concurrent ones.
 2. Churn (after binary only): `gopher-loadgen churn` for CHURN_SECONDS; events lost =
    increase of gopher_ebpf_events_lost_total; exactness = the agent's server-role rx_bytes for
    the churn port against the bytes loadgen's server read (`server_rx_bytes`), and client-role
@@ -19,7 +20,8 @@ Two parts, both with the real agent on this host:
 
 The agent runs pinned to AGENT_CPU and the load to LOAD_CPU, both at nice BENCH_NICE (and this
 session's autogroup too, as bench/run.sh does). Raw JSON lines go to a work directory (printed);
-the report goes to its marked block of BENCHMARKS.md (scale_report.py renders it).
+the report goes to its marked block of BENCHMARKS.md (scale_report.py renders it;
+`python3 bench/scale.py --render WORKDIR` renders it again from a run's work directory).
 
 Environment (defaults in brackets):
   BENCH_SCALE_LINKS       link counts, one set of runs each            ["10000 100000"]
@@ -34,7 +36,9 @@ Environment (defaults in brackets):
   BENCH_SCALE_LOADGEN     loadgen binary          [$CARGO_TARGET_DIR/release/gopher-loadgen]
   BENCH_SCALE_SET_BEFORE, BENCH_SCALE_SET_AFTER  extra config for one binary: space-separated
                           dotted assignments with TOML values, e.g.
-                          "imdb.max_series=1048576 probes.tcp.params.max_links=524288"  [""]
+                          "probes.tcp.params.max_links=524288 imdb.record_timeout=120"  [""]
+                          (scale_agent.OPTIONAL: settings tried on every binary and dropped
+                          for one that refuses them, e.g. the tcp probe's max_series)
   BENCH_SCALE_CHURN_SECONDS  churn length; 0 skips it                  [60]
   BENCH_SCALE_CHURN_CLIENTS  churn client threads                      [4]
   BENCH_SCALE_CHURN_CPUS  CPUs of the churn load (taskset list; "0,1" if one CPU cannot reach
@@ -162,6 +166,7 @@ def measure_links(binary, which, links, round_no, holds, work):
         gz = [agent.scrape(gzip=True) for _ in range(3)]
         for s in plain[:-1] + gz[:-1]:
             s["body"] = None  # 141 MB each at 100 k links with the old agent
+        hwm_serial = status_kb(agent.pid, "VmHWM")
         conc = agent.concurrent_scrapes(4)
         hwm = status_kb(agent.pid, "VmHWM")
         m = sa.parse(plain[-1]["body"])
@@ -171,7 +176,7 @@ def measure_links(binary, which, links, round_no, holds, work):
             "cpu_pct": 100.0 * (c1 - c0) / TICK / (t1 - t0),
             "window_s": round(t1 - t0, 2),
             "rss_kb": rss, "hwm_kb": hwm, "hwm_before_window_kb": hwm_idle0,
-            "hwm_no_scrape_kb": hwm_idle,
+            "hwm_no_scrape_kb": hwm_idle, "hwm_serial_kb": hwm_serial,
             "scrape_s": statistics.median(s["seconds"] for s in plain),
             "scrape_bytes": len(plain[-1]["body"]),
             "gzip_s": statistics.median(s["seconds"] for s in gz),
@@ -184,6 +189,10 @@ def measure_links(binary, which, links, round_no, holds, work):
             "rows_dropped": m["rows_dropped"],
             "imdb_tcp_link": m["imdb_tcp_link"],
         }
+        other = (r["imdb_tcp_link"] or 0) - seen
+        if other > max(1000, links // 20):
+            log(f"warning: {other} other tcp_link records on the host during this run: "
+                "someone else's connections are measured too")
         agent.check_alive()
         return r
     finally:
@@ -313,14 +322,33 @@ def main():
         "rounds": ROUNDS, "window": WINDOW, "interval": INTERVAL, "agent_cpu": AGENT_CPU,
         "load_cpu": LOAD_CPU, "nice": NICE, "setups": setups, "elapsed_s": round(elapsed),
         "binaries": {w: b for w, b in binaries},
-        "configs": {w: sa.config_text(w, 0, INTERVAL) for w, _ in binaries},
+        "configs": {w: sa.config_text(w, 0, INTERVAL, b) for w, b in binaries},
         "churn_clients": CHURN_CLIENTS,
     }
-    text = render(runs, meta, OUT)
-    write_section(OUT, BEGIN, END, text)
-    print(text)
+    with open(os.path.join(work, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    write_report(runs, meta)
     log(f"done in {elapsed:.0f} s; raw results {results}; report {OUT}")
 
 
+def write_report(runs, meta):
+    text = render(runs, meta, OUT)
+    write_section(OUT, BEGIN, END, text)
+    print(text)
+
+
+def rerender(work):
+    """`scale.py --render WORKDIR`: the report again from a run's results.jsonl and meta.json."""
+    with open(os.path.join(work, "results.jsonl")) as f:
+        runs = [json.loads(line) for line in f if line.strip()]
+    with open(os.path.join(work, "meta.json")) as f:
+        meta = json.load(f)
+    meta["setups"] = {int(k): v for k, v in meta["setups"].items()}
+    write_report(runs, meta)
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--render":
+        rerender(sys.argv[2])
+    else:
+        main()

@@ -11,6 +11,7 @@ import http.client
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -28,7 +29,23 @@ def die_with_parent():
         pass
 
 
-def agent_config(which, port, interval):
+# Settings a newer agent needs and an older one refuses ("unknown parameter"): each is tried,
+# and dropped for a binary that refuses it at start (Agent.start). The tcp probe's series cap
+# (issue 10, default 50,000) would otherwise fold most of the 100 k links into aggregate rows.
+OPTIONAL = {"probes.tcp.params.max_series": "1000000"}
+# (binary, dotted key) pairs refused so far.
+REFUSED = set()
+
+
+def _assign(cfg, path, value):
+    keys = path.split(".")
+    node = cfg
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+
+
+def agent_config(which, port, interval, binary=None):
     """The configuration of binary `which` ("before" or "after") as nested dicts; `probes` is
     keyed by probe name (rendered as [[probes]] entries)."""
     cfg = {
@@ -43,13 +60,12 @@ def agent_config(which, port, interval):
                     "params": {"max_links": "262144"}},
         },
     }
+    for path, value in OPTIONAL.items():
+        if (binary, path) not in REFUSED:
+            _assign(cfg, path, value)
     for assignment in os.environ.get(f"BENCH_SCALE_SET_{which.upper()}", "").split():
         path, _, value = assignment.partition("=")
-        keys = path.split(".")
-        node = cfg
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = value
+        _assign(cfg, path, value)
     return cfg
 
 
@@ -80,8 +96,8 @@ def render_toml(cfg):
     return "\n".join(out)
 
 
-def config_text(which, port, interval):
-    return render_toml(agent_config(which, port, interval))
+def config_text(which, port, interval, binary=None):
+    return render_toml(agent_config(which, port, interval, binary))
 
 
 class Agent:
@@ -97,10 +113,24 @@ class Agent:
         return self.proc.pid
 
     def start(self, tag):
+        try:
+            self._start(tag)
+        except RuntimeError:
+            log = open(self.log, errors="replace").read() if self.log else ""
+            refused = [k for k in OPTIONAL if (self.binary, k) not in REFUSED
+                       and "unknown param" in log and k.rsplit(".", 1)[-1] in log]
+            if not refused:
+                raise
+            REFUSED.update((self.binary, k) for k in refused)
+            print(f"scale: {self.binary} refuses {', '.join(refused)}: started without",
+                  file=sys.stderr, flush=True)
+            self._start(tag)
+
+    def _start(self, tag):
         self.port = free_port()
         cfg = os.path.join(self.work, f"{tag}.toml")
         with open(cfg, "w") as f:
-            f.write(config_text(self.which, self.port, self.interval))
+            f.write(config_text(self.which, self.port, self.interval, self.binary))
         self.log = os.path.join(self.work, f"{tag}.log")
         with open(self.log, "w") as logf:
             # nice and taskset exec the agent: the pid is the agent's.
