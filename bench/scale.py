@@ -46,6 +46,7 @@ Environment (defaults in brackets):
   BENCH_AGENT_CPU, BENCH_LOAD_CPU  CPUs of the agent and of the load  [0, 1]
   BENCH_NICE              nice level of agent and load                 [-20]
   BENCH_OUT               report file                                  [<repo>/BENCHMARKS.md]
+  BENCH_SCALE_NOTE        a sentence for the report's method section (what the binaries are) [""]
 """
 import json
 import os
@@ -323,7 +324,7 @@ def main():
         "load_cpu": LOAD_CPU, "nice": NICE, "setups": setups, "elapsed_s": round(elapsed),
         "binaries": {w: b for w, b in binaries},
         "configs": {w: sa.config_text(w, 0, INTERVAL, b) for w, b in binaries},
-        "churn_clients": CHURN_CLIENTS,
+        "churn_clients": CHURN_CLIENTS, "note": ENV("BENCH_SCALE_NOTE", ""),
     }
     with open(os.path.join(work, "meta.json"), "w") as f:
         json.dump(meta, f)

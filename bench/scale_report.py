@@ -165,7 +165,8 @@ def render(runs, meta, out_path):
          f"* {meta['nproc']} CPUs ({meta['cpu_model']}), Linux {meta['kernel']}; run "
          f"{meta['date']}, {meta['elapsed_s']} s in all. The machine was shared: other work "
          "may have run at the same time (the spread shows it).",
-         "* Binaries: " + ", ".join(f"{w} = `{b}`" for w, b in meta["binaries"].items()) + ".",
+         "* Binaries: " + ", ".join(f"{w} = `{b}`" for w, b in meta["binaries"].items()) + "."
+         + (f" {meta['note']}" if meta.get("note") else ""),
          f"* N links = N/2 idle loopback connections held by `gopher-loadgen hold` processes "
          "(≤ 8,000 connections each: 20,000 files per process), each from its own source "
          "address 127.1.x.y to one of ~500 listeners on 127.0.0.1: every link distinct, half "
