@@ -50,6 +50,7 @@ Environment (defaults in brackets):
 """
 import json
 import os
+import select
 import signal
 import statistics
 import subprocess
@@ -116,7 +117,10 @@ class Holds:
                                                preexec_fn=sa.die_with_parent))
         ready = []
         for p in self.procs:
-            line = p.stdout.readline()  # the ready line, or EOF if it failed (its stderr shows why)
+            # The ready line, or EOF if it failed (its stderr shows why).
+            if not select.select([p.stdout], [], [], max(1.0, t0 + 180 - time.monotonic()))[0]:
+                raise RuntimeError(f"hold process {p.pid} not ready after 180 s")
+            line = p.stdout.readline()
             if not line:
                 p.wait()
                 raise RuntimeError(f"hold process {p.pid} failed (exit {p.returncode})")
