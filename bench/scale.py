@@ -172,9 +172,16 @@ def measure_links(binary, which, links, round_no, holds, work):
         for s in plain[:-1] + gz[:-1]:
             s["body"] = None  # 141 MB each at 100 k links with the old agent
         hwm_serial = status_kb(agent.pid, "VmHWM")
+        m = sa.parse(gz[-1]["body"])
         conc = agent.concurrent_scrapes(4)
         hwm = status_kb(agent.pid, "VmHWM")
-        m = sa.parse(plain[-1]["body"])
+        # Renders the 4 concurrent scrapes cost, where the agent counts renders: the counter
+        # moves by those plus one for the scrape that reads it (or the one before: either way
+        # one).
+        renders = m["extra"].get("gopher_scrape_renders_total")
+        if renders is not None:
+            after = sa.parse(agent.scrape()["body"])["extra"]["gopher_scrape_renders_total"]
+            renders = after - renders - 1
         r = {
             "kind": "links", "binary": which, "links": links, "round": round_no,
             "links_seen": seen,
@@ -193,6 +200,9 @@ def measure_links(binary, which, links, round_no, holds, work):
             "events_lost": m["events_lost"],
             "rows_dropped": m["rows_dropped"],
             "imdb_tcp_link": m["imdb_tcp_link"],
+            "concurrent4_renders": renders,
+            "links_aggregated": m["extra"].get("gopher_tcp_links_aggregated_total"),
+            "ebpf_map_full": m["extra"].get("gopher_ebpf_map_full_total"),
         }
         other = (r["imdb_tcp_link"] or 0) - seen
         if other > max(1000, links // 20):
@@ -238,6 +248,9 @@ def churn(binary, work):
             "loadgen_server_rx_bytes": want, "agent_server_rx_bytes": rx,
             "agent_client_tx_bytes": tx, "agent_rows_for_port": rows,
             "events_lost": m1["events_lost"] - m0["events_lost"],
+            "ebpf_map_full": (m1["extra"].get("gopher_ebpf_map_full_total", 0)
+                              - m0["extra"].get("gopher_ebpf_map_full_total", 0)
+                              if "gopher_ebpf_map_full_total" in m1["extra"] else None),
             "rows_dropped": m1["rows_dropped"] - m0["rows_dropped"],
             "collect_s": m1["collect_s"],
         }

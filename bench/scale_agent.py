@@ -251,9 +251,17 @@ def port_bytes(body, port):
     return rx, tx, len(rows)
 
 
+# Self-metric families summed over their samples when the agent has them (newer agents add
+# some): "extra" in parse()'s answer, absent when the agent does not export the family.
+EXTRA = ["gopher_tcp_links_aggregated_total", "gopher_ebpf_map_full_total",
+         "gopher_scrape_renders_total", "gopher_scrapes_total", "gopher_probe_panics_total",
+         "gopher_tcp_netns_errors_total"]
+
+
 def parse(body):
     """The self-metrics the report needs, and the sample count."""
     samples = 0
+    extra = {}
     lost = dropped = 0.0
     imdb = None
     collect = {}
@@ -272,6 +280,8 @@ def parse(body):
             imdb = int(_value(line))
         elif name.startswith("gopher_probe_collect_seconds") and _label(line, "probe") == "tcp":
             collect[name[len("gopher_probe_collect_seconds"):]] = _value(line)
+        elif name in EXTRA:
+            extra[name] = extra.get(name, 0.0) + _value(line)
     if "" in collect:  # a gauge: the last collect
         collect_s = collect[""]
     elif collect.get("_count"):  # a histogram or summary: the mean since start
@@ -279,4 +289,4 @@ def parse(body):
     else:
         collect_s = None
     return {"samples": samples, "events_lost": lost, "rows_dropped": dropped,
-            "imdb_tcp_link": imdb, "collect_s": collect_s}
+            "imdb_tcp_link": imdb, "collect_s": collect_s, "extra": extra}
