@@ -17,6 +17,15 @@
 //! With `--watch-pid PID`, also the CPU time of that process (the agent or bpftrace) over the
 //! window (`watch_cpu_ns`, null without it).
 //! Pin it with `taskset` to get comparable numbers; `bench/run.sh` does.
+//!
+//! `churn` also prints its listener's `port` and `server_rx_bytes`, the bytes its server read
+//! over every connection it accepted (stragglers after the deadline included): the exact figure
+//! the agent's server-role `rx_bytes` for that port must show (`bench/scale.py` checks it).
+//!
+//! `hold` (see `hold.rs`) is different: it opens many idle connections and keeps them until
+//! killed, for `bench/scale.py`.
+
+mod hold;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -64,6 +73,18 @@ enum Load {
         /// Measurement length in seconds.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+    },
+    /// Idle connections held until killed (both ends here); prints a ready line.
+    Hold {
+        /// Listen on 127.0.0.1 ports FIRST-LAST.
+        #[arg(long, value_name = "FIRST-LAST")]
+        ports: String,
+        /// Connections to open, round-robin over the ports (two links each).
+        #[arg(long)]
+        conns: usize,
+        /// Connection i binds source address 127.1.0.0 + SRC_FIRST + i.
+        #[arg(long, default_value_t = 0)]
+        src_first: u32,
     },
     /// One connection streaming large writes.
     Bulk {
@@ -188,6 +209,8 @@ struct Run {
     cpu_ns: u64,
     /// Busy time over the window, machine-wide first, then per CPU.
     busy_ns: Vec<u64>,
+    /// `churn` only: its listener's port and what its server read in all (see the module doc).
+    server: Option<(u16, Arc<AtomicU64>)>,
     /// CPU time of the watched process over the window.
     watch_ns: Option<u64>,
 }
@@ -249,6 +272,7 @@ where
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
         },
+        server: None,
     })
 }
 
@@ -297,19 +321,24 @@ fn rr(watch: Option<u32>, conns: usize, size: usize, seconds: f64) -> Result<Run
 
 fn churn(watch: Option<u32>, clients: usize, size: usize, seconds: f64) -> Result<Run> {
     let (listener, addr) = listen()?;
-    // Single-threaded server: accept, read the request, reply, close (first).
+    let server_rx = Arc::new(AtomicU64::new(0));
+    // Single-threaded server: accept, read the request, reply, close (first). It counts what
+    // it read before replying, so once every client has seen its reply and EOF the count is
+    // final.
+    let rx = Arc::clone(&server_rx);
     thread::spawn(move || -> Result<()> {
         let mut buf = vec![0u8; size];
         loop {
             let (mut stream, _) = listener.accept().context("accept")?;
             stream.set_nodelay(true).ok();
             if matches!(read_full(&mut stream, &mut buf), Ok(true)) {
+                rx.fetch_add(size as u64, Ordering::Relaxed);
                 stream.write_all(&buf).ok();
             }
         }
     });
     let totals = Arc::new(Totals::default());
-    measure(watch, clients, seconds, &totals, move |stop, totals| {
+    let mut run = measure(watch, clients, seconds, &totals, move |stop, totals| {
         let mut buf = vec![0x5au8; size];
         while !stop.load(Ordering::Relaxed) {
             let mut stream = TcpStream::connect(addr).context("connect")?;
@@ -327,7 +356,9 @@ fn churn(watch: Option<u32>, clients: usize, size: usize, seconds: f64) -> Resul
             totals.bytes.fetch_add(2 * size as u64, Ordering::Relaxed);
         }
         Ok(())
-    })
+    })?;
+    run.server = Some((addr.port(), server_rx));
+    Ok(run)
 }
 
 fn bulk(watch: Option<u32>, size: usize, seconds: f64) -> Result<Run> {
@@ -380,6 +411,11 @@ fn main() -> Result<()> {
             }
             ("churn", churn(cli.watch_pid, clients, size, seconds)?)
         }
+        Load::Hold {
+            ports,
+            conns,
+            src_first,
+        } => return hold::hold(hold::parse_ports(&ports)?, conns, src_first),
         Load::Bulk { size, seconds } => {
             if size == 0 {
                 bail!("--size must be positive");
@@ -398,10 +434,16 @@ fn main() -> Result<()> {
     let watch = run
         .watch_ns
         .map_or_else(|| "null".to_owned(), |n| n.to_string());
+    let server = run.server.as_ref().map_or_else(String::new, |(port, rx)| {
+        format!(
+            ",\"port\":{port},\"server_rx_bytes\":{}",
+            rx.load(Ordering::Relaxed)
+        )
+    });
     println!(
         "{{\"load\":\"{name}\",\"ops\":{},\"seconds\":{:.6},\"ops_per_sec\":{ops_per_sec:.1},\
          \"bytes\":{},\"cpu_ns\":{},\"cpu_ns_per_op\":{cpu_ns_per_op:.1},\
-         \"sys_cpu_ns\":{sys_cpu_ns},\"cpu_busy_ns\":[{}],\"watch_cpu_ns\":{watch}}}",
+         \"sys_cpu_ns\":{sys_cpu_ns},\"cpu_busy_ns\":[{}],\"watch_cpu_ns\":{watch}{server}}}",
         run.ops,
         run.seconds,
         run.bytes,
