@@ -5,6 +5,11 @@
 //! * `sockops` sees the handshake complete (role) and, through the state callback it enables on
 //!   that socket only, the move to CLOSE, where it emits the socket's final counters. Counters of
 //!   live sockets are read by the agent from sock_diag, so nothing here fires per send or recv.
+//!
+//! Every sockops program runs for every op of every socket in the cgroup (RTO init, receive
+//! window init, ECN, ...), so ops we do not need return at once. A socket whose `LINKS` insert
+//! failed (map full) still has its state callback and still emits its close event, with the owner
+//! left unknown: its bytes are banked, and the failed insert is counted in `MAP_FULL`.
 #![no_std]
 #![no_main]
 
@@ -12,8 +17,9 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG,
-        BPF_SOCK_OPS_PARSE_HDR_OPT_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_SOCK_OPS_PARSE_HDR_OPT_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB,
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -25,20 +31,27 @@ use aya_ebpf::{
 };
 use core::ptr::read_volatile;
 
-use gopher_common::{LinkClosed, LinkInfo, LinkStats, OWNER_KNOWN, ROLE_CLIENT, ROLE_SERVER};
+use gopher_common::{
+    LinkClosed, LinkInfo, LinkStats, MAP_FULL_LINKS, MAP_FULL_SLOTS, OWNER_KNOWN, OWNER_NO_ENTRY,
+    ROLE_CLIENT, ROLE_SERVER,
+};
 
 const IPPROTO_TCP: u32 = 6;
 const SOCK_STREAM: u32 = 1;
+const TCP_SYN_SENT: u32 = 2;
+const TCP_SYN_RECV: u32 = 3;
 const TCP_FIN_WAIT1: u32 = 4;
+const TCP_FIN_WAIT2: u32 = 5;
 const TCP_CLOSE: u32 = 7;
 const TCPHDR_FIN: u32 = 0x01;
 /// Allow the operation (cgroup programs must say so explicitly).
 const ALLOW: i32 = 1;
 
 /// Live sockets by cookie. A plain preallocated hash: LRU maps cost twice as much per update,
-/// and every entry has an owner that removes it (the CLOSE callback; failed connects included,
-/// since the connect callback watches state). Entries the fallback connect hooks leave behind
-/// for connects that fail before TCP starts are swept by the agent.
+/// and every entry has an owner that removes it: the CLOSE callback, or for a connect that never
+/// completed, `sock_release` (watching the state from the connect on would cost a program run
+/// per connection more). Entries of sockets never released through a file (kernel sockets) are
+/// swept by the agent.
 #[map]
 static LINKS: HashMap<u64, LinkInfo> = HashMap::with_max_entries(65536, 0);
 
@@ -58,17 +71,51 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Inserts refused by a full map, per map (`MAP_FULL_*` slots).
+#[map]
+static MAP_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAP_FULL_SLOTS, 0);
+
+fn bump(counter: &PerCpuArray<u64>, slot: u32) {
+    if let Some(n) = counter.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *n += 1 };
+    }
+}
+
+/// Records a live socket; a refusal (the map is full) is counted, and the socket then closes
+/// with an unknown owner. Returns whether it was recorded.
+fn insert_link(cookie: u64, info: &LinkInfo) -> bool {
+    if LINKS.insert(&cookie, info, 0).is_err() {
+        bump(&MAP_FULL, MAP_FULL_LINKS);
+        return false;
+    }
+    true
+}
+
+/// Marks a server socket that has no `LINKS` entry, so that its close event still says
+/// "server": the RTO callback flag, which costs a program run only when a retransmission timer
+/// fires and is otherwise unused here (the socket itself is the only storage that needs no map).
+const SERVER_MARK: u32 = BPF_SOCK_OPS_RTO_CB_FLAG;
+
+/// The calling process as a socket's owner. A client entry is complete from here on: its state
+/// callback only starts at the handshake, so a CLOSE always finds it established, and an
+/// active open's `bytes_acked` always counts its SYN once the SYN-ACK is in.
 fn current_owner(role: u8) -> LinkInfo {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    link_info(role, OWNER_KNOWN, u8::from(role == ROLE_CLIENT), tgid, comm)
+}
+
+fn link_info(role: u8, owner: u8, syn_acked: u8, tgid: u32, comm: [u8; 16]) -> LinkInfo {
     LinkInfo {
         tgid,
         role,
-        owner: OWNER_KNOWN,
-        established: 0,
-        syn_acked: 0,
+        owner,
+        established: 1,
+        syn_acked,
         fin_seen: 0,
         _pad: [0; 3],
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm,
     }
 }
 
@@ -78,7 +125,7 @@ fn connect(ctx: &SockAddrContext) -> i32 {
     if ty == SOCK_STREAM && proto == IPPROTO_TCP {
         // SAFETY: ctx is a sock_addr context, for which this helper is defined.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        let _ = LINKS.insert(&cookie, &current_owner(ROLE_CLIENT), 0);
+        let _ = insert_link(cookie, &current_owner(ROLE_CLIENT));
     }
     ALLOW
 }
@@ -96,13 +143,19 @@ pub fn gopher_connect6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock(sock_release)]
 pub fn gopher_sock_release(ctx: SockContext) -> i32 {
     // SAFETY: valid bpf_sock for the program's lifetime.
-    let proto = unsafe { (*ctx.sock).protocol };
+    let (proto, state) = unsafe { ((*ctx.sock).protocol, (*ctx.sock).state) };
     if proto != IPPROTO_TCP {
         return ALLOW;
     }
     // SAFETY: sock context; helper defined for it.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if let Some(info) = LINKS.get_ptr_mut(&cookie) {
+        // A connect that failed (or is abandoned) never gets a CLOSE callback: the state
+        // callback is only switched on at the handshake. Its entry goes now.
+        if matches!(state, TCP_SYN_SENT | TCP_CLOSE) {
+            let _ = LINKS.remove(&cookie);
+            return ALLOW;
+        }
         // SAFETY: pointer into a map value, valid while the program runs.
         let info = unsafe { &mut *info };
         // A client's owner is the process that connected; keep it.
@@ -122,7 +175,7 @@ pub fn gopher_sock_release(ctx: SockContext) -> i32 {
 #[sock_ops]
 pub fn gopher_sockops_owner(ctx: SockOpsContext) -> u32 {
     if ctx.op() == BPF_SOCK_OPS_TCP_CONNECT_CB {
-        let _ = LINKS.insert(&cookie(&ctx), &current_owner(ROLE_CLIENT), 0);
+        let _ = insert_link(cookie(&ctx), &current_owner(ROLE_CLIENT));
     }
     sockops(&ctx)
 }
@@ -135,17 +188,13 @@ pub fn gopher_sockops(ctx: SockOpsContext) -> u32 {
 #[inline(always)]
 fn sockops(ctx: &SockOpsContext) -> u32 {
     match ctx.op() {
-        BPF_SOCK_OPS_TCP_CONNECT_CB => {
-            // Watch this socket's state so that a failed connect frees its LINKS entry.
-            add_cb_flags(ctx, BPF_SOCK_OPS_STATE_CB_FLAG);
-        }
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(ctx, ROLE_CLIENT),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => established(ctx, ROLE_SERVER),
         BPF_SOCK_OPS_STATE_CB => match ctx.arg(1) {
             TCP_CLOSE => closed(ctx),
             // We closed first. Whether the peer's FIN then reaches this socket (and is counted
             // in bytes_received) or a later time-wait socket is only visible in the segments,
-            // so watch the few that still arrive.
+            // so watch the few that still arrive, until the FIN.
             TCP_FIN_WAIT1 => {
                 add_cb_flags(ctx, BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG);
             }
@@ -155,10 +204,11 @@ fn sockops(ctx: &SockOpsContext) -> u32 {
             // SAFETY: valid bpf_sock_ops; skb_tcp_flags is defined in this callback.
             let flags = unsafe { read_volatile(&raw const (*ctx.ops).skb_tcp_flags) };
             if flags & TCPHDR_FIN != 0 {
-                if let Some(info) = LINKS.get_ptr_mut(&cookie(ctx)) {
-                    // SAFETY: pointer into a map value, valid while the program runs.
-                    unsafe { (*info).fin_seen = 1 };
-                }
+                // The FIN is here: no segment after it matters, so stop parsing (a half-closed
+                // receiver would otherwise run this for every data segment until the end).
+                // The cleared flag itself records the FIN (see `closed`): no map access, and
+                // it works for sockets that have no `LINKS` entry.
+                clear_cb_flags(ctx, BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG);
             }
         }
         _ => {}
@@ -177,45 +227,63 @@ fn add_cb_flags(ctx: &SockOpsContext, flags: u32) {
     let _ = ctx.set_cb_flags((ctx.cb_flags() | flags) as i32);
 }
 
+fn clear_cb_flags(ctx: &SockOpsContext, flags: u32) {
+    let _ = ctx.set_cb_flags((ctx.cb_flags() & !flags) as i32);
+}
+
+/// Switches the state callback on (for the CLOSE). A client's entry was made at connect; a
+/// server socket is new here (its cookie too), so it is inserted without a lookup first.
 fn established(ctx: &SockOpsContext, role: u8) {
     add_cb_flags(ctx, BPF_SOCK_OPS_STATE_CB_FLAG);
-    let cookie = cookie(ctx);
-    // SAFETY: valid bpf_sock_ops (full socket in the established callbacks).
-    let syn_acked = u8::from(unsafe { read_volatile(&raw const (*ctx.ops).bytes_acked) } > 0);
-    if let Some(info) = LINKS.get_ptr_mut(&cookie) {
-        // SAFETY: pointer into a map value, valid while the program runs.
-        unsafe {
-            (*info).established = 1;
-            (*info).syn_acked = syn_acked;
-        }
+    if role == ROLE_CLIENT {
         return;
     }
+    // SAFETY: valid bpf_sock_ops (full socket in the established callbacks).
+    let syn_acked = u8::from(unsafe { read_volatile(&raw const (*ctx.ops).bytes_acked) } > 0);
     // Softirq context here: the current task is not the owner, so record none.
-    let info = LinkInfo {
-        tgid: 0,
-        role,
-        owner: 0,
-        established: 1,
-        syn_acked,
-        fin_seen: 0,
-        _pad: [0; 3],
-        comm: [0; 16],
-    };
-    let _ = LINKS.insert(&cookie, &info, 0);
+    let info = link_info(role, 0, syn_acked, 0, [0; 16]);
+    if !insert_link(cookie(ctx), &info) {
+        add_cb_flags(ctx, SERVER_MARK);
+    }
 }
 
 fn closed(ctx: &SockOpsContext) {
     let cookie = cookie(ctx);
-    let Some(info) = LINKS.get_ptr(&cookie) else {
-        return;
+    let old_state = ctx.arg(0);
+    let mut info = if let Some(info) = LINKS.get_ptr(&cookie) {
+        // SAFETY: pointer into a map value, valid while the program runs.
+        let info = unsafe { *info };
+        // Cookies are unique per boot, but the entry must go with the socket.
+        let _ = LINKS.remove(&cookie);
+        info
+    } else {
+        // No entry: the map was full when this socket started (counted then), or an earlier
+        // agent switched its callbacks on. A failed connect never carried data; anything else
+        // did get established.
+        if matches!(old_state, TCP_SYN_SENT | TCP_SYN_RECV) {
+            return;
+        }
+        let role = if ctx.cb_flags() & SERVER_MARK == 0 {
+            ROLE_CLIENT
+        } else {
+            ROLE_SERVER
+        };
+        link_info(
+            role,
+            OWNER_NO_ENTRY,
+            u8::from(role == ROLE_CLIENT),
+            0,
+            [0; 16],
+        )
     };
-    // SAFETY: pointer into a map value, valid while the program runs.
-    let info = unsafe { *info };
-    // Cookies are unique per boot, but the entry must go with the socket.
-    let _ = LINKS.remove(&cookie);
     if info.established == 0 {
         return;
     }
+    // The parse flag is set on entering FIN_WAIT1 and cleared when the FIN arrives.
+    info.fin_seen = u8::from(
+        matches!(old_state, TCP_FIN_WAIT1 | TCP_FIN_WAIT2)
+            && ctx.cb_flags() & BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG == 0,
+    );
     let ops = ctx.ops;
     // The verifier only accepts context loads at constant offsets from the context pointer, so
     // every field is read on its own (volatile keeps LLVM from merging them into a select).
@@ -263,7 +331,7 @@ fn closed(ctx: &SockOpsContext) {
         family,
         local_port,
         remote_port,
-        old_state: ctx.arg(0),
+        old_state,
         all_acked,
         _pad: 0,
         local_ip,
@@ -275,10 +343,7 @@ fn closed(ctx: &SockOpsContext) {
         BPF_RB_NO_WAKEUP
     };
     if CLOSED.output::<LinkClosed>(&event, wakeup).is_err() {
-        if let Some(lost) = LOST.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot, no concurrent writer.
-            unsafe { *lost += 1 };
-        }
+        bump(&LOST, 0);
     }
 }
 

@@ -25,6 +25,7 @@ pub const TASK_RESTARTS: &str = "gopher_task_restarts_total";
 pub const ROWS_INGESTED: &str = "gopher_rows_ingested_total";
 pub const ROWS_DROPPED: &str = "gopher_rows_dropped_total";
 pub const EBPF_EVENTS_LOST: &str = "gopher_ebpf_events_lost_total";
+pub const EBPF_MAP_FULL: &str = "gopher_ebpf_map_full_total";
 pub const PROBE_ERRORS: &str = "gopher_probe_errors_total";
 pub const PROBE_LAST_FAILURE: &str = "gopher_probe_last_failure_info";
 pub const PROBE_ROWS: &str = "gopher_probe_rows_total";
@@ -121,7 +122,7 @@ impl SelfMetrics {
     #[allow(clippy::too_many_lines)]
     pub fn new() -> Self {
         use Kind::{Counter, Gauge};
-        let declared: [(&'static str, Kind, &'static [&'static str], &'static str); 25] = [
+        let declared: [(&'static str, Kind, &'static [&'static str], &'static str); 26] = [
             (
                 CONTROL_REQUESTS,
                 Counter,
@@ -181,6 +182,12 @@ impl SelfMetrics {
                 Counter,
                 &["probe"],
                 "eBPF events the kernel could not deliver to the agent.",
+            ),
+            (
+                EBPF_MAP_FULL,
+                Counter,
+                &["probe", "map"],
+                "Inserts an eBPF map refused because it was full (tcp, links: sockets tracked without their owner; a socket can count at connect and again at the handshake).",
             ),
             (
                 PROBE_ERRORS,

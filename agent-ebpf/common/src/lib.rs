@@ -6,8 +6,15 @@
 pub const ROLE_SERVER: u8 = 0;
 pub const ROLE_CLIENT: u8 = 1;
 
+/// Slots of the eBPF `MAP_FULL` per-CPU counters: inserts a full map refused.
+pub const MAP_FULL_LINKS: u32 = 0;
+pub const MAP_FULL_SLOTS: u32 = 1;
+
 /// The owner field was captured in the owning process's own context (connect or close).
 pub const OWNER_KNOWN: u8 = 1;
+/// In a close event: the socket had no `LINKS` entry (the map was full when it started, or it
+/// was established under an earlier agent whose callback flags it still carries).
+pub const OWNER_NO_ENTRY: u8 = 2;
 
 /// What the agent knows about one live TCP socket, keyed by socket cookie in `LINKS`.
 #[repr(C)]
@@ -17,12 +24,13 @@ pub struct LinkInfo {
     pub tgid: u32,
     pub role: u8,
     pub owner: u8,
-    /// 1 once the handshake completed.
+    /// 1 when a CLOSE of this socket ends a connection that carried data: set from the start,
+    /// since the CLOSE callback is only switched on at the handshake.
     pub established: u8,
     /// 1 when `bytes_acked` counts our SYN (active open): not a data byte.
     pub syn_acked: u8,
-    /// 1 once a segment with FIN arrived on the full socket after we closed first; tells
-    /// whether `bytes_received` at CLOSE counts the peer's FIN.
+    /// In close events: 1 when a segment with FIN arrived on the full socket after we closed
+    /// first; tells whether `bytes_received` at CLOSE counts the peer's FIN. Unused in `LINKS`.
     pub fin_seen: u8,
     pub _pad: [u8; 3],
     pub comm: [u8; 16],

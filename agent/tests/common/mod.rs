@@ -188,6 +188,18 @@ impl Agent {
         panic!("timed out waiting for {what}; last scrape:\n{dump}");
     }
 
+    /// Waits until `probe` reports the running state.
+    pub fn wait_running(&self, timeout: Duration, probe: &str) -> Vec<Sample> {
+        self.wait_for(timeout, &format!("{probe} probe running"), |s| {
+            s.iter().any(|x| {
+                x.name == "gopher_probe_state"
+                    && x.label("probe") == probe
+                    && x.label("state") == "running"
+                    && x.value > 0.5
+            })
+        })
+    }
+
     /// SIGTERM, then waits up to `timeout` for the exit; returns its status and how long it
     /// took (`None`: still running, killed).
     pub fn terminate(&mut self, timeout: Duration) -> (Option<std::process::ExitStatus>, Duration) {

@@ -134,13 +134,22 @@ impl Programs {
 
     /// Close events the ring buffer had no room for, summed over CPUs.
     pub fn lost(&self) -> u64 {
-        let Some(map) = self.ebpf.map("LOST") else {
+        self.per_cpu_sum("LOST", 0)
+    }
+
+    /// `LINKS` inserts refused because the map was full, summed over CPUs.
+    pub fn links_full(&self) -> u64 {
+        self.per_cpu_sum("MAP_FULL", gopher_common::MAP_FULL_LINKS)
+    }
+
+    fn per_cpu_sum(&self, name: &str, slot: u32) -> u64 {
+        let Some(map) = self.ebpf.map(name) else {
             return 0;
         };
         let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(map) else {
             return 0;
         };
-        arr.get(&0, 0).map_or(0, |v| v.iter().sum())
+        arr.get(&slot, 0).map_or(0, |v| v.iter().sum())
     }
 }
 

@@ -7,11 +7,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{MapData, RingBuf};
-use gopher_common::{LinkClosed, LinkInfo, OWNER_KNOWN};
+use gopher_common::{LinkClosed, LinkInfo, OWNER_KNOWN, OWNER_NO_ENTRY};
 
 use super::{
-    CLOSE_WAIT, CLOSING, FIN_WAIT1, FIN_WAIT2, LAST_ACK, bpf, data_only,
+    CLOSE_WAIT, CLOSING, FIN_WAIT1, FIN_WAIT2, LAST_ACK, bpf,
+    closed::ClosedEvents,
+    data_only,
     diag::{self, Counters, DiagSocket, TCP_LISTEN},
     ip_from_words, key,
     links::{Links, Observed, ROLE_CLIENT, ROLE_SERVER},
@@ -54,6 +55,8 @@ pub struct Collector {
     last_sweep: Instant,
     metrics: Arc<SelfMetrics>,
     lost_seen: u64,
+    /// Set once the first dump's closes were applied; see [`Collector::drain`].
+    primed: bool,
 }
 
 impl Collector {
@@ -74,6 +77,7 @@ impl Collector {
             last_sweep: Instant::now(),
             metrics,
             lost_seen: 0,
+            primed: false,
         }
     }
 
@@ -83,17 +87,23 @@ impl Collector {
             .inc();
     }
 
-    /// Applies every close event waiting in the ring buffer.
-    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+    /// Applies every close event written so far (those still in the ring buffer included).
+    ///
+    /// A socket without an eBPF entry still reports its close (its entry did not fit in a full
+    /// map), but so does one established under an earlier agent: the callback flags it set
+    /// outlive it. Before the first dump, such a socket was never seen live by this agent and
+    /// its counters would be lifetime totals, so these events are skipped then; afterwards,
+    /// every older socket is tracked from the dump and one that is not was born since.
+    pub fn drain(&mut self, closed: &ClosedEvents) {
         let now = now_ms();
-        while let Some(item) = ring.next() {
-            if item.len() < size_of::<LinkClosed>() {
+        closed.pump();
+        for ev in closed.take() {
+            if !self.primed
+                && ev.info.owner == OWNER_NO_ENTRY
+                && self.links.key_of(ev.cookie).is_none()
+            {
                 continue;
             }
-            // SAFETY: the eBPF side writes exactly a LinkClosed; read_unaligned copes with the
-            // ring buffer's 8-byte alignment.
-            let ev: LinkClosed = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            drop(item);
             if self.namespaces.inode_of_cookie(ev.netns_cookie).is_none()
                 && self.last_ns_refresh.elapsed() > Duration::from_secs(1)
             {
@@ -267,13 +277,14 @@ impl Collector {
     pub fn collect(
         &mut self,
         programs: &mut bpf::Programs,
-        ring: &mut RingBuf<MapData>,
+        closed: &ClosedEvents,
         idle: Option<Duration>,
     ) -> Vec<Row> {
         let (dumped, complete) = self.dump_all();
-        // Closes that happened before the dump are already in the ring: apply them first so
-        // that a socket missing from the dump is recognised as closed with final counters.
-        self.drain(ring);
+        // Closes that happened before the dump are already in the ring or the queue: apply them
+        // first so that a socket missing from the dump is recognised as closed with final counters.
+        self.drain(closed);
+        self.primed = true;
 
         self.listeners.clear();
         for (ns, s) in &dumped {

@@ -1,10 +1,12 @@
 //! The native TCP link probe: eBPF for per-connection events, sock_diag for live counters.
 //!
-//! Every interval it dumps each network namespace's TCP sockets (tcp_info) and drains the close
-//! events the eBPF programs emitted, then folds both into `tcp_link` rows (see `links.rs`).
+//! Every interval it dumps each network namespace's TCP sockets (tcp_info) and applies the close
+//! events the eBPF programs emitted (drained by a thread of their own, `closed.rs`, so that a
+//! slow interval loses none), then folds both into `tcp_link` rows (see `links.rs`).
 //! Nothing runs per packet or per send/recv call.
 
 mod bpf;
+mod closed;
 mod collector;
 mod diag;
 mod links;
@@ -19,10 +21,8 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
-use tokio::io::{Interest, unix::AsyncFd};
-
 use self::{
+    closed::ClosedEvents,
     collector::Collector,
     diag::Counters,
     links::{LinkKey, LinkRow, ROLE_SERVER},
@@ -31,13 +31,14 @@ use self::{
 use super::{Probe, ProbeContext, ProbeFuture};
 use crate::{
     imdb::{FieldMeta, FieldType, Row, TableMeta},
-    selfmetrics::PROBE_ROWS,
+    selfmetrics::{EBPF_EVENTS_LOST, EBPF_MAP_FULL, PROBE_ROWS},
 };
 
 pub const TABLE: &str = "tcp_link";
 
-/// How often close events are drained between intervals.
-const DRAIN_EVERY: Duration = Duration::from_millis(250);
+/// How often drained close events are applied between intervals (keeps the queue short; the
+/// drain thread itself never waits for this).
+const APPLY_EVERY: Duration = Duration::from_millis(250);
 
 /// Field order is the row's positional order.
 const FIELDS: &[(&str, FieldType, &str)] = &[
@@ -186,20 +187,20 @@ impl Probe for TcpProbe {
 
 async fn run(mut ctx: ProbeContext, max_links: u32, connect_hooks: bool) -> anyhow::Result<()> {
     let mut programs = bpf::load(max_links, connect_hooks)?;
-    // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, until dropped, and
-    // the AsyncFd owns the ring buffer.
-    let mut ring =
-        unsafe { AsyncFd::register_with_interest(programs.take_closed()?, Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("polling the CLOSED ring buffer: {e}"))?;
+    let lost = ctx.metrics.counter(EBPF_EVENTS_LOST, &[("probe", "tcp")]);
+    let closed = ClosedEvents::start(programs.take_closed()?, lost)?;
     tracing::info!(cgroup = %programs.cgroup.display(), "tcp probe attached");
     let mut state = Collector::new(Arc::clone(&ctx.metrics));
     ctx.state.running();
     let mut tick = tokio::time::interval(ctx.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The eBPF side wakes us only when the ring is filling up; drain it often anyway.
-    let mut drain_tick = tokio::time::interval(DRAIN_EVERY);
+    let mut apply_tick = tokio::time::interval(APPLY_EVERY);
+    apply_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let rows_sent = ctx.metrics.counter(PROBE_ROWS, &[("probe", "tcp")]);
-    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let links_full = ctx
+        .metrics
+        .counter(EBPF_MAP_FULL, &[("probe", "tcp"), ("map", "links")]);
+    let mut links_full_seen = 0;
     // A link with no open connection is kept while its record would live in the store, and
     // at least two intervals so that a short connection is always reported once.
     let idle = (!ctx.record_timeout.is_zero()).then(|| ctx.record_timeout.max(2 * ctx.interval));
@@ -210,17 +211,15 @@ async fn run(mut ctx: ProbeContext, max_links: u32, connect_hooks: bool) -> anyh
                     break;
                 }
             }
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting on the CLOSED ring buffer")?;
-                state.drain(guard.get_inner_mut());
-                guard.clear_ready();
-            }
-            _ = drain_tick.tick() => state.drain(ring.get_mut()),
+            _ = apply_tick.tick() => state.drain(&closed),
             _ = tick.tick() => {
                 // sock_diag dumps and /proc reads block: keep them off the async workers' queue.
                 let rows = tokio::task::block_in_place(|| {
-                    state.collect(&mut programs, ring.get_mut(), idle)
+                    state.collect(&mut programs, &closed, idle)
                 });
+                let full = programs.links_full();
+                links_full.add(full.saturating_sub(links_full_seen));
+                links_full_seen = links_full_seen.max(full);
                 rows_sent.add(rows.len() as u64);
                 if ctx.rows.send(rows).await.is_err() {
                     break;
@@ -229,7 +228,7 @@ async fn run(mut ctx: ProbeContext, max_links: u32, connect_hooks: bool) -> anyh
         }
     }
     tracing::info!("tcp probe detaching");
-    drop(ring);
+    drop(closed);
     drop(programs);
     Ok(())
 }
