@@ -7,13 +7,16 @@
 mod bpf;
 mod collector;
 mod diag;
+mod entries;
+mod key;
 mod links;
 mod netns;
 mod owners;
+pub mod policy;
+mod table;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::Arc,
     time::Duration,
 };
 
@@ -23,13 +26,14 @@ use tokio::io::{Interest, unix::AsyncFd};
 use self::{
     collector::Collector,
     diag::Counters,
-    links::{LinkKey, LinkRow, ROLE_SERVER},
+    links::{Key, LinkRow, ROLE_SERVER},
     owners::Owner,
+    policy::Policy,
 };
 use super::{Probe, ProbeContext, ProbeFuture};
 use crate::{
     imdb::{FieldMeta, FieldType, Row, TableMeta},
-    selfmetrics::PROBE_ROWS,
+    selfmetrics::{PROBE_COLLECT_SECONDS, PROBE_ROWS},
 };
 
 pub const TABLE: &str = "tcp_link";
@@ -99,8 +103,18 @@ const FIELDS: &[(&str, FieldType, &str)] = &[
         FieldType::Gauge,
         "smoothed round-trip time in microseconds",
     ),
+    // Last, so that every earlier field keeps its position.
+    (
+        "start_time",
+        FieldType::Unknown,
+        "when this link's counters started from 0, ms since the Unix epoch (Kafka only; a \
+         new value means the counters restarted: agent restart, probe rebuild, link forgotten)",
+    ),
 ];
 
+// TODO(p1-store merge): register `policy.max_rows()` as tcp_link's own record cap in the
+// table meta once the store has a per-table override, so that `imdb.max_records_num` (default
+// 1024) does not refuse tcp_link rows below the probe's series cap.
 pub fn table_meta() -> TableMeta {
     TableMeta {
         name: TABLE.to_owned(),
@@ -121,6 +135,8 @@ pub struct TcpProbe {
     pub max_links: u32,
     /// Record client owners with cgroup connect hooks even where sockops could do it.
     pub connect_hooks: bool,
+    /// Series cap, client aggregation, filters.
+    pub policy: Policy,
 }
 
 impl Default for TcpProbe {
@@ -128,9 +144,14 @@ impl Default for TcpProbe {
         Self {
             max_links: 65536,
             connect_hooks: false,
+            policy: Policy::default(),
         }
     }
 }
+
+const KNOWN_PARAMS: &str = "max_links, connect_hooks, max_series, client_prefix_v4, \
+     client_prefix_v6, aggregate_clients, include_ports, exclude_ports, include_cidrs, \
+     exclude_cidrs, include_processes, exclude_processes";
 
 impl TcpProbe {
     /// Builds the probe from its `[probes.params]` table; unknown keys and out-of-range values
@@ -158,9 +179,13 @@ impl TcpProbe {
                         )
                     })?;
                 }
-                other => anyhow::bail!(
-                    "probes[tcp].params.{other}: unknown parameter (known: max_links, connect_hooks)"
-                ),
+                other => {
+                    if !probe.policy.set(other, v)? {
+                        anyhow::bail!(
+                            "probes[tcp].params.{other}: unknown parameter (known: {KNOWN_PARAMS})"
+                        );
+                    }
+                }
             }
         }
         Ok(probe)
@@ -178,11 +203,17 @@ impl Probe for TcpProbe {
 
     fn run(&self, ctx: ProbeContext) -> ProbeFuture {
         let (max_links, connect_hooks) = (self.max_links, self.connect_hooks);
-        Box::pin(async move { run(ctx, max_links, connect_hooks).await })
+        let policy = self.policy.clone();
+        Box::pin(async move { run(ctx, max_links, connect_hooks, policy).await })
     }
 }
 
-async fn run(mut ctx: ProbeContext, max_links: u32, connect_hooks: bool) -> anyhow::Result<()> {
+async fn run(
+    mut ctx: ProbeContext,
+    max_links: u32,
+    connect_hooks: bool,
+    policy: Policy,
+) -> anyhow::Result<()> {
     let mut programs = bpf::load(max_links, connect_hooks)?;
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged, until dropped, and
     // the AsyncFd owns the ring buffer.
@@ -190,7 +221,10 @@ async fn run(mut ctx: ProbeContext, max_links: u32, connect_hooks: bool) -> anyh
         unsafe { AsyncFd::register_with_interest(programs.take_closed()?, Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("polling the CLOSED ring buffer: {e}"))?;
     tracing::info!(cgroup = %programs.cgroup.display(), "tcp probe attached");
-    let mut state = Collector::new(Arc::clone(&ctx.metrics));
+    let mut state = Collector::new(&ctx.metrics, policy);
+    let collect_seconds = ctx
+        .metrics
+        .gauge(PROBE_COLLECT_SECONDS, &[("probe", "tcp")]);
     ctx.state.running();
     let mut tick = tokio::time::interval(ctx.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -216,9 +250,14 @@ async fn run(mut ctx: ProbeContext, max_links: u32, connect_hooks: bool) -> anyh
             _ = drain_tick.tick() => state.drain(ring.get_mut()),
             _ = tick.tick() => {
                 // sock_diag dumps and /proc reads block: keep them off the async workers' queue.
+                let started = std::time::Instant::now();
                 let rows = tokio::task::block_in_place(|| {
-                    state.collect(&mut programs, ring.get_mut(), idle)
+                    // The delta (changed rows, forgotten links) is what the store will take;
+                    // until it does, every row is sent every interval.
+                    let _delta = state.collect(&mut programs, ring.get_mut(), idle);
+                    state.rows()
                 });
+                collect_seconds.set(started.elapsed().as_secs_f64());
                 rows_sent.add(rows.len() as u64);
                 if ctx.rows.send(rows).await.is_err() {
                     break;
@@ -263,26 +302,12 @@ pub(crate) fn key(
     local_port: u16,
     remote: IpAddr,
     remote_port: u16,
-) -> LinkKey {
+) -> Key {
     let tgid = owner.map_or(0, |o| o.tgid);
     if role == ROLE_SERVER {
-        LinkKey {
-            netns,
-            tgid,
-            role,
-            client_ip: remote,
-            server_ip: local,
-            server_port: local_port,
-        }
+        Key::new(netns, tgid, role, remote, local, local_port)
     } else {
-        LinkKey {
-            netns,
-            tgid,
-            role,
-            client_ip: local,
-            server_ip: remote,
-            server_port: remote_port,
-        }
+        Key::new(netns, tgid, role, local, remote, remote_port)
     }
 }
 
@@ -307,6 +332,7 @@ pub(crate) fn to_row(r: LinkRow) -> Row {
             r.retran_packets.to_string(),
             r.lost_packets.to_string(),
             r.rtt_us.to_string(),
+            r.start_ms.to_string(),
         ],
     }
 }
@@ -372,7 +398,8 @@ mod tests {
                     1,
                     IpAddr::V4(Ipv4Addr::LOCALHOST),
                     2
-                ),
+                )
+                .link_key(),
                 process_name: String::new(),
                 link_count: 0,
                 rx_bytes: 0,
@@ -382,6 +409,7 @@ mod tests {
                 retran_packets: 0,
                 lost_packets: 0,
                 rtt_us: 0,
+                start_ms: 0,
             })
             .values
             .len()
