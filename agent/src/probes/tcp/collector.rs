@@ -337,6 +337,12 @@ impl Collector {
                 },
                 |i| i.role,
             );
+            if self
+                .links
+                .exclude_by_address(s.cookie, &Self::socket_key(netns, s, role, None))
+            {
+                return;
+            }
             // An entry in this probe instance's LINKS map means the socket opened since the
             // probe started: all of it counts. Otherwise it predates the probe (an agent
             // restart, a probe rebuild): it counts from this first reading.
@@ -376,23 +382,25 @@ impl Collector {
         )
     }
 
-    /// Finds owners of this dump's unattributed new sockets (and of new listeners) in /proc,
-    /// in one scan, and keys those sockets; the others wait a little for a better owner.
+    /// Finds owners of this dump's unattributed new sockets in /proc, in one scan (with the
+    /// listeners they may fall back to), and keys those sockets; the others wait a little for
+    /// a better owner. Nothing new, no scan: idle links cost no /proc walk.
     fn resolve_pending(&mut self, now: Instant) {
-        let mut wanted: std::collections::HashSet<u64> = self
-            .pending
-            .iter()
-            .map(|p| p.sock.inode)
-            .filter(|&i| i != 0)
-            .collect();
-        let listening: HashSet<u64> = self.listeners.values().copied().collect();
-        wanted.extend(
-            listening
-                .iter()
-                .copied()
-                .filter(|i| !self.owners.contains_key(i)),
-        );
-        self.owners.extend(owners::scan(&wanted));
+        let mut wanted = std::collections::HashSet::new();
+        for p in &self.pending {
+            if p.sock.inode != 0 {
+                wanted.insert(p.sock.inode);
+            }
+            if p.role == ROLE_SERVER
+                && let Some(&ino) = self.listeners.get(&(p.netns, p.sock.local_port))
+                && !self.owners.contains_key(&ino)
+            {
+                wanted.insert(ino);
+            }
+        }
+        if !wanted.is_empty() {
+            self.owners.extend(owners::scan(&wanted));
+        }
         self.waiting.retain(|_, w| std::mem::take(&mut w.seen));
         for p in std::mem::take(&mut self.pending) {
             let exact = self.owners.get(&p.sock.inode).cloned();
@@ -417,6 +425,7 @@ impl Collector {
             self.links
                 .track(p.sock.cookie, k, &comm, &p.counters, &p.base, now);
         }
+        let listening: HashSet<u64> = self.listeners.values().copied().collect();
         self.owners.retain(|ino, _| listening.contains(ino));
     }
 
@@ -500,6 +509,10 @@ impl Collector {
             dump_sys_us = dump_cpu.sys.as_micros() as u64,
             dump_user_us = dump_cpu.user.as_micros() as u64,
             collect_us = now.elapsed().as_micros() as u64,
+            collect_cpu_us = {
+                let c = diag::thread_cpu().since(cpu);
+                (c.user + c.sys).as_micros() as u64
+            },
             "tcp collect"
         );
         delta

@@ -232,6 +232,19 @@ impl Links {
         })
     }
 
+    /// Leaves a new socket out before its owner is looked for when its port or peer address
+    /// alone excludes it. Returns whether it did.
+    pub fn exclude_by_address(&mut self, cookie: u64, key: &Key) -> bool {
+        if self.policy.admits_address(key.port, key.peer()) {
+            return false;
+        }
+        self.excluded += 1;
+        let mut s = Sock::new(cookie, &Counters::default(), u32::MAX, self.epoch as u8);
+        s.flags = EXCLUDED;
+        self.socks.insert(s);
+        true
+    }
+
     /// Starts tracking a live socket first seen now. `base` is the reading its counters count
     /// from: zero for a socket opened since the probe started (the SYN aside), its current
     /// reading for one that was already open.

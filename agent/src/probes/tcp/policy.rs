@@ -76,10 +76,6 @@ impl<T> Filter<T> {
         (self.include.is_empty() || self.include.iter().any(&matches))
             && !self.exclude.iter().any(matches)
     }
-
-    fn is_empty(&self) -> bool {
-        self.include.is_empty() && self.exclude.is_empty()
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -125,17 +121,17 @@ impl Policy {
             .saturating_add(4)
     }
 
-    /// Whether the process filter is in use (then sockets wait for their owner's name).
-    pub fn filters_processes(&self) -> bool {
-        !self.processes.is_empty()
-    }
-
     /// Whether a socket with this server port, peer address and process name is kept.
     pub fn admits(&self, server_port: u16, peer: IpAddr, comm: &str) -> bool {
+        self.admits_address(server_port, peer) && self.processes.admits(|p| p == comm)
+    }
+
+    /// The part of [`Policy::admits`] known without the owner: a socket refused here needs
+    /// no owner lookup at all.
+    pub fn admits_address(&self, server_port: u16, peer: IpAddr) -> bool {
         self.ports
             .admits(|&(lo, hi)| (lo..=hi).contains(&server_port))
             && self.cidrs.admits(|c| c.contains(peer))
-            && self.processes.admits(|p| p == comm)
     }
 
     /// The client address a server-role link is keyed with.
