@@ -43,6 +43,10 @@ pub const KAFKA_DROPPED: &str = "gopher_kafka_dropped_total";
 pub const KAFKA_QUEUE_MESSAGES: &str = "gopher_kafka_queue_messages";
 pub const CONTROL_REQUESTS: &str = "gopher_control_requests_total";
 pub const CONFIG_RELOADS: &str = "gopher_config_reloads_total";
+pub const PROBE_COLLECT_SECONDS: &str = "gopher_probe_collect_seconds";
+pub const TCP_LINKS_AGGREGATED: &str = "gopher_tcp_links_aggregated_total";
+pub const TCP_SOCKETS_EXCLUDED: &str = "gopher_tcp_sockets_excluded_total";
+pub const TCP_NETNS_ERRORS: &str = "gopher_tcp_netns_errors_total";
 
 /// The reasons the table store refuses a row of a registered table for (`ImdbError::reason`),
 /// whose `gopher_rows_dropped_total` series are shown at 0 before the first drop.
@@ -122,7 +126,7 @@ impl SelfMetrics {
     #[allow(clippy::too_many_lines)]
     pub fn new() -> Self {
         use Kind::{Counter, Gauge};
-        let declared: [(&'static str, Kind, &'static [&'static str], &'static str); 26] = [
+        let declared: [(&'static str, Kind, &'static [&'static str], &'static str); 30] = [
             (
                 CONTROL_REQUESTS,
                 Counter,
@@ -200,6 +204,30 @@ impl SelfMetrics {
                 Gauge,
                 &["probe", "reason"],
                 "Always 1; the reason label says why the probe last ended on its own (exit status, signal, last stderr line).",
+            ),
+            (
+                PROBE_COLLECT_SECONDS,
+                Gauge,
+                &["probe"],
+                "Seconds the probe's last collection took (tcp: sock_diag dumps of every namespace, owners, ageing).",
+            ),
+            (
+                TCP_LINKS_AGGREGATED,
+                Counter,
+                &[],
+                "TCP sockets folded into an aggregate tcp_link row (client_ip 0.0.0.0 or ::) because the probe's max_series links existed.",
+            ),
+            (
+                TCP_SOCKETS_EXCLUDED,
+                Counter,
+                &[],
+                "TCP sockets left out of tcp_link by the probe's include/exclude filters (ports, CIDRs, processes).",
+            ),
+            (
+                TCP_NETNS_ERRORS,
+                Counter,
+                &["reason"],
+                "Network namespaces the tcp probe could not read: open (no sock_diag socket in it) or dump (the dump failed); their sockets are kept, not declared gone.",
             ),
             (
                 PROBE_ROWS,

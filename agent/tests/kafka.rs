@@ -779,6 +779,7 @@ fn tcp_link_rows_match_real_traffic() {
         "retran_packets",
         "lost_packets",
         "rtt",
+        "start_time",
     ];
     let netns = std::fs::read_link("/proc/self/ns/net")
         .unwrap()
@@ -817,6 +818,12 @@ fn tcp_link_rows_match_real_traffic() {
         for number in ["retran_packets", "lost_packets", "rtt"] {
             field(&row, number).parse::<f64>().unwrap();
         }
+        // When the link's counters started: after the agent did (this link is newer).
+        let start: i64 = field(&row, "start_time").parse().unwrap();
+        assert!(
+            start >= since - 1000 && start <= now_ms(),
+            "start_time {start} of {row:?}"
+        );
     }
 
     // Closed: the last record of each end says link_count 0 with the same bytes, and equals

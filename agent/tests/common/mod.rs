@@ -6,6 +6,8 @@
     clippy::missing_panics_doc
 )]
 
+pub mod tcp;
+
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Write},

@@ -1,5 +1,10 @@
-//! What the TCP probe remembers between intervals, and how one interval's observations (a
-//! sock_diag dump per namespace, close events from the ring buffer) become `tcp_link` rows.
+//! One interval of the TCP probe: sock_diag dumps of every namespace, streamed datagram by
+//! datagram into the link state (`links.rs`), owners for the few new sockets the eBPF side
+//! could not attribute, and the close events from the ring buffer.
+//!
+//! Cost follows the work: a socket already tracked costs a table lookup and a compare; only
+//! new sockets are looked up in the eBPF map (and, when unattributed, in /proc). Nothing
+//! holds a list of every socket.
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::{
@@ -7,24 +12,26 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use gopher_common::{LinkClosed, LinkInfo, OWNER_KNOWN, OWNER_NO_ENTRY};
 
 use super::{
     CLOSE_WAIT, CLOSING, FIN_WAIT1, FIN_WAIT2, LAST_ACK, bpf,
     closed::ClosedEvents,
     data_only,
-    diag::{self, Counters, DiagSocket, TCP_LISTEN},
+    diag::{self, Counters, DiagSocket},
     ip_from_words, key,
-    links::{Links, Observed, ROLE_CLIENT, ROLE_SERVER},
+    links::{Delta, Links, ROLE_CLIENT, ROLE_SERVER, Seen},
     netns::Namespaces,
     normalize,
     owners::{self, Owner},
+    policy::Policy,
     to_row,
 };
 use crate::{
     imdb::Row,
     probes::now_ms,
-    selfmetrics::{self, SelfMetrics},
+    selfmetrics::{self, Counter, SelfMetrics},
 };
 
 /// Intervals a new socket whose owner is only guessed (not yet accepted, or not found in
@@ -33,58 +40,106 @@ const OWNER_PATIENCE: u8 = 2;
 /// How often stale `LINKS` entries are looked for.
 const SWEEP_EVERY: Duration = Duration::from_mins(1);
 
+/// A new socket still without a known owner.
+struct Waiting {
+    waited: u8,
+    role: u8,
+    /// The reading its counters count from (fixed at first sight).
+    base: Counters,
+    seen: bool,
+}
+
+/// A new socket of this dump that needs an owner from /proc.
+struct Pending {
+    sock: DiagSocket,
+    netns: u64,
+    role: u8,
+    counters: Counters,
+    base: Counters,
+}
+
+struct Metrics {
+    errors: Counter,
+    lost: Counter,
+    aggregated: Counter,
+    excluded: Counter,
+    netns_open: Counter,
+    netns_dump: Counter,
+}
+
 pub struct Collector {
     links: Links,
     namespaces: Namespaces,
-    /// Socket inode → owner, for inodes seen live (pruned to those).
+    /// Listening socket inode → owner (the fallback for unattributed server sockets).
     owners: HashMap<u64, Owner>,
     /// /proc walks for owners, with back-off for sockets whose owner is not found.
     resolver: owners::Resolver,
     /// (netns inode, port) → listening socket inode.
     listeners: HashMap<(u64, u16), u64>,
-    /// Whether a tracked socket's `bytes_acked` counts its SYN, fixed when first seen so that a
-    /// later LRU eviction of its eBPF entry cannot move its counters.
-    syn_acked: HashMap<u64, bool>,
-    /// New sockets waiting for a real owner, with the intervals waited.
-    waiting: HashMap<u64, u8>,
-    /// tgid → process name (`/proc/<tgid>/comm`), for tgids seen last interval.
-    names: HashMap<u32, String>,
+    waiting: HashMap<u64, Waiting>,
+    pending: Vec<Pending>,
+    buf: Vec<u8>,
     last_ns_refresh: Instant,
     /// Cookies in the eBPF `LINKS` map that were not live at the last sweep.
     unseen_at_sweep: HashSet<u64>,
     last_sweep: Instant,
-    metrics: Arc<SelfMetrics>,
+    metrics: Metrics,
     lost_seen: u64,
+    aggregated_seen: u64,
+    excluded_seen: u64,
     /// Set once the first dump's closes were applied; see [`Collector::drain`].
     primed: bool,
 }
 
+/// Takes the sequence-space FIN bytes a socket's state implies out of its counters (the SYN
+/// is in the base the socket counts from).
+fn fin_adjusted(c: Counters, state: u8) -> Counters {
+    let state = u32::from(state);
+    data_only(
+        c,
+        false,
+        state == FIN_WAIT2,
+        matches!(state, CLOSE_WAIT | LAST_ACK | CLOSING),
+    )
+}
+
+/// What a socket opened since the probe started counts from: nothing, except the SYN when it
+/// is in `bytes_acked` (an active open).
+fn fresh_base(syn_acked: bool) -> Counters {
+    Counters {
+        bytes_acked: u64::from(syn_acked),
+        ..Counters::default()
+    }
+}
+
 impl Collector {
-    pub fn new(metrics: Arc<SelfMetrics>) -> Self {
-        // At 0 from the start: the shipped alert's increase() then sees the very first loss.
-        metrics.counter(selfmetrics::EBPF_EVENTS_LOST, &[("probe", "tcp")]);
+    pub fn new(metrics: &Arc<SelfMetrics>, policy: Policy) -> Self {
+        let tcp = [("probe", "tcp")];
         Self {
-            links: Links::default(),
+            links: Links::new(policy, Instant::now(), now_ms()),
             namespaces: Namespaces::default(),
             owners: HashMap::default(),
             resolver: owners::Resolver::default(),
             listeners: HashMap::default(),
-            syn_acked: HashMap::default(),
             waiting: HashMap::default(),
-            names: HashMap::default(),
+            pending: Vec::new(),
+            buf: Vec::new(),
             last_ns_refresh: Instant::now(),
             unseen_at_sweep: HashSet::default(),
             last_sweep: Instant::now(),
-            metrics,
+            metrics: Metrics {
+                errors: metrics.counter(selfmetrics::PROBE_ERRORS, &tcp),
+                lost: metrics.counter(selfmetrics::EBPF_EVENTS_LOST, &tcp),
+                aggregated: metrics.counter(selfmetrics::TCP_LINKS_AGGREGATED, &[]),
+                excluded: metrics.counter(selfmetrics::TCP_SOCKETS_EXCLUDED, &[]),
+                netns_open: metrics.counter(selfmetrics::TCP_NETNS_ERRORS, &[("reason", "open")]),
+                netns_dump: metrics.counter(selfmetrics::TCP_NETNS_ERRORS, &[("reason", "dump")]),
+            },
             lost_seen: 0,
+            aggregated_seen: 0,
+            excluded_seen: 0,
             primed: false,
         }
-    }
-
-    fn count_error(&self) {
-        self.metrics
-            .counter(selfmetrics::PROBE_ERRORS, &[("probe", "tcp")])
-            .inc();
     }
 
     /// Applies every close event written so far (those still in the ring buffer included).
@@ -93,48 +148,28 @@ impl Collector {
     /// map), but so does one established under an earlier agent: the callback flags it set
     /// outlive it. Before the first dump, such a socket was never seen live by this agent and
     /// its counters would be lifetime totals, so these events are skipped then; afterwards,
-    /// every older socket is tracked from the dump and one that is not was born since.
+    /// every older socket is known from the dump (tracked, or waiting for its owner with the
+    /// reading it counts from) and one that is not was born since.
     pub fn drain(&mut self, closed: &ClosedEvents) {
-        let now = now_ms();
         closed.pump();
         for ev in closed.take() {
-            if !self.primed
-                && ev.info.owner == OWNER_NO_ENTRY
-                && self.links.key_of(ev.cookie).is_none()
+            if !self.primed && ev.info.owner == OWNER_NO_ENTRY && !self.links.is_tracked(ev.cookie)
             {
                 continue;
             }
-            if self.namespaces.inode_of_cookie(ev.netns_cookie).is_none()
-                && self.last_ns_refresh.elapsed() > Duration::from_secs(1)
-            {
-                // A namespace born since the last refresh: learn it before keying (at most
-                // once a second: a namespace already gone cannot be learnt).
-                self.refresh_namespaces();
-            }
-            let sock = self.closed_event(&ev);
-            self.links.close(sock, now);
+            self.closed_event(&ev);
         }
     }
 
-    fn closed_event(&mut self, ev: &LinkClosed) -> Observed {
-        let netns = self
-            .namespaces
-            .inode_of_cookie(ev.netns_cookie)
-            .unwrap_or(0);
-        let family = ev.family as u8;
-        let local = normalize(ip_from_words(family, ev.local_ip));
-        let remote = normalize(ip_from_words(family, ev.remote_ip));
-        let role = ev.info.role;
-        let (local_port, remote_port) = (ev.local_port as u16, ev.remote_port as u16);
-        let owner = if ev.info.owner == OWNER_KNOWN {
-            let comm = self.name_of(ev.info.tgid, &ev.info.comm);
-            Some(Owner {
-                tgid: ev.info.tgid,
-                comm,
-            })
-        } else {
-            self.listener_owner(netns, role, local_port)
-        };
+    /// Applies one close event: the socket's final counters.
+    pub fn closed_event(&mut self, ev: &LinkClosed) {
+        if self.namespaces.inode_of_cookie(ev.netns_cookie).is_none()
+            && self.last_ns_refresh.elapsed() > Duration::from_secs(1)
+        {
+            // A namespace born since the last refresh: learn it before keying (at most
+            // once a second: a namespace already gone cannot be learnt).
+            self.refresh_namespaces();
+        }
         let s = &ev.stats;
         let raw = Counters {
             bytes_received: s.bytes_received,
@@ -149,47 +184,58 @@ impl Collector {
         let we_sent_fin = matches!(old, FIN_WAIT1 | FIN_WAIT2 | CLOSING | LAST_ACK);
         let fin_received = matches!(old, CLOSE_WAIT | LAST_ACK | CLOSING)
             || (matches!(old, FIN_WAIT1 | FIN_WAIT2) && ev.info.fin_seen == 1);
-        let syn_acked = self
-            .syn_acked
-            .remove(&ev.cookie)
-            .unwrap_or(ev.info.syn_acked == 1);
-        self.waiting.remove(&ev.cookie);
-        Observed {
-            cookie: ev.cookie,
-            key: key(
-                netns,
-                owner.as_ref(),
-                role,
-                local,
-                local_port,
-                remote,
-                remote_port,
-            ),
-            comm: owner.map(|o| o.comm).unwrap_or_default(),
-            counters: data_only(
-                raw,
-                syn_acked,
-                we_sent_fin && ev.all_acked == 1,
-                fin_received,
-            ),
+        let c = data_only(raw, false, we_sent_fin && ev.all_acked == 1, fin_received);
+        let now = Instant::now();
+        let waited = self.waiting.remove(&ev.cookie);
+        if self.links.close(ev.cookie, &c, now) {
+            return;
         }
+        // Never keyed. A socket still waiting for its owner counts from the reading it was
+        // first seen with; any other was born since the probe started, so all of it is new.
+        let netns = self
+            .namespaces
+            .inode_of_cookie(ev.netns_cookie)
+            .unwrap_or(0);
+        let family = ev.family as u8;
+        let local = normalize(ip_from_words(family, ev.local_ip));
+        let remote = normalize(ip_from_words(family, ev.remote_ip));
+        let role = ev.info.role;
+        let (local_port, remote_port) = (ev.local_port as u16, ev.remote_port as u16);
+        let owner = if ev.info.owner == OWNER_KNOWN {
+            Some(Owner {
+                tgid: ev.info.tgid,
+                comm: self.name_of(ev.info.tgid, &ev.info.comm),
+            })
+        } else {
+            self.listener_owner(netns, role, local_port)
+        };
+        let k = key(
+            netns,
+            owner.as_ref(),
+            role,
+            local,
+            local_port,
+            remote,
+            remote_port,
+        );
+        let comm = owner.map(|o| o.comm).unwrap_or_default();
+        let base = waited.map_or_else(|| fresh_base(ev.info.syn_acked == 1), |w| w.base);
+        self.links.close_new(ev.cookie, k, &comm, &c, &base, now);
     }
 
     /// The process name of `tgid`: its main thread's comm from /proc (the eBPF side sees the
     /// calling thread's name, which for thread pools differs per thread and would split one
     /// process's links over many series); the eBPF name only once the process is gone.
-    fn name_of(&mut self, tgid: u32, fallback: &[u8; 16]) -> String {
-        if let Some(n) = self.names.get(&tgid) {
-            return n.clone();
+    fn name_of(&self, tgid: u32, fallback: &[u8; 16]) -> String {
+        if let Some(n) = self.links.name(tgid) {
+            return n.to_owned();
         }
         let name = owners::comm(tgid);
-        let name = if name.is_empty() {
+        if name.is_empty() {
             comm_str(fallback)
         } else {
             name
-        };
-        self.names.insert(tgid, name.clone());
-        name
+        }
     }
 
     fn listener_owner(&self, netns: u64, role: u8, port: u16) -> Option<Owner> {
@@ -200,56 +246,217 @@ impl Collector {
         self.owners.get(inode).cloned()
     }
 
-    /// Every namespace's listening and link-carrying TCP sockets, with the namespace inode, and
-    /// whether every dump succeeded.
-    fn dump_all(&mut self) -> (Vec<(u64, DiagSocket)>, bool) {
-        self.refresh_namespaces();
-        let mut dumped: Vec<(u64, DiagSocket)> = Vec::new();
-        // A namespace that exists but cannot be opened has sockets we do not see.
-        let mut complete = self.namespaces.unreachable().next().is_none();
-        let mut broken = Vec::new();
-        for ns in self.namespaces.by_inode.values() {
-            for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-                let mut socks = Vec::new();
-                if let Err(e) = diag::dump(&ns.diag, family, &mut socks) {
-                    tracing::warn!(netns = ns.inode, family, "sock_diag dump failed: {e}");
-                    complete = false;
-                    broken.push(ns.inode);
-                }
-                dumped.extend(socks.into_iter().map(|s| (ns.inode, s)));
-            }
-        }
-        for inode in broken {
-            // A socket left mid-dump would answer the next request with stale messages: the
-            // next refresh opens a fresh one.
-            self.namespaces.by_inode.remove(&inode);
-            self.count_error();
-        }
-        (dumped, complete)
-    }
-
-    /// Learns new namespaces and closes vanished ones; a namespace that newly cannot be opened
-    /// is logged and counted once (`netns` retries it every full re-walk, quietly).
-    fn refresh_namespaces(&mut self) {
+    /// Learns new namespaces and closes vanished ones. A namespace that newly cannot be opened
+    /// is logged and counted once (`netns` retries it quietly at every full re-walk). Returns
+    /// the inodes of every namespace that cannot be opened now: their sockets are unknown this
+    /// time, not gone.
+    fn refresh_namespaces(&mut self) -> HashSet<u32> {
         for f in self.namespaces.refresh() {
             tracing::warn!(
                 path = %f.path.display(),
                 netns = f.inode,
                 reason = f.reason,
                 "cannot open sock_diag in network namespace: {}; its sockets are not dumped \
-                 and dumps are incomplete until it opens or vanishes",
+                 until it opens or vanishes",
                 f.error
             );
-            self.count_error();
+            self.metrics.netns_open.inc();
+            self.metrics.errors.inc();
         }
         self.last_ns_refresh = Instant::now();
+        self.namespaces
+            .unreachable()
+            .map(|inode| u32::try_from(inode).unwrap_or(u32::MAX))
+            .collect()
+    }
+
+    /// Dumps every namespace's listeners, then streams its link-carrying sockets into the
+    /// link state. Returns the inodes of namespaces whose dump is incomplete.
+    fn dump_all(
+        &mut self,
+        bpf: Option<&BpfHashMap<&MapData, u64, LinkInfo>>,
+        now: Instant,
+    ) -> (HashSet<u32>, usize) {
+        let mut failed = self.refresh_namespaces();
+        let mut namespaces = std::mem::take(&mut self.namespaces);
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut broken = Vec::new();
+        let families = [libc::AF_INET as u8, libc::AF_INET6 as u8];
+        // Listeners first: a socket the eBPF side does not know is a server if one listens on
+        // its port (and its owner is the listener's, as a last resort).
+        self.listeners.clear();
+        for ns in namespaces.by_inode.values() {
+            for family in families {
+                let listeners = &mut self.listeners;
+                let r = diag::dump(&ns.diag, family, diag::LISTEN_STATES, &mut buf, |s| {
+                    listeners.insert((ns.inode, s.local_port), s.inode);
+                });
+                if let Err(e) = r {
+                    tracing::warn!(netns = ns.inode, family, "sock_diag dump failed: {e}");
+                    broken.push(ns.inode);
+                }
+            }
+        }
+        self.links.begin_dump();
+        let mut dumped = 0;
+        for ns in namespaces.by_inode.values() {
+            if broken.contains(&ns.inode) {
+                continue;
+            }
+            for family in families {
+                let r = diag::dump(&ns.diag, family, diag::LINK_STATES, &mut buf, |s| {
+                    dumped += 1;
+                    self.on_socket(ns.inode, s, bpf, now);
+                });
+                if let Err(e) = r {
+                    tracing::warn!(netns = ns.inode, family, "sock_diag dump failed: {e}");
+                    broken.push(ns.inode);
+                }
+            }
+        }
+        for inode in broken {
+            // A socket left mid-dump would answer the next request with stale messages: the
+            // next refresh opens a fresh one.
+            if namespaces.by_inode.remove(&inode).is_some() {
+                self.metrics.netns_dump.inc();
+                self.metrics.errors.inc();
+            }
+            failed.insert(u32::try_from(inode).unwrap_or(u32::MAX));
+        }
+        self.namespaces = namespaces;
+        self.buf = buf;
+        (failed, dumped)
+    }
+
+    /// One dumped socket: updates a tracked one, keys a new one whose owner the eBPF side
+    /// recorded, and leaves the rest for the owner lookup after the dump.
+    fn on_socket(
+        &mut self,
+        netns: u64,
+        s: &DiagSocket,
+        bpf: Option<&BpfHashMap<&MapData, u64, LinkInfo>>,
+        now: Instant,
+    ) {
+        let Some(raw) = s.counters else { return };
+        let c = fin_adjusted(raw, s.state);
+        if self.links.update(s.cookie, &c, now) != Seen::New {
+            return;
+        }
+        let (role, base) = if let Some(w) = self.waiting.get_mut(&s.cookie) {
+            w.seen = true;
+            (w.role, w.base)
+        } else {
+            let info = bpf.and_then(|m| m.get(&s.cookie, 0).ok());
+            let role = info.map_or_else(
+                || {
+                    if self.listeners.contains_key(&(netns, s.local_port)) {
+                        ROLE_SERVER
+                    } else {
+                        ROLE_CLIENT
+                    }
+                },
+                |i| i.role,
+            );
+            if self
+                .links
+                .exclude_by_address(s.cookie, &Self::socket_key(netns, s, role, None))
+            {
+                return;
+            }
+            // An entry in this probe instance's LINKS map means the socket opened since the
+            // probe started: all of it counts. Otherwise it predates the probe (an agent
+            // restart, a probe rebuild): it counts from this first reading.
+            let base = info.map_or(c, |i| fresh_base(i.syn_acked == 1));
+            if let Some(i) = info.filter(|i| i.owner == OWNER_KNOWN) {
+                let comm = self.name_of(i.tgid, &i.comm);
+                let owner = Owner { tgid: i.tgid, comm };
+                let k = Self::socket_key(netns, s, role, Some(&owner));
+                self.links.track(s.cookie, k, &owner.comm, &c, &base, now);
+                return;
+            }
+            (role, base)
+        };
+        self.pending.push(Pending {
+            sock: s.clone(),
+            netns,
+            role,
+            counters: c,
+            base,
+        });
+    }
+
+    fn socket_key(
+        netns: u64,
+        s: &DiagSocket,
+        role: u8,
+        owner: Option<&Owner>,
+    ) -> super::links::Key {
+        key(
+            netns,
+            owner,
+            role,
+            normalize(s.local),
+            s.local_port,
+            normalize(s.remote),
+            s.remote_port,
+        )
+    }
+
+    /// Finds owners of this dump's unattributed new sockets in /proc, in one scan (with the
+    /// listeners they may fall back to), and keys those sockets; the others wait a little for
+    /// a better owner. Nothing new, no scan: idle links cost no /proc walk.
+    fn resolve_pending(&mut self, now: Instant) {
+        let mut wanted = std::collections::HashSet::new();
+        for p in &self.pending {
+            if p.sock.inode != 0 {
+                wanted.insert(p.sock.inode);
+            }
+            if p.role == ROLE_SERVER
+                && let Some(&ino) = self.listeners.get(&(p.netns, p.sock.local_port))
+                && !self.owners.contains_key(&ino)
+            {
+                wanted.insert(ino);
+            }
+        }
+        if !wanted.is_empty() {
+            let found = self.resolver.resolve(wanted.iter().copied());
+            self.owners.extend(found);
+        }
+        // Remember the back-off only for sockets still looked for.
+        self.resolver.retain(|ino| wanted.contains(&ino));
+        self.waiting.retain(|_, w| std::mem::take(&mut w.seen));
+        for p in std::mem::take(&mut self.pending) {
+            let exact = self.owners.get(&p.sock.inode).cloned();
+            let owner = if exact.is_some() {
+                exact
+            } else {
+                let w = self.waiting.entry(p.sock.cookie).or_insert(Waiting {
+                    waited: 0,
+                    role: p.role,
+                    base: p.base,
+                    seen: false,
+                });
+                if w.waited < OWNER_PATIENCE {
+                    w.waited += 1;
+                    continue;
+                }
+                self.listener_owner(p.netns, p.role, p.sock.local_port)
+            };
+            self.waiting.remove(&p.sock.cookie);
+            let k = Self::socket_key(p.netns, &p.sock, p.role, owner.as_ref());
+            let comm = owner.map(|o| o.comm).unwrap_or_default();
+            self.links
+                .track(p.sock.cookie, k, &comm, &p.counters, &p.base, now);
+        }
+        let listening: HashSet<u64> = self.listeners.values().copied().collect();
+        self.owners.retain(|ino, _| listening.contains(ino));
     }
 
     /// Drops `LINKS` entries whose socket was not live at two sweeps a minute apart. The eBPF
     /// side removes entries at CLOSE; what it cannot see is a connect that failed before TCP
     /// started (fallback connect hooks) or a socket whose callbacks another program switched
     /// off. A connection still in SYN_SENT after a minute merely loses its eBPF owner record.
-    fn sweep(&mut self, programs: &mut bpf::Programs, live: &HashSet<u64>) {
+    fn sweep(&mut self, programs: &mut bpf::Programs) {
         if self.last_sweep.elapsed() < SWEEP_EVERY {
             return;
         }
@@ -257,7 +464,7 @@ impl Collector {
         let unseen: HashSet<u64> = programs
             .link_cookies()
             .into_iter()
-            .filter(|c| !live.contains(c))
+            .filter(|c| !self.links.is_tracked(*c) && !self.waiting.contains_key(c))
             .collect();
         let stale: Vec<u64> = unseen
             .intersection(&self.unseen_at_sweep)
@@ -273,151 +480,71 @@ impl Collector {
         self.unseen_at_sweep = unseen;
     }
 
-    /// One interval: dump, apply closes, attribute, fold, and render rows.
+    /// One interval: dump and apply, owners, closes, ageing; returns what changed.
     pub fn collect(
         &mut self,
         programs: &mut bpf::Programs,
         closed: &ClosedEvents,
         idle: Option<Duration>,
-    ) -> Vec<Row> {
-        let (dumped, complete) = self.dump_all();
-        // Closes that happened before the dump are already in the ring or the queue: apply them
-        // first so that a socket missing from the dump is recognised as closed with final counters.
+    ) -> Delta {
+        let now = Instant::now();
+        let cpu = diag::thread_cpu();
+        let (failed, dumped) = {
+            let bpf_links = programs.links().ok();
+            self.dump_all(bpf_links.as_ref(), now)
+        };
+        let dump_cpu = diag::thread_cpu().since(cpu);
+        let dump_time = now.elapsed();
+        self.resolve_pending(now);
+        // Closes that happened before the dump are already in the ring or the queue: apply
+        // them before absence is judged, so that a socket missing from the dump is recognised
+        // as closed with final counters.
         self.drain(closed);
         self.primed = true;
-
-        self.listeners.clear();
-        for (ns, s) in &dumped {
-            if s.state == TCP_LISTEN {
-                self.listeners.insert((*ns, s.local_port), s.inode);
-            }
+        self.links.end_dump(&failed, now);
+        if failed.is_empty() {
+            self.sweep(programs);
         }
-        let bpf_links = programs.links().ok();
-        let infos: HashMap<u64, LinkInfo> = dumped
-            .iter()
-            .filter(|(_, s)| s.state != TCP_LISTEN && self.links.key_of(s.cookie).is_none())
-            .filter_map(|(_, s)| Some((s.cookie, bpf_links.as_ref()?.get(&s.cookie, 0).ok()?)))
-            .collect();
-        self.resolve_owners(&dumped, &infos);
-
-        let mut observed = Vec::with_capacity(dumped.len());
-        let mut live_cookies =
-            HashSet::with_capacity_and_hasher(dumped.len(), rustc_hash::FxBuildHasher);
-        for (ns, s) in &dumped {
-            if s.state == TCP_LISTEN {
-                continue;
-            }
-            live_cookies.insert(s.cookie);
-            if let Some(o) = self.observe_socket(*ns, s, infos.get(&s.cookie)) {
-                observed.push(o);
-            }
-        }
-        if complete {
-            self.sweep(programs, &live_cookies);
-        }
-        self.syn_acked.retain(|c, _| live_cookies.contains(c));
-        self.waiting.retain(|c, _| live_cookies.contains(c));
-        let now = now_ms();
-        self.links.observe(observed, complete, now);
-        self.links.prune(now, idle.map(|d| d.as_millis() as u64));
+        self.links.prune(now, idle);
 
         let lost = programs.lost();
         if lost > self.lost_seen {
-            self.metrics
-                .counter(selfmetrics::EBPF_EVENTS_LOST, &[("probe", "tcp")])
-                .add(lost - self.lost_seen);
+            self.metrics.lost.add(lost - self.lost_seen);
             self.lost_seen = lost;
         }
-        let rows = self.links.rows();
-        let used: HashSet<u32> = rows.iter().map(|r| r.key.tgid).collect();
-        self.names.retain(|t, _| used.contains(t));
-        rows.into_iter().map(to_row).collect()
-    }
-
-    /// Finds owners of new sockets the eBPF side could not attribute (server sockets before
-    /// close, connections older than the agent) and of listeners (the fallback), reading
-    /// /proc only when some are unknown.
-    fn resolve_owners(&mut self, dumped: &[(u64, DiagSocket)], infos: &HashMap<u64, LinkInfo>) {
-        let mut wanted = std::collections::HashSet::new();
-        for (_, s) in dumped {
-            if s.inode == 0 || self.owners.contains_key(&s.inode) {
-                continue;
-            }
-            let attributed = infos.get(&s.cookie).is_some_and(|i| i.owner == OWNER_KNOWN);
-            let tracked = self.links.key_of(s.cookie).is_some();
-            if s.state == TCP_LISTEN || (!tracked && !attributed) {
-                wanted.insert(s.inode);
-            }
-        }
-        self.owners
-            .extend(self.resolver.resolve(wanted.into_iter()));
-        let live_inodes: HashSet<u64> = dumped.iter().map(|(_, s)| s.inode).collect();
-        self.owners.retain(|ino, _| live_inodes.contains(ino));
-        self.resolver.retain(|ino| live_inodes.contains(&ino));
-    }
-
-    /// Turns one dumped socket into an observation, or None while its owner is still a guess.
-    fn observe_socket(
-        &mut self,
-        ns: u64,
-        s: &DiagSocket,
-        info: Option<&LinkInfo>,
-    ) -> Option<Observed> {
-        let counters = s.counters?;
-        let tracked = self.links.key_of(s.cookie).is_some();
-        let role = match info {
-            Some(i) => i.role,
-            None if self.listeners.contains_key(&(ns, s.local_port)) => ROLE_SERVER,
-            None => ROLE_CLIENT,
-        };
-        let exact = match info {
-            Some(i) if i.owner == OWNER_KNOWN => Some(Owner {
-                tgid: i.tgid,
-                comm: self.name_of(i.tgid, &i.comm),
-            }),
-            _ => self.owners.get(&s.inode).cloned(),
-        };
-        let owner = if tracked {
-            None // keyed already; the key is sticky
-        } else if exact.is_some() {
-            exact
-        } else {
-            let waited = self.waiting.entry(s.cookie).or_insert(0);
-            if *waited < OWNER_PATIENCE {
-                *waited += 1;
-                return None;
-            }
-            self.listener_owner(ns, role, s.local_port)
-        };
-        // Without eBPF knowledge (older than the agent) an active open is the client side.
-        let syn_acked = *self
-            .syn_acked
-            .entry(s.cookie)
-            .or_insert_with(|| info.map_or(role == ROLE_CLIENT, |i| i.syn_acked == 1));
-        let state = u32::from(s.state);
-        let counters = data_only(
-            counters,
-            syn_acked,
-            state == FIN_WAIT2,
-            matches!(state, CLOSE_WAIT | LAST_ACK | CLOSING),
+        self.metrics
+            .aggregated
+            .add(self.links.aggregated - self.aggregated_seen);
+        self.aggregated_seen = self.links.aggregated;
+        self.metrics
+            .excluded
+            .add(self.links.excluded - self.excluded_seen);
+        self.excluded_seen = self.links.excluded;
+        let delta = self.links.take_delta();
+        let (socks, links) = self.links.sizes();
+        tracing::debug!(
+            dumped,
+            socks,
+            links,
+            changed = delta.changed.len(),
+            removed = delta.removed.len(),
+            state_bytes = self.links.heap_bytes(),
+            dump_us = dump_time.as_micros() as u64,
+            dump_sys_us = dump_cpu.sys.as_micros() as u64,
+            dump_user_us = dump_cpu.user.as_micros() as u64,
+            collect_us = now.elapsed().as_micros() as u64,
+            collect_cpu_us = {
+                let c = diag::thread_cpu().since(cpu);
+                (c.user + c.sys).as_micros() as u64
+            },
+            "tcp collect"
         );
-        let local = normalize(s.local);
-        let remote = normalize(s.remote);
-        let comm = owner.as_ref().map(|o| o.comm.clone()).unwrap_or_default();
-        Some(Observed {
-            cookie: s.cookie,
-            key: key(
-                ns,
-                owner.as_ref(),
-                role,
-                local,
-                s.local_port,
-                remote,
-                s.remote_port,
-            ),
-            comm,
-            counters,
-        })
+        delta
+    }
+
+    /// Every link's row (the full listing, for a sink that wants every row every interval).
+    pub fn rows(&self) -> Vec<Row> {
+        self.links.rows().into_iter().map(to_row).collect()
     }
 }
 

@@ -1,405 +1,454 @@
-//! Folds per-socket observations into per-link records (gala-gopher's `tcp_link` rows).
+//! What the TCP probe remembers between intervals: one small entry per socket, one per link,
+//! and the deltas that turn socket readings into `tcp_link` rows.
 //!
 //! A link is (netns, process, role, client_ip, server_ip, server_port, family); many sockets can
-//! share one. Counters are cumulative since the agent started watching: the final counters of
-//! closed sockets are banked per link and the live sockets' current counters added on top, so
-//! every counter only grows. A socket keeps the link it was first assigned to ("sticky") so that
-//! a late-resolved owner never moves bytes from one series to another.
+//! share one. Each socket remembers its last reading; a new reading adds only the difference to
+//! its link's totals, so an unchanged socket costs one lookup and one compare, and a link's row
+//! is rebuilt only when one of its sockets moved. A socket keeps the link it was first assigned
+//! to ("sticky") so that a late-resolved owner never moves bytes from one series to another.
+//!
+//! **Counters count from when this probe instance first saw the link.** A socket created after
+//! the probe started counts from zero (the caller passes a zero base); a socket that was already
+//! open (after an agent restart, a probe rebuild or a reload) contributes only what it moves
+//! from its first reading on: its reading then is the base. So `increase()` across a restart
+//! never counts a connection's lifetime again. Each row carries `start_time`, the wall time its
+//! counters started, so a consumer can tell a restart from traffic. The kernel's 32-bit segment
+//! and retransmission counters are widened here: each reading adds its difference modulo 2^32.
+//!
+//! Time is monotonic (`Instant`): a wall-clock step neither prunes every link nor freezes
+//! pruning.
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
-use super::diag::Counters;
+use super::{diag::Counters, policy::Policy, table::Table};
 
-pub const ROLE_SERVER: u8 = 0;
-pub const ROLE_CLIENT: u8 = 1;
+use super::key::octets;
+pub use super::key::{Delta, Key, LinkKey, LinkRow, ROLE_CLIENT, ROLE_SERVER};
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LinkKey {
-    pub netns: u64,
-    pub tgid: u32,
-    pub role: u8,
-    pub client_ip: IpAddr,
-    pub server_ip: IpAddr,
-    pub server_port: u16,
-}
+use super::entries::{AGGREGATE, DIRTY, EXCLUDED, Link, PINNED, Sock, VANISHED};
 
-impl LinkKey {
-    /// Address family as gala-gopher's `protocol` field reports it (2 = IPv4, 10 = IPv6).
-    pub fn family(&self) -> u8 {
-        if self.server_ip.is_ipv4() { 2 } else { 10 }
-    }
-}
-
-/// One socket as seen now, with the link it belongs to.
-#[derive(Debug, Clone)]
-pub struct Observed {
-    pub cookie: u64,
-    pub key: LinkKey,
-    pub comm: String,
-    /// Data-only counters (sequence-space SYN/FIN already taken out).
-    pub counters: Counters,
-}
-
-#[derive(Debug, Clone)]
-struct Live {
-    key: LinkKey,
-    counters: Counters,
-    /// Dumps in a row this socket was missing from.
-    missed: u8,
-}
-
-/// Counters banked for a socket that vanished without a close event, so that a late event
-/// (or a reappearance) adds only what is new.
-#[derive(Debug, Clone)]
-struct Vanished {
-    key: LinkKey,
-    counters: Counters,
-    epoch: u64,
-}
-
-#[derive(Debug, Clone, Default)]
-struct Banked {
-    comm: String,
-    bytes_received: u64,
-    bytes_acked: u64,
-    segs_in: u64,
-    segs_out: u64,
-    total_retrans: u64,
-    last_srtt_us: u32,
-    last_change_ms: u64,
-}
-
-/// A finished row, ready to become `tcp_link` values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkRow {
-    pub key: LinkKey,
-    pub process_name: String,
-    pub link_count: u64,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    pub packets_in: u64,
-    pub packets_out: u64,
-    pub retran_packets: u64,
-    pub lost_packets: u64,
-    pub rtt_us: u64,
+/// Whether a dumped socket was known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    Tracked,
+    /// Closed already (a dump racing with its close).
+    Closed,
+    New,
 }
 
 /// A socket missing from this many dumps in a row is taken as closed without an event.
 const MISSES_BEFORE_GONE: u8 = 2;
 /// Dumps a closed cookie is remembered for (a dump racing with a close may still list it).
 const TOMBSTONE_DUMPS: u64 = 3;
-/// Dumps a vanished socket's banked counters are remembered for, awaiting a late close event.
-const VANISHED_DUMPS: u64 = 20;
+/// Dumps a vanished socket is remembered for, awaiting a late close event.
+const VANISHED_DUMPS: u8 = 20;
 
-#[derive(Default)]
 pub struct Links {
-    live: HashMap<u64, Live>,
-    banked: HashMap<LinkKey, Banked>,
+    policy: Policy,
+    socks: Table<Sock>,
+    table: Table<Link>,
     /// Cookies whose close was applied, with the dump epoch, so a racing dump cannot revive them.
     closed: HashMap<u64, u64>,
-    vanished: HashMap<u64, Vanished>,
+    /// tgid → (process name, links of that tgid).
+    names: HashMap<u32, (Box<str>, u32)>,
+    dirty: Vec<u32>,
+    removed: Vec<LinkKey>,
     epoch: u64,
+    start: Instant,
+    start_wall_ms: u64,
+    individual: u32,
+    aggregates: u32,
+    /// Sockets folded into aggregate rows by the cap, and left out by the filters (cumulative).
+    pub aggregated: u64,
+    pub excluded: u64,
+}
+
+fn secs(start: Instant, now: Instant) -> u32 {
+    u32::try_from(now.saturating_duration_since(start).as_secs()).unwrap_or(u32::MAX)
 }
 
 impl Links {
-    /// The link a socket already belongs to, if it is being tracked.
-    pub fn key_of(&self, cookie: u64) -> Option<&LinkKey> {
-        self.live.get(&cookie).map(|l| &l.key)
+    pub fn new(policy: Policy, start: Instant, start_wall_ms: u64) -> Self {
+        Self {
+            policy,
+            socks: Table::default(),
+            table: Table::default(),
+            closed: HashMap::default(),
+            names: HashMap::default(),
+            dirty: Vec::new(),
+            removed: Vec::new(),
+            epoch: 0,
+            start,
+            start_wall_ms,
+            individual: 0,
+            aggregates: 0,
+            aggregated: 0,
+            excluded: 0,
+        }
     }
 
-    /// A socket reached CLOSE with these final counters.
-    pub fn close(&mut self, sock: Observed, now_ms: u64) {
-        let mut counters = sock.counters;
-        let key = if let Some(l) = self.live.remove(&sock.cookie) {
-            l.key
-        } else if let Some(v) = self.vanished.remove(&sock.cookie) {
-            counters = minus(&counters, &v.counters);
-            v.key
-        } else {
-            sock.key
-        };
-        self.bank(key, &sock.comm, &counters, now_ms);
-        self.closed.insert(sock.cookie, self.epoch);
+    #[cfg(test)]
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
-    /// Applies one dump of live sockets. `complete` is false when part of the dump failed: then
-    /// absence means nothing. A socket absent from complete dumps several times in a row closed
-    /// without an event (it predates the agent, or its event was lost): its last counters are
-    /// banked, which loses at most what moved since the last dump that listed it.
-    pub fn observe(&mut self, socks: Vec<Observed>, complete: bool, now_ms: u64) {
+    /// The process name recorded for `tgid`, while it has links.
+    pub fn name(&self, tgid: u32) -> Option<&str> {
+        self.names
+            .get(&tgid)
+            .map(|(n, _)| &**n)
+            .filter(|n| !n.is_empty())
+    }
+
+    pub fn is_tracked(&self, cookie: u64) -> bool {
+        self.socks.find(&cookie).is_some()
+    }
+
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.socks.len(), self.table.len())
+    }
+
+    /// Heap bytes of the socket and link tables.
+    pub fn heap_bytes(&self) -> usize {
+        self.socks.heap_bytes()
+            + self.table.heap_bytes()
+            + self.closed.capacity() * 17
+            + self.names.capacity() * 41
+            + self.dirty.capacity() * 4
+    }
+
+    fn touch(&mut self, li: u32, now: Instant) {
+        let now = secs(self.start, now);
+        let l = self.table.get_mut(li);
+        l.changed_s = now;
+        if l.flags & DIRTY == 0 {
+            l.flags |= DIRTY;
+            self.dirty.push(li);
+        }
+    }
+
+    /// Starts a dump: sockets listed from here on are seen in this epoch.
+    pub fn begin_dump(&mut self) {
         self.epoch += 1;
-        let mut seen = HashSet::with_capacity_and_hasher(socks.len(), rustc_hash::FxBuildHasher);
-        for sock in socks {
-            if self.closed.contains_key(&sock.cookie) {
-                continue;
-            }
-            seen.insert(sock.cookie);
-            let mut counters = sock.counters;
-            let key = match self.vanished.remove(&sock.cookie) {
-                // Back after a gap long enough to bank it: count only what is new since.
-                Some(v) => {
-                    self.unbank(&v.key, &v.counters);
-                    v.key
-                }
-                None => sock.key.clone(),
+    }
+
+    /// A dumped socket's reading (data-only counters). Known sockets are updated here.
+    pub fn update(&mut self, cookie: u64, c: &Counters, now: Instant) -> Seen {
+        let Some(si) = self.socks.find(&cookie) else {
+            return if self.closed.contains_key(&cookie) {
+                Seen::Closed
+            } else {
+                Seen::New
             };
-            let live = self.live.entry(sock.cookie).or_insert_with(|| Live {
-                key,
-                counters: Counters::default(),
-                missed: 0,
-            });
-            counters.srtt_us = sock.counters.srtt_us;
-            live.counters = counters;
-            live.missed = 0;
-            let banked = self.banked.entry(live.key.clone()).or_default();
-            banked.last_change_ms = now_ms;
-            if !sock.comm.is_empty() {
-                banked.comm = sock.comm;
+        };
+        let s = self.socks.get_mut(si);
+        s.seen = self.epoch as u8;
+        if s.flags & EXCLUDED != 0 || (s.flags & VANISHED == 0 && s.same(c)) {
+            return Seen::Tracked;
+        }
+        let mut s = *s;
+        let l = self.table.get_mut(s.link);
+        if s.flags & VANISHED != 0 {
+            // Back after a gap long enough to be taken as gone: count only what is new.
+            s.flags &= !VANISHED;
+            l.join(&s);
+        }
+        l.absorb(&mut s, c, true);
+        *self.socks.get_mut(si) = s;
+        self.touch(s.link, now);
+        Seen::Tracked
+    }
+
+    /// The link a new socket's key leads to (filters, client aggregation, the cap), or None
+    /// when the filters leave it out.
+    fn link_for(&mut self, mut key: Key, comm: &str, now: Instant) -> Option<u32> {
+        if !self.policy.admits(key.port, key.peer(), comm) {
+            self.excluded += 1;
+            return None;
+        }
+        if key.role == ROLE_SERVER {
+            key.client = octets(self.policy.client_of_server_link(key.client_ip()));
+        }
+        if let Some(li) = self.table.find(&key) {
+            return Some(li);
+        }
+        if self.individual < self.policy.max_series {
+            self.individual += 1;
+            return Some(self.create(key, comm, 0, now));
+        }
+        // Over the cap: one row per process, role and server, the client address unspecified.
+        self.aggregated += 1;
+        let agg = Key {
+            client: [0; 16],
+            ..key
+        };
+        if let Some(li) = self.table.find(&agg) {
+            return Some(li);
+        }
+        let agg = if self.aggregates < self.policy.max_aggregates() {
+            agg
+        } else {
+            // Even those are too many: one row per role and family.
+            let all = Key {
+                server: [0; 16],
+                netns: 0,
+                tgid: 0,
+                port: 0,
+                ..agg
+            };
+            if let Some(li) = self.table.find(&all) {
+                return Some(li);
+            }
+            all
+        };
+        self.aggregates += 1;
+        Some(self.create(agg, comm, AGGREGATE, now))
+    }
+
+    fn create(&mut self, key: Key, comm: &str, flags: u8, now: Instant) -> u32 {
+        let name = self
+            .names
+            .entry(key.tgid)
+            .or_insert_with(|| (Box::from(""), 0));
+        if name.0.is_empty() && key.tgid != 0 {
+            name.0 = Box::from(comm);
+        }
+        name.1 += 1;
+        let now = secs(self.start, now);
+        self.table.insert(Link {
+            key,
+            rx: 0,
+            tx: 0,
+            segs_in: 0,
+            segs_out: 0,
+            retrans: 0,
+            srtt: 0,
+            live: 0,
+            lost: 0,
+            changed_s: now,
+            created_s: now,
+            flags,
+        })
+    }
+
+    /// Leaves a new socket out before its owner is looked for when its port or peer address
+    /// alone excludes it. Returns whether it did.
+    pub fn exclude_by_address(&mut self, cookie: u64, key: &Key) -> bool {
+        if self.policy.admits_address(key.port, key.peer()) {
+            return false;
+        }
+        self.excluded += 1;
+        let mut s = Sock::new(cookie, &Counters::default(), u32::MAX, self.epoch as u8);
+        s.flags = EXCLUDED;
+        self.socks.insert(s);
+        true
+    }
+
+    /// Starts tracking a live socket first seen now. `base` is the reading its counters count
+    /// from: zero for a socket opened since the probe started (the SYN aside), its current
+    /// reading for one that was already open.
+    pub fn track(
+        &mut self,
+        cookie: u64,
+        key: Key,
+        comm: &str,
+        c: &Counters,
+        base: &Counters,
+        now: Instant,
+    ) {
+        let mut s = Sock::new(cookie, base, u32::MAX, self.epoch as u8);
+        let Some(li) = self.link_for(key, comm, now) else {
+            s.flags = EXCLUDED;
+            self.socks.insert(s);
+            return;
+        };
+        s.link = li;
+        let l = self.table.get_mut(li);
+        l.join(&s);
+        l.absorb(&mut s, c, true);
+        self.socks.insert(s);
+        self.touch(li, now);
+    }
+
+    /// A tracked socket reached CLOSE with these final (data-only) counters. Returns false
+    /// when the socket is unknown: then the caller keys it and calls [`Links::close_new`].
+    pub fn close(&mut self, cookie: u64, c: &Counters, now: Instant) -> bool {
+        let Some(si) = self.socks.find(&cookie) else {
+            return self.closed.contains_key(&cookie);
+        };
+        let mut s = self.socks.remove(si);
+        self.closed.insert(cookie, self.epoch);
+        if s.flags & EXCLUDED != 0 {
+            return true;
+        }
+        let l = self.table.get_mut(s.link);
+        if s.flags & VANISHED == 0 {
+            l.absorb(&mut s, c, true);
+            l.leave(&s, c.srtt_us);
+        } else {
+            l.absorb(&mut s, c, false);
+            if l.live == 0 && c.srtt_us != 0 {
+                l.srtt = u64::from(c.srtt_us);
             }
         }
-        if complete {
-            let mut gone = Vec::new();
-            for (cookie, l) in &mut self.live {
-                if !seen.contains(cookie) {
-                    l.missed += 1;
-                    if l.missed >= MISSES_BEFORE_GONE {
-                        gone.push(*cookie);
-                    }
-                }
+        self.touch(s.link, now);
+        true
+    }
+
+    /// A socket never seen live closed: all of `c - base` is new.
+    pub fn close_new(
+        &mut self,
+        cookie: u64,
+        key: Key,
+        comm: &str,
+        c: &Counters,
+        base: &Counters,
+        now: Instant,
+    ) {
+        self.closed.insert(cookie, self.epoch);
+        let Some(li) = self.link_for(key, comm, now) else {
+            return;
+        };
+        let mut s = Sock::new(cookie, base, li, 0);
+        let l = self.table.get_mut(li);
+        l.absorb(&mut s, c, false);
+        if l.live == 0 && c.srtt_us != 0 {
+            l.srtt = u64::from(c.srtt_us);
+        }
+        self.touch(li, now);
+    }
+
+    /// Ends a dump. A socket absent from this many dumps in a row closed without an event (it
+    /// predates the probe, or its event was lost): it leaves its link with what it had moved
+    /// by its last reading. Sockets whose namespace could not be dumped this time (`failed`,
+    /// namespace inodes) are not missing: nothing is known about them.
+    pub fn end_dump(&mut self, failed: &HashSet<u32>, now: Instant) {
+        let epoch = self.epoch as u8;
+        for si in self.socks.indices() {
+            let mut s = *self.socks.get(si);
+            let age = epoch.wrapping_sub(s.seen);
+            if age == 0 {
+                continue;
             }
-            for cookie in gone {
-                if let Some(l) = self.live.remove(&cookie) {
-                    self.bank(l.key.clone(), "", &l.counters, now_ms);
-                    let v = Vanished {
-                        key: l.key,
-                        counters: l.counters,
-                        epoch: self.epoch,
-                    };
-                    self.vanished.insert(cookie, v);
+            if s.flags & EXCLUDED != 0 {
+                if age >= MISSES_BEFORE_GONE {
+                    self.socks.remove(si);
                 }
+                continue;
             }
+            let l = self.table.get_mut(s.link);
+            if s.flags & VANISHED == 0 {
+                if !failed.is_empty() && (failed.contains(&l.key.netns) || l.key.netns == 0) {
+                    self.socks.get_mut(si).seen = epoch;
+                    continue;
+                }
+                if age < MISSES_BEFORE_GONE {
+                    continue;
+                }
+                l.leave(&s, 0);
+                s.flags |= VANISHED;
+                *self.socks.get_mut(si) = s;
+                self.touch(s.link, now);
+            } else if age >= MISSES_BEFORE_GONE + VANISHED_DUMPS {
+                self.socks.remove(si);
+                continue;
+            }
+            self.table.get_mut(s.link).flags |= PINNED;
         }
         let epoch = self.epoch;
         self.closed.retain(|_, at| epoch - *at < TOMBSTONE_DUMPS);
-        self.vanished
-            .retain(|_, v| epoch - v.epoch < VANISHED_DUMPS);
+        if self.closed.capacity() > 1024 && self.closed.len() * 4 < self.closed.capacity() {
+            self.closed.shrink_to_fit();
+        }
+        self.socks.compact();
     }
 
-    fn bank(&mut self, key: LinkKey, comm: &str, c: &Counters, now_ms: u64) {
-        let b = self.banked.entry(key).or_default();
-        if !comm.is_empty() {
-            comm.clone_into(&mut b.comm);
-        }
-        b.bytes_received += c.bytes_received;
-        b.bytes_acked += c.bytes_acked;
-        b.segs_in += u64::from(c.segs_in);
-        b.segs_out += u64::from(c.segs_out);
-        b.total_retrans += u64::from(c.total_retrans);
-        if c.srtt_us != 0 {
-            b.last_srtt_us = c.srtt_us;
-        }
-        b.last_change_ms = now_ms;
-    }
-
-    fn unbank(&mut self, key: &LinkKey, c: &Counters) {
-        if let Some(b) = self.banked.get_mut(key) {
-            b.bytes_received = b.bytes_received.saturating_sub(c.bytes_received);
-            b.bytes_acked = b.bytes_acked.saturating_sub(c.bytes_acked);
-            b.segs_in = b.segs_in.saturating_sub(u64::from(c.segs_in));
-            b.segs_out = b.segs_out.saturating_sub(u64::from(c.segs_out));
-            b.total_retrans = b.total_retrans.saturating_sub(u64::from(c.total_retrans));
-        }
-    }
-
-    /// Forgets links with no live socket and no change for `idle_ms` (never when `None`).
-    pub fn prune(&mut self, now_ms: u64, idle_ms: Option<u64>) {
-        let Some(idle_ms) = idle_ms else { return };
-        let live_keys: HashSet<&LinkKey> = self.live.values().map(|l| &l.key).collect();
-        self.banked.retain(|k, b| {
-            live_keys.contains(k) || now_ms.saturating_sub(b.last_change_ms) < idle_ms
-        });
-    }
-
-    pub fn rows(&self) -> Vec<LinkRow> {
-        let mut rows: HashMap<&LinkKey, LinkRow> = HashMap::default();
-        let mut srtt: HashMap<&LinkKey, (u64, u64)> = HashMap::default();
-        for (key, b) in &self.banked {
-            rows.insert(
-                key,
-                LinkRow {
-                    key: key.clone(),
-                    process_name: b.comm.clone(),
-                    link_count: 0,
-                    rx_bytes: b.bytes_received,
-                    tx_bytes: b.bytes_acked,
-                    packets_in: b.segs_in,
-                    packets_out: b.segs_out,
-                    retran_packets: b.total_retrans,
-                    lost_packets: 0,
-                    rtt_us: u64::from(b.last_srtt_us),
-                },
-            );
-        }
-        for l in self.live.values() {
-            let Some(row) = rows.get_mut(&l.key) else {
+    /// Forgets links with no live socket and no change for `idle` (never when `None`).
+    pub fn prune(&mut self, now: Instant, idle: Option<Duration>) {
+        let now = secs(self.start, now);
+        for li in self.table.indices() {
+            let l = self.table.get_mut(li);
+            if l.flags & PINNED != 0 {
+                l.flags &= !PINNED;
                 continue;
-            };
-            let c = &l.counters;
-            row.link_count += 1;
-            row.rx_bytes += c.bytes_received;
-            row.tx_bytes += c.bytes_acked;
-            row.packets_in += u64::from(c.segs_in);
-            row.packets_out += u64::from(c.segs_out);
-            row.retran_packets += u64::from(c.total_retrans);
-            row.lost_packets += u64::from(c.lost);
-            let s = srtt.entry(&l.key).or_default();
-            s.0 += u64::from(c.srtt_us);
-            s.1 += 1;
-        }
-        // RTT of a link is the mean over its live sockets, else the last closed one's.
-        for (key, (sum, n)) in srtt {
-            if let Some(row) = rows.get_mut(key) {
-                row.rtt_us = sum / n;
             }
+            let Some(idle) = idle else { continue };
+            if l.live > 0 || u64::from(now.saturating_sub(l.changed_s)) < idle.as_secs() {
+                continue;
+            }
+            let l = self.table.remove(li);
+            if l.flags & AGGREGATE != 0 {
+                self.aggregates -= 1;
+            } else {
+                self.individual -= 1;
+            }
+            if let Some(n) = self.names.get_mut(&l.key.tgid) {
+                n.1 -= 1;
+                if n.1 == 0 {
+                    self.names.remove(&l.key.tgid);
+                }
+            }
+            self.removed.push(l.key.link_key());
         }
-        let mut out: Vec<LinkRow> = rows.into_values().collect();
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        out
+        self.table.compact();
     }
-}
 
-/// What moved between an earlier reading `b` and a later one `a` of the same socket.
-fn minus(a: &Counters, b: &Counters) -> Counters {
-    Counters {
-        bytes_received: a.bytes_received.saturating_sub(b.bytes_received),
-        bytes_acked: a.bytes_acked.saturating_sub(b.bytes_acked),
-        segs_in: a.segs_in.saturating_sub(b.segs_in),
-        segs_out: a.segs_out.saturating_sub(b.segs_out),
-        total_retrans: a.total_retrans.saturating_sub(b.total_retrans),
-        lost: a.lost,
-        srtt_us: a.srtt_us,
+    fn row(&self, l: &Link) -> LinkRow {
+        LinkRow {
+            key: l.key.link_key(),
+            process_name: self
+                .names
+                .get(&l.key.tgid)
+                .map(|(n, _)| n.to_string())
+                .unwrap_or_default(),
+            link_count: u64::from(l.live),
+            rx_bytes: l.rx,
+            tx_bytes: l.tx,
+            packets_in: l.segs_in,
+            packets_out: l.segs_out,
+            retran_packets: l.retrans,
+            lost_packets: u64::from(l.lost),
+            // Mean over the live sockets, else the last one's to leave.
+            rtt_us: if l.live > 0 {
+                l.srtt / u64::from(l.live)
+            } else {
+                l.srtt
+            },
+            start_ms: self.start_wall_ms + u64::from(l.created_s) * 1000,
+        }
+    }
+
+    /// Rows changed since the last call, and links forgotten since.
+    pub fn take_delta(&mut self) -> Delta {
+        let mut changed = Vec::with_capacity(self.dirty.len());
+        for li in std::mem::take(&mut self.dirty) {
+            if !self.table.contains_index(li) {
+                continue;
+            }
+            let l = self.table.get_mut(li);
+            if l.flags & DIRTY == 0 {
+                continue;
+            }
+            l.flags &= !DIRTY;
+            let l = *l;
+            changed.push(self.row(&l));
+        }
+        Delta {
+            changed,
+            removed: std::mem::take(&mut self.removed),
+        }
+    }
+
+    /// Every link's row.
+    pub fn rows(&self) -> Vec<LinkRow> {
+        self.table
+            .indices()
+            .map(|li| self.row(self.table.get(li)))
+            .collect()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::Ipv4Addr;
-
-    fn key(port: u16) -> LinkKey {
-        LinkKey {
-            netns: 1,
-            tgid: 42,
-            role: ROLE_CLIENT,
-            client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            server_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            server_port: port,
-        }
-    }
-
-    fn obs(cookie: u64, port: u16, tx: u64) -> Observed {
-        Observed {
-            cookie,
-            key: key(port),
-            comm: "curl".into(),
-            counters: Counters {
-                bytes_acked: tx,
-                srtt_us: 100,
-                ..Counters::default()
-            },
-        }
-    }
-
-    #[test]
-    fn live_and_closed_sockets_sum_per_link() {
-        let mut l = Links::default();
-        l.observe(vec![obs(1, 80, 100), obs(2, 80, 50)], true, 0);
-        l.close(obs(1, 80, 120), 1);
-        l.observe(vec![obs(2, 80, 70)], true, 2);
-        let rows = l.rows();
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].tx_bytes, 190);
-        assert_eq!(rows[0].link_count, 1);
-        assert_eq!(rows[0].process_name, "curl");
-    }
-
-    #[test]
-    fn a_socket_missing_from_one_dump_is_not_banked() {
-        let mut l = Links::default();
-        l.observe(vec![obs(1, 80, 100)], true, 0);
-        l.observe(vec![], true, 1);
-        l.observe(vec![obs(1, 80, 150)], true, 2);
-        assert_eq!(l.rows()[0].tx_bytes, 150);
-        assert_eq!(l.rows()[0].link_count, 1);
-    }
-
-    #[test]
-    fn incomplete_dumps_say_nothing_about_absence() {
-        let mut l = Links::default();
-        l.observe(vec![obs(1, 80, 100)], true, 0);
-        for t in 1..5 {
-            l.observe(vec![], false, t);
-        }
-        assert_eq!(l.rows()[0].link_count, 1);
-    }
-
-    #[test]
-    fn vanished_sockets_keep_their_counters_and_late_events_add_only_the_rest() {
-        let mut l = Links::default();
-        l.observe(vec![obs(1, 80, 100)], true, 0);
-        l.observe(vec![], true, 1);
-        l.observe(vec![], true, 2);
-        assert_eq!((l.rows()[0].tx_bytes, l.rows()[0].link_count), (100, 0));
-        l.close(obs(1, 80, 130), 3);
-        assert_eq!(l.rows()[0].tx_bytes, 130);
-    }
-
-    #[test]
-    fn a_vanished_socket_that_reappears_is_not_counted_twice() {
-        let mut l = Links::default();
-        l.observe(vec![obs(1, 80, 100)], true, 0);
-        l.observe(vec![], true, 1);
-        l.observe(vec![], true, 2);
-        l.observe(vec![obs(1, 80, 140)], true, 3);
-        assert_eq!((l.rows()[0].tx_bytes, l.rows()[0].link_count), (140, 1));
-        l.close(obs(1, 80, 150), 4);
-        assert_eq!((l.rows()[0].tx_bytes, l.rows()[0].link_count), (150, 0));
-    }
-
-    #[test]
-    fn a_socket_keeps_its_first_link() {
-        let mut l = Links::default();
-        l.observe(vec![obs(1, 80, 10)], true, 0);
-        let mut moved = obs(1, 80, 20);
-        moved.key.tgid = 7;
-        l.observe(vec![moved.clone()], true, 1);
-        l.close(moved, 2);
-        let rows = l.rows();
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].key.tgid, 42);
-        assert_eq!(rows[0].tx_bytes, 20);
-    }
-
-    #[test]
-    fn a_stale_dump_does_not_revive_a_closed_socket() {
-        let mut l = Links::default();
-        l.close(obs(1, 80, 10), 0);
-        l.observe(vec![obs(1, 80, 10)], true, 1);
-        assert_eq!(l.rows()[0].tx_bytes, 10);
-        assert_eq!(l.rows()[0].link_count, 0);
-    }
-
-    #[test]
-    fn idle_links_are_pruned_unless_told_never() {
-        let mut l = Links::default();
-        l.close(obs(1, 80, 10), 0);
-        l.observe(vec![obs(2, 81, 5)], true, 0);
-        l.prune(10_000, None);
-        assert_eq!(l.rows().len(), 2);
-        l.prune(10_000, Some(5_000));
-        let rows = l.rows();
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].key.server_port, 81);
-    }
-}
+#[path = "links_tests.rs"]
+mod tests;

@@ -9,15 +9,18 @@ mod bpf;
 mod closed;
 mod collector;
 mod diag;
+mod entries;
+mod key;
 mod links;
 mod netns;
 mod owners;
+pub mod policy;
 #[cfg(test)]
 mod scan_bench;
+mod table;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::Arc,
     time::Duration,
 };
 
@@ -25,13 +28,14 @@ use self::{
     closed::ClosedEvents,
     collector::Collector,
     diag::Counters,
-    links::{LinkKey, LinkRow, ROLE_SERVER},
+    links::{Key, LinkRow, ROLE_SERVER},
     owners::Owner,
+    policy::Policy,
 };
 use super::{Probe, ProbeContext, ProbeFuture};
 use crate::{
     imdb::{FieldMeta, FieldType, Row, TableMeta},
-    selfmetrics::{EBPF_EVENTS_LOST, EBPF_MAP_FULL, PROBE_ROWS},
+    selfmetrics::{EBPF_EVENTS_LOST, EBPF_MAP_FULL, PROBE_COLLECT_SECONDS, PROBE_ROWS},
 };
 
 pub const TABLE: &str = "tcp_link";
@@ -102,8 +106,18 @@ const FIELDS: &[(&str, FieldType, &str)] = &[
         FieldType::Gauge,
         "smoothed round-trip time in microseconds",
     ),
+    // Last, so that every earlier field keeps its position.
+    (
+        "start_time",
+        FieldType::Unknown,
+        "when this link's counters started from 0, ms since the Unix epoch (Kafka only; a \
+         new value means the counters restarted: agent restart, probe rebuild, link forgotten)",
+    ),
 ];
 
+// TODO(p1-store merge): register `policy.max_rows()` as tcp_link's own record cap in the
+// table meta once the store has a per-table override, so that `imdb.max_records_num` (default
+// 1024) does not refuse tcp_link rows below the probe's series cap.
 pub fn table_meta() -> TableMeta {
     TableMeta {
         name: TABLE.to_owned(),
@@ -124,6 +138,8 @@ pub struct TcpProbe {
     pub max_links: u32,
     /// Record client owners with cgroup connect hooks even where sockops could do it.
     pub connect_hooks: bool,
+    /// Series cap, client aggregation, filters.
+    pub policy: Policy,
 }
 
 impl Default for TcpProbe {
@@ -131,9 +147,14 @@ impl Default for TcpProbe {
         Self {
             max_links: 65536,
             connect_hooks: false,
+            policy: Policy::default(),
         }
     }
 }
+
+const KNOWN_PARAMS: &str = "max_links, connect_hooks, max_series, client_prefix_v4, \
+     client_prefix_v6, aggregate_clients, include_ports, exclude_ports, include_cidrs, \
+     exclude_cidrs, include_processes, exclude_processes";
 
 impl TcpProbe {
     /// Builds the probe from its `[probes.params]` table; unknown keys and out-of-range values
@@ -161,9 +182,13 @@ impl TcpProbe {
                         )
                     })?;
                 }
-                other => anyhow::bail!(
-                    "probes[tcp].params.{other}: unknown parameter (known: max_links, connect_hooks)"
-                ),
+                other => {
+                    if !probe.policy.set(other, v)? {
+                        anyhow::bail!(
+                            "probes[tcp].params.{other}: unknown parameter (known: {KNOWN_PARAMS})"
+                        );
+                    }
+                }
             }
         }
         Ok(probe)
@@ -181,16 +206,25 @@ impl Probe for TcpProbe {
 
     fn run(&self, ctx: ProbeContext) -> ProbeFuture {
         let (max_links, connect_hooks) = (self.max_links, self.connect_hooks);
-        Box::pin(async move { run(ctx, max_links, connect_hooks).await })
+        let policy = self.policy.clone();
+        Box::pin(async move { run(ctx, max_links, connect_hooks, policy).await })
     }
 }
 
-async fn run(mut ctx: ProbeContext, max_links: u32, connect_hooks: bool) -> anyhow::Result<()> {
+async fn run(
+    mut ctx: ProbeContext,
+    max_links: u32,
+    connect_hooks: bool,
+    policy: Policy,
+) -> anyhow::Result<()> {
     let mut programs = bpf::load(max_links, connect_hooks)?;
     let lost = ctx.metrics.counter(EBPF_EVENTS_LOST, &[("probe", "tcp")]);
     let closed = ClosedEvents::start(programs.take_closed()?, lost)?;
     tracing::info!(cgroup = %programs.cgroup.display(), "tcp probe attached");
-    let mut state = Collector::new(Arc::clone(&ctx.metrics));
+    let mut state = Collector::new(&ctx.metrics, policy);
+    let collect_seconds = ctx
+        .metrics
+        .gauge(PROBE_COLLECT_SECONDS, &[("probe", "tcp")]);
     ctx.state.running();
     let mut tick = tokio::time::interval(ctx.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -214,9 +248,14 @@ async fn run(mut ctx: ProbeContext, max_links: u32, connect_hooks: bool) -> anyh
             _ = apply_tick.tick() => state.drain(&closed),
             _ = tick.tick() => {
                 // sock_diag dumps and /proc reads block: keep them off the async workers' queue.
+                let started = std::time::Instant::now();
                 let rows = tokio::task::block_in_place(|| {
-                    state.collect(&mut programs, &closed, idle)
+                    // The delta (changed rows, forgotten links) is what the store will take;
+                    // until it does, every row is sent every interval.
+                    let _delta = state.collect(&mut programs, &closed, idle);
+                    state.rows()
                 });
+                collect_seconds.set(started.elapsed().as_secs_f64());
                 let full = programs.links_full();
                 links_full.add(full.saturating_sub(links_full_seen));
                 links_full_seen = links_full_seen.max(full);
@@ -264,26 +303,12 @@ pub(crate) fn key(
     local_port: u16,
     remote: IpAddr,
     remote_port: u16,
-) -> LinkKey {
+) -> Key {
     let tgid = owner.map_or(0, |o| o.tgid);
     if role == ROLE_SERVER {
-        LinkKey {
-            netns,
-            tgid,
-            role,
-            client_ip: remote,
-            server_ip: local,
-            server_port: local_port,
-        }
+        Key::new(netns, tgid, role, remote, local, local_port)
     } else {
-        LinkKey {
-            netns,
-            tgid,
-            role,
-            client_ip: local,
-            server_ip: remote,
-            server_port: remote_port,
-        }
+        Key::new(netns, tgid, role, local, remote, remote_port)
     }
 }
 
@@ -308,6 +333,7 @@ pub(crate) fn to_row(r: LinkRow) -> Row {
             r.retran_packets.to_string(),
             r.lost_packets.to_string(),
             r.rtt_us.to_string(),
+            r.start_ms.to_string(),
         ],
     }
 }
@@ -373,7 +399,8 @@ mod tests {
                     1,
                     IpAddr::V4(Ipv4Addr::LOCALHOST),
                     2
-                ),
+                )
+                .link_key(),
                 process_name: String::new(),
                 link_count: 0,
                 rx_bytes: 0,
@@ -383,6 +410,7 @@ mod tests {
                 retran_packets: 0,
                 lost_packets: 0,
                 rtt_us: 0,
+                start_ms: 0,
             })
             .values
             .len()

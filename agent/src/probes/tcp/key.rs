@@ -1,0 +1,124 @@
+//! A `tcp_link` row's identity and values, as the link state keeps them (`Key`: 44 bytes, no
+//! heap) and as rows show them (`LinkKey`, `LinkRow`).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub const ROLE_SERVER: u8 = 0;
+pub const ROLE_CLIENT: u8 = 1;
+
+/// A link's identity as rows show it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LinkKey {
+    pub netns: u64,
+    pub tgid: u32,
+    pub role: u8,
+    pub client_ip: IpAddr,
+    pub server_ip: IpAddr,
+    pub server_port: u16,
+}
+
+impl LinkKey {
+    /// Address family as gala-gopher's `protocol` field reports it (2 = IPv4, 10 = IPv6).
+    pub fn family(&self) -> u8 {
+        if self.server_ip.is_ipv4() { 2 } else { 10 }
+    }
+}
+
+/// The same identity, stored compactly (44 bytes, no heap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub(super) client: [u8; 16],
+    pub(super) server: [u8; 16],
+    /// Network namespace inode (the kernel's `unsigned int inum`).
+    pub netns: u32,
+    pub tgid: u32,
+    pub port: u16,
+    pub role: u8,
+    pub(super) v6: bool,
+}
+
+pub(super) fn octets(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => {
+            let mut b = [0; 16];
+            b[..4].copy_from_slice(&a.octets());
+            b
+        }
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+impl Key {
+    pub fn new(netns: u64, tgid: u32, role: u8, client: IpAddr, server: IpAddr, port: u16) -> Self {
+        Self {
+            client: octets(client),
+            server: octets(server),
+            netns: u32::try_from(netns).unwrap_or(u32::MAX),
+            tgid,
+            port,
+            role,
+            v6: server.is_ipv6(),
+        }
+    }
+
+    fn ip(&self, b: [u8; 16]) -> IpAddr {
+        if self.v6 {
+            IpAddr::V6(Ipv6Addr::from(b))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+        }
+    }
+
+    pub fn client_ip(&self) -> IpAddr {
+        self.ip(self.client)
+    }
+
+    pub fn server_ip(&self) -> IpAddr {
+        self.ip(self.server)
+    }
+
+    /// The other end's address.
+    pub fn peer(&self) -> IpAddr {
+        if self.role == ROLE_SERVER {
+            self.client_ip()
+        } else {
+            self.server_ip()
+        }
+    }
+
+    pub fn link_key(&self) -> LinkKey {
+        LinkKey {
+            netns: u64::from(self.netns),
+            tgid: self.tgid,
+            role: self.role,
+            client_ip: self.client_ip(),
+            server_ip: self.server_ip(),
+            server_port: self.port,
+        }
+    }
+}
+
+/// A finished row, ready to become `tcp_link` values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkRow {
+    pub key: LinkKey,
+    pub process_name: String,
+    pub link_count: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub retran_packets: u64,
+    pub lost_packets: u64,
+    pub rtt_us: u64,
+    /// Wall time (ms since the Unix epoch) this link's counters started from zero.
+    pub start_ms: u64,
+}
+
+/// What changed since the previous [`Links::take_delta`]: rows whose values moved, and links
+/// forgotten (idle) since. A key may be in both when a forgotten link came back.
+#[derive(Debug, Default)]
+pub struct Delta {
+    pub changed: Vec<LinkRow>,
+    pub removed: Vec<LinkKey>,
+}

@@ -1,0 +1,380 @@
+use super::*;
+use std::net::IpAddr;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn key(port: u16) -> Key {
+    Key::new(1, 42, ROLE_CLIENT, ip("127.0.0.1"), ip("127.0.0.1"), port)
+}
+
+fn tx(n: u64) -> Counters {
+    Counters {
+        bytes_acked: n,
+        srtt_us: 100,
+        ..Counters::default()
+    }
+}
+
+struct T {
+    l: Links,
+    t0: Instant,
+}
+
+impl T {
+    fn new(policy: Policy) -> Self {
+        let t0 = Instant::now();
+        Self {
+            l: Links::new(policy, t0, 1_000_000),
+            t0,
+        }
+    }
+
+    fn at(&self, s: u64) -> Instant {
+        self.t0 + Duration::from_secs(s)
+    }
+
+    /// One dump of sockets opened since the probe started (counted from zero).
+    fn dump(&mut self, socks: &[(u64, Key, Counters)], failed: &[u32]) {
+        let now = self.at(0);
+        self.l.begin_dump();
+        for (cookie, k, c) in socks {
+            if self.l.update(*cookie, c, now) == Seen::New {
+                self.l
+                    .track(*cookie, *k, "curl", c, &Counters::default(), now);
+            }
+        }
+        self.l.end_dump(&failed.iter().copied().collect(), now);
+    }
+
+    fn close(&mut self, cookie: u64, k: Key, c: Counters) {
+        let now = self.at(0);
+        if !self.l.close(cookie, &c, now) {
+            self.l
+                .close_new(cookie, k, "curl", &c, &Counters::default(), now);
+        }
+    }
+
+    fn rows(&self) -> Vec<LinkRow> {
+        let mut r = self.l.rows();
+        r.sort_by(|a, b| a.key.cmp(&b.key));
+        r
+    }
+
+    fn one(&self) -> (u64, u64) {
+        let r = self.rows();
+        assert_eq!(r.len(), 1, "{r:?}");
+        (r[0].tx_bytes, r[0].link_count)
+    }
+}
+
+fn t() -> T {
+    T::new(Policy::default())
+}
+
+#[test]
+fn live_and_closed_sockets_sum_per_link() {
+    let mut t = t();
+    t.dump(&[(1, key(80), tx(100)), (2, key(80), tx(50))], &[]);
+    t.close(1, key(80), tx(120));
+    t.dump(&[(2, key(80), tx(70))], &[]);
+    assert_eq!(t.one(), (190, 1));
+    assert_eq!(t.rows()[0].process_name, "curl");
+}
+
+#[test]
+fn a_socket_missing_from_one_dump_is_not_banked() {
+    let mut t = t();
+    t.dump(&[(1, key(80), tx(100))], &[]);
+    t.dump(&[], &[]);
+    t.dump(&[(1, key(80), tx(150))], &[]);
+    assert_eq!(t.one(), (150, 1));
+}
+
+#[test]
+fn incomplete_dumps_say_nothing_about_absence() {
+    let mut t = t();
+    t.dump(&[(1, key(80), tx(100))], &[]);
+    for _ in 1..5 {
+        t.dump(&[], &[1]);
+    }
+    assert_eq!(t.one(), (100, 1));
+    // A failure elsewhere says nothing about namespace 1's sockets either way.
+    t.dump(&[], &[7]);
+    t.dump(&[], &[7]);
+    assert_eq!(t.one(), (100, 0));
+}
+
+#[test]
+fn vanished_sockets_keep_their_counters_and_late_events_add_only_the_rest() {
+    let mut t = t();
+    t.dump(&[(1, key(80), tx(100))], &[]);
+    t.dump(&[], &[]);
+    t.dump(&[], &[]);
+    assert_eq!(t.one(), (100, 0));
+    t.close(1, key(80), tx(130));
+    assert_eq!(t.one(), (130, 0));
+}
+
+#[test]
+fn a_vanished_socket_that_reappears_is_not_counted_twice() {
+    let mut t = t();
+    t.dump(&[(1, key(80), tx(100))], &[]);
+    t.dump(&[], &[]);
+    t.dump(&[], &[]);
+    t.dump(&[(1, key(80), tx(140))], &[]);
+    assert_eq!(t.one(), (140, 1));
+    t.close(1, key(80), tx(150));
+    assert_eq!(t.one(), (150, 0));
+}
+
+#[test]
+fn a_socket_keeps_its_first_link() {
+    let mut t = t();
+    t.dump(&[(1, key(80), tx(10))], &[]);
+    let mut moved = key(80);
+    moved.tgid = 7;
+    t.dump(&[(1, moved, tx(20))], &[]);
+    t.close(1, moved, tx(20));
+    let rows = t.rows();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].key.tgid, 42);
+    assert_eq!(rows[0].tx_bytes, 20);
+}
+
+#[test]
+fn a_stale_dump_does_not_revive_a_closed_socket() {
+    let mut t = t();
+    t.close(1, key(80), tx(10));
+    t.dump(&[(1, key(80), tx(10))], &[]);
+    assert_eq!(t.one(), (10, 0));
+}
+
+#[test]
+fn idle_links_are_pruned_on_the_monotonic_clock_unless_told_never() {
+    let mut t = t();
+    t.close(1, key(80), tx(10));
+    t.dump(&[(2, key(81), tx(5))], &[]);
+    t.l.prune(t.at(10), None);
+    assert_eq!(t.rows().len(), 2);
+    // A clock reading before the last change (what a wall-clock step back would look like
+    // on a wall clock) prunes nothing.
+    t.l.prune(t.t0, Some(Duration::from_secs(5)));
+    assert_eq!(t.rows().len(), 2);
+    t.l.prune(t.at(10), Some(Duration::from_secs(5)));
+    let rows = t.rows();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].key.server_port, 81);
+}
+
+#[test]
+fn u32_counters_are_widened_across_a_wrap() {
+    let mut t = t();
+    let c = |segs: u32, retrans: u32| Counters {
+        segs_out: segs,
+        segs_in: segs,
+        total_retrans: retrans,
+        ..Counters::default()
+    };
+    t.dump(&[(1, key(80), c(u32::MAX - 100, u32::MAX))], &[]);
+    t.dump(&[(1, key(80), c(199, 4))], &[]);
+    let r = &t.rows()[0];
+    let expected = u64::from(u32::MAX - 100) + 300;
+    assert_eq!((r.packets_out, r.packets_in), (expected, expected));
+    assert_eq!(r.retran_packets, u64::from(u32::MAX) + 5);
+    // Closed after one more wrap-free step: still exact.
+    t.close(1, key(80), c(299, 5));
+    let r = &t.rows()[0];
+    assert_eq!(r.packets_out, expected + 100);
+    assert_eq!(r.retran_packets, u64::from(u32::MAX) + 6);
+}
+
+#[test]
+fn a_socket_older_than_the_probe_counts_from_its_first_reading() {
+    let mut t = t();
+    let now = t.at(0);
+    let first = Counters {
+        bytes_acked: 1_000_000,
+        bytes_received: 5_000,
+        segs_out: 700,
+        srtt_us: 50,
+        ..Counters::default()
+    };
+    t.l.begin_dump();
+    assert_eq!(t.l.update(9, &first, now), Seen::New);
+    t.l.track(9, key(80), "old", &first, &first, now);
+    let r = &t.rows()[0];
+    assert_eq!(
+        (r.tx_bytes, r.rx_bytes, r.packets_out, r.link_count),
+        (0, 0, 0, 1)
+    );
+    assert_eq!(r.rtt_us, 50);
+    let later = Counters {
+        bytes_acked: 1_000_300,
+        segs_out: 703,
+        ..first
+    };
+    t.dump(&[(9, key(80), later)], &[]);
+    let r = &t.rows()[0];
+    assert_eq!((r.tx_bytes, r.packets_out), (300, 3));
+    assert_eq!(r.start_ms, 1_000_000, "counters started with the probe");
+}
+
+#[test]
+fn deltas_carry_only_what_changed_and_what_was_forgotten() {
+    let mut t = t();
+    t.dump(&[(1, key(80), tx(10)), (2, key(81), tx(10))], &[]);
+    assert_eq!(t.l.take_delta().changed.len(), 2);
+    t.dump(&[(1, key(80), tx(10)), (2, key(81), tx(10))], &[]);
+    let d = t.l.take_delta();
+    assert!(d.changed.is_empty() && d.removed.is_empty(), "{d:?}");
+    t.dump(&[(1, key(80), tx(15)), (2, key(81), tx(10))], &[]);
+    let d = t.l.take_delta();
+    assert_eq!(d.changed.len(), 1);
+    assert_eq!(
+        (d.changed[0].key.server_port, d.changed[0].tx_bytes),
+        (80, 15)
+    );
+    t.close(2, key(81), tx(10));
+    t.l.prune(t.at(100), Some(Duration::from_secs(5)));
+    let d = t.l.take_delta();
+    assert_eq!(d.removed, vec![key(81).link_key()]);
+    // The closed link changed (link_count 0) before it was forgotten; the delta says both.
+    assert!(d.changed.is_empty(), "a forgotten link has no row: {d:?}");
+    assert_eq!(t.rows().len(), 1);
+}
+
+fn server(client: &str, port: u16) -> Key {
+    Key::new(1, 42, ROLE_SERVER, ip(client), ip("127.0.0.1"), port)
+}
+
+#[test]
+fn links_beyond_the_cap_fold_into_one_row_per_process_role_and_server() {
+    let mut t = T::new(Policy {
+        max_series: 2,
+        ..Policy::default()
+    });
+    let socks: Vec<_> = (1..=5u64)
+        .map(|i| (i, server(&format!("10.0.0.{i}"), 80), tx(i * 100)))
+        .collect();
+    t.dump(&socks, &[]);
+    let rows = t.rows();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let agg = rows
+        .iter()
+        .find(|r| r.key.client_ip == ip("0.0.0.0"))
+        .expect("aggregate row");
+    assert_eq!((agg.link_count, agg.tx_bytes), (3, 300 + 400 + 500));
+    assert_eq!(t.l.aggregated, 3);
+    // Closed sockets of an aggregated link stay there; a freed slot takes new links again.
+    t.close(3, server("10.0.0.3", 80), tx(350));
+    t.close(1, server("10.0.0.1", 80), tx(100));
+    t.l.prune(t.at(100), Some(Duration::from_secs(5)));
+    t.dump(&[(6, server("10.0.0.6", 80), tx(1))], &[]);
+    let rows = t.rows();
+    assert!(
+        rows.iter().any(|r| r.key.client_ip == ip("10.0.0.6")),
+        "{rows:?}"
+    );
+}
+
+#[test]
+fn past_the_aggregate_budget_overflow_goes_to_one_row_per_role() {
+    let mut t = T::new(Policy {
+        max_series: 1,
+        ..Policy::default()
+    });
+    let budget = t.l.policy().max_aggregates();
+    let n = u64::from(budget) + 6;
+    let socks: Vec<_> = (0..n)
+        .map(|i| (i + 1, key(1000 + i as u16), tx(1)))
+        .collect();
+    t.dump(&socks, &[]);
+    let rows = t.rows();
+    assert_eq!(rows.len() as u32, 1 + budget + 1);
+    let all = rows.iter().find(|r| r.key.server_port == 0).unwrap();
+    assert_eq!((all.link_count, all.tx_bytes, all.key.tgid), (5, 5, 0));
+    assert!(rows.len() as u32 <= t.l.policy().max_rows());
+}
+
+#[test]
+fn server_links_clients_aggregate_by_prefix_and_filters_leave_sockets_out() {
+    let mut t = T::new(Policy {
+        client_prefix_v4: 24,
+        ..Policy::default()
+    });
+    t.dump(
+        &[
+            (1, server("10.0.0.1", 80), tx(1)),
+            (2, server("10.0.0.2", 80), tx(2)),
+            (3, server("10.0.1.1", 80), tx(4)),
+            (
+                4,
+                Key::new(1, 42, ROLE_CLIENT, ip("10.0.0.9"), ip("10.0.0.1"), 80),
+                tx(8),
+            ),
+        ],
+        &[],
+    );
+    let rows = t.rows();
+    let by_client = |c: &str, role: u8| {
+        rows.iter()
+            .find(|r| r.key.client_ip == ip(c) && r.key.role == role)
+            .map(|r| (r.link_count, r.tx_bytes))
+    };
+    assert_eq!(by_client("10.0.0.0", ROLE_SERVER), Some((2, 3)));
+    assert_eq!(by_client("10.0.1.0", ROLE_SERVER), Some((1, 4)));
+    assert_eq!(
+        by_client("10.0.0.9", ROLE_CLIENT),
+        Some((1, 8)),
+        "client links keep theirs"
+    );
+
+    let mut policy = Policy::default();
+    policy
+        .set("exclude_cidrs", &toml::Value::String("10.0.0.0/24".into()))
+        .unwrap();
+    let mut t = T::new(policy);
+    t.dump(
+        &[
+            (1, server("10.0.0.1", 80), tx(1)),
+            (2, server("10.0.9.1", 80), tx(2)),
+        ],
+        &[],
+    );
+    assert_eq!(t.one(), (2, 1));
+    assert_eq!(t.l.excluded, 1);
+    t.dump(
+        &[
+            (1, server("10.0.0.1", 80), tx(5)),
+            (2, server("10.0.9.1", 80), tx(2)),
+        ],
+        &[],
+    );
+    assert_eq!(t.l.excluded, 1, "an excluded socket is decided once");
+    t.close(1, server("10.0.0.1", 80), tx(9));
+    assert_eq!(t.one(), (2, 1));
+}
+
+/// The steady-state cost the issue budgets: one socket per link, 100 k of each.
+#[test]
+fn state_per_link_stays_small() {
+    let mut t = T::new(Policy {
+        max_series: 200_000,
+        ..Policy::default()
+    });
+    let n = 100_000u64;
+    let socks: Vec<_> = (0..n)
+        .map(|i| {
+            let client = format!("127.{}.{}.{}", 1 + i / 62_500, i / 250 % 250, i % 250 + 1);
+            (i + 1, server(&client, 500 + (i % 500) as u16), tx(i))
+        })
+        .collect();
+    t.dump(&socks, &[]);
+    t.dump(&socks, &[]);
+    assert_eq!(t.l.sizes(), (n as usize, n as usize));
+    let per_link = t.l.heap_bytes() as u64 / n;
+    println!("link state: {per_link} bytes per link");
+    assert!(per_link <= 200, "{per_link} bytes per link");
+}

@@ -1,0 +1,62 @@
+//! tcp_link rows on /metrics, shared by the TCP probe's integration tests.
+// Exact on purpose: probe state gauges are exactly 0 or 1.
+#![allow(clippy::float_cmp)]
+
+use std::{collections::BTreeMap, ops::Not, time::Duration};
+
+use super::{Agent, Sample};
+
+pub const CONFIG: &str = r#"
+[imdb]
+record_timeout = 120
+[[probes]]
+name = "tcp"
+switch = "on"
+interval = 1
+"#;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// All `tcp_link` fields of the one row whose labels match `want`, by field name.
+pub fn row(samples: &[Sample], want: &[(&str, String)]) -> Option<BTreeMap<String, f64>> {
+    let mut fields = BTreeMap::new();
+    let mut labels: Option<BTreeMap<String, String>> = None;
+    for s in samples {
+        let Some(field) = s.name.strip_prefix("gala_gopher_tcp_link_") else {
+            continue;
+        };
+        if !want.iter().all(|(k, v)| s.label(k) == v) {
+            continue;
+        }
+        match &labels {
+            None => labels = Some(s.labels.clone()),
+            Some(l) => assert_eq!(l, &s.labels, "two tcp_link rows match {want:?}"),
+        }
+        fields.insert(field.trim_end_matches("_total").to_owned(), s.value);
+    }
+    (!fields.is_empty()).then_some(fields)
+}
+
+pub fn expect_row(
+    agent: &Agent,
+    what: &str,
+    want: &[(&str, String)],
+    check: impl Fn(&BTreeMap<String, f64>) -> bool,
+) -> BTreeMap<String, f64> {
+    let samples = agent.wait_for(WAIT, what, |s| row(s, want).is_some_and(|r| check(&r)));
+    row(&samples, want).unwrap()
+}
+
+pub fn ready(agent: &Agent) -> bool {
+    agent
+        .wait_for(WAIT, "tcp probe running", |s| {
+            s.iter().any(|x| {
+                x.name == "gopher_probe_state"
+                    && x.label("probe") == "tcp"
+                    && x.label("state") == "running"
+                    && x.value == 1.0
+            })
+        })
+        .is_empty()
+        .not()
+}
