@@ -24,7 +24,7 @@ use tokio::{
 
 use super::{Probe, ProbeContext};
 use crate::{
-    imdb::Row,
+    imdb::Batch,
     selfmetrics::{PROBE_LAST_FAILURE, PROBE_RESTARTS, SelfMetrics},
 };
 
@@ -137,7 +137,7 @@ struct Entry {
 
 struct Inner {
     probes: Mutex<BTreeMap<String, Entry>>,
-    rows: mpsc::Sender<Vec<Row>>,
+    rows: mpsc::Sender<Batch>,
     metrics: Arc<SelfMetrics>,
     record_timeout: Duration,
     policy: Policy,
@@ -151,7 +151,7 @@ pub struct Manager {
 
 impl Manager {
     pub fn new(
-        rows: mpsc::Sender<Vec<Row>>,
+        rows: mpsc::Sender<Batch>,
         metrics: Arc<SelfMetrics>,
         record_timeout: Duration,
     ) -> Self {
@@ -159,7 +159,7 @@ impl Manager {
     }
 
     pub fn with_policy(
-        rows: mpsc::Sender<Vec<Row>>,
+        rows: mpsc::Sender<Batch>,
         metrics: Arc<SelfMetrics>,
         record_timeout: Duration,
         policy: Policy,
@@ -504,7 +504,7 @@ mod tests {
         }
     }
 
-    fn manager(policy: Policy) -> (Manager, Arc<SelfMetrics>, mpsc::Receiver<Vec<Row>>) {
+    fn manager(policy: Policy) -> (Manager, Arc<SelfMetrics>, mpsc::Receiver<Batch>) {
         let (tx, rx) = mpsc::channel(1);
         let metrics = Arc::new(SelfMetrics::new());
         (

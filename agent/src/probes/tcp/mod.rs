@@ -28,11 +28,15 @@ use self::{
 };
 use super::{Probe, ProbeContext, ProbeFuture};
 use crate::{
-    imdb::{FieldMeta, FieldType, Row, TableMeta},
+    imdb::{Batch, FieldMeta, FieldType, Row, TableMeta, Value},
     selfmetrics::PROBE_ROWS,
 };
 
 pub const TABLE: &str = "tcp_link";
+
+/// Record cap of `tcp_link` in the store (its own, not `imdb.max_records_num`, which is sized
+/// for small tables): one record per link, so a busy node needs tens of thousands.
+pub const MAX_RECORDS: usize = 60_000;
 
 /// How often close events are drained between intervals.
 const DRAIN_EVERY: Duration = Duration::from_millis(250);
@@ -113,6 +117,7 @@ pub fn table_meta() -> TableMeta {
                 description: (*d).to_owned(),
             })
             .collect(),
+        max_records: Some(MAX_RECORDS),
     }
 }
 
@@ -220,7 +225,7 @@ async fn run(mut ctx: ProbeContext, max_links: u32, connect_hooks: bool) -> anyh
                     state.collect(&mut programs, ring.get_mut(), idle)
                 });
                 rows_sent.add(rows.len() as u64);
-                if ctx.rows.send(rows).await.is_err() {
+                if ctx.rows.send(delta(rows)).await.is_err() {
                     break;
                 }
             }
@@ -291,23 +296,34 @@ pub(crate) fn to_row(r: LinkRow) -> Row {
     Row {
         table: TABLE.to_owned(),
         values: vec![
-            k.tgid.to_string(),
-            k.role.to_string(),
-            k.client_ip.to_string(),
-            k.server_ip.to_string(),
-            k.server_port.to_string(),
-            k.family().to_string(),
-            k.netns.to_string(),
-            r.process_name,
-            r.link_count.to_string(),
-            r.rx_bytes.to_string(),
-            r.tx_bytes.to_string(),
-            r.packets_in.to_string(),
-            r.packets_out.to_string(),
-            r.retran_packets.to_string(),
-            r.lost_packets.to_string(),
-            r.rtt_us.to_string(),
+            Value::from(k.tgid),
+            Value::from(k.role),
+            Value::from(k.client_ip.to_string()),
+            Value::from(k.server_ip.to_string()),
+            Value::from(k.server_port),
+            Value::from(k.family()),
+            Value::from(k.netns),
+            Value::from(r.process_name),
+            Value::from(r.link_count),
+            Value::from(r.rx_bytes),
+            Value::from(r.tx_bytes),
+            Value::from(r.packets_in),
+            Value::from(r.packets_out),
+            Value::from(r.retran_packets),
+            Value::from(r.lost_packets),
+            Value::from(r.rtt_us),
         ],
+    }
+}
+
+/// One interval's rows as a delta of the table the probe owns. Every live link is in `rows`
+/// today, so nothing is removed or refreshed here: records of links that are gone age out.
+fn delta(rows: Vec<Row>) -> Batch {
+    Batch::TableDelta {
+        table: TABLE.to_owned(),
+        upserts: rows.into_iter().map(|r| r.values).collect(),
+        removed: Vec::new(),
+        refresh_rest: false,
     }
 }
 
