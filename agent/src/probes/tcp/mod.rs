@@ -225,7 +225,9 @@ async fn run(mut ctx: ProbeContext, max_links: u32, connect_hooks: bool) -> anyh
                     state.collect(&mut programs, ring.get_mut(), idle)
                 });
                 rows_sent.add(rows.len() as u64);
-                if ctx.rows.send(delta(rows)).await.is_err() {
+                // Every live link is in `rows` (until the link state sends only what changed):
+                // nothing removed or refreshed here, links that are gone age out.
+                if ctx.rows.send(delta(rows, &[], false)).await.is_err() {
                     break;
                 }
             }
@@ -291,39 +293,50 @@ pub(crate) fn key(
     }
 }
 
+/// The key fields of a link's record, in meta order (also what a delta's `removed` holds).
+pub(crate) fn key_values(k: &LinkKey) -> Vec<Value> {
+    let mut v = Vec::with_capacity(FIELDS.len());
+    v.extend([
+        Value::from(k.tgid),
+        Value::from(k.role),
+        Value::from(k.client_ip.to_string()),
+        Value::from(k.server_ip.to_string()),
+        Value::from(k.server_port),
+        Value::from(k.family()),
+        Value::from(k.netns),
+    ]);
+    v
+}
+
+/// A link's row: numbers stay numbers (the store packs them; sinks write them).
 pub(crate) fn to_row(r: LinkRow) -> Row {
-    let k = &r.key;
+    let mut values = key_values(&r.key);
+    values.extend([
+        Value::from(r.process_name),
+        Value::from(r.link_count),
+        Value::from(r.rx_bytes),
+        Value::from(r.tx_bytes),
+        Value::from(r.packets_in),
+        Value::from(r.packets_out),
+        Value::from(r.retran_packets),
+        Value::from(r.lost_packets),
+        Value::from(r.rtt_us),
+    ]);
     Row {
         table: TABLE.to_owned(),
-        values: vec![
-            Value::from(k.tgid),
-            Value::from(k.role),
-            Value::from(k.client_ip.to_string()),
-            Value::from(k.server_ip.to_string()),
-            Value::from(k.server_port),
-            Value::from(k.family()),
-            Value::from(k.netns),
-            Value::from(r.process_name),
-            Value::from(r.link_count),
-            Value::from(r.rx_bytes),
-            Value::from(r.tx_bytes),
-            Value::from(r.packets_in),
-            Value::from(r.packets_out),
-            Value::from(r.retran_packets),
-            Value::from(r.lost_packets),
-            Value::from(r.rtt_us),
-        ],
+        values,
     }
 }
 
-/// One interval's rows as a delta of the table the probe owns. Every live link is in `rows`
-/// today, so nothing is removed or refreshed here: records of links that are gone age out.
-fn delta(rows: Vec<Row>) -> Batch {
+/// One interval's changes as a delta of the table the probe owns: `changed` rows are written,
+/// `removed` links dropped, and with `refresh_rest` every other record counts as refreshed
+/// (unchanged links need not be sent; Kafka still gets every live link once per pass).
+pub(crate) fn delta(changed: Vec<Row>, removed: &[LinkKey], refresh_rest: bool) -> Batch {
     Batch::TableDelta {
         table: TABLE.to_owned(),
-        upserts: rows.into_iter().map(|r| r.values).collect(),
-        removed: Vec::new(),
-        refresh_rest: false,
+        upserts: changed.into_iter().map(|r| r.values).collect(),
+        removed: removed.iter().map(key_values).collect(),
+        refresh_rest,
     }
 }
 
@@ -375,32 +388,53 @@ mod tests {
         );
     }
 
+    fn link(port: u16, rx: u64) -> LinkRow {
+        LinkRow {
+            key: key(
+                1,
+                None,
+                ROLE_CLIENT,
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                1,
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                port,
+            ),
+            process_name: "curl".into(),
+            link_count: 1,
+            rx_bytes: rx,
+            tx_bytes: 0,
+            packets_in: 0,
+            packets_out: 0,
+            retran_packets: 0,
+            lost_packets: 0,
+            rtt_us: 0,
+        }
+    }
+
     #[test]
     fn meta_matches_row_width() {
+        assert_eq!(table_meta().fields.len(), to_row(link(2, 0)).values.len());
+    }
+
+    #[test]
+    fn deltas_write_remove_and_refresh_links_in_the_store() {
+        use crate::imdb::{Limits, Store};
+        let mut store = Store::new(Limits::default());
+        store.register(table_meta()).unwrap();
+        let batch = delta(vec![to_row(link(80, 5)), to_row(link(443, 7))], &[], false);
+        assert_eq!(store.apply(batch, 1), 0);
+        // 443 is gone, 80 unchanged (not sent): refreshed.
+        let gone = link(443, 7).key;
+        assert_eq!(store.apply(delta(vec![], &[gone], true), 2), 0);
+        let snap = store.snapshot();
+        let t = &snap.tables[0];
+        assert_eq!(t.records.len(), 1);
+        assert_eq!(t.records[0].updated_ms, 2);
+        let row = &t.texts()[0];
         assert_eq!(
-            table_meta().fields.len(),
-            to_row(LinkRow {
-                key: key(
-                    1,
-                    None,
-                    ROLE_CLIENT,
-                    IpAddr::V4(Ipv4Addr::LOCALHOST),
-                    1,
-                    IpAddr::V4(Ipv4Addr::LOCALHOST),
-                    2
-                ),
-                process_name: String::new(),
-                link_count: 0,
-                rx_bytes: 0,
-                tx_bytes: 0,
-                packets_in: 0,
-                packets_out: 0,
-                retran_packets: 0,
-                lost_packets: 0,
-                rtt_us: 0,
-            })
-            .values
-            .len()
+            row[..10],
+            ["0", "1", "127.0.0.1", "127.0.0.1", "80", "2", "1", "curl", "1", "5"]
         );
+        assert_eq!(store.table(TABLE).unwrap().max_records, Some(MAX_RECORDS));
     }
 }
