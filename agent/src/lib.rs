@@ -4,6 +4,7 @@
 //! the latest record per key, and sinks (`egress/`) render snapshots of it. Beside them,
 //! `control/` lets a central manager switch and re-tune probes over gRPC.
 
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod egress;

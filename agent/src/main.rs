@@ -19,7 +19,8 @@ use gopher::{
     config::{self, Config},
     control::{self, Controller},
     egress::{http, kafka},
-    imdb::{Limits, Row, Store},
+    clock,
+    imdb::{Batch, Limits, Store},
     probes::{Manager, Policy, now_ms},
     selfmetrics::{CONFIG_RELOADS, SelfMetrics},
     service::{
@@ -164,6 +165,8 @@ const CONTROL_DRAIN: Duration = Duration::from_secs(2);
 // The wiring in start-up and shutdown order, which reads best in one piece.
 #[allow(clippy::too_many_lines)]
 async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Result<()> {
+    // Starts the monotonic clock the store ages records on.
+    let _ = clock::mono_ms();
     let metrics = Arc::new(SelfMetrics::new());
     let mut store = Store::new(Limits {
         max_tables: cfg.imdb.max_tables_num,
@@ -171,7 +174,7 @@ async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Resul
         max_metrics: cfg.imdb.max_metrics_num,
         record_timeout_ms: cfg.imdb.record_timeout.as_millis() as u64,
     });
-    let (rows_tx, rows_rx) = mpsc::channel::<Vec<Row>>(ROWS_CHANNEL);
+    let (rows_tx, rows_rx) = mpsc::channel::<Batch>(ROWS_CHANNEL);
     let sup = &cfg.supervision;
     let policy = Policy {
         backoff_initial: sup.restart_backoff,
@@ -213,6 +216,11 @@ async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Resul
         liveness.register("ingest", STALL_BOUND),
         TICK,
     ));
+    let expiry = tokio::spawn(expire_every(
+        expiry_period(cfg.imdb.record_timeout),
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+    ));
     ctl.start()?;
 
     let listener = http::bind(&cfg.web_server.bind_addr, cfg.web_server.port).await?;
@@ -221,11 +229,11 @@ async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Resul
         "serving /metrics"
     );
     let (shutdown_tx, _shutdown_rx) = watch::channel(false);
-    let web_state = Arc::new(http::WebState {
-        store: Arc::clone(&store),
-        metrics: Arc::clone(&metrics),
-        clock: now_ms,
-    });
+    let web_state = Arc::new(http::WebState::new(
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        clock::mono_ms,
+    ));
     let web = tokio::spawn(Beating::new(
         tasks::web(
             listener.into_std()?,
@@ -267,6 +275,7 @@ async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Resul
     // The probes' last rows into the store before the sinks' last pass.
     let _ = ingest_stop.send(true);
     let _ = ingest.await;
+    expiry.abort();
     let _ = shutdown_tx.send(true);
     let _ = web.await;
     if let Some(mut control) = control {
@@ -333,7 +342,7 @@ fn start_kafka(
 /// batch being stored, never the queue. Ingest ends normally when stopped or when every sender
 /// is gone (the manager holds one for the agent's life, so that means the agent is going away).
 async fn supervised_ingest(
-    mut rx: mpsc::Receiver<Vec<Row>>,
+    mut rx: mpsc::Receiver<Batch>,
     store: Arc<Mutex<Store>>,
     stop: watch::Receiver<bool>,
     mut restarts: Restarts,
@@ -389,7 +398,7 @@ async fn start_control(
 /// still queued. Rejected rows are counted by the store itself. Ending on `stop` rather than on
 /// the last sender going away: control-channel connections may hold the probes' handles.
 async fn ingest(
-    rx: &mut mpsc::Receiver<Vec<Row>>,
+    rx: &mut mpsc::Receiver<Batch>,
     store: Arc<Mutex<Store>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -407,16 +416,33 @@ async fn ingest(
             None => None,
         };
         let Some(batch) = batch else { break };
-        let now = now_ms();
+        // The store's clock is the monotonic one (see gopher::clock).
+        let now = clock::mono_ms();
+        store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .apply(batch, now);
+    }
+}
+
+/// How often records are aged out: a quarter of the record timeout, between 100 ms and 1 s,
+/// so a record outlives its timeout by at most that.
+fn expiry_period(record_timeout: Duration) -> Duration {
+    (record_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+/// Ages records out on the monotonic clock, whether or not anyone scrapes: a Kafka-only node
+/// must keep room for new records. Also mirrors the store's counters into the self-metrics.
+async fn expire_every(period: Duration, store: Arc<Mutex<Store>>, metrics: Arc<SelfMetrics>) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
         let mut store = store
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for row in batch {
-            let table = row.table.clone();
-            if let Err(e) = store.upsert(row, now) {
-                tracing::debug!(table, "row rejected: {e}");
-            }
-        }
+        store.expire(clock::mono_ms());
+        gopher::selfmetrics::sync_from_store(&store, &metrics);
     }
 }
 

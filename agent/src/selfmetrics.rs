@@ -33,6 +33,8 @@ pub const PROBE_ROWS_REJECTED: &str = "gopher_probe_rows_rejected_total";
 pub const PROBE_LINES_IGNORED: &str = "gopher_probe_lines_ignored_total";
 pub const START_CHECK_FAILURES: &str = "gopher_start_check_failures_total";
 pub const SCRAPE_DURATION: &str = "gopher_scrape_duration_seconds";
+pub const SCRAPE_RENDERS: &str = "gopher_scrape_renders_total";
+pub const SCRAPES: &str = "gopher_scrapes_total";
 pub const IMDB_RECORDS: &str = "gopher_imdb_records";
 pub const IMDB_TABLES: &str = "gopher_imdb_tables";
 pub const FAMILIES_SKIPPED: &str = "gopher_prometheus_families_skipped";
@@ -126,7 +128,7 @@ impl SelfMetrics {
     #[allow(clippy::too_many_lines)]
     pub fn new() -> Self {
         use Kind::{Counter, Gauge};
-        let declared: [(&'static str, Kind, &'static [&'static str], &'static str); 30] = [
+        let declared: [(&'static str, Kind, &'static [&'static str], &'static str); 32] = [
             (
                 CONTROL_REQUESTS,
                 Counter,
@@ -258,6 +260,18 @@ impl SelfMetrics {
                 Gauge,
                 &[],
                 "Seconds the previous scrape spent taking the snapshot and rendering it.",
+            ),
+            (
+                SCRAPE_RENDERS,
+                Counter,
+                &[],
+                "Renders of /metrics. Scrapes that arrive while one is in progress share it, so this grows slower than gopher_scrapes_total under concurrent scrapes.",
+            ),
+            (
+                SCRAPES,
+                Counter,
+                &["encoding"],
+                "GET requests for /metrics answered, by response encoding (identity, gzip).",
             ),
             (
                 IMDB_RECORDS,
@@ -615,6 +629,7 @@ mod tests {
                 ty: FieldType::Key,
                 description: String::new(),
             }],
+            max_records: None,
         };
         store.register(meta).unwrap();
         let row = |k: &str| Row {

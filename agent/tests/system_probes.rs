@@ -22,7 +22,7 @@ use std::{
 
 use common::{Agent, Sample, require};
 use gopher::{
-    imdb::{FieldType, Row, TableMeta},
+    imdb::{Batch, FieldType, Row, TableMeta},
     probes::{
         Manager,
         system::{SYSTEM_PROBES, native_probe},
@@ -159,7 +159,7 @@ impl Reported {
                 .iter()
                 .zip(&row.values)
                 .find(|(f, _)| f.ty == FieldType::Key)
-                .map(|(_, v)| v.clone())
+                .map(|(_, v)| v.to_string())
                 .unwrap_or_default();
             for (f, v) in meta.fields.iter().zip(&row.values) {
                 if v.is_empty() || !f.ty.is_metric() {
@@ -171,7 +171,7 @@ impl Reported {
                     ""
                 };
                 let name = format!("gala_gopher_{}_{}{suffix}", row.table, f.name);
-                out.insert((name, key.clone()), v.parse().unwrap());
+                out.insert((name, key.clone()), v.to_string().parse().unwrap());
             }
         }
         Self(out)
@@ -404,7 +404,7 @@ fn monotonic(earlier: &Reported, later: &Reported) {
 /// The probes through the library, without the agent binary: a Manager, a channel, real /proc.
 #[tokio::test]
 async fn probe_rows_match_proc() {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Row>>(64);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(64);
     // `mut` for the Manager API that takes `&mut self`; harmless where it takes `&self`.
     #[allow(unused_mut)]
     let mut manager = Manager::new(tx, Arc::new(SelfMetrics::new()), Duration::from_mins(1));
@@ -423,10 +423,13 @@ async fn probe_rows_match_proc() {
         // The first batch of every table after `before`: collected between the two reads.
         let mut latest = BTreeMap::<String, Vec<Row>>::new();
         while latest.len() < SYSTEM_PROBES.len() {
-            let batch = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            let Batch::Rows(batch) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
                 .await
                 .expect("a batch within 10 s")
-                .unwrap();
+                .unwrap()
+            else {
+                panic!("system probes send rows")
+            };
             latest.entry(batch[0].table.clone()).or_insert(batch);
         }
         manager.stop_all().await;

@@ -235,6 +235,7 @@ fn table_meta(
         name: name?,
         description,
         fields: fields?,
+        max_records: None,
     })
 }
 

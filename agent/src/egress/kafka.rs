@@ -3,8 +3,9 @@
 //!
 //! # Records
 //!
-//! Every `egress.interval` the sink takes the records written since its previous pass
-//! ([`Store::changed_since`], under a brief lock) and produces each one once, as one flat JSON
+//! Every `egress.interval` the sink takes the records written (or refreshed unchanged, see
+//! `imdb::Batch::TableDelta`) since its previous pass ([`Store::changed_since`], under a brief
+//! lock) and produces each one once, as one flat JSON
 //! object, keys in this order:
 //!
 //! ```json
@@ -12,9 +13,12 @@
 //!  "tgid": "42", "role": "0", …}
 //! ```
 //!
-//! `timestamp` is the record's update time in ms (a JSON number); `machine_id` comes from
+//! `timestamp` is the record's update time in wall-clock ms (a JSON number; the store ages
+//! records on the agent's monotonic clock, see `crate::clock`); `machine_id` comes from
 //! `/etc/machine-id` (empty when unreadable); then every field of the table's meta, in meta
-//! order, each value a JSON **string** (gala-spider compares `role == "0"`). The message key is
+//! order, each value a JSON **string** (gala-spider compares `role == "0"`): numbers are written
+//! as decimal text (integers as the probe printed them, other numbers as the shortest decimal
+//! that reads back the same, so a gauge printed as `1.50` arrives as `"1.5"`). The message key is
 //! the table name followed by the key field values, each after a `|` (`tcp_link|42|0|…`), so
 //! the partitioner keeps one link's records in order.
 //!
@@ -78,7 +82,6 @@
 //! and `[kafka.properties]` (string → string, passed verbatim to librdkafka: TLS, SASL, …).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -92,7 +95,7 @@ use rdkafka::{ClientContext, message::Message as _};
 use tokio::sync::watch;
 
 use crate::config::Kafka as KafkaConfig;
-use crate::imdb::{Record, Snapshot, Store, TableMeta};
+use crate::imdb::{Snapshot, Store, TableMeta};
 use crate::selfmetrics::{
     Counter, Gauge, KAFKA_DELIVERED, KAFKA_DROPPED, KAFKA_FAILED, KAFKA_QUEUE_MESSAGES,
     KAFKA_QUEUED, SelfMetrics,
@@ -130,130 +133,6 @@ impl Identity {
             machine_id,
         }
     }
-}
-
-/// Appends `s` as a JSON string literal (RFC 8259 escaping).
-pub fn write_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    // Most values need no escaping: copy the runs between escapes whole rather than char by
-    // char (this is on the path of every field of every record).
-    let mut run = 0;
-    for (i, b) in s.bytes().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
-            continue;
-        }
-        // `i` is at an ASCII byte, so both slices end on char boundaries.
-        out.push_str(&s[run..i]);
-        run = i + 1;
-        match b {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            b'\n' => out.push_str("\\n"),
-            b'\r' => out.push_str("\\r"),
-            b'\t' => out.push_str("\\t"),
-            _ => {
-                let _ = write!(out, "\\u{b:04x}");
-            }
-        }
-    }
-    out.push_str(&s[run..]);
-    out.push('"');
-}
-
-/// One record as the flat JSON object gala-spider reads (see the module doc).
-pub fn record_json(id: &Identity, meta: &TableMeta, record: &Record) -> String {
-    let mut out = String::new();
-    write_record_json(&mut out, id, meta, record);
-    out
-}
-
-/// [`record_json`] into `out` (cleared first), so that one buffer serves a whole pass.
-pub fn write_record_json(out: &mut String, id: &Identity, meta: &TableMeta, record: &Record) {
-    out.clear();
-    let _ = write!(out, "{{\"timestamp\":{}", record.updated_ms);
-    out.push_str(",\"hostname\":");
-    write_json_str(out, &id.hostname);
-    out.push_str(",\"machine_id\":");
-    write_json_str(out, &id.machine_id);
-    out.push_str(",\"table_name\":");
-    write_json_str(out, &meta.name);
-    for (field, value) in meta.fields.iter().zip(record.values.iter()) {
-        out.push(',');
-        write_json_str(out, &field.name);
-        out.push(':');
-        write_json_str(out, value);
-    }
-    out.push('}');
-}
-
-/// The message key: table name, then `|` and each key field's value.
-pub fn record_key(meta: &TableMeta, record: &Record) -> String {
-    let mut key = String::new();
-    write_record_key(&mut key, meta, record);
-    key
-}
-
-/// [`record_key`] into `out` (cleared first).
-pub fn write_record_key(out: &mut String, meta: &TableMeta, record: &Record) {
-    out.clear();
-    out.push_str(&meta.name);
-    for (field, value) in meta.fields.iter().zip(record.values.iter()) {
-        if field.ty == crate::imdb::FieldType::Key {
-            out.push('|');
-            out.push_str(value);
-        }
-    }
-}
-
-fn json_names<'a>(out: &mut String, names: impl Iterator<Item = &'a str>) {
-    out.push('[');
-    for (i, n) in names.enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        write_json_str(out, n);
-    }
-    out.push(']');
-}
-
-/// A table definition as published on the metadata topic (see the module doc).
-pub fn metadata_json(meta: &TableMeta, now_ms: u64) -> String {
-    use crate::imdb::FieldType;
-    let mut out = String::with_capacity(256);
-    let _ = write!(out, "{{\"timestamp\":{now_ms}");
-    for key in ["meta_name", "table_name", "entity_name"] {
-        let _ = write!(out, ",\"{key}\":");
-        write_json_str(&mut out, &meta.name);
-    }
-    out.push_str(",\"version\":\"1\",\"description\":");
-    write_json_str(&mut out, &meta.description);
-    let of = |pred: fn(FieldType) -> bool| {
-        meta.fields
-            .iter()
-            .filter(move |f| pred(f.ty))
-            .map(|f| f.name.as_str())
-    };
-    out.push_str(",\"keys\":");
-    json_names(&mut out, of(|t| t == FieldType::Key));
-    out.push_str(",\"labels\":");
-    json_names(&mut out, of(|t| t == FieldType::Label));
-    out.push_str(",\"metrics\":");
-    json_names(&mut out, of(FieldType::is_metric));
-    out.push_str(",\"fields\":[");
-    for (i, f) in meta.fields.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str("{\"name\":");
-        write_json_str(&mut out, &f.name);
-        out.push_str(",\"type\":");
-        write_json_str(&mut out, f.ty.as_str());
-        out.push_str(",\"description\":");
-        write_json_str(&mut out, &f.description);
-        out.push('}');
-    }
-    out.push_str("]}");
-    out
 }
 
 /// The librdkafka settings for `cfg`: the agent's own first, then `kafka.properties` verbatim.
@@ -479,7 +358,7 @@ impl KafkaSink {
             (tables, changed)
         };
         self.publish_metadata(&tables, now_ms);
-        let sent = self.publish_records(&changed);
+        let sent = self.publish_records(&changed, now_ms, crate::clock::mono_ms());
         self.queue_messages.set(self.outstanding() as f64);
         sent
     }
@@ -521,15 +400,19 @@ impl KafkaSink {
         }
     }
 
-    fn publish_records(&self, changed: &Snapshot) -> usize {
+    /// `wall_now`/`mono_now`: the two clocks read now, to date records (stored on the
+    /// monotonic clock) in wall-clock time.
+    fn publish_records(&self, changed: &Snapshot, wall_now: u64, mono_now: u64) -> usize {
         let topic = &self.cfg.kafka_topic;
         let mut sent = 0;
         // librdkafka copies key and payload when queueing, so two buffers serve every record.
         let (mut json, mut key) = (String::with_capacity(1024), String::with_capacity(128));
         for table in &changed.tables {
+            let mut values = Vec::new();
             for record in &table.records {
-                write_record_json(&mut json, &self.identity, &table.meta, record);
-                write_record_key(&mut key, &table.meta, record);
+                let ts = crate::clock::wall_of(record.updated_ms, mono_now, wall_now);
+                write_record_json(&mut json, &self.identity, table, record, ts, &mut values);
+                write_record_key(&mut key, table, record, &mut values);
                 if self.send(topic, &key, &json) {
                     sent += 1;
                 }
@@ -598,5 +481,10 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || sink.close(timeout)).await;
 }
 
+mod json;
 #[cfg(test)]
 mod tests;
+
+pub use json::{
+    metadata_json, record_json, record_key, write_json_str, write_record_json, write_record_key,
+};

@@ -17,6 +17,11 @@
 //!   `gopher_prometheus_families_skipped` says how many were. So is a histogram in a table that
 //!   has a `le` label.
 //!
+//! Values were parsed once when the row entered the agent (`imdb::value`) and are written as
+//! numbers: integers exactly as the probe printed them, other numbers as the shortest decimal
+//! that reads back as the same `f64` (a gauge printed as `1.50` is exported as `1.5`, `2.5e3`
+//! as `2500`, a histogram bound `1e-3` as `0.001`).
+//!
 //! Other lints (camelCase, abbreviated units such as `_us`) follow from the names in the meta
 //! files and are not rewritten.
 //!
@@ -27,8 +32,9 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
+use std::io;
 
-use crate::imdb::{FieldMeta, FieldType, Record, Snapshot, TableSnapshot, histogram};
+use crate::imdb::{FieldMeta, FieldType, Snapshot, TableSnapshot, ValueRef};
 use crate::selfmetrics::{FAMILIES_SKIPPED, SelfMetrics};
 
 /// The Content-Type of what [`render`] produces.
@@ -36,21 +42,53 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 const RESERVED_SUFFIXES: [&str; 4] = ["_total", "_count", "_sum", "_bucket"];
 
+/// [`render_to`] hands its text to the writer in pieces of about this size, so a large store is
+/// never rendered whole into memory.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+
 /// Appends the snapshot's samples, then the self-metrics, to `out`.
 pub fn render(snapshot: &Snapshot, selfmetrics: &SelfMetrics, out: &mut String) {
+    let mut bytes = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = render_to(snapshot, selfmetrics, &mut bytes);
+    out.push_str(&String::from_utf8_lossy(&bytes));
+}
+
+/// Writes the snapshot's samples, then the self-metrics, to `w` in pieces of about
+/// [`CHUNK_BYTES`]. Values are written as stored: numbers were parsed once at ingest.
+pub fn render_to(
+    snapshot: &Snapshot,
+    selfmetrics: &SelfMetrics,
+    w: &mut impl io::Write,
+) -> io::Result<()> {
+    let mut out = String::with_capacity(CHUNK_BYTES + 4096);
     let mut taken = HashSet::new();
     let mut skipped = 0_u32;
     for table in &snapshot.tables {
-        skipped += render_table(table, &mut taken, out);
+        skipped += render_table(table, &mut taken, &mut out, w)?;
     }
     selfmetrics
         .gauge(FAMILIES_SKIPPED, &[])
         .set(f64::from(skipped));
-    selfmetrics.render(out);
+    selfmetrics.render(&mut out);
+    w.write_all(out.as_bytes())
+}
+
+fn flush_full(out: &mut String, w: &mut impl io::Write) -> io::Result<()> {
+    if out.len() >= CHUNK_BYTES {
+        w.write_all(out.as_bytes())?;
+        out.clear();
+    }
+    Ok(())
 }
 
 /// Returns how many families were skipped for clashing names.
-fn render_table(table: &TableSnapshot, taken: &mut HashSet<String>, out: &mut String) -> u32 {
+fn render_table(
+    table: &TableSnapshot,
+    taken: &mut HashSet<String>,
+    out: &mut String,
+    w: &mut impl io::Write,
+) -> io::Result<u32> {
     let meta = &table.meta;
     let label_fields: Vec<(usize, &FieldMeta)> = meta
         .fields
@@ -59,32 +97,32 @@ fn render_table(table: &TableSnapshot, taken: &mut HashSet<String>, out: &mut St
         .filter(|(_, f)| f.ty.is_label())
         .collect();
     let has_le = label_fields.iter().any(|(_, f)| f.name == "le");
-    // Built once per record, shared by all of the record's samples.
-    let labels: Vec<String> = table
-        .records
-        .iter()
-        .map(|r| {
-            let mut s = String::new();
-            for (n, (i, f)) in label_fields.iter().enumerate() {
-                if n > 0 {
-                    s.push(',');
-                }
-                let _ = write!(s, "{}=\"", f.name);
-                write_label_value(&mut s, r.values.get(*i).map_or("", String::as_str));
-                s.push('"');
-            }
-            s
-        })
-        .collect();
-
-    let mut skipped = 0;
-    for (i, field) in meta
+    let metrics: Vec<(usize, &FieldMeta)> = meta
         .fields
         .iter()
         .enumerate()
         .filter(|(_, f)| f.ty.is_metric())
-    {
-        if table.records.iter().all(|r| value(r, i).is_empty()) {
+        .collect();
+    if metrics.is_empty() {
+        return Ok(0);
+    }
+    // Which metric fields have a value in some record: the others get no family at all.
+    let mut values = Vec::new();
+    let mut present = vec![false; meta.fields.len()];
+    for record in &table.records {
+        table.values(record, &mut values);
+        for (i, _) in &metrics {
+            present[*i] |= !values[*i].is_empty();
+        }
+        if metrics.iter().all(|(i, _)| present[*i]) {
+            break;
+        }
+    }
+
+    let mut skipped = 0;
+    let mut labels = String::new();
+    for &(i, field) in &metrics {
+        if !present[i] {
             continue;
         }
         let family = Family::new(&meta.name, field);
@@ -106,23 +144,43 @@ fn render_table(table: &TableSnapshot, taken: &mut HashSet<String>, out: &mut St
             write_help(out, &field.description);
         }
         let _ = writeln!(out, "\n# TYPE {} {}", family.name, family.ty);
-        for (record, labels) in table.records.iter().zip(&labels) {
-            let v = value(record, i);
+        // Labels are written again for each family rather than kept for the whole table:
+        // memory stays bounded by one chunk whatever the store's size.
+        for record in &table.records {
+            table.values(record, &mut values);
+            let v = values[i];
             if v.is_empty() {
                 continue;
             }
-            if field.ty == FieldType::Histogram {
-                write_histogram(out, &family.name, labels, v);
-            } else {
-                write_sample(out, &family.name, labels, None, v);
+            labels.clear();
+            for (n, (j, f)) in label_fields.iter().enumerate() {
+                if n > 0 {
+                    labels.push(',');
+                }
+                labels.push_str(&f.name);
+                labels.push_str("=\"");
+                write_label(&mut labels, values[*j]);
+                labels.push('"');
             }
+            if let ValueRef::Hist(h) = v {
+                let bucket = format!("{}_bucket", family.name);
+                let mut le = String::new();
+                for (bound, n) in h.buckets() {
+                    le.clear();
+                    write_f64(&mut le, bound);
+                    write_sample(out, &bucket, &labels, Some(&le), ValueRef::U64(n));
+                }
+                let count = ValueRef::U64(h.count());
+                write_sample(out, &bucket, &labels, Some("+Inf"), count);
+                write_sample(out, &format!("{}_sum", family.name), &labels, None, ValueRef::F64(h.sum()));
+                write_sample(out, &format!("{}_count", family.name), &labels, None, count);
+            } else {
+                write_sample(out, &family.name, &labels, None, v);
+            }
+            flush_full(out, w)?;
         }
     }
-    skipped
-}
-
-fn value(record: &Record, i: usize) -> &str {
-    record.values.get(i).map_or("", String::as_str)
+    Ok(skipped)
 }
 
 struct Family {
@@ -174,7 +232,7 @@ impl Family {
     }
 }
 
-fn write_sample(out: &mut String, name: &str, labels: &str, le: Option<&str>, value: &str) {
+fn write_sample(out: &mut String, name: &str, labels: &str, le: Option<&str>, value: ValueRef<'_>) {
     out.push_str(name);
     if !labels.is_empty() || le.is_some() {
         out.push('{');
@@ -183,7 +241,9 @@ fn write_sample(out: &mut String, name: &str, labels: &str, le: Option<&str>, va
             if !labels.is_empty() {
                 out.push(',');
             }
-            let _ = write!(out, "le=\"{le}\"");
+            out.push_str("le=\"");
+            out.push_str(le);
+            out.push('"');
         }
         out.push('}');
     }
@@ -192,28 +252,23 @@ fn write_sample(out: &mut String, name: &str, labels: &str, le: Option<&str>, va
     out.push('\n');
 }
 
-fn write_histogram(out: &mut String, name: &str, labels: &str, value: &str) {
-    // The store validated the syntax at upsert; a value that still fails renders nothing
-    // rather than half a histogram.
-    let Ok(h) = histogram::parse(value) else {
-        return;
-    };
-    let bucket = format!("{name}_bucket");
-    for (le, n) in &h.buckets {
-        write_sample(out, &bucket, labels, Some(le), &n.to_string());
+/// A number as the exposition format wants it (integers as integers).
+fn write_number(out: &mut String, value: ValueRef<'_>) {
+    match value {
+        ValueRef::U64(v) => out.push_str(itoa::Buffer::new().format(v)),
+        ValueRef::I64(v) => out.push_str(itoa::Buffer::new().format(v)),
+        ValueRef::F64(v) => write_f64(out, v),
+        // The store keeps only numbers in metric fields.
+        ValueRef::Empty | ValueRef::Str(_) | ValueRef::Hist(_) => {}
     }
-    let count = h.count.to_string();
-    write_sample(out, &bucket, labels, Some("+Inf"), &count);
-    write_sample(out, &format!("{name}_sum"), labels, None, h.sum);
-    write_sample(out, &format!("{name}_count"), labels, None, &count);
 }
 
-/// Writes a validated numeral as the probe wrote it, except non-finite ones: Rust accepts
-/// spellings (`infinity`, `1e999`) that Prometheus' parser refuses, so those are normalised.
-fn write_number(out: &mut String, value: &str) {
-    match value.parse::<f64>() {
-        Ok(v) if !v.is_finite() => write_f64(out, v),
-        _ => out.push_str(value),
+/// A key or label value: text escaped, numbers as written by [`write_number`].
+fn write_label(out: &mut String, value: ValueRef<'_>) {
+    match value {
+        ValueRef::Str(s) => write_label_value(out, s),
+        ValueRef::Hist(_) => {}
+        v => write_number(out, v),
     }
 }
 
@@ -230,6 +285,10 @@ pub(crate) fn write_f64(out: &mut String, v: f64) {
 
 /// Label values escape backslash, double quote and newline.
 pub(crate) fn write_label_value(out: &mut String, v: &str) {
+    if !v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.push_str(v);
+        return;
+    }
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -254,8 +313,6 @@ pub(crate) fn write_help(out: &mut String, v: &str) {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::imdb::TableMeta;
 
@@ -268,22 +325,23 @@ mod tests {
     }
 
     fn table(name: &str, fields: Vec<FieldMeta>, rows: &[&[&str]]) -> TableSnapshot {
-        let records = rows
+        let rows: Vec<Vec<_>> = rows
             .iter()
-            .map(|r| Record {
-                values: r.iter().map(|v| (*v).to_owned()).collect(),
-                updated_ms: 0,
-                version: 1,
+            .map(|r| {
+                fields
+                    .iter()
+                    .zip(r.iter())
+                    .map(|(f, v)| f.ty.parse_value(v).unwrap())
+                    .collect()
             })
             .collect();
-        TableSnapshot {
-            meta: Arc::new(TableMeta {
-                name: name.into(),
-                description: String::new(),
-                fields,
-            }),
-            records,
-        }
+        let meta = TableMeta {
+            name: name.into(),
+            description: String::new(),
+            fields,
+            max_records: None,
+        };
+        TableSnapshot::from_rows(meta, &rows, 0)
     }
 
     /// Renders without self-metrics, which have their own tests.

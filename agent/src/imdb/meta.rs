@@ -75,6 +75,9 @@ pub struct TableMeta {
     pub description: String,
     /// In positional (wire) order.
     pub fields: Vec<FieldMeta>,
+    /// Record cap of this table; `None`: `imdb.max_records_num`. Native probes size their own
+    /// tables (a `tcp_link` per link of a busy node needs far more than the default 1024).
+    pub max_records: Option<usize>,
 }
 
 impl TableMeta {

@@ -1,6 +1,7 @@
 //! Store behaviour: unit tests and property tests.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use proptest::prelude::*;
 
@@ -26,13 +27,30 @@ fn meta() -> TableMeta {
             field("g", FieldType::Gauge),
             field("h", FieldType::Histogram),
         ],
+        max_records: None,
     }
+}
+
+/// Values through the text rule where it accepts them, else as strings (which the store
+/// refuses in number fields: how its own check is exercised).
+fn typed(values: &[&str]) -> Vec<Value> {
+    let m = meta();
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            m.fields
+                .get(i)
+                .and_then(|f| f.ty.parse_value(v).ok())
+                .unwrap_or_else(|| Value::from(*v))
+        })
+        .collect()
 }
 
 fn row(values: &[&str]) -> Row {
     Row {
         table: "t".into(),
-        values: values.iter().map(|v| (*v).to_owned()).collect(),
+        values: typed(values),
     }
 }
 
@@ -52,11 +70,7 @@ fn store(max_records: usize, timeout: u64) -> Store {
 }
 
 fn values(s: &Store) -> Vec<Vec<String>> {
-    s.snapshot().tables[0]
-        .records
-        .iter()
-        .map(|r| r.values.to_vec())
-        .collect()
+    s.snapshot().tables[0].texts()
 }
 
 #[test]
@@ -69,7 +83,7 @@ fn upsert_replaces_by_key_and_refreshes() {
     let snap = s.snapshot();
     let recs = &snap.tables[0].records;
     assert_eq!(recs.len(), 2);
-    assert_eq!(&recs[0].values[..], ["a", "y", "3", "4", "+Inf=1 sum=2"]);
+    assert_eq!(snap.tables[0].texts()[0], ["a", "y", "3", "4", "+Inf=1 sum=2"]);
     assert_eq!((recs[0].updated_ms, recs[0].version), (7, 3));
     assert_eq!((recs[1].updated_ms, recs[1].version), (6, 2));
     assert_eq!(s.version(), 3);
@@ -83,9 +97,10 @@ fn table_without_keys_keeps_one_record() {
         name: "sys".into(),
         description: String::new(),
         fields: vec![field("free", FieldType::Gauge)],
+        max_records: None,
     };
     s.register(m).unwrap();
-    for v in ["1", "2", "3"] {
+    for v in [1_u64, 2, 3] {
         s.upsert(
             Row {
                 table: "sys".into(),
@@ -97,7 +112,7 @@ fn table_without_keys_keeps_one_record() {
     }
     let snap = s.snapshot();
     assert_eq!(snap.tables[0].records.len(), 1);
-    assert_eq!(&snap.tables[0].records[0].values[..], ["3"]);
+    assert_eq!(snap.tables[0].texts(), [["3"]]);
 }
 
 #[test]
@@ -262,7 +277,7 @@ fn changed_since_returns_newer_records_only() {
     s.upsert(row(&["b", "", "", "", ""]), 0).unwrap();
     let snap = s.changed_since(v);
     assert_eq!(snap.tables.len(), 1);
-    assert_eq!(&snap.tables[0].records[0].values[0], "b");
+    assert_eq!(snap.tables[0].texts()[0][0], "b");
     assert_eq!(s.changed_since(0).tables[0].records.len(), 2);
 }
 
@@ -280,7 +295,7 @@ fn snapshot_is_sorted_and_detached() {
     s.upsert(
         Row {
             table: "mid".into(),
-            values: vec![String::new(); 5],
+            values: vec![Value::Empty; 5],
         },
         0,
     )
@@ -289,6 +304,134 @@ fn snapshot_is_sorted_and_detached() {
         snap.tables[1].records.is_empty(),
         "a snapshot does not see later writes"
     );
+}
+
+#[test]
+fn delta_upserts_removes_and_refreshes_the_rest() {
+    let mut s = store(10, 100);
+    for k in ["a", "b", "c"] {
+        s.upsert(row(&[k, "", "1", "", ""]), 0).unwrap();
+    }
+    let before = s.version();
+    let rejected = s.apply(
+        Batch::TableDelta {
+            table: "t".into(),
+            upserts: vec![typed(&["a", "", "2", "", ""]), typed(&["d", "", "x", "", ""])],
+            removed: vec![vec![Value::from("b")]],
+            refresh_rest: true,
+            replace: false,
+        },
+        90,
+    );
+    assert_eq!(rejected, 1, "the bad row is refused and counted");
+    assert_eq!(
+        values(&s),
+        vec![vec!["a", "", "2", "", ""], vec!["c", "", "1", "", ""]]
+    );
+    // c was refreshed: it is "written" again for sinks that send changes (Kafka) ...
+    let changed = s.changed_since(before);
+    assert_eq!(changed.tables[0].records.len(), 2);
+    assert!(changed.tables[0].records.iter().all(|r| r.updated_ms == 90));
+    // ... and ages from the refresh.
+    assert_eq!(s.expire(190), 0);
+    assert_eq!(s.expire(191), 2);
+    assert!(s.drops().contains(&("t".to_owned(), "bad_value", 1)));
+}
+
+#[test]
+fn a_replacing_delta_drops_what_an_earlier_run_left() {
+    let mut s = store(10, 100);
+    for k in ["old1", "old2"] {
+        s.upsert(row(&[k, "", "1", "", ""]), 0).unwrap();
+    }
+    let delta = |upserts, replace| Batch::TableDelta {
+        table: "t".into(),
+        upserts,
+        removed: vec![],
+        refresh_rest: true,
+        replace,
+    };
+    assert_eq!(s.apply(delta(vec![typed(&["new", "", "1", "", ""])], true), 10), 0);
+    assert_eq!(values(&s), vec![vec!["new", "", "1", "", ""]]);
+    // Later deltas refresh only what the new run wrote.
+    assert_eq!(s.apply(delta(vec![], false), 20), 0);
+    assert_eq!(values(&s), vec![vec!["new", "", "1", "", ""]]);
+}
+
+#[test]
+fn unchanged_rows_keep_their_bytes_and_snapshots_share_them() {
+    let mut s = store(10, 0);
+    s.upsert(row(&["a", "x", "1", "2", ""]), 1).unwrap();
+    let first = s.snapshot();
+    s.upsert(row(&["a", "x", "1", "2", ""]), 2).unwrap();
+    let second = s.snapshot();
+    let (r1, r2) = (&first.tables[0].records[0], &second.tables[0].records[0]);
+    assert!(Arc::ptr_eq(&r1.data, &r2.data), "not rebuilt");
+    assert_eq!((r2.updated_ms, r2.version), (2, 2), "but refreshed");
+    s.upsert(row(&["a", "x", "1", "3", ""]), 3).unwrap();
+    let third = s.snapshot();
+    assert!(!Arc::ptr_eq(&r2.data, &third.tables[0].records[0].data));
+    assert_eq!(values(&s), vec![vec!["a", "x", "1", "3", ""]]);
+    assert_eq!(first.tables[0].texts(), [["a", "x", "1", "2", ""]], "snapshot unchanged");
+}
+
+#[test]
+fn a_table_may_set_its_own_record_cap() {
+    let mut s = Store::new(limits(1, 0));
+    let mut m = meta();
+    m.max_records = Some(3);
+    s.register(m).unwrap();
+    for k in ["a", "b", "c"] {
+        s.upsert(row(&[k, "", "", "", ""]), 0).unwrap();
+    }
+    let err = s.upsert(row(&["d", "", "", "", ""]), 0).unwrap_err();
+    assert_eq!(
+        err,
+        ImdbError::RecordLimit {
+            table: "t".into(),
+            limit: 3
+        }
+    );
+}
+
+#[test]
+fn a_tcp_link_record_is_compact() {
+    // A tcp_link-like row: 7 keys, a label, 8 numbers.
+    let names = [
+        "tgid", "role", "client_ip", "server_ip", "server_port", "protocol", "netns", "comm",
+        "m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7",
+    ];
+    let fields: Vec<FieldMeta> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| match i {
+            0..=6 => field(n, FieldType::Key),
+            7 => field(n, FieldType::Label),
+            _ => field(n, FieldType::Counter),
+        })
+        .collect();
+    let m = TableMeta {
+        name: "link".into(),
+        description: String::new(),
+        fields,
+        max_records: None,
+    };
+    let mut values = vec![
+        Value::from(123_456_u32),
+        Value::from(1_u8),
+        Value::from("127.1.200.201"),
+        Value::from("127.0.0.1"),
+        Value::from(8080_u16),
+        Value::from(2_u8),
+        Value::from(4_026_531_840_u64),
+        Value::from("python3"),
+    ];
+    values.extend([1_u64, 12_345_678, 9_876_543, 40_000, 39_000, 2, 0, 120].map(Value::from));
+    let t = TableSnapshot::from_rows(m, &[values], 0);
+    let bytes = t.records[0].data.len();
+    assert!(bytes <= 80, "{bytes} bytes");
+    assert_eq!(t.texts()[0][2], "127.1.200.201");
+    assert_eq!(t.texts()[0][9], "12345678");
 }
 
 #[derive(Debug, Clone)]
@@ -321,13 +464,7 @@ fn op_row(key: u8, value: u8, table_ok: bool, bad: bool) -> Row {
     };
     Row {
         table: if table_ok { "t" } else { "gone" }.into(),
-        values: vec![
-            format!("k{key}"),
-            String::new(),
-            String::new(),
-            g,
-            String::new(),
-        ],
+        values: typed(&[&format!("k{key}"), "", "", &g, ""]),
     }
 }
 
@@ -380,7 +517,13 @@ proptest! {
         prop_assert_eq!(values(&s1), values(&s2));
         let expected: Vec<Vec<String>> = last
             .iter()
-            .map(|(k, v)| op_row(*k, *v, true, false).values)
+            .map(|(k, v)| {
+                op_row(*k, *v, true, false)
+                    .values
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect()
+            })
             .collect();
         prop_assert_eq!(values(&s1), expected);
     }

@@ -30,7 +30,7 @@ use tokio::{
 
 use super::{Probe, ProbeContext};
 use crate::{
-    imdb::Row,
+    imdb::Batch,
     selfmetrics::{PROBE_LAST_FAILURE, PROBE_PANICS, PROBE_RESTARTS, SelfMetrics},
     service::supervise::{Beating, CatchUnwind, Liveness, STALL_BOUND, TICK},
 };
@@ -144,7 +144,7 @@ struct Entry {
 
 struct Inner {
     probes: Mutex<BTreeMap<String, Entry>>,
-    rows: mpsc::Sender<Vec<Row>>,
+    rows: mpsc::Sender<Batch>,
     metrics: Arc<SelfMetrics>,
     record_timeout: Duration,
     policy: Policy,
@@ -159,7 +159,7 @@ pub struct Manager {
 
 impl Manager {
     pub fn new(
-        rows: mpsc::Sender<Vec<Row>>,
+        rows: mpsc::Sender<Batch>,
         metrics: Arc<SelfMetrics>,
         record_timeout: Duration,
     ) -> Self {
@@ -167,7 +167,7 @@ impl Manager {
     }
 
     pub fn with_policy(
-        rows: mpsc::Sender<Vec<Row>>,
+        rows: mpsc::Sender<Batch>,
         metrics: Arc<SelfMetrics>,
         record_timeout: Duration,
         policy: Policy,

@@ -1,6 +1,6 @@
 //! Probes produce rows; the [`Manager`] owns their lifecycle.
 //!
-//! A probe is anything that, once started, sends batches of [`Row`]s for the tables it declares
+//! A probe is anything that, once started, sends [`Batch`]es of rows for the tables it declares
 //! until it is told to stop. Kinds: `tcp` (eBPF, native), `extension` (any program printing
 //! `|table|v1|…|` lines, run as a supervised child process).
 
@@ -14,7 +14,7 @@ use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    imdb::{Row, TableMeta},
+    imdb::{Batch, TableMeta},
     selfmetrics::SelfMetrics,
 };
 
@@ -25,7 +25,7 @@ pub struct ProbeContext {
     /// How often to report.
     pub interval: Duration,
     /// Where rows go (bounded: a slow store pushes back on the probe, never grows memory).
-    pub rows: mpsc::Sender<Vec<Row>>,
+    pub rows: mpsc::Sender<Batch>,
     pub metrics: Arc<SelfMetrics>,
     /// Becomes `true` when the probe must stop; the probe returns soon after.
     pub stop: watch::Receiver<bool>,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::config::Compression;
-use crate::imdb::{FieldMeta, FieldType, Limits, Row, TableMeta};
+use crate::imdb::{FieldMeta, FieldType, Limits, Row, TableMeta, TableSnapshot, Value};
 
 fn meta() -> TableMeta {
     let f = |name: &str, ty, description: &str| FieldMeta {
@@ -23,19 +23,21 @@ fn meta() -> TableMeta {
             f("rtt", FieldType::Gauge, ""),
             f("note", FieldType::Unknown, ""),
         ],
+        max_records: None,
     }
 }
 
-fn record(values: &[&str]) -> Record {
-    Record {
-        values: values
-            .iter()
-            .map(|v| (*v).to_owned())
-            .collect::<Vec<_>>()
-            .into(),
-        updated_ms: 1_700_000_000_123,
-        version: 1,
-    }
+/// A one-record table; values go through the field types' text rule, as an extension
+/// probe's would.
+fn record(values: &[&str]) -> TableSnapshot {
+    let m = meta();
+    let row: Vec<_> = m
+        .fields
+        .iter()
+        .zip(values)
+        .map(|(f, v)| f.ty.parse_value(v).unwrap())
+        .collect();
+    TableSnapshot::from_rows(m, &[row], 1_700_000_000_123)
 }
 
 fn id() -> Identity {
@@ -48,7 +50,7 @@ fn id() -> Identity {
 #[test]
 fn record_json_is_flat_ordered_and_all_strings() {
     let r = record(&["42", "0", "nginx", "100", "7", "x"]);
-    let json = record_json(&id(), &meta(), &r);
+    let json = record_json(&id(), &r, &r.records[0]);
     assert_eq!(
         json,
         "{\"timestamp\":1700000000123,\"hostname\":\"node-1\",\"machine_id\":\"abc123\",\
@@ -74,7 +76,7 @@ fn record_json_escapes_every_string() {
         hostname: "h\"x".into(),
         machine_id: String::new(),
     };
-    let json = record_json(&id, &meta(), &r);
+    let json = record_json(&id, &r, &r.records[0]);
     assert!(
         json.contains("\\u0001") && json.contains("\\u001f"),
         "{json}"
@@ -89,7 +91,7 @@ fn record_json_escapes_every_string() {
 #[test]
 fn key_is_table_then_key_fields() {
     let r = record(&["42", "1", "nginx", "100", "7", "x"]);
-    assert_eq!(record_key(&meta(), &r), "tcp_link|42|1");
+    assert_eq!(record_key(&r, &r.records[0]), "tcp_link|42|1");
 }
 
 #[test]
@@ -181,9 +183,9 @@ fn without_a_broker_everything_is_accounted_for() {
             tgid.into(),
             "0".into(),
             name.into(),
-            "1".into(),
-            "2".into(),
-            String::new(),
+            Value::U64(1),
+            Value::U64(2),
+            Value::Empty,
         ],
     };
     {
@@ -241,9 +243,9 @@ fn a_full_queue_is_waited_for_up_to_the_deadline() {
             tgid.into(),
             "0".into(),
             "a".into(),
-            "1".into(),
-            "2".into(),
-            String::new(),
+            Value::U64(1),
+            Value::U64(2),
+            Value::Empty,
         ],
     };
     store.lock().unwrap().upsert(row("1"), 10).unwrap();

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::imdb::{FieldType, Row, TableMeta, histogram};
+use crate::imdb::{Row, TableMeta};
 
 /// Longest line accepted, without its newline. gala-gopher allowed 1024; rows of wide tables
 /// with long labels need more, and the bound is what keeps a runaway line from costing memory.
@@ -141,7 +141,9 @@ pub fn parse_line(line: &[u8]) -> Result<Parsed<'_>, Rejection> {
     })
 }
 
-/// Checks parsed values against the table's definition and builds the row.
+/// Checks parsed values against the table's definition and builds the row: each value goes
+/// through [`crate::imdb::FieldType::parse_value`], the one rule, here where a bad number can be counted
+/// against the probe that printed it.
 pub fn to_row(meta: &TableMeta, values: &[&str]) -> Result<Row, Rejection> {
     if values.len() != meta.fields.len() {
         return Err(Rejection::FieldCount {
@@ -150,37 +152,23 @@ pub fn to_row(meta: &TableMeta, values: &[&str]) -> Result<Row, Rejection> {
             got: values.len(),
         });
     }
-    for (field, value) in meta.fields.iter().zip(values) {
-        check_value(field.ty, value).map_err(|why| Rejection::BadValue {
-            table: meta.name.clone(),
-            field: field.name.clone(),
-            value: (*value).to_owned(),
-            why,
-        })?;
-    }
+    let values = meta
+        .fields
+        .iter()
+        .zip(values)
+        .map(|(field, value)| {
+            field.ty.parse_value(value).map_err(|why| Rejection::BadValue {
+                table: meta.name.clone(),
+                field: field.name.clone(),
+                value: (*value).to_owned(),
+                why,
+            })
+        })
+        .collect::<Result<_, _>>()?;
     Ok(Row {
         table: meta.name.clone(),
-        values: values.iter().map(|v| (*v).to_owned()).collect(),
+        values,
     })
-}
-
-/// The store's rule, applied here too so that bad numbers are counted against the probe that
-/// printed them: empty means "no value" for every type; numbers must parse.
-fn check_value(ty: FieldType, value: &str) -> Result<(), &'static str> {
-    if value.is_empty() {
-        return Ok(());
-    }
-    match ty {
-        FieldType::Gauge => value.parse::<f64>().map(drop).map_err(|_| "not a number"),
-        // A counter only counts: a negative or non-finite one would read as a reset.
-        FieldType::Counter => match value.parse::<f64>() {
-            Ok(v) if v.is_finite() && v >= 0.0 => Ok(()),
-            Ok(_) => Err("a counter must be a finite number >= 0"),
-            Err(_) => Err("not a number"),
-        },
-        FieldType::Histogram => histogram::parse(value).map(drop),
-        FieldType::Key | FieldType::Label | FieldType::Unknown => Ok(()),
-    }
 }
 
 /// The line a probe prints for `table` and `values` (the inverse of [`parse_line`]).
@@ -199,7 +187,7 @@ pub fn format_line(table: &str, values: &[&str]) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::imdb::FieldMeta;
+    use crate::imdb::{FieldMeta, FieldType, Value};
     use proptest::prelude::*;
 
     fn meta(fields: &[(&str, FieldType)]) -> TableMeta {
@@ -214,6 +202,7 @@ mod tests {
                     description: String::new(),
                 })
                 .collect(),
+            max_records: None,
         }
     }
 
@@ -285,9 +274,10 @@ mod tests {
             to_row(&m, &["a", "1 ", "", ""]).unwrap_err().reason(),
             "bad_value"
         );
+        // Parsed once, here: numbers from now on (written back as `2500`, `-1.5`).
         assert_eq!(
             to_row(&m, &["a", "2.5e3", "-1.5", ""]).unwrap().values[1..3],
-            ["2.5e3", "-1.5"]
+            [Value::F64(2500.0), Value::F64(-1.5)]
         );
         // A counter only counts.
         for bad in ["-1", "inf", "NaN"] {

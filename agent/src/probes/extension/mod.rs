@@ -33,7 +33,7 @@ use self::{
 };
 use super::{Probe, ProbeContext, ProbeFuture};
 use crate::{
-    imdb::{Row, TableMeta},
+    imdb::{Batch, Row, TableMeta},
     selfmetrics::{Counter, PROBE_LINES_IGNORED, PROBE_ROWS, PROBE_ROWS_REJECTED, SelfMetrics},
 };
 
@@ -262,7 +262,7 @@ enum PumpEnd {
 async fn pump<R: AsyncRead + Unpin>(
     lines: &mut LineReader<R>,
     intake: &mut Intake,
-    rows: &mpsc::Sender<Vec<Row>>,
+    rows: &mpsc::Sender<Batch>,
 ) -> PumpEnd {
     let mut batch: Vec<Row> = Vec::new();
     let mut bytes = 0;
@@ -287,7 +287,11 @@ async fn pump<R: AsyncRead + Unpin>(
         };
         let full = batch.len() >= MAX_BATCH_ROWS || bytes >= MAX_BATCH_BYTES;
         if !batch.is_empty() && (full || end.is_some() || !lines.line_ready()) {
-            if rows.send(std::mem::take(&mut batch)).await.is_err() {
+            if rows
+                .send(Batch::Rows(std::mem::take(&mut batch)))
+                .await
+                .is_err()
+            {
                 return PumpEnd::Closed;
             }
             bytes = 0;
@@ -304,7 +308,7 @@ fn row_bytes(row: &Row) -> usize {
         + row
             .values
             .iter()
-            .map(|v| v.len() + std::mem::size_of::<String>())
+            .map(|v| v.as_str().len() + std::mem::size_of::<crate::imdb::Value>())
             .sum::<usize>()
 }
 
@@ -464,6 +468,7 @@ mod tests {
                     description: String::new(),
                 })
                 .collect(),
+            max_records: None,
         };
         Arc::new([("t".to_owned(), Arc::new(meta))].into_iter().collect())
     }
@@ -491,7 +496,7 @@ mod tests {
         let mut i = Intake::new("p", catalog(), &m);
         assert_eq!(
             i.line(b"|t|a||").unwrap().values,
-            ["a".to_owned(), String::new()]
+            ["a", ""]
         );
         assert!(i.line(b"hello").is_none());
         assert!(i.line(b"|nope|a|1|").is_none());
@@ -513,7 +518,7 @@ mod tests {
     }
 
     /// Runs `command` as a probe that may fail once; returns the manager and the rows channel.
-    fn supervised(command: &str) -> (super::super::Manager, mpsc::Receiver<Vec<Row>>) {
+    fn supervised(command: &str) -> (super::super::Manager, mpsc::Receiver<Batch>) {
         use super::super::{Manager, Policy};
         let (tx, rx) = mpsc::channel(16);
         let policy = Policy {
@@ -546,7 +551,10 @@ mod tests {
             failure(&m).await,
             "exited with status 4; last stderr line: last"
         );
-        assert_eq!(rx.recv().await.unwrap()[0].values, ["k", "1"]);
+        let Some(Batch::Rows(rows)) = rx.recv().await else {
+            panic!("no rows")
+        };
+        assert_eq!(rows[0].values, ["k", "1"]);
     }
 
     #[tokio::test]

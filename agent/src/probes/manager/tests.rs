@@ -33,7 +33,7 @@ impl Probe for Flaky {
     }
 }
 
-fn manager(policy: Policy) -> (Manager, Arc<SelfMetrics>, mpsc::Receiver<Vec<Row>>) {
+fn manager(policy: Policy) -> (Manager, Arc<SelfMetrics>, mpsc::Receiver<Batch>) {
     let (tx, rx) = mpsc::channel(1);
     let metrics = Arc::new(SelfMetrics::new());
     (

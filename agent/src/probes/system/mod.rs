@@ -18,7 +18,6 @@ mod tcp;
 mod vmstat;
 
 use std::{
-    fmt::Write as _,
     io::Read as _,
     marker::PhantomData,
     sync::Arc,
@@ -27,7 +26,7 @@ use std::{
 
 use super::{Probe, ProbeContext, ProbeFuture};
 use crate::{
-    imdb::{FieldMeta, FieldType, Row, TableMeta},
+    imdb::{Batch, FieldMeta, FieldType, Row, TableMeta, Value},
     selfmetrics::{PROBE_ERRORS, PROBE_ROWS},
 };
 
@@ -142,6 +141,7 @@ pub(crate) trait Collect: Send + 'static {
                     description: f.help.to_owned(),
                 })
                 .collect(),
+            max_records: None,
         }
     }
 
@@ -149,25 +149,23 @@ pub(crate) trait Collect: Send + 'static {
     fn blank_row() -> Row {
         Row {
             table: Self::TABLE.to_owned(),
-            values: vec![String::new(); Self::FIELDS.len()],
+            values: vec![Value::Empty; Self::FIELDS.len()],
         }
     }
 }
 
-/// Writes `n` into a value slot (an empty `String` of a fresh row) without a temporary string.
-pub(crate) fn put(slot: &mut String, n: impl std::fmt::Display) {
-    slot.clear();
-    // Writing into a String cannot fail.
-    let _ = write!(slot, "{n}");
+/// Writes `v` into a value slot of a fresh row: a number stays a number (see imdb::value).
+pub(crate) fn put(slot: &mut Value, v: impl Into<Value>) {
+    *slot = v.into();
 }
 
-/// `n / per` as a decimal (ticks → seconds, milliseconds → seconds).
-pub(crate) fn put_ratio(slot: &mut String, n: u64, per: u64) {
+/// `n / per` as a number (ticks → seconds, milliseconds → seconds).
+pub(crate) fn put_ratio(slot: &mut Value, n: u64, per: u64) {
     if per == 0 {
         return;
     }
-    // f64 is exact for integers up to 2^53 (≈ 2.8 million years of 100 Hz ticks); Display
-    // gives the shortest text that reads back as the same number.
+    // f64 is exact for integers up to 2^53 (≈ 2.8 million years of 100 Hz ticks); sinks write
+    // the shortest text that reads back as the same number.
     put(slot, n as f64 / per as f64);
 }
 
@@ -234,7 +232,7 @@ async fn run<C: Collect>(mut ctx: ProbeContext) -> anyhow::Result<()> {
                 rows_sent.add(rows.len() as u64);
                 // A full channel (slow store) must not keep a stop request waiting.
                 tokio::select! {
-                    sent = ctx.rows.send(rows) => if sent.is_err() { break },
+                    sent = ctx.rows.send(Batch::Rows(rows)) => if sent.is_err() { break },
                     _ = ctx.stop.wait_for(|stop| *stop) => break,
                 }
             }

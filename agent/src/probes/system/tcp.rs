@@ -87,11 +87,11 @@ pub(crate) fn parse(text: &str) -> Result<Row, &'static str> {
         let Some(i) = FIELDS.iter().position(|f| f.src == name) else {
             continue;
         };
-        // The kernel prints these as unsigned longs; the text is kept as it is (no reformat).
-        if value.parse::<u64>().is_ok()
+        // The kernel prints these as unsigned longs.
+        if let Ok(v) = value.parse::<u64>()
             && let Some(slot) = row.values.get_mut(i)
         {
-            value.clone_into(slot);
+            super::put(slot, v);
             found = true;
         }
     }

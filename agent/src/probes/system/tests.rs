@@ -12,18 +12,18 @@ use super::{
 };
 use crate::{
     egress::prometheus,
-    imdb::{FieldType, Limits, Row, Store},
+    imdb::{Batch, FieldType, Limits, Row, Store},
     probes::{Manager, manager::State},
     selfmetrics::{PROBE_ERRORS, SelfMetrics},
 };
 
 /// The value of field `name` in a row of table `C`.
-pub(crate) fn value<'r, C: Collect>(row: &'r Row, name: &str) -> &'r str {
+pub(crate) fn value<C: Collect>(row: &Row, name: &str) -> String {
     let i = C::FIELDS
         .iter()
         .position(|f| f.name == name)
         .unwrap_or_else(|| panic!("{} has no field {name}", C::TABLE));
-    &row.values[i]
+    row.values[i].to_string()
 }
 
 /// A row fits its table: right table and width, keys present, numbers where numbers go.
@@ -31,6 +31,8 @@ pub(crate) fn check_row<C: Collect>(row: &Row) {
     assert_eq!(row.table, C::TABLE);
     assert_eq!(row.values.len(), C::FIELDS.len(), "{row:?}");
     for (f, v) in C::FIELDS.iter().zip(&row.values) {
+        assert_eq!(f.ty.check(v.as_ref()), Ok(()), "{} in {row:?}", f.name);
+        let v = v.to_string();
         match f.ty {
             FieldType::Key => assert!(!v.is_empty(), "empty key {} in {row:?}", f.name),
             FieldType::Counter | FieldType::Gauge => assert!(
@@ -228,10 +230,13 @@ async fn probes_run_until_stopped_and_count_errors() {
         .iter()
         .any(|t| seen.get(*t).copied().unwrap_or(0) < 2)
     {
-        let batch = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        let Batch::Rows(batch) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .expect("rows within 10 s")
-            .unwrap();
+            .unwrap()
+        else {
+            panic!("system probes send rows")
+        };
         let table = batch[0].table.clone();
         assert!(
             batch.iter().all(|r| r.table == table),

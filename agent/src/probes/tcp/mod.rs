@@ -28,13 +28,13 @@ use self::{
     closed::ClosedEvents,
     collector::Collector,
     diag::Counters,
-    links::{Key, LinkRow, ROLE_SERVER},
+    links::{Key, LinkKey, LinkRow, ROLE_SERVER},
     owners::Owner,
     policy::Policy,
 };
 use super::{Probe, ProbeContext, ProbeFuture};
 use crate::{
-    imdb::{FieldMeta, FieldType, Row, TableMeta},
+    imdb::{Batch, FieldMeta, FieldType, Row, TableMeta, Value},
     selfmetrics::{EBPF_EVENTS_LOST, EBPF_MAP_FULL, PROBE_COLLECT_SECONDS, PROBE_ROWS},
 };
 
@@ -115,10 +115,10 @@ const FIELDS: &[(&str, FieldType, &str)] = &[
     ),
 ];
 
-// TODO(p1-store merge): register `policy.max_rows()` as tcp_link's own record cap in the
-// table meta once the store has a per-table override, so that `imdb.max_records_num` (default
-// 1024) does not refuse tcp_link rows below the probe's series cap.
-pub fn table_meta() -> TableMeta {
+/// The table's definition; its record cap in the store is the probe's own bound on rows
+/// (`max_series` plus the aggregate rows, see `policy.rs`), not `imdb.max_records_num`, which
+/// is sized for small tables.
+pub fn table_meta(policy: &Policy) -> TableMeta {
     TableMeta {
         name: TABLE.to_owned(),
         description: "TCP links per process and peer (gala-gopher tcp_link)".to_owned(),
@@ -130,6 +130,7 @@ pub fn table_meta() -> TableMeta {
                 description: (*d).to_owned(),
             })
             .collect(),
+        max_records: Some(policy.max_rows() as usize),
     }
 }
 
@@ -201,7 +202,7 @@ impl Probe for TcpProbe {
     }
 
     fn tables(&self) -> Vec<TableMeta> {
-        vec![table_meta()]
+        vec![table_meta(&self.policy)]
     }
 
     fn run(&self, ctx: ProbeContext) -> ProbeFuture {
@@ -238,6 +239,7 @@ async fn run(
     // A link with no open connection is kept while its record would live in the store, and
     // at least two intervals so that a short connection is always reported once.
     let idle = (!ctx.record_timeout.is_zero()).then(|| ctx.record_timeout.max(2 * ctx.interval));
+    let mut first = true;
     loop {
         tokio::select! {
             changed = ctx.stop.changed() => {
@@ -249,18 +251,25 @@ async fn run(
             _ = tick.tick() => {
                 // sock_diag dumps and /proc reads block: keep them off the async workers' queue.
                 let started = std::time::Instant::now();
-                let rows = tokio::task::block_in_place(|| {
-                    // The delta (changed rows, forgotten links) is what the store will take;
-                    // until it does, every row is sent every interval.
-                    let _delta = state.collect(&mut programs, &closed, idle);
-                    state.rows()
+                let batch = tokio::task::block_in_place(|| {
+                    let d = state.collect(&mut programs, &closed, idle);
+                    // Only what changed goes to the store, which counts the other links as
+                    // refreshed; the first batch of this run holds every link and replaces
+                    // what an earlier run of the probe left.
+                    let changed = if first {
+                        state.rows()
+                    } else {
+                        d.changed.into_iter().map(to_row).collect()
+                    };
+                    delta(changed, &d.removed, true, first)
                 });
+                first = false;
                 collect_seconds.set(started.elapsed().as_secs_f64());
                 let full = programs.links_full();
                 links_full.add(full.saturating_sub(links_full_seen));
                 links_full_seen = links_full_seen.max(full);
-                rows_sent.add(rows.len() as u64);
-                if ctx.rows.send(rows).await.is_err() {
+                rows_sent.add(batch.len() as u64);
+                if ctx.rows.send(batch).await.is_err() {
                     break;
                 }
             }
@@ -312,29 +321,57 @@ pub(crate) fn key(
     }
 }
 
+/// The key fields of a link's record, in meta order (also what a delta's `removed` holds).
+pub(crate) fn key_values(k: &LinkKey) -> Vec<Value> {
+    let mut v = Vec::with_capacity(FIELDS.len());
+    v.extend([
+        Value::from(k.tgid),
+        Value::from(k.role),
+        Value::from(k.client_ip.to_string()),
+        Value::from(k.server_ip.to_string()),
+        Value::from(k.server_port),
+        Value::from(k.family()),
+        Value::from(k.netns),
+    ]);
+    v
+}
+
+/// A link's row: numbers stay numbers (the store packs them; sinks write them).
 pub(crate) fn to_row(r: LinkRow) -> Row {
-    let k = &r.key;
+    let mut values = key_values(&r.key);
+    values.extend([
+        Value::from(r.process_name),
+        Value::from(r.link_count),
+        Value::from(r.rx_bytes),
+        Value::from(r.tx_bytes),
+        Value::from(r.packets_in),
+        Value::from(r.packets_out),
+        Value::from(r.retran_packets),
+        Value::from(r.lost_packets),
+        Value::from(r.rtt_us),
+        Value::from(r.start_ms),
+    ]);
     Row {
         table: TABLE.to_owned(),
-        values: vec![
-            k.tgid.to_string(),
-            k.role.to_string(),
-            k.client_ip.to_string(),
-            k.server_ip.to_string(),
-            k.server_port.to_string(),
-            k.family().to_string(),
-            k.netns.to_string(),
-            r.process_name,
-            r.link_count.to_string(),
-            r.rx_bytes.to_string(),
-            r.tx_bytes.to_string(),
-            r.packets_in.to_string(),
-            r.packets_out.to_string(),
-            r.retran_packets.to_string(),
-            r.lost_packets.to_string(),
-            r.rtt_us.to_string(),
-            r.start_ms.to_string(),
-        ],
+        values,
+    }
+}
+
+/// One interval's changes as a delta of the table the probe owns: `changed` rows are written,
+/// `removed` links dropped, and with `refresh_rest` every other record counts as refreshed
+/// (unchanged links need not be sent; Kafka still gets every live link once per pass).
+pub(crate) fn delta(
+    changed: Vec<Row>,
+    removed: &[LinkKey],
+    refresh_rest: bool,
+    replace: bool,
+) -> Batch {
+    Batch::TableDelta {
+        table: TABLE.to_owned(),
+        upserts: changed.into_iter().map(|r| r.values).collect(),
+        removed: removed.iter().map(key_values).collect(),
+        refresh_rest,
+        replace,
     }
 }
 
@@ -386,34 +423,65 @@ mod tests {
         );
     }
 
+    fn link(port: u16, rx: u64) -> LinkRow {
+        LinkRow {
+            key: key(
+                1,
+                None,
+                ROLE_CLIENT,
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                1,
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                port,
+            )
+            .link_key(),
+            process_name: "curl".into(),
+            link_count: 1,
+            rx_bytes: rx,
+            tx_bytes: 0,
+            packets_in: 0,
+            packets_out: 0,
+            retran_packets: 0,
+            lost_packets: 0,
+            rtt_us: 0,
+            start_ms: 0,
+        }
+    }
+
     #[test]
     fn meta_matches_row_width() {
+        let meta = table_meta(&Policy::default());
+        assert_eq!(meta.fields.len(), to_row(link(2, 0)).values.len());
+    }
+
+    #[test]
+    fn deltas_write_remove_and_refresh_links_in_the_store() {
+        use crate::imdb::{Limits, Store};
+        let mut store = Store::new(Limits::default());
+        let policy = Policy::default();
+        store.register(table_meta(&policy)).unwrap();
+        let batch = delta(
+            vec![to_row(link(80, 5)), to_row(link(443, 7))],
+            &[],
+            false,
+            true,
+        );
+        assert_eq!(store.apply(batch, 1), 0);
+        // 443 is gone, 80 unchanged (not sent): refreshed.
+        let gone = link(443, 7).key;
+        assert_eq!(store.apply(delta(vec![], &[gone], true, false), 2), 0);
+        let snap = store.snapshot();
+        let t = &snap.tables[0];
+        assert_eq!(t.records.len(), 1);
+        assert_eq!(t.records[0].updated_ms, 2);
+        let row = &t.texts()[0];
         assert_eq!(
-            table_meta().fields.len(),
-            to_row(LinkRow {
-                key: key(
-                    1,
-                    None,
-                    ROLE_CLIENT,
-                    IpAddr::V4(Ipv4Addr::LOCALHOST),
-                    1,
-                    IpAddr::V4(Ipv4Addr::LOCALHOST),
-                    2
-                )
-                .link_key(),
-                process_name: String::new(),
-                link_count: 0,
-                rx_bytes: 0,
-                tx_bytes: 0,
-                packets_in: 0,
-                packets_out: 0,
-                retran_packets: 0,
-                lost_packets: 0,
-                rtt_us: 0,
-                start_ms: 0,
-            })
-            .values
-            .len()
+            row[..10],
+            ["0", "1", "127.0.0.1", "127.0.0.1", "80", "2", "1", "curl", "1", "5"]
+        );
+        assert_eq!(
+            store.table(TABLE).unwrap().max_records,
+            Some(policy.max_rows() as usize)
         );
     }
 }
