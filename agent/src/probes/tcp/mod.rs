@@ -239,6 +239,11 @@ async fn run(
     // A link with no open connection is kept while its record would live in the store, and
     // at least two intervals so that a short connection is always reported once.
     let idle = (!ctx.record_timeout.is_zero()).then(|| ctx.record_timeout.max(2 * ctx.interval));
+    // The store ages records by `record_timeout`; refreshed every interval, a link's record
+    // outlives it only while the interval is well below the timeout. Otherwise every batch
+    // carries every link (and replaces the table), as a plain table would be filled.
+    let always_full =
+        !ctx.record_timeout.is_zero() && ctx.interval.saturating_mul(2) > ctx.record_timeout;
     let mut first = true;
     loop {
         tokio::select! {
@@ -256,12 +261,13 @@ async fn run(
                     // Only what changed goes to the store, which counts the other links as
                     // refreshed; the first batch of this run holds every link and replaces
                     // what an earlier run of the probe left.
-                    let changed = if first {
+                    let full = first || always_full;
+                    let changed = if full {
                         state.rows()
                     } else {
                         d.changed.into_iter().map(to_row).collect()
                     };
-                    delta(changed, &d.removed, true, first)
+                    delta(changed, &d.removed, true, full)
                 });
                 first = false;
                 collect_seconds.set(started.elapsed().as_secs_f64());
