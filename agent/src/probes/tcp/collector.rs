@@ -89,6 +89,9 @@ pub struct Collector {
     excluded_seen: u64,
     /// Set once the first dump's closes were applied; see [`Collector::drain`].
     primed: bool,
+    /// Namespaces this probe run has dumped completely at least once. Only a socket in a
+    /// namespace's first dump can predate the probe; any other was born since.
+    dumped_ns: HashSet<u64>,
 }
 
 /// Takes the sequence-space FIN bytes a socket's state implies out of its counters (the SYN
@@ -139,6 +142,7 @@ impl Collector {
             aggregated_seen: 0,
             excluded_seen: 0,
             primed: false,
+            dumped_ns: HashSet::default(),
         }
     }
 
@@ -303,17 +307,23 @@ impl Collector {
             if broken.contains(&ns.inode) {
                 continue;
             }
+            let first = !self.dumped_ns.contains(&ns.inode);
             for family in families {
                 let r = diag::dump(&ns.diag, family, diag::LINK_STATES, &mut buf, |s| {
                     dumped += 1;
-                    self.on_socket(ns.inode, s, bpf, now);
+                    self.on_socket(ns.inode, s, bpf, first, now);
                 });
                 if let Err(e) = r {
                     tracing::warn!(netns = ns.inode, family, "sock_diag dump failed: {e}");
                     broken.push(ns.inode);
                 }
             }
+            if !broken.contains(&ns.inode) {
+                self.dumped_ns.insert(ns.inode);
+            }
         }
+        self.dumped_ns
+            .retain(|inode| namespaces.by_inode.contains_key(inode));
         for inode in broken {
             // A socket left mid-dump would answer the next request with stale messages: the
             // next refresh opens a fresh one.
@@ -335,6 +345,7 @@ impl Collector {
         netns: u64,
         s: &DiagSocket,
         bpf: Option<&BpfHashMap<&MapData, u64, LinkInfo>>,
+        first_dump: bool,
         now: Instant,
     ) {
         let Some(raw) = s.counters else { return };
@@ -364,9 +375,15 @@ impl Collector {
                 return;
             }
             // An entry in this probe instance's LINKS map means the socket opened since the
-            // probe started: all of it counts. Otherwise it predates the probe (an agent
-            // restart, a probe rebuild): it counts from this first reading.
-            let base = info.map_or(c, |i| fresh_base(i.syn_acked == 1));
+            // probe started: all of it counts. Without one, a socket in its namespace's first
+            // dump predates the probe (an agent restart, a probe rebuild) and counts from this
+            // first reading. Any later one was born since: its entry is gone because it closed
+            // while the dump was read (its close event follows), or did not fit the map.
+            let base = match info {
+                Some(i) => fresh_base(i.syn_acked == 1),
+                None if first_dump => c,
+                None => fresh_base(role == ROLE_CLIENT),
+            };
             if let Some(i) = info.filter(|i| i.owner == OWNER_KNOWN) {
                 let comm = self.name_of(i.tgid, &i.comm);
                 let owner = Owner { tgid: i.tgid, comm };

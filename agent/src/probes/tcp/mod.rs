@@ -259,9 +259,9 @@ async fn run(
                 let batch = tokio::task::block_in_place(|| {
                     let d = state.collect(&mut programs, &closed, idle);
                     // Only what changed goes to the store, which counts the other links as
-                    // refreshed; the first batch of this run holds every link and replaces
+                    // refreshed. The first batch of this run holds every link and replaces
                     // what an earlier run of the probe left.
-                    let full = first || always_full;
+                    let full = always_full || first;
                     let changed = if full {
                         state.rows()
                     } else {
