@@ -22,5 +22,5 @@ set -e
 # One closing line for the whole suite (cargo's own last line is whichever binary ran last).
 # `#[ignore]`d tests are measurements (bench/scan.sh, the sock_diag cost at 100 k sockets), not
 # skips: a test that cannot run here fails under CI instead (GOPHER_STRICT_TESTS).
-awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "gopher: %d passed, %d failed\n", p, f; if (i) printf "(%d ignored: measurements that bench/ scripts run)\n", i }' "$log"
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { if (i) printf "(%d ignored: measurements that bench/ scripts run)\n", i; printf "gopher: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"
