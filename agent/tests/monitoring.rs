@@ -46,7 +46,7 @@ fn scrape_config_and_alert_rules_pass_promtool() {
     let (ok, said) = promtool(&["check", "config", config.to_str().unwrap()]);
     assert!(ok && said.contains("1 rule files found"), "{said}");
     let (ok, said) = promtool(&["check", "rules", rules.to_str().unwrap()]);
-    assert!(ok && said.contains("SUCCESS: 9 rules found"), "{said}");
+    assert!(ok && said.contains("SUCCESS: 10 rules found"), "{said}");
     let (ok, said) = promtool(&["test", "rules", tests.to_str().unwrap()]);
     assert!(ok && said.contains("SUCCESS"), "{said}");
 
