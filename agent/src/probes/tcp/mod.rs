@@ -14,6 +14,7 @@ mod key;
 mod links;
 mod netns;
 mod owners;
+mod params;
 pub mod policy;
 #[cfg(test)]
 mod scan_bench;
@@ -32,7 +33,7 @@ use self::{
     owners::Owner,
     policy::Policy,
 };
-use super::{Probe, ProbeContext, ProbeFuture};
+use super::{ParamError, Probe, ProbeContext, ProbeFuture};
 use crate::{
     imdb::{Batch, FieldMeta, FieldType, Row, TableMeta, Value},
     selfmetrics::{EBPF_EVENTS_LOST, EBPF_MAP_FULL, PROBE_COLLECT_SECONDS, PROBE_ROWS},
@@ -153,46 +154,11 @@ impl Default for TcpProbe {
     }
 }
 
-const KNOWN_PARAMS: &str = "max_links, connect_hooks, max_series, client_prefix_v4, \
-     client_prefix_v6, aggregate_clients, include_ports, exclude_ports, include_cidrs, \
-     exclude_cidrs, include_processes, exclude_processes";
-
 impl TcpProbe {
     /// Builds the probe from its `[probes.params]` table; unknown keys and out-of-range values
-    /// are refused with the key named.
-    pub fn from_params(params: &toml::Table) -> anyhow::Result<Self> {
-        let mut probe = Self::default();
-        for (k, v) in params {
-            match k.as_str() {
-                "max_links" => {
-                    let n = v
-                        .as_integer()
-                        .filter(|n| (1024..=4_194_304).contains(n))
-                        .ok_or_else(|| {
-                            anyhow::anyhow!(
-                                "probes[tcp].params.max_links: expected an integer from 1024 to \
-                                 4194304 (live sockets tracked in the kernel), found {v}"
-                            )
-                        })?;
-                    probe.max_links = n as u32;
-                }
-                "connect_hooks" => {
-                    probe.connect_hooks = v.as_bool().ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "probes[tcp].params.connect_hooks: expected true or false, found {v}"
-                        )
-                    })?;
-                }
-                other => {
-                    if !probe.policy.set(other, v)? {
-                        anyhow::bail!(
-                            "probes[tcp].params.{other}: unknown parameter (known: {KNOWN_PARAMS})"
-                        );
-                    }
-                }
-            }
-        }
-        Ok(probe)
+    /// are refused with the key named (`params.rs`).
+    pub fn from_params(table: &toml::Table) -> Result<Self, ParamError> {
+        params::probe(table)
     }
 }
 
@@ -483,7 +449,18 @@ mod tests {
         let row = &t.texts()[0];
         assert_eq!(
             row[..10],
-            ["0", "1", "127.0.0.1", "127.0.0.1", "80", "2", "1", "curl", "1", "5"]
+            [
+                "0",
+                "1",
+                "127.0.0.1",
+                "127.0.0.1",
+                "80",
+                "2",
+                "1",
+                "curl",
+                "1",
+                "5"
+            ]
         );
         assert_eq!(
             store.table(TABLE).unwrap().max_records,
