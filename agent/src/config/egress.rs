@@ -5,7 +5,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::Reporter;
-use super::model::{MAX_INTERVAL_SECS, secs};
+use super::model::{MAX_INTERVAL, secs};
 use super::node::{Node, TableView};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,11 +29,11 @@ pub(super) fn egress(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) -> Eg
         node.and_then(|n| TableView::of(rep, n, "egress".into(), &["interval", "time_range"], true))
     {
         out.interval = secs(
-            t.int_in(rep, "interval", 1..=MAX_INTERVAL_SECS, " seconds"),
+            t.int_in(rep, "interval", 1..=MAX_INTERVAL, " seconds"),
             out.interval,
         );
         out.time_range = secs(
-            t.int_in(rep, "time_range", 1..=MAX_INTERVAL_SECS, " seconds"),
+            t.int_in(rep, "time_range", 1..=MAX_INTERVAL, " seconds"),
             out.time_range,
         );
     }

@@ -111,7 +111,7 @@ pub(super) fn extend_probe(
             [CheckType::Count, CheckType::Exit][i]
         });
     let switch = required_switch(rep, &t, &["on", "off", "auto"]);
-    if switch == Some(Switch::Auto) && start_check.is_none() {
+    if switch.is_some_and(|s| !s.fits(start_check.as_deref())) {
         rep.report(
             &t.span,
             &t.path_of("start_check"),

@@ -5,7 +5,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::Reporter;
-use super::model::{MAX_INTERVAL_SECS, secs};
+use super::model::{MAX_INTERVAL, secs};
 use super::node::{Node, TableView};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub(super) fn ingress(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) -> I
     if let Some(t) = node.and_then(|n| TableView::of(rep, n, "ingress".into(), &["interval"], true))
     {
         out.interval = secs(
-            t.int_in(rep, "interval", 1..=MAX_INTERVAL_SECS, " seconds"),
+            t.int_in(rep, "interval", 1..=MAX_INTERVAL, " seconds"),
             out.interval,
         );
     }

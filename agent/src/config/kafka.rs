@@ -5,7 +5,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{DiagnosticKind, Reporter};
-use super::model::MAX_INTERVAL_SECS;
+use super::model::MAX_INTERVAL;
 use super::node::{Node, TableView};
 use super::switch::OnOff;
 
@@ -200,7 +200,7 @@ fn limits(rep: &mut Reporter<'_>, t: &TableView<'_>, out: &mut Kafka) {
             1..=2_147_483_647,
             " ms",
         ),
-        ("flush_timeout", &mut 0, 0..=MAX_INTERVAL_SECS, " seconds"),
+        ("flush_timeout", &mut 0, 0..=MAX_INTERVAL, " seconds"),
     ];
     for (key, slot, range, unit) in ranges {
         if let Some(v) = t.int_in(rep, key, range, unit) {

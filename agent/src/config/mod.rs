@@ -38,7 +38,7 @@ pub use imdb::Imdb;
 pub use ingress::Ingress;
 pub use kafka::{Compression, Kafka};
 pub use meta::MetaSection;
-pub use model::{Config, load, parse};
+pub use model::{Config, MAX_INTERVAL_SECS, load, parse};
 pub use probes::{NATIVE_PROBES, NativeProbe};
 pub use supervision::Supervision;
 pub use switch::{OnOff, Switch};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{DiagnosticKind, Reporter};
-use super::model::{MAX_INTERVAL_SECS, secs};
+use super::model::{MAX_INTERVAL, secs};
 use super::node::{self, Node, TableView};
 use super::switch::Switch;
 
@@ -149,7 +149,7 @@ pub(super) fn native_probe(
     // Native probes have no start_check, so "auto" would have nothing to decide with.
     let switch = required_switch(rep, &t, &["on", "off"]);
     let interval = secs(
-        t.int_in(rep, "interval", 1..=MAX_INTERVAL_SECS, " seconds"),
+        t.int_in(rep, "interval", 1..=MAX_INTERVAL, " seconds"),
         Duration::from_secs(5),
     );
     let params = match t.get("params") {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{DiagnosticKind, Reporter};
-use super::model::{MAX_INTERVAL_SECS, secs};
+use super::model::{MAX_INTERVAL, secs};
 use super::node::{Node, TableView};
 
 /// How probes are restarted and stopped, and how often auto start checks run (not in
@@ -55,10 +55,7 @@ pub(super) fn supervision(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) 
         return out;
     };
     let dur = |rep: &mut Reporter<'_>, key, min, default| {
-        secs(
-            t.int_in(rep, key, min..=MAX_INTERVAL_SECS, " seconds"),
-            default,
-        )
+        secs(t.int_in(rep, key, min..=MAX_INTERVAL, " seconds"), default)
     };
     out.restart_backoff = dur(rep, "restart_backoff", 1, out.restart_backoff);
     out.restart_backoff_max = dur(rep, "restart_backoff_max", 1, out.restart_backoff_max);

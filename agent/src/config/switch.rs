@@ -11,6 +11,13 @@ pub enum Switch {
 }
 
 impl Switch {
+    /// The rule for `auto`: it starts a probe when the probe's start_check finds the observed
+    /// service, so it needs one (native probes have none). The config reader and the control
+    /// channel both ask here.
+    pub fn fits(self, start_check: Option<&str>) -> bool {
+        self != Self::Auto || start_check.is_some()
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::On => "on",

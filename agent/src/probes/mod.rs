@@ -73,9 +73,6 @@ pub fn native(name: &str, params: &toml::Table) -> anyhow::Result<Arc<dyn Probe>
     Ok(build_native(name, params)?)
 }
 
-/// Milliseconds since the Unix epoch: the time base of imdb records.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+/// Milliseconds since the Unix epoch; the one definition is [`crate::clock::wall_ms`] (this
+/// name stays until its callers use that one).
+pub use crate::clock::wall_ms as now_ms;

@@ -20,10 +20,7 @@ pub mod policy;
 mod scan_bench;
 mod table;
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::Duration,
-};
+use std::{net::IpAddr, time::Duration};
 
 use self::{
     closed::ClosedEvents,
@@ -253,12 +250,11 @@ async fn run(
     Ok(())
 }
 
-// TCP states (include/net/tcp_states.h).
-const FIN_WAIT1: u32 = 4;
-const FIN_WAIT2: u32 = 5;
-const CLOSE_WAIT: u32 = 8;
-const LAST_ACK: u32 = 9;
-const CLOSING: u32 = 11;
+// TCP states, shared with the eBPF programs.
+use gopher_common::{
+    TCP_CLOSE_WAIT as CLOSE_WAIT, TCP_CLOSING as CLOSING, TCP_FIN_WAIT1 as FIN_WAIT1,
+    TCP_FIN_WAIT2 as FIN_WAIT2, TCP_LAST_ACK as LAST_ACK,
+};
 
 /// The kernel's byte counters count sequence space: an active open's SYN is in `bytes_acked`,
 /// our acknowledged FIN too, and the peer's FIN in `bytes_received`. Users compare tx_bytes
@@ -361,15 +357,19 @@ pub(crate) fn ip_from_words(family: u8, words: [u32; 4]) -> IpAddr {
     for (i, w) in words.iter().enumerate() {
         b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
     }
-    if i32::from(family) == libc::AF_INET {
-        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(b))
-    }
+    ip_from_bytes(family, b)
+}
+
+/// The address of `family` (AF_INET or AF_INET6) in `b`, 16 bytes in network order as the
+/// kernel keeps them (IPv4 in the first four).
+pub(crate) fn ip_from_bytes(family: u8, b: [u8; 16]) -> IpAddr {
+    key::from_octets(i32::from(family) != libc::AF_INET, b)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use super::*;
     use crate::probes::tcp::links::ROLE_CLIENT;
 
