@@ -91,7 +91,7 @@ pub fn expected<E: de::Error>(what: &str, v: &toml::Value) -> E {
 
 /// The error while reading: the key is filled in by the map walk, the probe by [`parse_with`].
 #[derive(Debug)]
-pub struct DeError {
+struct DeError {
     field: Option<String>,
     reason: Reason,
 }
