@@ -57,3 +57,15 @@ impl fmt::Display for OnOff {
         f.write_str(self.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Switch;
+
+    #[test]
+    fn auto_needs_a_start_check() {
+        assert!(!Switch::Auto.fits(None));
+        assert!(Switch::Auto.fits(Some("pgrep -c nginx")));
+        assert!(Switch::On.fits(None) && Switch::Off.fits(None));
+    }
+}
