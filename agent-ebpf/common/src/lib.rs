@@ -6,6 +6,21 @@
 pub const ROLE_SERVER: u8 = 0;
 pub const ROLE_CLIENT: u8 = 1;
 
+/// TCP states, numbered as in the kernel's include/net/tcp_states.h: `bpf_sock_ops` state
+/// callbacks, [`LinkClosed::old_state`] and sock_diag's `idiag_state` all use these numbers.
+pub const TCP_ESTABLISHED: u32 = 1;
+pub const TCP_SYN_SENT: u32 = 2;
+pub const TCP_SYN_RECV: u32 = 3;
+pub const TCP_FIN_WAIT1: u32 = 4;
+pub const TCP_FIN_WAIT2: u32 = 5;
+pub const TCP_TIME_WAIT: u32 = 6;
+pub const TCP_CLOSE: u32 = 7;
+pub const TCP_CLOSE_WAIT: u32 = 8;
+pub const TCP_LAST_ACK: u32 = 9;
+pub const TCP_LISTEN: u32 = 10;
+pub const TCP_CLOSING: u32 = 11;
+pub const TCP_NEW_SYN_RECV: u32 = 12;
+
 /// Slots of the eBPF `MAP_FULL` per-CPU counters: inserts a full map refused.
 pub const MAP_FULL_LINKS: u32 = 0;
 pub const MAP_FULL_SLOTS: u32 = 1;

@@ -7,6 +7,7 @@
 //! comments. `@include` is refused: meta files are loaded from directories instead.
 //! Groups become tables and lists/arrays become arrays of the shared [`Node`] tree, so one
 //! walker interprets both meta formats.
+//! Our own because no maintained crate reads libconfig with a place for every key and value.
 
 use std::ops::Range;
 

@@ -4,6 +4,7 @@
 //! because a typo there silently changes what gets exported. The libconfig form exists for
 //! compatibility with meta files written for gala-gopher, so it follows gala-gopher's reader:
 //! keys it does not use are ignored, and unrecognised field types become `Unknown`.
+//! Hand-walked rather than serde-derived: every problem is reported, each at its file:line.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -3,14 +3,25 @@
 //! `probes.toml` carries every section of gala-gopher.conf over to TOML (see `docs/config.md`).
 //! Meta files describe tables; they come as our TOML form or gala-gopher's libconfig `.meta`.
 //! Every reader reports problems as `file:line:col: key.path: message`, all of them at once
-//! where it can.
+//! where it can. `model.rs` holds the whole [`Config`]; each section has its own file.
 
 mod control;
+mod egress;
 mod error;
+mod extend_probes;
+mod global;
+mod imdb;
+mod ingress;
+mod kafka;
 mod libconfig;
+mod meta;
 mod meta_file;
 mod model;
 mod node;
+mod probes;
+mod supervision;
+mod switch;
+mod web_server;
 
 #[cfg(test)]
 mod tests;
@@ -20,10 +31,18 @@ use std::path::Path;
 pub use control::{Control, DEFAULT_LISTEN};
 pub use error::{ConfigError, Diagnostic, DiagnosticKind};
 pub use meta_file::{load_meta_dirs, load_meta_file, parse_meta_libconfig, parse_meta_toml};
-pub use model::{
-    CheckType, Compression, Config, Egress, ExtendProbe, Global, Imdb, Ingress, Kafka, LogLevel,
-    MetaSection, NATIVE_PROBES, NativeProbe, OnOff, Supervision, Switch, WebServer, load, parse,
-};
+pub use egress::Egress;
+pub use extend_probes::{CheckType, ExtendProbe};
+pub use global::{Global, LogLevel};
+pub use imdb::Imdb;
+pub use ingress::Ingress;
+pub use kafka::{Compression, Kafka};
+pub use meta::MetaSection;
+pub use model::{Config, MAX_INTERVAL_SECS, load, parse};
+pub use probes::{NATIVE_PROBES, NativeProbe};
+pub use supervision::Supervision;
+pub use switch::{OnOff, Switch};
+pub use web_server::WebServer;
 
 /// Validates a config file without starting anything (`gopher check`); same as [`load`].
 pub fn check(path: &Path) -> Result<Config, ConfigError> {

@@ -1,15 +1,14 @@
 //! A value tree in which every value and key remembers where it came from.
 //!
-//! Both readers (TOML via the `toml` crate, libconfig via our own parser) produce this tree, and
-//! the model code walks it by hand instead of using serde derives: a derive stops at the first
-//! problem and loses track of positions, while the walk reports every problem with its line and
-//! key path.
+//! Both readers (TOML through toml_edit's public spans, libconfig through our own parser) produce
+//! this tree, and the model code walks it by hand instead of using serde derives: a derive stops
+//! at the first problem and loses track of positions, while the walk reports every problem with
+//! its line and key path.
 
-use std::fmt;
 use std::ops::Range;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
+use toml_edit::{ImDocument, Item, Key, Table, Value};
 
 use super::error::{DiagnosticKind, Reporter};
 
@@ -61,12 +60,12 @@ impl Node {
     }
 }
 
-// The TOML reader gives most keys and values a place in the text (`Spanned`), but not the tables
-// it makes implicitly: `[kafka.properties]` without `[kafka]`, or a dotted key such as
-// `security.protocol = "ssl"`. Reading those straight into `Spanned` fails with serde_spanned's
-// internal "expected a borrowed string", which names neither the key nor the section. So the text
-// is first read into `Raw`, where a place is optional, and `placed` then gives every key and value
-// the place of what it holds (or of its parent), so that diagnostics still name file:line.
+// toml_edit (the parser the `toml` crate itself uses, so acceptance and syntax messages are the
+// same) gives most keys and values a place in the text, but not the tables it makes implicitly:
+// `[kafka.properties]` without `[kafka]`, or a dotted key such as `security.protocol = "ssl"`. So
+// the document is first read into `Raw`, where a place is optional, and `placed` then gives every
+// key and value the place of what it holds (or of its parent), so that diagnostics still name
+// file:line. (`toml::Spanned` cannot read such a table, and toml 0.8 has no spanned `DeTable`.)
 
 /// A value whose place in the text the reader may not know.
 #[derive(Debug)]
@@ -91,171 +90,71 @@ struct RawKey {
     name: String,
 }
 
-/// serde_spanned's private protocol: a struct of this name with these fields asks the TOML
-/// reader for the value's place (it answers with a map of start, end, value when it knows it).
-const SPANNED: &str = "$__serde_spanned_private_Spanned";
-const SPANNED_START: &str = "$__serde_spanned_private_start";
-const SPANNED_END: &str = "$__serde_spanned_private_end";
-const SPANNED_VALUE: &str = "$__serde_spanned_private_value";
-const SPANNED_FIELDS: [&str; 3] = [SPANNED_START, SPANNED_END, SPANNED_VALUE];
-/// Datetimes arrive as a private map with this key. No setting here takes a date, so one is
-/// refused plainly instead of leaking the marker.
-const TOML_DATETIME: &str = "$__toml_private_datetime";
+/// No setting here takes a date, so one is refused plainly (as a syntax problem, at its place).
 const DATETIME_REFUSED: &str = "date/time values are not accepted in this file";
 
-/// Reads the rest of the place protocol, `start` already read: end, then the value.
-fn rest_of_spanned<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
-    mut map: A,
-    start: usize,
-) -> Result<(Range<usize>, T), A::Error> {
-    let mut end = None;
-    let mut value = None;
-    while let Some(key) = map.next_key::<String>()? {
-        match key.as_str() {
-            SPANNED_END => end = Some(map.next_value::<usize>()?),
-            SPANNED_VALUE => value = Some(map.next_value::<T>()?),
-            other => return Err(de::Error::unknown_field(other, &SPANNED_FIELDS)),
-        }
-    }
-    let end = end.ok_or_else(|| de::Error::missing_field(SPANNED_END))?;
-    let value = value.ok_or_else(|| de::Error::missing_field(SPANNED_VALUE))?;
-    Ok((start..end, value))
-}
+/// Where reading stopped: the place of a date/time value.
+type Refused = Option<Range<usize>>;
 
-impl<'de> Deserialize<'de> for RawKey {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_struct(SPANNED, &SPANNED_FIELDS, RawKeyVisitor)
-    }
-}
-
-struct RawKeyVisitor;
-
-impl<'de> Visitor<'de> for RawKeyVisitor {
-    type Value = RawKey;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a key")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<RawKey, E> {
-        Ok(RawKey {
+fn raw_item(item: &Item) -> Result<Raw, Refused> {
+    match item {
+        Item::None => Ok(Raw {
             span: None,
-            name: v.to_owned(),
+            value: RawValue::Table(Vec::new()),
+        }),
+        Item::Value(v) => raw_value(v),
+        Item::Table(t) => raw_table(t),
+        Item::ArrayOfTables(tables) => Ok(Raw {
+            span: item.span(),
+            value: RawValue::Array(tables.iter().map(raw_table).collect::<Result<_, _>>()?),
+        }),
+    }
+}
+
+fn raw_table(t: &Table) -> Result<Raw, Refused> {
+    Ok(Raw {
+        span: t.span(),
+        value: RawValue::Table(table_entries(t)?),
+    })
+}
+
+fn table_entries(t: &Table) -> Result<Vec<(RawKey, Raw)>, Refused> {
+    raw_entries(t.iter().map(|(k, v)| (t.key(k), raw_item(v))))
+}
+
+fn raw_value(v: &Value) -> Result<Raw, Refused> {
+    let value = match v {
+        Value::String(s) => RawValue::Str(s.value().clone()),
+        Value::Integer(i) => RawValue::Int(*i.value()),
+        Value::Float(x) => RawValue::Float(*x.value()),
+        Value::Boolean(b) => RawValue::Bool(*b.value()),
+        Value::Datetime(d) => return Err(d.span()),
+        Value::Array(items) => {
+            RawValue::Array(items.iter().map(raw_value).collect::<Result<_, _>>()?)
+        }
+        Value::InlineTable(t) => RawValue::Table(raw_entries(
+            t.iter().map(|(k, v)| (t.key(k), raw_value(v))),
+        )?),
+    };
+    Ok(Raw {
+        span: v.span(),
+        value,
+    })
+}
+
+/// Keys with their values, in file order; stops at the first refused value.
+fn raw_entries<'t>(
+    entries: impl Iterator<Item = (Option<&'t Key>, Result<Raw, Refused>)>,
+) -> Result<Vec<(RawKey, Raw)>, Refused> {
+    entries
+        .map(|(key, value)| {
+            let key = RawKey {
+                span: key.and_then(Key::span),
+                name: key.map(|k| k.get().to_owned()).unwrap_or_default(),
+            };
+            Ok((key, value?))
         })
-    }
-
-    fn visit_string<E: de::Error>(self, v: String) -> Result<RawKey, E> {
-        Ok(RawKey {
-            span: None,
-            name: v,
-        })
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawKey, A::Error> {
-        match map.next_key::<String>()?.as_deref() {
-            Some(SPANNED_START) => {
-                let start = map.next_value::<usize>()?;
-                let (span, name) = rest_of_spanned::<A, String>(map, start)?;
-                Ok(RawKey {
-                    span: Some(span),
-                    name,
-                })
-            }
-            _ => Err(de::Error::custom("expected a key")),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Raw {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_struct(SPANNED, &SPANNED_FIELDS, RawVisitor { spanned: true })
-    }
-}
-
-/// Reads a bare value (no place protocol): what the place protocol's value field holds.
-struct Bare(RawValue);
-
-impl<'de> Deserialize<'de> for Bare {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer
-            .deserialize_any(RawVisitor { spanned: false })
-            .map(|r| Bare(r.value))
-    }
-}
-
-/// `spanned`: a map may be the place protocol (only where the place was asked for; a table's
-/// entries never are).
-struct RawVisitor {
-    spanned: bool,
-}
-
-fn unplaced(value: RawValue) -> Raw {
-    Raw { span: None, value }
-}
-
-impl<'de> Visitor<'de> for RawVisitor {
-    type Value = Raw;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any TOML value")
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Raw, E> {
-        Ok(unplaced(RawValue::Bool(v)))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Raw, E> {
-        Ok(unplaced(RawValue::Int(v)))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Raw, E> {
-        i64::try_from(v)
-            .map_err(|_| E::custom("integer out of range"))
-            .map(|i| unplaced(RawValue::Int(i)))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Raw, E> {
-        Ok(unplaced(RawValue::Float(v)))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Raw, E> {
-        Ok(unplaced(RawValue::Str(v.to_owned())))
-    }
-
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Raw, E> {
-        Ok(unplaced(RawValue::Str(v)))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Raw, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Raw>()? {
-            items.push(item);
-        }
-        Ok(unplaced(RawValue::Array(items)))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw, A::Error> {
-        let mut entries = Vec::new();
-        let Some(first) = map.next_key::<RawKey>()? else {
-            return Ok(unplaced(RawValue::Table(entries)));
-        };
-        if first.span.is_none() && first.name == TOML_DATETIME {
-            return Err(de::Error::custom(DATETIME_REFUSED));
-        }
-        if self.spanned && first.span.is_none() && first.name == SPANNED_START {
-            let start = map.next_value::<usize>()?;
-            let (span, Bare(value)) = rest_of_spanned::<A, Bare>(map, start)?;
-            return Ok(Raw {
-                span: Some(span),
-                value,
-            });
-        }
-        entries.push((first, map.next_value::<Raw>()?));
-        while let Some(entry) = map.next_entry::<RawKey, Raw>()? {
-            entries.push(entry);
-        }
-        Ok(unplaced(RawValue::Table(entries)))
-    }
+        .collect()
 }
 
 /// The first place known inside `value` (an implicit table is where its first key is).
@@ -307,36 +206,20 @@ fn placed_entries(entries: Vec<(RawKey, Raw)>, parent: &Range<usize>) -> Vec<Ent
 
 /// Parses TOML text into a spanned tree, turning syntax errors into a diagnostic.
 pub(crate) fn parse_toml(text: &str, rep: &mut Reporter<'_>) -> Option<Vec<Entry>> {
-    match toml::from_str::<Bare>(text) {
-        Ok(Bare(RawValue::Table(entries))) => Some(placed_entries(entries, &(0..0))),
-        Ok(Bare(other)) => {
-            rep.report(
-                &(0..0),
-                "",
-                DiagnosticKind::Syntax,
-                format!(
-                    "expected a table, found {}",
-                    placed(
-                        Raw {
-                            span: None,
-                            value: other
-                        },
-                        &(0..0)
-                    )
-                    .get_ref()
-                    .describe()
-                ),
-            );
-            None
-        }
+    let doc = match ImDocument::parse(text) {
+        Ok(doc) => doc,
         Err(err) => {
             let span = err.span().unwrap_or(0..0);
-            let message = if err.message().contains(TOML_DATETIME) {
-                DATETIME_REFUSED.to_owned()
-            } else {
-                err.message().trim().replace('\n', "; ")
-            };
+            let message = err.message().trim().replace('\n', "; ");
             rep.report(&span, "", DiagnosticKind::Syntax, message);
+            return None;
+        }
+    };
+    match table_entries(doc.as_table()) {
+        Ok(entries) => Some(placed_entries(entries, &(0..0))),
+        Err(span) => {
+            let span = span.unwrap_or(0..0);
+            rep.report(&span, "", DiagnosticKind::Syntax, DATETIME_REFUSED);
             None
         }
     }

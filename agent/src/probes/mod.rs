@@ -6,6 +6,7 @@
 
 pub mod extension;
 pub mod manager;
+pub mod params;
 pub mod system;
 pub mod tcp;
 
@@ -19,6 +20,7 @@ use crate::{
 };
 
 pub use manager::{Manager, Policy, State, Status};
+pub use params::ParamError;
 
 /// What a running probe gets from the agent.
 pub struct ProbeContext {
@@ -46,19 +48,31 @@ pub trait Probe: Send + Sync {
     fn run(&self, ctx: ProbeContext) -> ProbeFuture;
 }
 
-/// Builds a native probe from its `[probes.params]`; errors name the parameter
-/// (`probes[tcp].params.max_links: …`).
-pub fn native(name: &str, params: &toml::Table) -> anyhow::Result<Arc<dyn Probe>> {
+/// Why a native probe could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NativeError {
+    /// A refused key of its `params`; the key is [`ParamError::field`].
+    #[error(transparent)]
+    Param(#[from] ParamError),
+    #[error("native probe {0:?} is not built into this agent")]
+    NotBuiltIn(String),
+}
+
+/// Builds a native probe from its `[probes.params]`; a refused key comes back as
+/// [`NativeError::Param`], whose [`ParamError`] names it.
+pub fn build_native(name: &str, params: &toml::Table) -> Result<Arc<dyn Probe>, NativeError> {
     if name == "tcp" {
         return Ok(Arc::new(tcp::TcpProbe::from_params(params)?));
     }
-    system::native_probe(name, params)?
-        .ok_or_else(|| anyhow::anyhow!("native probe {name:?} is not built into this agent"))
+    system::native_probe(name, params)?.ok_or_else(|| NativeError::NotBuiltIn(name.to_owned()))
 }
 
-/// Milliseconds since the Unix epoch: the time base of imdb records.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// [`build_native`] for callers that only report the error (`probes[tcp].params.max_links: …`);
+/// the [`NativeError`] inside can be had back with `downcast_ref`.
+pub fn native(name: &str, params: &toml::Table) -> anyhow::Result<Arc<dyn Probe>> {
+    Ok(build_native(name, params)?)
 }
+
+/// Milliseconds since the Unix epoch; the one definition is [`crate::clock::wall_ms`] (this
+/// name stays until its callers use that one).
+pub use crate::clock::wall_ms as now_ms;

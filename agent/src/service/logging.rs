@@ -9,6 +9,10 @@
 //!   and `kubectl logs` still show why the agent stopped.
 //!
 //! `RUST_LOG`, when set, overrides `global.log_level` (handy for a one-off debug run).
+//!
+//! Not `tracing-journald`: it writes to journald's own socket, while a service's stderr already
+//! is a journald stream; one `<N>`-prefixed stream works wherever stderr goes (containers without
+//! the journal socket, `systemd-run`, the tests that read it), at the cost of structured fields.
 
 use std::{
     io::IsTerminal as _,

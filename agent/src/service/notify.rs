@@ -11,6 +11,10 @@
 //! registered with [`Liveness`] (ingest, the /metrics server, each probe's supervisor, the Kafka
 //! sink) has beaten within its bound. A stuck loop means no ping, a `STATUS=` line and an error
 //! naming it, and systemd restarts the agent after `WatchdogSec`.
+//!
+//! Our own, not the `sd-notify` crate: that one reads `$NOTIFY_SOCKET` on every call (a test can
+//! aim it at its own socket only by changing the process environment, unsound once threads run)
+//! and ends every assignment with a newline, where this sends what the tests pin, byte for byte.
 
 use std::{
     ffi::OsStr,

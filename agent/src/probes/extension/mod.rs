@@ -9,9 +9,12 @@
 //! [`Manager`](super::Manager) restarts it. Stopping ends the whole process group.
 
 pub mod line;
+mod params;
 pub mod process;
 pub mod reader;
 pub mod start_check;
+
+pub use params::runtime_param;
 
 use std::{
     collections::HashMap,

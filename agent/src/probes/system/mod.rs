@@ -24,7 +24,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Probe, ProbeContext, ProbeFuture};
+use super::{
+    Probe, ProbeContext, ProbeFuture,
+    params::{self, ParamError},
+};
 use crate::{
     imdb::{Batch, FieldMeta, FieldType, Row, TableMeta, Value},
     selfmetrics::{PROBE_ERRORS, PROBE_ROWS},
@@ -43,7 +46,10 @@ pub const SYSTEM_PROBES: &[&str] = &[
 
 /// Builds the system probe called `name`, or `None` when `name` is not a system probe. System
 /// probes take no parameters, so any key in `params` is an error naming it.
-pub fn native_probe(name: &str, params: &toml::Table) -> anyhow::Result<Option<Arc<dyn Probe>>> {
+pub fn native_probe(
+    name: &str,
+    params: &toml::Table,
+) -> Result<Option<Arc<dyn Probe>>, ParamError> {
     let probe: Arc<dyn Probe> = match name {
         meminfo::Meminfo::TABLE => Arc::new(SystemProbe::<meminfo::Meminfo>::new()),
         vmstat::Vmstat::TABLE => Arc::new(SystemProbe::<vmstat::Vmstat>::new()),
@@ -54,13 +60,14 @@ pub fn native_probe(name: &str, params: &toml::Table) -> anyhow::Result<Option<A
         net::Net::TABLE => Arc::new(SystemProbe::<net::Net>::new()),
         _ => return Ok(None),
     };
-    if let Some(key) = params.keys().next() {
-        anyhow::bail!(
-            "probes[{name}].params.{key}: unknown parameter ({name} takes no parameters)"
-        );
-    }
+    params::parse::<NoParams>(name, params)?;
     Ok(Some(probe))
 }
+
+/// The parameters of a system probe: none.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
 
 /// The table definitions of every system probe (for documentation and meta listings).
 pub fn tables() -> Vec<TableMeta> {

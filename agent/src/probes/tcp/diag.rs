@@ -4,10 +4,15 @@
 
 use std::{
     io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
+};
+
+use gopher_common::{
+    TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK,
+    TCP_LISTEN,
 };
 
 const NETLINK_SOCK_DIAG: i32 = 4;
@@ -22,12 +27,14 @@ const INET_DIAG_MSG_LEN: usize = 72;
 
 static NEXT_SEQ: AtomicU32 = AtomicU32::new(1);
 
-#[cfg(test)]
-pub const TCP_ESTABLISHED: u8 = 1;
-pub const TCP_LISTEN: u8 = 10;
 /// States in which a socket carries a link's counters (not LISTEN, SYN_*, TIME_WAIT or CLOSE):
 /// the kernel skips every other socket, so the dump costs only what the probe uses.
-pub const LINK_STATES: u32 = (1 << 1) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11);
+pub const LINK_STATES: u32 = (1 << TCP_ESTABLISHED)
+    | (1 << TCP_FIN_WAIT1)
+    | (1 << TCP_FIN_WAIT2)
+    | (1 << TCP_CLOSE_WAIT)
+    | (1 << TCP_LAST_ACK)
+    | (1 << TCP_CLOSING);
 pub const LISTEN_STATES: u32 = 1 << TCP_LISTEN;
 /// Receive buffer for one dump datagram (the kernel fills up to this much per recv).
 pub const DUMP_BUFFER: usize = 64 * 1024;
@@ -263,11 +270,7 @@ fn parse_tcp_info(info: &[u8]) -> Option<Counters> {
 fn addr(family: u8, raw: &[u8]) -> IpAddr {
     let mut b = [0u8; 16];
     b.copy_from_slice(&raw[..16]);
-    if i32::from(family) == libc::AF_INET {
-        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(b))
-    }
+    super::ip_from_bytes(family, b)
 }
 
 #[cfg(test)]
@@ -290,17 +293,17 @@ mod tests {
         let v4 = libc::AF_INET as u8;
         dump(&fd, v4, LISTEN_STATES, &mut buf, |s| socks.push(s.clone())).unwrap();
         assert!(
-            socks.iter().all(|s| s.state == TCP_LISTEN),
+            socks.iter().all(|s| u32::from(s.state) == TCP_LISTEN),
             "only the states asked for"
         );
         dump(&fd, v4, LINK_STATES, &mut buf, |s| socks.push(s.clone())).unwrap();
         let listen = socks
             .iter()
-            .find(|s| s.local_port == port && s.state == TCP_LISTEN);
+            .find(|s| s.local_port == port && u32::from(s.state) == TCP_LISTEN);
         assert!(listen.is_some(), "listener on {port} not dumped");
         let srv = socks
             .iter()
-            .find(|s| s.local_port == port && s.state == TCP_ESTABLISHED)
+            .find(|s| s.local_port == port && u32::from(s.state) == TCP_ESTABLISHED)
             .expect("server side of the link");
         let c = srv.counters.expect("tcp_info");
         assert_eq!(c.bytes_received, 1000);

@@ -3,8 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub const ROLE_SERVER: u8 = 0;
-pub const ROLE_CLIENT: u8 = 1;
+pub use gopher_common::{ROLE_CLIENT, ROLE_SERVER};
 
 /// A link's identity as rows show it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -48,6 +47,15 @@ pub(super) fn octets(ip: IpAddr) -> [u8; 16] {
     }
 }
 
+/// The inverse of [`octets`]: `b`'s first four bytes when not `v6`.
+pub(super) fn from_octets(v6: bool, b: [u8; 16]) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::from(b))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    }
+}
+
 impl Key {
     pub fn new(netns: u64, tgid: u32, role: u8, client: IpAddr, server: IpAddr, port: u16) -> Self {
         Self {
@@ -61,20 +69,12 @@ impl Key {
         }
     }
 
-    fn ip(&self, b: [u8; 16]) -> IpAddr {
-        if self.v6 {
-            IpAddr::V6(Ipv6Addr::from(b))
-        } else {
-            IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-        }
-    }
-
     pub fn client_ip(&self) -> IpAddr {
-        self.ip(self.client)
+        from_octets(self.v6, self.client)
     }
 
     pub fn server_ip(&self) -> IpAddr {
-        self.ip(self.server)
+        from_octets(self.v6, self.server)
     }
 
     /// The other end's address.

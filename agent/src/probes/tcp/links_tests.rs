@@ -331,11 +331,9 @@ fn server_links_clients_aggregate_by_prefix_and_filters_leave_sockets_out() {
         "client links keep theirs"
     );
 
-    let mut policy = Policy::default();
-    policy
-        .set("exclude_cidrs", &toml::Value::String("10.0.0.0/24".into()))
-        .unwrap();
-    let mut t = T::new(policy);
+    let cidrs = toml::from_str("exclude_cidrs = \"10.0.0.0/24\"").unwrap();
+    let policy = crate::probes::tcp::params::policy(&cidrs);
+    let mut t = T::new(policy.unwrap());
     t.dump(
         &[
             (1, server("10.0.0.1", 80), tx(1)),

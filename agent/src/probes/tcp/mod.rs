@@ -14,15 +14,13 @@ mod key;
 mod links;
 mod netns;
 mod owners;
+mod params;
 pub mod policy;
 #[cfg(test)]
 mod scan_bench;
 mod table;
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::Duration,
-};
+use std::{net::IpAddr, time::Duration};
 
 use self::{
     closed::ClosedEvents,
@@ -32,7 +30,7 @@ use self::{
     owners::Owner,
     policy::Policy,
 };
-use super::{Probe, ProbeContext, ProbeFuture};
+use super::{ParamError, Probe, ProbeContext, ProbeFuture};
 use crate::{
     imdb::{Batch, FieldMeta, FieldType, Row, TableMeta, Value},
     selfmetrics::{EBPF_EVENTS_LOST, EBPF_MAP_FULL, PROBE_COLLECT_SECONDS, PROBE_ROWS},
@@ -153,46 +151,11 @@ impl Default for TcpProbe {
     }
 }
 
-const KNOWN_PARAMS: &str = "max_links, connect_hooks, max_series, client_prefix_v4, \
-     client_prefix_v6, aggregate_clients, include_ports, exclude_ports, include_cidrs, \
-     exclude_cidrs, include_processes, exclude_processes";
-
 impl TcpProbe {
     /// Builds the probe from its `[probes.params]` table; unknown keys and out-of-range values
-    /// are refused with the key named.
-    pub fn from_params(params: &toml::Table) -> anyhow::Result<Self> {
-        let mut probe = Self::default();
-        for (k, v) in params {
-            match k.as_str() {
-                "max_links" => {
-                    let n = v
-                        .as_integer()
-                        .filter(|n| (1024..=4_194_304).contains(n))
-                        .ok_or_else(|| {
-                            anyhow::anyhow!(
-                                "probes[tcp].params.max_links: expected an integer from 1024 to \
-                                 4194304 (live sockets tracked in the kernel), found {v}"
-                            )
-                        })?;
-                    probe.max_links = n as u32;
-                }
-                "connect_hooks" => {
-                    probe.connect_hooks = v.as_bool().ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "probes[tcp].params.connect_hooks: expected true or false, found {v}"
-                        )
-                    })?;
-                }
-                other => {
-                    if !probe.policy.set(other, v)? {
-                        anyhow::bail!(
-                            "probes[tcp].params.{other}: unknown parameter (known: {KNOWN_PARAMS})"
-                        );
-                    }
-                }
-            }
-        }
-        Ok(probe)
+    /// are refused with the key named (`params.rs`).
+    pub fn from_params(table: &toml::Table) -> Result<Self, ParamError> {
+        params::probe(table)
     }
 }
 
@@ -287,12 +250,11 @@ async fn run(
     Ok(())
 }
 
-// TCP states (include/net/tcp_states.h).
-const FIN_WAIT1: u32 = 4;
-const FIN_WAIT2: u32 = 5;
-const CLOSE_WAIT: u32 = 8;
-const LAST_ACK: u32 = 9;
-const CLOSING: u32 = 11;
+// TCP states, shared with the eBPF programs.
+use gopher_common::{
+    TCP_CLOSE_WAIT as CLOSE_WAIT, TCP_CLOSING as CLOSING, TCP_FIN_WAIT1 as FIN_WAIT1,
+    TCP_FIN_WAIT2 as FIN_WAIT2, TCP_LAST_ACK as LAST_ACK,
+};
 
 /// The kernel's byte counters count sequence space: an active open's SYN is in `bytes_acked`,
 /// our acknowledged FIN too, and the peer's FIN in `bytes_received`. Users compare tx_bytes
@@ -395,15 +357,19 @@ pub(crate) fn ip_from_words(family: u8, words: [u32; 4]) -> IpAddr {
     for (i, w) in words.iter().enumerate() {
         b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
     }
-    if i32::from(family) == libc::AF_INET {
-        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(b))
-    }
+    ip_from_bytes(family, b)
+}
+
+/// The address of `family` (AF_INET or AF_INET6) in `b`, 16 bytes in network order as the
+/// kernel keeps them (IPv4 in the first four).
+pub(crate) fn ip_from_bytes(family: u8, b: [u8; 16]) -> IpAddr {
+    key::from_octets(i32::from(family) != libc::AF_INET, b)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use super::*;
     use crate::probes::tcp::links::ROLE_CLIENT;
 
@@ -483,7 +449,18 @@ mod tests {
         let row = &t.texts()[0];
         assert_eq!(
             row[..10],
-            ["0", "1", "127.0.0.1", "127.0.0.1", "80", "2", "1", "curl", "1", "5"]
+            [
+                "0",
+                "1",
+                "127.0.0.1",
+                "127.0.0.1",
+                "80",
+                "2",
+                "1",
+                "curl",
+                "1",
+                "5"
+            ]
         );
         assert_eq!(
             store.table(TABLE).unwrap().max_records,

@@ -7,8 +7,6 @@
 
 use std::net::IpAddr;
 
-use anyhow::{anyhow, bail};
-
 /// Default cap on individual `tcp_link` rows: sized for one busy node's links, far below what
 /// a Prometheus server tolerates per target.
 pub const DEFAULT_MAX_SERIES: u32 = 50_000;
@@ -21,7 +19,7 @@ pub struct Cidr {
 }
 
 impl Cidr {
-    fn parse(s: &str) -> Option<Self> {
+    pub(super) fn parse(s: &str) -> Option<Self> {
         let (a, p) = s.trim().split_once('/').unwrap_or((s.trim(), ""));
         let addr: IpAddr = a.parse().ok()?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
@@ -141,81 +139,11 @@ impl Policy {
             IpAddr::V6(_) => mask(client, self.client_prefix_v6),
         }
     }
-
-    /// Applies one `[probes.params]` key; returns false when the key is not a policy key.
-    pub fn set(&mut self, key: &str, v: &toml::Value) -> anyhow::Result<bool> {
-        let err = |what: &str| anyhow!("probes[tcp].params.{key}: expected {what}, found {v}");
-        match key {
-            "max_series" => {
-                let n = v
-                    .as_integer()
-                    .filter(|n| (1..=10_000_000).contains(n))
-                    .ok_or_else(|| err("an integer from 1 to 10000000 (tcp_link rows)"))?;
-                self.max_series = n as u32;
-            }
-            "client_prefix_v4" => {
-                let n = v
-                    .as_integer()
-                    .filter(|n| (0..=32).contains(n))
-                    .ok_or_else(|| err("an integer from 0 to 32 (prefix length)"))?;
-                self.client_prefix_v4 = n as u8;
-            }
-            "client_prefix_v6" => {
-                let n = v
-                    .as_integer()
-                    .filter(|n| (0..=128).contains(n))
-                    .ok_or_else(|| err("an integer from 0 to 128 (prefix length)"))?;
-                self.client_prefix_v6 = n as u8;
-            }
-            "aggregate_clients" => {
-                if v.as_bool().ok_or_else(|| err("true or false"))? {
-                    self.client_prefix_v4 = 0;
-                    self.client_prefix_v6 = 0;
-                }
-            }
-            "include_ports" | "exclude_ports" => {
-                let what = "a list of ports or port ranges (80, \"8000-8999\"; or \"80,443\")";
-                let list = items(v)
-                    .ok_or_else(|| err(what))?
-                    .iter()
-                    .map(|s| port_range(s).ok_or_else(|| err(what)))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                *side(&mut self.ports, key) = list;
-            }
-            "include_cidrs" | "exclude_cidrs" => {
-                let what = "a list of addresses or CIDR blocks (\"10.0.0.0/8\", \"fd00::/8\")";
-                let list = items(v)
-                    .ok_or_else(|| err(what))?
-                    .iter()
-                    .map(|s| Cidr::parse(s).ok_or_else(|| err(what)))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                *side(&mut self.cidrs, key) = list;
-            }
-            "include_processes" | "exclude_processes" => {
-                let what = "a list of process names (\"nginx\"; or \"nginx,redis-server\")";
-                let list = items(v).ok_or_else(|| err(what))?;
-                if list.iter().any(|p| p.is_empty() || p.len() > 15) {
-                    bail!(err("process names of 1 to 15 bytes (the kernel's comm)"));
-                }
-                *side(&mut self.processes, key) = list;
-            }
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-}
-
-fn side<'a, T>(f: &'a mut Filter<T>, key: &str) -> &'a mut Vec<T> {
-    if key.starts_with("include") {
-        &mut f.include
-    } else {
-        &mut f.exclude
-    }
 }
 
 /// A TOML array of strings/integers, or one comma-separated string (what `gopher ctl --param`
 /// can send), as trimmed non-empty items.
-fn items(v: &toml::Value) -> Option<Vec<String>> {
+pub(super) fn items(v: &toml::Value) -> Option<Vec<String>> {
     let raw: Vec<String> = match v {
         toml::Value::String(s) => s.split(',').map(str::to_owned).collect(),
         toml::Value::Integer(i) => vec![i.to_string()],
@@ -237,7 +165,7 @@ fn items(v: &toml::Value) -> Option<Vec<String>> {
     )
 }
 
-fn port_range(s: &str) -> Option<(u16, u16)> {
+pub(super) fn port_range(s: &str) -> Option<(u16, u16)> {
     let (lo, hi) = s.split_once('-').unwrap_or((s, s));
     let (lo, hi): (u16, u16) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
     (lo <= hi).then_some((lo, hi))
@@ -247,13 +175,8 @@ fn port_range(s: &str) -> Option<(u16, u16)> {
 mod tests {
     use super::*;
 
-    fn policy(toml: &str) -> anyhow::Result<Policy> {
-        let t: toml::Table = toml::from_str(toml).unwrap();
-        let mut p = Policy::default();
-        for (k, v) in &t {
-            assert!(p.set(k, v)?, "{k} is a policy key");
-        }
-        Ok(p)
+    fn policy(toml: &str) -> Result<Policy, crate::probes::ParamError> {
+        super::super::params::policy(&toml::from_str(toml).unwrap())
     }
 
     fn ip(s: &str) -> IpAddr {

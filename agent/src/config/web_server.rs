@@ -1,0 +1,47 @@
+//! `[web_server]`: where Prometheus scrapes `/metrics`.
+
+use std::net::IpAddr;
+
+use toml::Spanned;
+
+use super::error::{DiagnosticKind, Reporter};
+use super::node::{Node, TableView};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebServer {
+    pub bind_addr: String,
+    pub port: u16,
+}
+
+impl Default for WebServer {
+    fn default() -> Self {
+        Self {
+            bind_addr: "0.0.0.0".to_owned(),
+            port: 8888,
+        }
+    }
+}
+
+pub(super) fn web_server(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) -> WebServer {
+    let mut out = WebServer::default();
+    if let Some(t) =
+        node.and_then(|n| TableView::of(rep, n, "web_server".into(), &["bind_addr", "port"], true))
+    {
+        if let Some((addr, span)) = t.string(rep, "bind_addr") {
+            if addr.parse::<IpAddr>().is_ok() {
+                addr.clone_into(&mut out.bind_addr);
+            } else {
+                rep.report(
+                    &span,
+                    &t.path_of("bind_addr"),
+                    DiagnosticKind::InvalidValue,
+                    format!("expected an IPv4 or IPv6 address such as \"0.0.0.0\" or \"::1\", found {addr:?}"),
+                );
+            }
+        }
+        if let Some(port) = t.int_in(rep, "port", 1..=i64::from(u16::MAX), "") {
+            out.port = port as u16;
+        }
+    }
+    out
+}
