@@ -12,17 +12,8 @@ use toml::Spanned;
 use super::error::{ConfigError, DiagnosticKind, Reporter};
 use super::node::{self, Node, TableView};
 
-/// Probes compiled into the agent. Extend this list when a native probe lands.
-pub const NATIVE_PROBES: &[&str] = &[
-    "tcp",
-    "system_meminfo",
-    "system_vmstat",
-    "system_tcp",
-    "system_inode",
-    "system_cpu",
-    "system_disk",
-    "system_net",
-];
+/// Probes compiled into the agent: declared once, in the native-probe registry.
+pub const NATIVE_PROBES: &[&str] = &crate::probes::registry::NAMES;
 
 /// Longest period accepted for any interval: beyond an hour, data is too stale to be useful and
 /// the value is more likely a unit mistake (milliseconds typed as seconds).

@@ -537,7 +537,9 @@ impl Controller {
 
     fn build(&self, name: &str, s: &Settings) -> Result<Arc<dyn Probe>, ControlError> {
         match &s.params {
-            Params::Native(params) => probes::native(name, params).map_err(|e| param_error(&e)),
+            Params::Native(params) => {
+                probes::registry::build(name, params).map_err(|e| param_error(&e))
+            }
             Params::Extension(param) => {
                 let probes = self.lock();
                 let (ext, tables) = probes
@@ -908,7 +910,7 @@ fn resolve(name: &str, e: &Entry, change: &Change) -> Result<Settings, ControlEr
         s.params = match e.kind {
             // Building the probe is the validation: it is the one place that knows its params.
             Kind::Native => {
-                probes::native(name, params).map_err(|err| param_error(&err))?;
+                probes::registry::build(name, params).map_err(|err| param_error(&err))?;
                 Params::Native(params.clone())
             }
             Kind::Extension => {
@@ -1015,7 +1017,7 @@ fn build_all(cfg: &Config, env: &ExtEnv, store: &mut Store) -> anyhow::Result<Bu
     let mut entries = BTreeMap::new();
     let mut built: Vec<Arc<dyn Probe>> = Vec::new();
     for p in &cfg.probes {
-        let probe = probes::native(&p.name, &p.params)?;
+        let probe = probes::registry::build(&p.name, &p.params)?;
         let tables = probe.tables();
         let names = tables.iter().map(|t| t.name.clone()).collect();
         for meta in tables {

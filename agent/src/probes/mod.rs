@@ -6,6 +6,7 @@
 
 pub mod extension;
 pub mod manager;
+pub mod registry;
 pub mod system;
 pub mod tcp;
 
@@ -44,16 +45,6 @@ pub trait Probe: Send + Sync {
     /// Runs the probe until `ctx.stop` fires (then `Ok`) or it cannot go on (then `Err`, with
     /// the reason). Whatever it attached or spawned is released when the future completes.
     fn run(&self, ctx: ProbeContext) -> ProbeFuture;
-}
-
-/// Builds a native probe from its `[probes.params]`; errors name the parameter
-/// (`probes[tcp].params.max_links: …`).
-pub fn native(name: &str, params: &toml::Table) -> anyhow::Result<Arc<dyn Probe>> {
-    if name == "tcp" {
-        return Ok(Arc::new(tcp::TcpProbe::from_params(params)?));
-    }
-    system::native_probe(name, params)?
-        .ok_or_else(|| anyhow::anyhow!("native probe {name:?} is not built into this agent"))
 }
 
 /// Milliseconds since the Unix epoch: the time base of imdb records.

@@ -24,55 +24,74 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Probe, ProbeContext, ProbeFuture};
+use super::{Probe, ProbeContext, ProbeFuture, registry::Native};
 use crate::{
     imdb::{Batch, FieldMeta, FieldType, Row, TableMeta, Value},
     selfmetrics::{PROBE_ERRORS, PROBE_ROWS},
 };
 
-/// Names of the system probes; each is also the name of the one table it fills.
-pub const SYSTEM_PROBES: &[&str] = &[
-    meminfo::Meminfo::TABLE,
-    vmstat::Vmstat::TABLE,
-    tcp::Tcp::TABLE,
-    inode::Inode::TABLE,
-    cpu::Cpu::TABLE,
-    disk::Disk::TABLE,
-    net::Net::TABLE,
+/// The system probes' entries in the native-probe registry (`super::registry`): one per
+/// family, named like the table it fills, no params.
+macro_rules! system_probe {
+    ($c:ty) => {
+        Native {
+            name: <$c as Collect>::TABLE,
+            default_on: true,
+            tables: &[<$c as Collect>::TABLE],
+            build: build::<$c>,
+        }
+    };
+}
+
+pub(super) const PROBES: [Native; 7] = [
+    system_probe!(meminfo::Meminfo),
+    system_probe!(vmstat::Vmstat),
+    system_probe!(tcp::Tcp),
+    system_probe!(inode::Inode),
+    system_probe!(cpu::Cpu),
+    system_probe!(disk::Disk),
+    system_probe!(net::Net),
 ];
 
-/// Builds the system probe called `name`, or `None` when `name` is not a system probe. System
-/// probes take no parameters, so any key in `params` is an error naming it.
-pub fn native_probe(name: &str, params: &toml::Table) -> anyhow::Result<Option<Arc<dyn Probe>>> {
-    let probe: Arc<dyn Probe> = match name {
-        meminfo::Meminfo::TABLE => Arc::new(SystemProbe::<meminfo::Meminfo>::new()),
-        vmstat::Vmstat::TABLE => Arc::new(SystemProbe::<vmstat::Vmstat>::new()),
-        tcp::Tcp::TABLE => Arc::new(SystemProbe::<tcp::Tcp>::new()),
-        inode::Inode::TABLE => Arc::new(SystemProbe::<inode::Inode>::new()),
-        cpu::Cpu::TABLE => Arc::new(SystemProbe::<cpu::Cpu>::new()),
-        disk::Disk::TABLE => Arc::new(SystemProbe::<disk::Disk>::new()),
-        net::Net::TABLE => Arc::new(SystemProbe::<net::Net>::new()),
-        _ => return Ok(None),
-    };
+/// Names of the system probes; each is also the name of the one table it fills.
+pub const SYSTEM_PROBES: &[&str] = &{
+    let mut out = [""; PROBES.len()];
+    let mut i = 0;
+    while i < PROBES.len() {
+        out[i] = PROBES[i].name;
+        i += 1;
+    }
+    out
+};
+
+/// System probes take no parameters, so any key in `params` is an error naming it.
+fn build<C: Collect>(params: &toml::Table) -> anyhow::Result<Arc<dyn Probe>> {
     if let Some(key) = params.keys().next() {
         anyhow::bail!(
-            "probes[{name}].params.{key}: unknown parameter ({name} takes no parameters)"
+            "probes[{}].params.{key}: unknown parameter ({} takes no parameters)",
+            C::TABLE,
+            C::TABLE
         );
     }
-    Ok(Some(probe))
+    Ok(Arc::new(SystemProbe::<C>::new()))
+}
+
+/// Builds the system probe called `name`, or `None` when `name` is not a system probe.
+pub fn native_probe(name: &str, params: &toml::Table) -> anyhow::Result<Option<Arc<dyn Probe>>> {
+    PROBES
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| (p.build)(params))
+        .transpose()
 }
 
 /// The table definitions of every system probe (for documentation and meta listings).
 pub fn tables() -> Vec<TableMeta> {
-    vec![
-        meminfo::Meminfo::meta(),
-        vmstat::Vmstat::meta(),
-        tcp::Tcp::meta(),
-        inode::Inode::meta(),
-        cpu::Cpu::meta(),
-        disk::Disk::meta(),
-        net::Net::meta(),
-    ]
+    PROBES
+        .iter()
+        .filter_map(|p| (p.build)(&toml::Table::new()).ok())
+        .flat_map(|p| p.tables())
+        .collect()
 }
 
 /// One field of a system table.
