@@ -4,6 +4,7 @@
 //! the latest record per key, and sinks (`egress/`) render snapshots of it. Beside them,
 //! `control/` lets a central manager switch and re-tune probes over gRPC.
 
+pub mod app;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -12,3 +13,4 @@ pub mod imdb;
 pub mod probes;
 pub mod selfmetrics;
 pub mod service;
+pub mod supervise;

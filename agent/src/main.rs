@@ -1,6 +1,6 @@
 //! `gopher`: the node agent's command line and wiring. Nothing clever lives here.
 //!
-//! The agent's own tasks run supervised (see `service::supervise`): the ingest task, the
+//! The agent's own tasks run supervised (see `gopher::supervise`): the ingest task, the
 //! /metrics server and the Kafka sink are restarted with back-off after a panic or an unexpected
 //! end and counted in `gopher_task_restarts_total{task}`; when one keeps failing, the agent stops
 //! with a failure status so that systemd (`Restart=on-failure`) restarts it whole. Each beats a
@@ -16,17 +16,16 @@ use std::{
 use anyhow::Context as _;
 use clap::Parser;
 use gopher::{
-    config::{self, Config},
-    control::{self, Controller},
-    egress::{http, kafka},
+    app::plan,
     clock,
+    config::{self, Config},
+    control,
+    egress::{http, kafka},
     imdb::{Batch, Limits, Store},
-    probes::{Manager, Policy, now_ms},
+    probes::{Controller, Manager, Policy, controller::state_file, now_ms},
     selfmetrics::{CONFIG_RELOADS, SelfMetrics},
-    service::{
-        supervise::{Beating, CatchUnwind, Liveness, Restarts, STALL_BOUND, TICK},
-        tasks,
-    },
+    service::tasks,
+    supervise::{Beating, CatchUnwind, Liveness, Restarts, STALL_BOUND, TICK},
 };
 use tokio::sync::{mpsc, watch};
 
@@ -191,14 +190,16 @@ async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Resul
         policy,
     );
     if let Some(path) = &cfg.control.state_file {
-        control::runtime::prepare_state_dir(path)?;
+        state_file::prepare_dir(path)?;
     }
+    let env = plan::extension_env(&cfg, base);
+    let probes = plan::plan(&cfg, &env, &mut store)?;
     let ctl = Controller::new(
-        &cfg,
-        base,
-        &mut store,
         manager.clone(),
         Arc::clone(&metrics),
+        env,
+        cfg.control.state_file.clone(),
+        probes,
     )?;
     let store = Arc::new(Mutex::new(store));
     let liveness = manager.liveness();
@@ -511,6 +512,6 @@ async fn reload(
             );
         }
     }
-    ctl.reload(&new, store).await?;
+    plan::reload(ctl, &new, store).await?;
     Ok(new)
 }

@@ -11,6 +11,9 @@ use toml::Spanned;
 
 use super::error::{ConfigError, DiagnosticKind, Reporter};
 use super::node::{self, Node, TableView};
+// Probe vocabulary, defined where probes are (configuration reads it; probes never read
+// configuration).
+pub use crate::probes::settings::{CheckType, Switch};
 
 /// Probes compiled into the agent: declared once, in the native-probe registry.
 pub const NATIVE_PROBES: &[&str] = &crate::probes::registry::NAMES;
@@ -283,30 +286,6 @@ pub struct MetaSection {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Switch {
-    On,
-    Off,
-    /// Start only if `start_check` says the observed service is present.
-    Auto,
-}
-
-impl Switch {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::On => "on",
-            Self::Off => "off",
-            Self::Auto => "auto",
-        }
-    }
-}
-
-impl fmt::Display for Switch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OnOff {
     On,
     Off,
@@ -326,30 +305,6 @@ impl OnOff {
 }
 
 impl fmt::Display for OnOff {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum CheckType {
-    /// Start if the check's first output line is an integer > 0 (gala-gopher's only kind).
-    #[default]
-    Count,
-    /// Start if the check exits with status 0.
-    Exit,
-}
-
-impl CheckType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Count => "count",
-            Self::Exit => "exit",
-        }
-    }
-}
-
-impl fmt::Display for CheckType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }

@@ -4,9 +4,11 @@
 //! until it is told to stop. Kinds: `tcp` (eBPF, native), `extension` (any program printing
 //! `|table|v1|…|` lines, run as a supervised child process).
 
+pub mod controller;
 pub mod extension;
 pub mod manager;
 pub mod registry;
+pub mod settings;
 pub mod system;
 pub mod tcp;
 
@@ -19,7 +21,9 @@ use crate::{
     selfmetrics::SelfMetrics,
 };
 
-pub use manager::{Manager, Policy, State, Status};
+pub use controller::Controller;
+pub use manager::{Manager, Policy, State, Status, View};
+pub use settings::{Change, ControlError, ProbeKind, Settings, Switch};
 
 /// What a running probe gets from the agent.
 pub struct ProbeContext {
@@ -45,6 +49,32 @@ pub trait Probe: Send + Sync {
     /// Runs the probe until `ctx.stop` fires (then `Ok`) or it cannot go on (then `Err`, with
     /// the reason). Whatever it attached or spawned is released when the future completes.
     fn run(&self, ctx: ProbeContext) -> ProbeFuture;
+}
+
+/// Builds a probe from its `[probes.params]`; errors name the parameter
+/// (`probes[tcp].params.max_links: …`).
+pub type Factory = fn(&toml::Table) -> anyhow::Result<Arc<dyn Probe>>;
+
+/// One native probe, as the registry (`registry`) declares it.
+#[derive(Clone, Copy)]
+pub struct Native {
+    pub name: &'static str,
+    /// Switched on in the shipped `probes.toml`.
+    pub default_on: bool,
+    /// Names of the tables it fills (their definitions come from the built probe: a probe's
+    /// params may bound its table).
+    pub tables: &'static [&'static str],
+    pub build: Factory,
+}
+
+impl std::fmt::Debug for Native {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Native")
+            .field("name", &self.name)
+            .field("default_on", &self.default_on)
+            .field("tables", &self.tables)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Milliseconds since the Unix epoch: the time base of imdb records.

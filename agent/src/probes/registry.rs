@@ -8,33 +8,8 @@
 
 use std::sync::Arc;
 
+pub use super::{Factory, Native};
 use super::{Probe, system, tcp};
-
-/// Builds a probe from its `[probes.params]`; errors name the parameter
-/// (`probes[tcp].params.max_links: …`).
-pub type Factory = fn(&toml::Table) -> anyhow::Result<Arc<dyn Probe>>;
-
-/// One native probe.
-#[derive(Clone, Copy)]
-pub struct Native {
-    pub name: &'static str,
-    /// Switched on in the shipped `probes.toml`.
-    pub default_on: bool,
-    /// Names of the tables it fills (their definitions come from the built probe: a probe's
-    /// params may bound its table).
-    pub tables: &'static [&'static str],
-    pub build: Factory,
-}
-
-impl std::fmt::Debug for Native {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Native")
-            .field("name", &self.name)
-            .field("default_on", &self.default_on)
-            .field("tables", &self.tables)
-            .finish_non_exhaustive()
-    }
-}
 
 const TCP: Native = Native {
     name: "tcp",

@@ -24,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Probe, ProbeContext, ProbeFuture, registry::Native};
+use super::{Native, Probe, ProbeContext, ProbeFuture};
 use crate::{
     imdb::{Batch, FieldMeta, FieldType, Row, TableMeta, Value},
     selfmetrics::{PROBE_ERRORS, PROBE_ROWS},
