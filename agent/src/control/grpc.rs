@@ -16,15 +16,8 @@ use crate::{
     selfmetrics::{CONTROL_REQUESTS, SelfMetrics},
 };
 
-#[allow(clippy::pedantic, clippy::all, missing_docs)]
-pub mod pb {
-    tonic::include_proto!("gopher.control.v1");
-
-    /// Served by gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/control_v1_descriptor.bin"));
-}
-
+/// The wire types (crate `gopher-api`, generated from proto/).
+pub use gopher_api::control_v1 as pb;
 pub use pb::probe_control_server::ProbeControlServer;
 
 pub struct Service {
