@@ -1,8 +1,18 @@
 //! Probes produce rows; the [`Manager`] owns their lifecycle.
 //!
 //! A probe is anything that, once started, sends [`Batch`]es of rows for the tables it declares
-//! until it is told to stop. Kinds: `tcp` (eBPF, native), `extension` (any program printing
-//! `|table|v1|…|` lines, run as a supervised child process).
+//! until it is told to stop. Kinds: native (`tcp`, eBPF; `system`, /proc; each declared once in
+//! [`registry`]) and `extension` (any program printing `|table|v1|…|` lines, run as a supervised
+//! child process).
+//!
+//! - [`manager`]: the supervisor, holding the one map of probes (definition, settings, tasks,
+//!   status);
+//! - [`settings`]: what a probe is set to and the pure rules on changing it;
+//! - [`controller`]: applies changes (control channel, SIGHUP reload, state file) through the
+//!   manager.
+//!
+//! Probes import neither configuration nor control: the wiring (`crate::app`) builds them from
+//! the configuration, and the control channel (`crate::control`) calls the controller.
 
 pub mod controller;
 pub mod extension;
