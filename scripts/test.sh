@@ -8,6 +8,10 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if [ "${CI:-}" = "true" ] || [ "${CI:-}" = "1" ]; then
   export GOPHER_STRICT_TESTS=1
 fi
+echo "== import cycles"
+# Arrows point one way: no file or top-level module of a crate imports one that imports it back.
+python3 scripts/import_cycles.py --self-test
+python3 scripts/import_cycles.py agent/src api/src
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"

@@ -2,8 +2,11 @@
 //!
 //! Follow one row: a probe (`probes/`) produces [`imdb::Row`]s, the table store (`imdb/`) keeps
 //! the latest record per key, and sinks (`egress/`) render snapshots of it. Beside them,
-//! `control/` lets a central manager switch and re-tune probes over gRPC.
+//! `control/` lets a central manager switch and re-tune probes over gRPC (a thin adapter over
+//! `probes::Controller`). `app/` is the wiring on top; `supervise` sits below everything that
+//! supervises. Arrows point one way (`scripts/import_cycles.py` checks it).
 
+pub mod app;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -12,3 +15,4 @@ pub mod imdb;
 pub mod probes;
 pub mod selfmetrics;
 pub mod service;
+pub mod supervise;

@@ -1,6 +1,5 @@
 //! `[[extend_probes]]`: external programs run as probes (gala-gopher's extend probes).
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use toml::Spanned;
@@ -26,29 +25,9 @@ pub struct ExtendProbe {
     pub remote_param: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum CheckType {
-    /// Start if the check's first output line is an integer > 0 (gala-gopher's only kind).
-    #[default]
-    Count,
-    /// Start if the check exits with status 0.
-    Exit,
-}
-
-impl CheckType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Count => "count",
-            Self::Exit => "exit",
-        }
-    }
-}
-
-impl fmt::Display for CheckType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// How an `auto` probe's start check answers: probe vocabulary, defined with the probes'
+/// settings (configuration reads it; probes never read configuration).
+pub use crate::probes::settings::CheckType;
 
 pub(super) fn extend_probe(
     rep: &mut Reporter<'_>,

@@ -22,10 +22,9 @@ use super::web_server::WebServer;
 use super::{control, egress, extend_probes, global, imdb, ingress, kafka, meta, probes};
 use super::{supervision, web_server};
 
-/// Longest period accepted for any interval, here and over the control channel: beyond an
-/// hour, data is too stale to be useful and the value is more likely a unit mistake
-/// (milliseconds typed as seconds).
-pub const MAX_INTERVAL_SECS: u64 = 3600;
+/// Longest period accepted for any interval, here and over the control channel: defined with
+/// the probes' settings (configuration reads probe vocabulary; probes never read configuration).
+pub use crate::probes::settings::MAX_INTERVAL_SECS;
 /// [`MAX_INTERVAL_SECS`] for the readers' integer ranges.
 pub(super) const MAX_INTERVAL: i64 = MAX_INTERVAL_SECS as i64;
 

@@ -11,17 +11,8 @@ use super::model::{MAX_INTERVAL, secs};
 use super::node::{self, Node, TableView};
 use super::switch::Switch;
 
-/// Probes compiled into the agent. Extend this list when a native probe lands.
-pub const NATIVE_PROBES: &[&str] = &[
-    "tcp",
-    "system_meminfo",
-    "system_vmstat",
-    "system_tcp",
-    "system_inode",
-    "system_cpu",
-    "system_disk",
-    "system_net",
-];
+/// Probes compiled into the agent: declared once, in the native-probe registry.
+pub const NATIVE_PROBES: &[&str] = &crate::probes::registry::NAMES;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NativeProbe {

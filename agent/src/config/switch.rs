@@ -2,36 +2,9 @@
 
 use std::fmt;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Switch {
-    On,
-    Off,
-    /// Start only if `start_check` says the observed service is present.
-    Auto,
-}
-
-impl Switch {
-    /// The rule for `auto`: it starts a probe when the probe's start_check finds the observed
-    /// service, so it needs one (native probes have none). The config reader and the control
-    /// channel both ask here.
-    pub fn fits(self, start_check: Option<&str>) -> bool {
-        self != Self::Auto || start_check.is_some()
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::On => "on",
-            Self::Off => "off",
-            Self::Auto => "auto",
-        }
-    }
-}
-
-impl fmt::Display for Switch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// A probe's switch: probe vocabulary, defined with the probes' settings (configuration reads
+/// it; probes never read configuration).
+pub use crate::probes::settings::Switch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OnOff {

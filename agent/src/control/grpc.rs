@@ -1,4 +1,4 @@
-//! The `gopher.control.v1.ProbeControl` service over the [`Controller`], and conversions
+//! The `gopher.control.v1.ProbeControl` service over the probe [`Controller`], and conversions
 //! between its messages and the controller's types.
 
 use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
@@ -8,22 +8,16 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
-use super::runtime::{Change, ControlError, Controller, Event, Kind, Params, View};
 use crate::{
-    config::Switch,
-    probes::State,
+    probes::{
+        Change, ControlError, Controller, ProbeKind, State, Switch, View, controller::Event,
+        settings::Params,
+    },
     selfmetrics::{CONTROL_REQUESTS, SelfMetrics},
 };
 
-#[allow(clippy::pedantic, clippy::all, missing_docs)]
-pub mod pb {
-    tonic::include_proto!("gopher.control.v1");
-
-    /// Served by gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/control_v1_descriptor.bin"));
-}
-
+/// The wire types (crate `gopher-api`, generated from proto/).
+pub use gopher_api::control_v1 as pb;
 pub use pb::probe_control_server::ProbeControlServer;
 
 pub struct Service {
@@ -150,15 +144,15 @@ pub fn view_to_pb(v: &View) -> pb::Probe {
     pb::Probe {
         name: v.name.clone(),
         kind: match v.kind {
-            Kind::Native => pb::ProbeKind::Native,
-            Kind::Extension => pb::ProbeKind::Extension,
+            ProbeKind::Native => pb::ProbeKind::Native,
+            ProbeKind::Extension => pb::ProbeKind::Extension,
         } as i32,
         switch: switch_to_pb(v.settings.switch) as i32,
         state: state_to_pb(v.status.state) as i32,
         reason: v.status.reason.clone(),
         interval_seconds: match v.kind {
-            Kind::Native => u32::try_from(v.settings.interval.as_secs()).unwrap_or(u32::MAX),
-            Kind::Extension => 0,
+            ProbeKind::Native => u32::try_from(v.settings.interval.as_secs()).unwrap_or(u32::MAX),
+            ProbeKind::Extension => 0,
         },
         params: Some(pb::Params { values }),
         pid: v.status.pid,

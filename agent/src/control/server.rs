@@ -15,12 +15,10 @@ use tonic::{
     transport::{Certificate, Identity, Server, ServerTlsConfig},
 };
 
-use super::{
-    grpc::{ProbeControlServer, Service, pb},
-    runtime::Controller,
-};
+use super::grpc::{ProbeControlServer, Service, pb};
 use crate::{
     config::Control,
+    probes::Controller,
     selfmetrics::{CONTROL_REQUESTS, Counter, SelfMetrics},
 };
 

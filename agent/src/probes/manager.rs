@@ -14,13 +14,20 @@
 //! ([`Manager::liveness`]) on every poll, so a probe that blocks its worker thread stops the
 //! systemd watchdog's pings.
 //!
+//! The manager holds the agent's one map of probes: for each, what it is (its definition), what
+//! it is set to (as configured and as changed at runtime), its implementation, its supervisor
+//! task and start-check task, and its live status. The controller (`super::controller`) decides
+//! changes; the manager keeps the record and runs the tasks.
+//!
 //! The manager is a cheap handle (clone it): start-check tasks start and stop probes through
-//! their own clone while `main` holds another.
+//! their own clone while the agent holds another.
+
+mod supervised;
 
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tokio::{
@@ -28,122 +35,70 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{Probe, ProbeContext};
+mod status;
+
+use status::{Cell, set};
+pub use status::{State, StateHandle, Status};
+use supervised::Supervised;
+// The restart policy is the agent's, for its own tasks too.
+pub use crate::supervise::Policy;
+
+use super::{
+    Probe,
+    settings::{Definition, Params, ProbeKind, Settings, Switch},
+};
 use crate::{
     imdb::Batch,
-    selfmetrics::{PROBE_LAST_FAILURE, PROBE_PANICS, PROBE_RESTARTS, SelfMetrics},
-    service::supervise::{Beating, CatchUnwind, Liveness, STALL_BOUND, TICK},
+    selfmetrics::{Counter, PROBE_PANICS, PROBE_ROWS, SelfMetrics},
+    supervise::{Beating, Liveness, STALL_BOUND, TICK},
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Stopped,
-    /// Starting up, or waiting out the back-off before a restart.
-    Starting,
-    Running,
-    Failed,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Stopped => "stopped",
-            Self::Starting => "starting",
-            Self::Running => "running",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-/// How the supervisor restarts probes that end on their own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-    /// Quick failures in a row after which the probe is left `failed`; 1 = never restart.
-    pub max_quick_failures: u32,
-    /// A run at least this long is not a quick failure: it resets the count and the back-off.
-    pub stable_after: Duration,
-    /// How long [`Manager::stop`] waits for a probe to let go before aborting its task.
-    pub stop_timeout: Duration,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self {
-            backoff_initial: Duration::from_secs(1),
-            backoff_max: Duration::from_mins(1),
-            max_quick_failures: 5,
-            stable_after: Duration::from_mins(1),
-            stop_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// What the manager knows of a probe's run right now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
-    pub state: State,
-    /// Why it is `failed` (or waiting to restart); empty otherwise.
-    pub reason: String,
-    /// The process (group leader) of a running extension probe.
-    pub pid: Option<u32>,
-    /// Why the last run ended on its own; kept across restarts, cleared by nothing.
-    pub last_error: String,
-}
-
-impl Status {
-    fn new() -> Self {
-        Self {
-            state: State::Stopped,
-            reason: String::new(),
-            pid: None,
-            last_error: String::new(),
-        }
-    }
-}
-
-/// Status cell plus where changes are announced (the probe's name, on every change).
-#[derive(Clone)]
-struct Cell {
-    status: Arc<Mutex<Status>>,
-    changes: broadcast::Sender<String>,
-}
-
-impl Cell {
-    fn get(&self) -> Status {
-        self.status
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn update(&self, name: &str, f: impl FnOnce(&mut Status)) {
-        let changed = {
-            let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
-            let before = s.clone();
-            f(&mut s);
-            *s != before
-        };
-        if changed {
-            // No receiver (nobody watching) is fine.
-            let _ = self.changes.send(name.to_owned());
-        }
-    }
-}
+#[cfg(test)]
+use {
+    crate::{probes::ProbeContext, selfmetrics::PROBE_RESTARTS},
+    std::time::Instant,
+};
 
 /// How many state changes a slow watcher may fall behind before it is told it lagged.
 const CHANGES_BACKLOG: usize = 256;
 
-struct Entry {
+/// A task the manager runs for a probe, with the sender that tells it to stop.
+type Task = (watch::Sender<bool>, JoinHandle<()>);
+
+/// One probe: everything the agent knows and runs for it.
+struct Slot {
+    definition: Definition,
+    /// As the configuration file says.
+    configured: Settings,
+    /// As in effect (the configuration plus runtime changes); its interval is the one the
+    /// supervisor runs the probe at.
+    current: Settings,
     probe: Arc<dyn Probe>,
-    interval: Duration,
-    task: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    task: Option<Task>,
+    /// `switch = "auto"`: the start check deciding whether the probe runs.
+    check: Option<Task>,
     state: Cell,
+    /// Rows the probe sent (`gopher_probe_rows_total{probe}`), from its first start.
+    rows: Option<Counter>,
 }
 
-struct Inner {
-    probes: Mutex<BTreeMap<String, Entry>>,
+/// A probe as the control channel shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct View {
+    pub name: String,
+    pub kind: ProbeKind,
+    pub settings: Settings,
+    /// Settings differ from the configuration file's.
+    pub overridden: bool,
+    pub status: Status,
+    pub rows: u64,
+    /// Extension probes: the configured command.
+    pub command: String,
+    pub tables: Vec<String>,
+}
+
+/// What every supervisor task shares.
+struct Shared {
+    probes: Mutex<BTreeMap<String, Slot>>,
     rows: mpsc::Sender<Batch>,
     metrics: Arc<SelfMetrics>,
     record_timeout: Duration,
@@ -154,7 +109,7 @@ struct Inner {
 
 #[derive(Clone)]
 pub struct Manager {
-    inner: Arc<Inner>,
+    inner: Arc<Shared>,
 }
 
 impl Manager {
@@ -173,7 +128,7 @@ impl Manager {
         policy: Policy,
     ) -> Self {
         Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Shared {
                 probes: Mutex::new(BTreeMap::new()),
                 rows,
                 metrics,
@@ -193,15 +148,31 @@ impl Manager {
     }
 
     /// The probe map holds plain data; a panic elsewhere while holding the lock leaves it usable.
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Slot>> {
         self.inner
             .probes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a probe, stopped.
+    /// Registers a probe, stopped, as a native probe switched off at `interval` (for probes run
+    /// without a configuration: tests, tools).
     pub fn add(&self, probe: Arc<dyn Probe>, interval: Duration) {
+        let definition = Definition {
+            kind: ProbeKind::Native,
+            tables: probe.tables().into_iter().map(|t| t.name).collect(),
+            extension: None,
+        };
+        let settings = Settings {
+            switch: Switch::Off,
+            interval,
+            params: Params::Native(toml::Table::new()),
+        };
+        self.define(probe, definition, settings);
+    }
+
+    /// Registers a probe, stopped, with what it is and what the configuration sets it to.
+    pub fn define(&self, probe: Arc<dyn Probe>, definition: Definition, settings: Settings) {
         let name = probe.name().to_owned();
         self.inner
             .metrics
@@ -216,11 +187,15 @@ impl Manager {
         };
         self.lock().insert(
             name.clone(),
-            Entry {
+            Slot {
+                definition,
+                configured: settings.clone(),
+                current: settings,
                 probe,
-                interval,
                 task: None,
+                check: None,
                 state,
+                rows: None,
             },
         );
         let _ = self.inner.changes.send(name);
@@ -230,24 +205,24 @@ impl Manager {
     pub fn replace(&self, probe: Arc<dyn Probe>, interval: Duration) -> anyhow::Result<()> {
         let mut probes = self.lock();
         let name = probe.name().to_owned();
-        let entry = probes
+        let slot = probes
             .get_mut(&name)
             .ok_or_else(|| anyhow::anyhow!("no probe named {name:?}"))?;
-        if entry.task.as_ref().is_some_and(|(_, h)| !h.is_finished()) {
+        if slot.task.as_ref().is_some_and(|(_, h)| !h.is_finished()) {
             anyhow::bail!("probe {name:?} must be stopped before it is replaced");
         }
-        entry.probe = probe;
-        entry.interval = interval;
+        slot.probe = probe;
+        slot.current.interval = interval;
         Ok(())
     }
 
     /// Forgets a stopped probe (it left the configuration).
     pub fn remove(&self, name: &str) -> anyhow::Result<()> {
         let mut probes = self.lock();
-        let entry = probes
+        let slot = probes
             .get(name)
             .ok_or_else(|| anyhow::anyhow!("no probe named {name:?}"))?;
-        if entry.task.as_ref().is_some_and(|(_, h)| !h.is_finished()) {
+        if slot.task.as_ref().is_some_and(|(_, h)| !h.is_finished()) {
             anyhow::bail!("probe {name:?} must be stopped before it is removed");
         }
         probes.remove(name);
@@ -265,11 +240,11 @@ impl Manager {
 
     /// The probe's full status.
     pub fn status(&self, name: &str) -> Option<Status> {
-        self.lock().get(name).map(|e| e.state.get())
+        self.lock().get(name).map(|s| s.state.get())
     }
 
     pub fn interval(&self, name: &str) -> Option<Duration> {
-        self.lock().get(name).map(|e| e.interval)
+        self.lock().get(name).map(|s| s.current.interval)
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -281,42 +256,117 @@ impl Manager {
         self.status(name).map(|s| (s.state, s.reason))
     }
 
+    /// The probe as the control channel shows it.
+    pub fn view(&self, name: &str) -> Option<View> {
+        self.lock().get(name).map(|s| view(name, s))
+    }
+
+    /// Every probe, by name.
+    pub fn views(&self) -> Vec<View> {
+        self.lock().iter().map(|(n, s)| view(n, s)).collect()
+    }
+
+    pub fn definition(&self, name: &str) -> Option<Definition> {
+        self.lock().get(name).map(|s| s.definition.clone())
+    }
+
+    /// Replaces what the probe is (a reload changed its definition); returns the old one.
+    pub fn redefine(&self, name: &str, definition: Definition) -> Option<Definition> {
+        self.lock()
+            .get_mut(name)
+            .map(|s| std::mem::replace(&mut s.definition, definition))
+    }
+
+    /// As configured, and as in effect.
+    pub fn settings(&self, name: &str) -> Option<(Settings, Settings)> {
+        self.lock()
+            .get(name)
+            .map(|s| (s.configured.clone(), s.current.clone()))
+    }
+
+    /// Every probe's settings, as configured and as in effect.
+    pub fn all_settings(&self) -> Vec<(String, Settings, Settings)> {
+        self.lock()
+            .iter()
+            .map(|(n, s)| (n.clone(), s.configured.clone(), s.current.clone()))
+            .collect()
+    }
+
+    /// Records the settings in effect (what readers see; the probe is not touched).
+    pub fn set_current(&self, name: &str, settings: Settings) {
+        if let Some(s) = self.lock().get_mut(name) {
+            s.current = settings;
+        }
+    }
+
+    /// Records the configuration's settings for the probe (a reload).
+    pub fn set_configured(&self, name: &str, settings: Settings) {
+        if let Some(s) = self.lock().get_mut(name) {
+            s.configured = settings;
+        }
+    }
+
+    /// Keeps the probe's start-check task (its stop sender and handle).
+    pub fn set_check(&self, name: &str, check: (watch::Sender<bool>, JoinHandle<()>)) {
+        if let Some(s) = self.lock().get_mut(name) {
+            s.check = Some(check);
+        }
+    }
+
+    /// Takes the probe's start-check task, to stop it.
+    pub fn take_check(&self, name: &str) -> Option<(watch::Sender<bool>, JoinHandle<()>)> {
+        self.lock().get_mut(name).and_then(|s| s.check.take())
+    }
+
+    /// Takes every start-check task (shutdown).
+    pub fn take_checks(&self) -> Vec<(watch::Sender<bool>, JoinHandle<()>)> {
+        self.lock()
+            .values_mut()
+            .filter_map(|s| s.check.take())
+            .collect()
+    }
+
     /// Starts a probe under supervision (no-op if its supervisor is active, back-off included).
     /// The probe reports `running` once its start-up worked.
     pub fn start(&self, name: &str) -> anyhow::Result<()> {
         let mut probes = self.lock();
-        let entry = probes
+        let slot = probes
             .get_mut(name)
             .ok_or_else(|| anyhow::anyhow!("no probe named {name:?}"))?;
-        if entry.task.as_ref().is_some_and(|(_, h)| !h.is_finished()) {
+        if slot.task.as_ref().is_some_and(|(_, h)| !h.is_finished()) {
             return Ok(());
         }
+        // The probe creates the same series when it counts; held here for the view.
+        slot.rows
+            .get_or_insert_with(|| self.inner.metrics.counter(PROBE_ROWS, &[("probe", name)]));
         let (stop_tx, stop_rx) = watch::channel(false);
         let run = Supervised {
             name: name.to_owned(),
-            probe: Arc::clone(&entry.probe),
-            interval: entry.interval,
-            cell: entry.state.clone(),
-            inner: Arc::clone(&self.inner),
+            probe: Arc::clone(&slot.probe),
+            interval: slot.current.interval,
+            cell: slot.state.clone(),
+            rows: self.inner.rows.clone(),
+            metrics: Arc::clone(&self.inner.metrics),
+            record_timeout: self.inner.record_timeout,
+            policy: self.inner.policy,
         };
-        set(&entry.state, &self.inner.metrics, name, State::Starting, "");
+        set(&slot.state, &self.inner.metrics, name, State::Starting, "");
         let heartbeat = self
             .inner
             .liveness
             .register(format!("probe {name}"), STALL_BOUND);
         let handle = tokio::spawn(Beating::new(run.supervise(stop_rx), heartbeat, TICK));
-        entry.task = Some((stop_tx, handle));
+        slot.task = Some((stop_tx, handle));
         Ok(())
     }
-
     /// Stops a probe and waits (bounded) for it to release what it holds.
     pub async fn stop(&self, name: &str) -> anyhow::Result<()> {
         let (task, cell) = {
             let mut probes = self.lock();
-            let entry = probes
+            let slot = probes
                 .get_mut(name)
                 .ok_or_else(|| anyhow::anyhow!("no probe named {name:?}"))?;
-            (entry.task.take(), entry.state.clone())
+            (slot.task.take(), slot.state.clone())
         };
         if let Some((stop, mut handle)) = task {
             let _ = stop.send(true);
@@ -350,159 +400,21 @@ impl Manager {
     }
 }
 
-struct Supervised {
-    name: String,
-    probe: Arc<dyn Probe>,
-    interval: Duration,
-    cell: Cell,
-    inner: Arc<Inner>,
-}
-
-impl Supervised {
-    async fn supervise(self, mut stop: watch::Receiver<bool>) {
-        let Self {
-            name,
-            probe,
-            interval,
-            cell,
-            inner,
-        } = self;
-        let policy = inner.policy;
-        let metrics = &inner.metrics;
-        let restarts = metrics.counter(PROBE_RESTARTS, &[("probe", name.as_str())]);
-        let panics = metrics.counter(PROBE_PANICS, &[("probe", name.as_str())]);
-        let mut backoff = policy.backoff_initial;
-        let mut quick = 0u32;
-        let mut last_failure: Option<String> = None;
-        loop {
-            let ctx = ProbeContext {
-                interval,
-                rows: inner.rows.clone(),
-                metrics: Arc::clone(metrics),
-                stop: stop.clone(),
-                record_timeout: inner.record_timeout,
-                state: StateHandle {
-                    name: name.clone(),
-                    cell: cell.clone(),
-                    metrics: Arc::clone(metrics),
-                },
-            };
-            // Checked after cloning the receiver, so a stop sent from here on is seen by the run.
-            if *stop.borrow() {
-                break;
-            }
-            let began = Instant::now();
-            // `run` itself inside the guard too: a panic while building the future counts.
-            let run = {
-                let probe = Arc::clone(&probe);
-                async move { probe.run(ctx).await }
-            };
-            let result = match CatchUnwind::new(run).await {
-                Ok(result) => result,
-                Err(message) => {
-                    panics.inc();
-                    tracing::error!(probe = %name, "probe panicked: {message}");
-                    Err(anyhow::anyhow!("panicked: {message}"))
-                }
-            };
-            if *stop.borrow() || inner.rows.is_closed() {
-                if let Err(e) = result {
-                    tracing::debug!(probe = %name, "probe ended with an error while stopping: {e:#}");
-                }
-                break;
-            }
-            let reason = match result {
-                Ok(()) => "ended without being asked to stop".to_owned(),
-                Err(e) => format!("{e:#}"),
-            };
-            let label = one_line(&reason);
-            if let Some(old) = last_failure.replace(label.clone()) {
-                metrics.remove(PROBE_LAST_FAILURE, &[("probe", &name), ("reason", &old)]);
-            }
-            metrics
-                .gauge(PROBE_LAST_FAILURE, &[("probe", &name), ("reason", &label)])
-                .set(1.0);
-            cell.update(&name, |s| {
-                s.last_error.clone_from(&label);
-                s.pid = None;
-            });
-            if began.elapsed() >= policy.stable_after {
-                quick = 0;
-                backoff = policy.backoff_initial;
-            }
-            quick += 1;
-            if quick >= policy.max_quick_failures {
-                tracing::error!(
-                    probe = %name,
-                    failures = quick,
-                    "probe failed {quick} times in a row; giving up: {reason}"
-                );
-                set(&cell, metrics, &name, State::Failed, &reason);
-                return;
-            }
-            tracing::warn!(
-                probe = %name,
-                "probe ended: {reason}; restarting in {backoff:?} (quick failure {quick} of {})",
-                policy.max_quick_failures
-            );
-            set(&cell, metrics, &name, State::Starting, &reason);
-            tokio::select! {
-                biased;
-                _ = stop.wait_for(|s| *s) => break,
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(policy.backoff_max);
-            restarts.inc();
-        }
-        set(&cell, metrics, &name, State::Stopped, "");
-    }
-}
-
-/// A reason as a label value: one line, bounded.
-fn one_line(reason: &str) -> String {
-    const MAX: usize = 200;
-    let mut s: String = reason
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if s.len() > MAX {
-        let mut end = MAX;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
-}
-
-fn set(cell: &Cell, metrics: &SelfMetrics, name: &str, state: State, reason: &str) {
-    cell.update(name, |s| {
-        s.state = state;
-        reason.clone_into(&mut s.reason);
-        if state != State::Running {
-            s.pid = None;
-        }
-    });
-    metrics.set_probe_state(name, state.as_str());
-}
-
-/// Lets a probe report that start-up (loading, attaching) worked and it is now running.
-#[derive(Clone)]
-pub struct StateHandle {
-    name: String,
-    cell: Cell,
-    metrics: Arc<SelfMetrics>,
-}
-
-impl StateHandle {
-    pub fn running(&self) {
-        set(&self.cell, &self.metrics, &self.name, State::Running, "");
-    }
-
-    /// Running as process `pid` (an extension probe's process group leader).
-    pub fn running_as(&self, pid: u32) {
-        self.cell.update(&self.name, |s| s.pid = Some(pid));
-        self.running();
+fn view(name: &str, s: &Slot) -> View {
+    View {
+        name: name.to_owned(),
+        kind: s.definition.kind,
+        settings: s.current.clone(),
+        overridden: s.current != s.configured,
+        status: s.state.get(),
+        rows: s.rows.as_ref().map_or(0, Counter::get),
+        command: s
+            .definition
+            .extension
+            .as_ref()
+            .map(|x| x.command.clone())
+            .unwrap_or_default(),
+        tables: s.definition.tables.clone(),
     }
 }
 

@@ -1,12 +1,25 @@
 //! Probes produce rows; the [`Manager`] owns their lifecycle.
 //!
 //! A probe is anything that, once started, sends [`Batch`]es of rows for the tables it declares
-//! until it is told to stop. Kinds: `tcp` (eBPF, native), `extension` (any program printing
-//! `|table|v1|…|` lines, run as a supervised child process).
+//! until it is told to stop. Kinds: native (`tcp`, eBPF; `system`, /proc; each declared once in
+//! [`registry`]) and `extension` (any program printing `|table|v1|…|` lines, run as a supervised
+//! child process).
+//!
+//! - [`manager`]: the supervisor, holding the one map of probes (definition, settings, tasks,
+//!   status);
+//! - [`settings`]: what a probe is set to and the pure rules on changing it;
+//! - [`controller`]: applies changes (control channel, SIGHUP reload, state file) through the
+//!   manager.
+//!
+//! Probes import neither configuration nor control: the wiring (`crate::app`) builds them from
+//! the configuration, and the control channel (`crate::control`) calls the controller.
 
+pub mod controller;
 pub mod extension;
 pub mod manager;
 pub mod params;
+pub mod registry;
+pub mod settings;
 pub mod system;
 pub mod tcp;
 
@@ -19,8 +32,10 @@ use crate::{
     selfmetrics::SelfMetrics,
 };
 
-pub use manager::{Manager, Policy, State, Status};
+pub use controller::Controller;
+pub use manager::{Manager, Policy, State, Status, View};
 pub use params::ParamError;
+pub use settings::{Change, ControlError, ProbeKind, Settings, Switch};
 
 /// What a running probe gets from the agent.
 pub struct ProbeContext {
@@ -58,19 +73,30 @@ pub enum NativeError {
     NotBuiltIn(String),
 }
 
-/// Builds a native probe from its `[probes.params]`; a refused key comes back as
-/// [`NativeError::Param`], whose [`ParamError`] names it.
-pub fn build_native(name: &str, params: &toml::Table) -> Result<Arc<dyn Probe>, NativeError> {
-    if name == "tcp" {
-        return Ok(Arc::new(tcp::TcpProbe::from_params(params)?));
-    }
-    system::native_probe(name, params)?.ok_or_else(|| NativeError::NotBuiltIn(name.to_owned()))
+/// Builds a probe from its `[probes.params]`; a refused key is a [`ParamError`] naming it
+/// (`probes[tcp].params.max_links: …`).
+pub type Factory = fn(&toml::Table) -> Result<Arc<dyn Probe>, ParamError>;
+
+/// One native probe, as the registry (`registry`) declares it.
+#[derive(Clone, Copy)]
+pub struct Native {
+    pub name: &'static str,
+    /// Switched on in the shipped `probes.toml`.
+    pub default_on: bool,
+    /// Names of the tables it fills (their definitions come from the built probe: a probe's
+    /// params may bound its table).
+    pub tables: &'static [&'static str],
+    pub build: Factory,
 }
 
-/// [`build_native`] for callers that only report the error (`probes[tcp].params.max_links: …`);
-/// the [`NativeError`] inside can be had back with `downcast_ref`.
-pub fn native(name: &str, params: &toml::Table) -> anyhow::Result<Arc<dyn Probe>> {
-    Ok(build_native(name, params)?)
+impl std::fmt::Debug for Native {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Native")
+            .field("name", &self.name)
+            .field("default_on", &self.default_on)
+            .field("tables", &self.tables)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Milliseconds since the Unix epoch; the one definition is [`crate::clock::wall_ms`] (this

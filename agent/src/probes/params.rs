@@ -19,10 +19,10 @@ use serde::de::{
 /// whole error, `probes[<probe>].params.<field>: <reason>`:
 ///
 /// ```
-/// use gopher::probes::{self, NativeError};
+/// use gopher::probes::{NativeError, registry};
 ///
 /// let params: toml::Table = toml::from_str("max_links = 5").unwrap();
-/// let Err(NativeError::Param(e)) = probes::build_native("tcp", &params) else {
+/// let Err(NativeError::Param(e)) = registry::build("tcp", &params) else {
 ///     panic!("max_links = 5 is below the minimum");
 /// };
 /// assert_eq!((e.probe.as_str(), e.field.as_str()), ("tcp", "max_links"));

@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use super::supervise::{Liveness, Stuck};
+use crate::supervise::{Liveness, Stuck};
 
 /// Where notifications go; `None` inside means "not supervised by systemd".
 #[derive(Debug)]

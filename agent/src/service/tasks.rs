@@ -12,7 +12,7 @@ use std::{
 
 use tokio::sync::{mpsc, watch};
 
-use super::supervise::{CatchUnwind, Heartbeat, Restarts};
+use crate::supervise::{CatchUnwind, Heartbeat, Restarts};
 use crate::{
     egress::{
         http::{WebState, serve},

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use gopher::control::grpc::pb::{self, RunState, Switch, probe_control_client::ProbeControlClient};
+use gopher_api::control_v1::{
+    self as pb, RunState, Switch, probe_control_client::ProbeControlClient,
+};
 use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]

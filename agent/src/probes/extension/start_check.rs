@@ -18,8 +18,7 @@ use super::{
     reader::{LineReader, Next},
 };
 use crate::{
-    config::CheckType,
-    probes::{Manager, manager::State},
+    probes::{Manager, manager::State, settings::CheckType},
     selfmetrics::{START_CHECK_FAILURES, SelfMetrics},
 };
 

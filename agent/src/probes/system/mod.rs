@@ -25,7 +25,7 @@ use std::{
 };
 
 use super::{
-    Probe, ProbeContext, ProbeFuture,
+    Native, Probe, ProbeContext, ProbeFuture,
     params::{self, ParamError},
 };
 use crate::{
@@ -33,35 +33,44 @@ use crate::{
     selfmetrics::{PROBE_ERRORS, PROBE_ROWS},
 };
 
-/// Names of the system probes; each is also the name of the one table it fills.
-pub const SYSTEM_PROBES: &[&str] = &[
-    meminfo::Meminfo::TABLE,
-    vmstat::Vmstat::TABLE,
-    tcp::Tcp::TABLE,
-    inode::Inode::TABLE,
-    cpu::Cpu::TABLE,
-    disk::Disk::TABLE,
-    net::Net::TABLE,
+/// The system probes' entries in the native-probe registry (`super::registry`): one per
+/// family, named like the table it fills, no params.
+macro_rules! system_probe {
+    ($c:ty) => {
+        Native {
+            name: <$c as Collect>::TABLE,
+            default_on: true,
+            tables: &[<$c as Collect>::TABLE],
+            build: build::<$c>,
+        }
+    };
+}
+
+pub(super) const PROBES: [Native; 7] = [
+    system_probe!(meminfo::Meminfo),
+    system_probe!(vmstat::Vmstat),
+    system_probe!(tcp::Tcp),
+    system_probe!(inode::Inode),
+    system_probe!(cpu::Cpu),
+    system_probe!(disk::Disk),
+    system_probe!(net::Net),
 ];
 
-/// Builds the system probe called `name`, or `None` when `name` is not a system probe. System
-/// probes take no parameters, so any key in `params` is an error naming it.
-pub fn native_probe(
-    name: &str,
-    params: &toml::Table,
-) -> Result<Option<Arc<dyn Probe>>, ParamError> {
-    let probe: Arc<dyn Probe> = match name {
-        meminfo::Meminfo::TABLE => Arc::new(SystemProbe::<meminfo::Meminfo>::new()),
-        vmstat::Vmstat::TABLE => Arc::new(SystemProbe::<vmstat::Vmstat>::new()),
-        tcp::Tcp::TABLE => Arc::new(SystemProbe::<tcp::Tcp>::new()),
-        inode::Inode::TABLE => Arc::new(SystemProbe::<inode::Inode>::new()),
-        cpu::Cpu::TABLE => Arc::new(SystemProbe::<cpu::Cpu>::new()),
-        disk::Disk::TABLE => Arc::new(SystemProbe::<disk::Disk>::new()),
-        net::Net::TABLE => Arc::new(SystemProbe::<net::Net>::new()),
-        _ => return Ok(None),
-    };
-    params::parse::<NoParams>(name, params)?;
-    Ok(Some(probe))
+/// Names of the system probes; each is also the name of the one table it fills.
+pub const SYSTEM_PROBES: &[&str] = &{
+    let mut out = [""; PROBES.len()];
+    let mut i = 0;
+    while i < PROBES.len() {
+        out[i] = PROBES[i].name;
+        i += 1;
+    }
+    out
+};
+
+/// System probes take no parameters, so any key in `params` is an error naming it.
+fn build<C: Collect>(params: &toml::Table) -> Result<Arc<dyn Probe>, ParamError> {
+    params::parse::<NoParams>(C::TABLE, params)?;
+    Ok(Arc::new(SystemProbe::<C>::new()))
 }
 
 /// The parameters of a system probe: none.
@@ -69,17 +78,25 @@ pub fn native_probe(
 #[serde(deny_unknown_fields)]
 struct NoParams {}
 
+/// Builds the system probe called `name`, or `None` when `name` is not a system probe.
+pub fn native_probe(
+    name: &str,
+    params: &toml::Table,
+) -> Result<Option<Arc<dyn Probe>>, ParamError> {
+    PROBES
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| (p.build)(params))
+        .transpose()
+}
+
 /// The table definitions of every system probe (for documentation and meta listings).
 pub fn tables() -> Vec<TableMeta> {
-    vec![
-        meminfo::Meminfo::meta(),
-        vmstat::Vmstat::meta(),
-        tcp::Tcp::meta(),
-        inode::Inode::meta(),
-        cpu::Cpu::meta(),
-        disk::Disk::meta(),
-        net::Net::meta(),
-    ]
+    PROBES
+        .iter()
+        .filter_map(|p| (p.build)(&toml::Table::new()).ok())
+        .flat_map(|p| p.tables())
+        .collect()
 }
 
 /// One field of a system table.

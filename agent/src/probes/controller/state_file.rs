@@ -16,8 +16,7 @@ use std::{collections::BTreeMap, io::Write as _, path::Path};
 
 use anyhow::Context as _;
 
-use super::runtime::Change;
-use crate::config::Switch;
+use crate::probes::settings::{Change, Switch};
 
 const HEADER: &str = "# Written by gopher: runtime changes made over the control channel.\n\
 # They override the configuration file until reset (`gopher ctl reset <probe>`).\n";
@@ -122,6 +121,24 @@ fn tempfile_in(dir: &Path, path: &Path) -> anyhow::Result<(std::path::PathBuf, s
     let file =
         std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     Ok((tmp, file))
+}
+
+/// The state file's directory must exist for the atomic rename: made at start if missing
+/// (systemd's StateDirectory= makes it under the unit), so a bad path fails the start, not the
+/// first change.
+pub fn prepare_dir(path: &Path) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir
+        && !dir.is_dir()
+    {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "control.state_file: cannot create directory {}",
+                dir.display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

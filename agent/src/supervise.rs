@@ -8,7 +8,7 @@
 //!   on the release profile unwinding on panic (Cargo's default; the workspace does not set
 //!   `panic = "abort"`).
 //! - [`Liveness`] and [`Heartbeat`]: each main loop registers a heartbeat with a bound and beats
-//!   it while it makes progress; the systemd watchdog ([`super::notify`]) pings only while every
+//!   it while it makes progress; the systemd watchdog (`service::notify`) pings only while every
 //!   registered heartbeat is fresh, so a stuck loop gets the agent restarted. A heartbeat that is
 //!   dropped unregisters itself (a stopped probe is not "stuck").
 //! - [`Beating`]: beats a heartbeat each time the wrapped future's poll returns, and wakes itself
@@ -18,7 +18,11 @@
 //!   that can also wait on work it started (the Kafka pass) beats after each pass instead.
 //!
 //! [`Restarts`] is the back-off and quick-failure budget of a supervised task, shared by the
-//! tasks `main` restarts; the probe manager has its own (probes have states to publish).
+//! tasks the agent restarts; the probe manager has its own (probes have states to publish). Both
+//! follow one [`Policy`].
+//!
+//! A room of its own below probes, egress and the service glue: everything that supervises uses
+//! it, and it uses nothing of theirs.
 
 use std::{
     any::Any,
@@ -35,10 +39,33 @@ use std::{
 
 use tokio::time::{Instant, Sleep};
 
-use crate::{
-    probes::Policy,
-    selfmetrics::{Counter, SelfMetrics, TASK_RESTARTS},
-};
+use crate::selfmetrics::{Counter, SelfMetrics, TASK_RESTARTS};
+
+/// How a supervisor restarts what ends on its own: probes (the probe manager) and the agent's
+/// own tasks ([`Restarts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Quick failures in a row after which the probe is left `failed`; 1 = never restart.
+    pub max_quick_failures: u32,
+    /// A run at least this long is not a quick failure: it resets the count and the back-off.
+    pub stable_after: Duration,
+    /// How long [`Manager::stop`] waits for a probe to let go before aborting its task.
+    pub stop_timeout: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_mins(1),
+            max_quick_failures: 5,
+            stable_after: Duration::from_mins(1),
+            stop_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// What a panic carried, as text (`panic!` with a literal or a format string gives one of the
 /// two string types; anything else has no readable message).
