@@ -1,33 +1,17 @@
 //! The `/metrics` HTTP endpoint (hyper 1, HTTP/1.1 only).
 //!
-//! # One render, shared and streamed
-//!
-//! A scrape locks the store just long enough to age out stale records, mirror its counters
-//! into the self-metrics and take a snapshot (shared record bytes, no copy); the text is
-//! rendered after the lock is released, on the blocking pool, in pieces of 64 KiB that are
-//! gzip-compressed as they come (level 1). Only the compressed pieces are kept: the plain text
-//! of a large store (800 k samples: ~140 MB) never sits in memory.
-//!
-//! Single flight: a scrape that arrives while a render is in progress joins it and streams the
-//! same pieces from the start, however far the render has got; one that arrives after it
-//! finished starts a new one (no cache: every scrape sees records at least as fresh as its
-//! arrival). `gopher_scrape_renders_total` counts renders, `gopher_scrapes_total{encoding}` the
-//! answers.
-//!
-//! With `Accept-Encoding: gzip` the compressed pieces are the body (`Content-Encoding: gzip`);
-//! without, each client inflates them on its own blocking thread as it streams. `HEAD` answers
-//! the headers without rendering anything.
+//! A GET's body streams from a render on the blocking pool, shared by the scrapes that arrive
+//! together and kept in bounded pieces (`super::scrape`). With `Accept-Encoding: gzip` the body
+//! is gzip-compressed (`Content-Encoding: gzip`). `HEAD` answers the headers without rendering
+//! anything.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::Write as _;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use flate2::Compression;
-use flate2::write::{GzDecoder, GzEncoder};
 use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, VARY};
@@ -36,14 +20,14 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::prometheus;
+use super::{prometheus, scrape};
 use crate::imdb::Store;
-use crate::selfmetrics::{SCRAPE_DURATION, SCRAPE_RENDERS, SCRAPES, SelfMetrics, sync_from_store};
+use crate::selfmetrics::{SCRAPES, SelfMetrics};
 
 /// Connections served at once; further ones wait in the kernel's accept backlog. Scrapers
 /// hold one keep-alive connection each, so this is generous.
@@ -53,10 +37,6 @@ pub const MAX_CONNECTIONS: usize = 64;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for in-flight scrapes before cutting them off.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Compressed bytes gathered before they are published to the scrapes streaming them.
-const PIECE_BYTES: usize = 32 * 1024;
-/// Pieces a scrape's connection may have queued ahead of the client.
-const STREAM_AHEAD: usize = 4;
 
 /// What the endpoint reads from.
 pub struct WebState {
@@ -65,8 +45,8 @@ pub struct WebState {
     /// Milliseconds on the same clock the store's records are stamped with (the agent's
     /// monotonic clock, `crate::clock::mono_ms`); used to age records out at scrape time.
     pub clock: fn() -> u64,
-    /// The render in progress, if any (single flight).
-    current: Mutex<Option<Arc<Render>>>,
+    /// The render scrapes can join, if any (single flight).
+    pub(super) current: scrape::Current,
 }
 
 impl WebState {
@@ -75,65 +55,8 @@ impl WebState {
             store,
             metrics,
             clock,
-            current: Mutex::new(None),
+            current: scrape::Current::default(),
         }
-    }
-}
-
-/// One render's compressed pieces, published as they are produced.
-#[derive(Default)]
-struct Render {
-    progress: Mutex<Progress>,
-    grew: Condvar,
-}
-
-#[derive(Default)]
-struct Progress {
-    pieces: Vec<Bytes>,
-    done: bool,
-}
-
-impl Render {
-    fn publish(&self, piece: Option<Bytes>, done: bool) {
-        let mut p = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
-        p.pieces.extend(piece);
-        p.done |= done;
-        self.grew.notify_all();
-    }
-
-    /// Piece `i`, waiting for it; `None` once the render ended without it.
-    fn piece(&self, i: usize) -> Option<Bytes> {
-        let mut p = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if let Some(b) = p.pieces.get(i) {
-                return Some(b.clone());
-            }
-            if p.done {
-                return None;
-            }
-            p = self.grew.wait(p).unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-}
-
-/// The gzip stream's sink: cuts it into pieces and publishes them.
-struct Publisher<'a> {
-    render: &'a Render,
-    buf: Vec<u8>,
-}
-
-impl std::io::Write for Publisher<'_> {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= PIECE_BYTES {
-            let piece = Bytes::from(std::mem::take(&mut self.buf));
-            self.render.publish(Some(piece), false);
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -211,7 +134,15 @@ pub async fn serve(
     Ok(())
 }
 
-type Body = BoxBody<Bytes, Infallible>;
+type Body = BoxBody<Bytes, std::io::Error>;
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+fn empty() -> Body {
+    full(Bytes::new())
+}
 
 /// Answers at once: a GET's body streams from a render on the blocking pool.
 fn handle(state: &Arc<WebState>, req: &Request<Incoming>) -> Response<Body> {
@@ -232,22 +163,22 @@ fn handle(state: &Arc<WebState>, req: &Request<Incoming>) -> Response<Body> {
     }
     let gzip = accepts_gzip(req.headers().get_all(ACCEPT_ENCODING));
     let body = if *req.method() == Method::HEAD {
-        Full::new(Bytes::new()).boxed()
+        empty()
     } else {
         let encoding = if gzip { "gzip" } else { "identity" };
         state
             .metrics
             .counter(SCRAPES, &[("encoding", encoding)])
             .inc();
-        let render = join_or_start(state);
-        let (tx, rx) = mpsc::channel::<Bytes>(STREAM_AHEAD);
-        tokio::task::spawn_blocking(move || stream(&render, gzip, &tx));
-        let frames = ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
-        StreamBody::new(frames).boxed()
+        let (_, rx) = scrape::join_or_start(state, gzip);
+        StreamBody::new(ReceiverStream::new(rx).map(|chunk| chunk.map(Frame::data))).boxed()
     };
     let mut resp = Response::new(body);
     let headers = resp.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(prometheus::CONTENT_TYPE));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(prometheus::CONTENT_TYPE),
+    );
     headers.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
     if gzip {
         headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -272,95 +203,8 @@ fn accepts_gzip<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
         })
 }
 
-/// The render in progress, or a new one started on the blocking pool.
-fn join_or_start(state: &Arc<WebState>) -> Arc<Render> {
-    let mut current = state.current.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(r) = current.as_ref() {
-        return Arc::clone(r);
-    }
-    let render = Arc::new(Render::default());
-    *current = Some(Arc::clone(&render));
-    drop(current);
-    let (state, producing) = (Arc::clone(state), Arc::clone(&render));
-    tokio::task::spawn_blocking(move || produce(&state, &producing));
-    render
-}
-
-/// Snapshot, render, compress, publish. Blocking.
-fn produce(state: &WebState, render: &Render) {
-    let started = Instant::now();
-    let snapshot = {
-        // A probe thread that panicked mid-upsert leaves a store that is still well-formed
-        // (every mutation is a single map operation), so keep serving it.
-        let mut store = state.store.lock().unwrap_or_else(PoisonError::into_inner);
-        store.expire((state.clock)());
-        sync_from_store(&store, &state.metrics);
-        store.snapshot()
-    };
-    state.metrics.counter(SCRAPE_RENDERS, &[]).inc();
-    let mut gz = GzEncoder::new(
-        Publisher {
-            render,
-            buf: Vec::with_capacity(PIECE_BYTES * 2),
-        },
-        Compression::fast(),
-    );
-    let result = prometheus::render_to(&snapshot, &state.metrics, &mut gz).and_then(|()| gz.finish());
-    let last = match result {
-        Ok(mut publisher) => {
-            let rest = std::mem::take(&mut publisher.buf);
-            (!rest.is_empty()).then(|| Bytes::from(rest))
-        }
-        Err(err) => {
-            // Writing into memory does not fail; if it ever did, the clients get a cut body.
-            tracing::error!(%err, "rendering metrics failed");
-            None
-        }
-    };
-    state
-        .metrics
-        .gauge(SCRAPE_DURATION, &[])
-        .set(started.elapsed().as_secs_f64());
-    // No longer joinable before it is complete: a scrape arriving from now on renders anew.
-    {
-        let mut current = state.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if current.as_ref().is_some_and(|r| std::ptr::eq(Arc::as_ptr(r), render)) {
-            *current = None;
-        }
-    }
-    render.publish(last, true);
-}
-
-/// Sends `render`'s pieces to one client, inflated unless it takes gzip. Blocking; ends early
-/// when the client goes away.
-fn stream(render: &Render, gzip: bool, tx: &mpsc::Sender<Bytes>) {
-    let mut inflate = (!gzip).then(|| GzDecoder::new(Vec::with_capacity(PIECE_BYTES * 32)));
-    let mut i = 0;
-    while let Some(piece) = render.piece(i) {
-        i += 1;
-        let out = match inflate.as_mut() {
-            None => piece,
-            Some(d) => {
-                if d.write_all(&piece).is_err() {
-                    return;
-                }
-                Bytes::from(std::mem::take(d.get_mut()))
-            }
-        };
-        if !out.is_empty() && tx.blocking_send(out).is_err() {
-            return;
-        }
-    }
-    if let Some(d) = inflate
-        && let Ok(rest) = d.finish()
-        && !rest.is_empty()
-    {
-        let _ = tx.blocking_send(Bytes::from(rest));
-    }
-}
-
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed());
+    let mut resp = Response::new(full(Bytes::from_static(text.as_bytes())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -377,18 +221,25 @@ mod tests {
 
     use super::*;
     use crate::imdb::{FieldMeta, FieldType, Limits, Row, TableMeta, Value};
+    use crate::selfmetrics::SCRAPE_RENDERS;
 
-    /// One render, whole and inflated, without a server.
-    fn scrape(state: &WebState) -> String {
-        let render = Render::default();
-        produce(state, &render);
-        let mut d = GzDecoder::new(Vec::new());
-        let mut i = 0;
-        while let Some(p) = render.piece(i) {
-            d.write_all(&p).unwrap();
-            i += 1;
+    /// One render, whole, without a server.
+    async fn scrape(state: &Arc<WebState>) -> String {
+        let (_, mut rx) = scrape::join_or_start(state, false);
+        let mut body = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            body.extend_from_slice(&chunk.unwrap());
         }
-        String::from_utf8(d.finish().unwrap()).unwrap()
+        String::from_utf8(body).unwrap()
+    }
+
+    /// Drains a scrape's body; returns its length.
+    async fn drain(mut rx: tokio::sync::mpsc::Receiver<scrape::Chunk>) -> usize {
+        let mut n = 0;
+        while let Some(chunk) = rx.recv().await {
+            n += chunk.unwrap().len();
+        }
+        n
     }
 
     fn state() -> Arc<WebState> {
@@ -448,7 +299,10 @@ mod tests {
         let mut raw = String::new();
         stream.read_to_string(&mut raw).await.unwrap();
         let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-        if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        if !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             return (head.to_owned(), body.to_owned());
         }
         // A streamed body: strip the chunk framing.
@@ -523,29 +377,29 @@ mod tests {
         assert!(!accepts_gzip([]));
     }
 
-    /// Wait until `render` is complete; returns its pieces.
-    fn pieces(render: &Render) -> usize {
-        let mut i = 0;
-        while render.piece(i).is_some() {
-            i += 1;
-        }
-        i
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn scrapes_during_a_render_share_it_and_later_ones_do_not() {
         let state = state();
         let renders = || state.metrics.counter(SCRAPE_RENDERS, &[]).get();
-        let (a, b) = {
+        let ((a, rx_a), (b, rx_b)) = {
             // The render cannot take its snapshot while the store is held: it stays in progress.
             let _held = state.store.lock().unwrap();
-            (join_or_start(&state), join_or_start(&state))
+            (
+                scrape::join_or_start(&state, false),
+                scrape::join_or_start(&state, true),
+            )
         };
-        assert!(Arc::ptr_eq(&a, &b), "the second scrape joined the first's render");
-        assert!(tokio::task::block_in_place(|| pieces(&a)) >= 1);
-        let c = join_or_start(&state);
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "the second scrape joined the first's render"
+        );
+        let (plain, gzip) = tokio::join!(drain(rx_a), drain(rx_b));
+        assert!(tokio::task::block_in_place(|| a.wait_done()) >= 1);
+        assert!(plain > gzip && gzip > 0, "{plain} {gzip}");
+        let (c, rx_c) = scrape::join_or_start(&state, false);
         assert!(!Arc::ptr_eq(&a, &c), "a finished render is not reused");
-        tokio::task::block_in_place(|| pieces(&c));
+        assert!(drain(rx_c).await > 0);
+        tokio::task::block_in_place(|| c.wait_done());
         assert_eq!(renders(), 2);
     }
 
@@ -559,7 +413,11 @@ mod tests {
         })
         .join();
         assert!(state.store.is_poisoned());
-        assert!(scrape(&state).contains("gala_gopher_t_g{k=\"fresh\"} 1.5\n"));
+        assert!(
+            scrape(&state)
+                .await
+                .contains("gala_gopher_t_g{k=\"fresh\"} 1.5\n")
+        );
     }
 
     #[tokio::test]

@@ -1,8 +1,10 @@
 //! Sinks: each reads imdb snapshots and knows nothing of probes.
 //!
-//! `prometheus` turns a snapshot into the text exposition format; `http` serves it.
+//! `prometheus` turns a snapshot into the text exposition format; `http` serves it, `scrape`
+//! shares and streams its renders.
 //! `kafka` produces changed records (and table definitions) to Kafka.
 
 pub mod http;
 pub mod kafka;
 pub mod prometheus;
+mod scrape;

@@ -1,0 +1,515 @@
+//! One `/metrics` render, shared by the scrapes that arrive together, streamed in bounded
+//! pieces.
+//!
+//! A render starts *pending*: it takes the store lock just long enough to age out stale
+//! records, mirror the store's counters into the self-metrics and take a snapshot (shared
+//! record bytes, no copy), and every scrape that arrives meanwhile joins it. Once the snapshot
+//! is taken the render picks how to stream, from who joined:
+//!
+//! - **direct**: one plain scrape alone (the usual Prometheus scrape) gets the text straight
+//!   from the renderer, 64 KiB at a time, with the client's own pace as back-pressure; nothing
+//!   is kept and nothing is compressed. The render is not joinable from then on: a scrape that
+//!   arrives during it starts the next render.
+//! - **shared**: anything else (a gzip scrape, or several scrapes). The text is gzip-compressed
+//!   as it comes (level 1) and the compressed pieces are kept until the render ends, so a scrape
+//!   arriving at any point of it joins and streams the same pieces from the start. Only
+//!   compressed bytes are kept (800 k samples: ~8 MB of ~150 MB of text). Plain scrapes that
+//!   were there from the start get the text directly, as long as they keep up; one that falls
+//!   behind (its queue is full) is not waited for: it goes on from the kept pieces, inflating
+//!   them on its own blocking thread and skipping what it already had, so no client can stall
+//!   the render for the others. Late plain joiners inflate the same way.
+//!
+//! No cache: every scrape sees records at least as fresh as its arrival.
+//! `gopher_scrape_renders_total` counts renders, `gopher_scrapes_total{encoding}` the answers.
+//! A body that cannot be completed ends with an error, so that the client sees a cut
+//! connection rather than a short body that looks whole.
+
+use std::io::{self, Write as _};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flate2::Compression;
+use flate2::write::{GzDecoder, GzEncoder};
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+use super::http::WebState;
+use super::prometheus;
+use crate::selfmetrics::{SCRAPE_DURATION, SCRAPE_RENDERS, sync_from_store};
+
+/// Compressed bytes gathered before they are published to the scrapes streaming them.
+const PIECE_BYTES: usize = 32 * 1024;
+/// Pieces a scrape's connection may have queued ahead of the client.
+pub(super) const STREAM_AHEAD: usize = 4;
+/// How long a shared render waits for a plain scrape it feeds directly to take the next piece
+/// before that scrape goes on from the kept pieces instead.
+const KEEP_UP: Duration = Duration::from_millis(200);
+
+/// What a scrape's body is made of; an error cuts the connection.
+pub(super) type Chunk = Result<Bytes, io::Error>;
+
+/// The render scrapes can join, if any (single flight).
+#[derive(Default)]
+pub(super) struct Current(Mutex<Option<Arc<Render>>>);
+
+impl Current {
+    fn lock(&self) -> MutexGuard<'_, Option<Arc<Render>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+struct Subscriber {
+    gzip: bool,
+    tx: mpsc::Sender<Chunk>,
+}
+
+/// One render: who waits for it while it is pending, and its compressed pieces once shared.
+#[derive(Default)]
+pub(super) struct Render {
+    state: Mutex<RenderState>,
+    grew: Condvar,
+}
+
+#[derive(Default)]
+struct RenderState {
+    pending: Vec<Subscriber>,
+    shared: bool,
+    pieces: Vec<Bytes>,
+    done: bool,
+    failed: bool,
+}
+
+impl Render {
+    fn lock(&self) -> MutexGuard<'_, RenderState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish(&self, piece: Option<Bytes>, done: bool, failed: bool) {
+        let mut s = self.lock();
+        s.pieces.extend(piece);
+        s.done |= done;
+        s.failed |= failed;
+        self.grew.notify_all();
+    }
+
+    /// Piece `i`, waiting for it; `Err(failed)` once the render ended without it.
+    fn piece(&self, i: usize) -> Result<Bytes, bool> {
+        let mut s = self.lock();
+        loop {
+            if let Some(b) = s.pieces.get(i) {
+                return Ok(b.clone());
+            }
+            if s.done {
+                return Err(s.failed);
+            }
+            s = self.grew.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Whether the render has ended (pieces or not).
+    #[cfg(test)]
+    pub(super) fn wait_done(&self) -> usize {
+        let mut i = 0;
+        while self.piece(i).is_ok() {
+            i += 1;
+        }
+        i
+    }
+}
+
+/// Joins the render in progress, or starts one on the blocking pool; the body arrives on the
+/// returned channel. Call on the runtime.
+pub(super) fn join_or_start(
+    state: &Arc<WebState>,
+    gzip: bool,
+) -> (Arc<Render>, mpsc::Receiver<Chunk>) {
+    let (tx, rx) = mpsc::channel(STREAM_AHEAD);
+    let mut current = state.current.lock();
+    if let Some(render) = current.as_ref() {
+        let render = Arc::clone(render);
+        let mut s = render.lock();
+        if !s.shared {
+            s.pending.push(Subscriber { gzip, tx });
+            drop(s);
+            return (Arc::clone(&render), rx);
+        }
+        drop(s);
+        drop(current);
+        let replaying = Arc::clone(&render);
+        tokio::task::spawn_blocking(move || replay(&replaying, gzip, &tx, 0));
+        return (render, rx);
+    }
+    let render = Arc::new(Render::default());
+    render.lock().pending.push(Subscriber { gzip, tx });
+    *current = Some(Arc::clone(&render));
+    drop(current);
+    let (state, producing) = (Arc::clone(state), Arc::clone(&render));
+    tokio::task::spawn_blocking(move || produce(&state, &producing));
+    (render, rx)
+}
+
+/// Snapshot, then render to the scrapes that joined meanwhile (and later ones, if shared).
+/// Blocking.
+fn produce(state: &WebState, render: &Arc<Render>) {
+    let started = Instant::now();
+    let snapshot = {
+        // A probe thread that panicked mid-upsert leaves a store that is still well-formed
+        // (every mutation is a single map operation), so keep serving it.
+        let mut store = state.store.lock().unwrap_or_else(PoisonError::into_inner);
+        store.expire((state.clock)());
+        sync_from_store(&store, &state.metrics);
+        store.snapshot()
+    };
+    state.metrics.counter(SCRAPE_RENDERS, &[]).inc();
+    let subscribers = {
+        let mut current = state.current.lock();
+        let mut s = render.lock();
+        let subscribers = std::mem::take(&mut s.pending);
+        if let [Subscriber { gzip: false, .. }] = subscribers.as_slice() {
+            // Direct: no one can join any more.
+            if current.as_ref().is_some_and(|r| Arc::ptr_eq(r, render)) {
+                *current = None;
+            }
+        } else {
+            s.shared = true;
+        }
+        subscribers
+    };
+    match subscribers.as_slice() {
+        [Subscriber { gzip: false, tx }] => {
+            let result = prometheus::render_to(&snapshot, &state.metrics, &mut Direct(tx));
+            if let Err(err) = result
+                && err.kind() != io::ErrorKind::BrokenPipe
+            {
+                tracing::error!(%err, "rendering metrics failed");
+                let _ = tx.blocking_send(Err(err));
+            }
+            render.publish(None, true, false);
+        }
+        _ => shared(state, render, &snapshot, subscribers),
+    }
+    state
+        .metrics
+        .gauge(SCRAPE_DURATION, &[])
+        .set(started.elapsed().as_secs_f64());
+}
+
+/// Renders once for several scrapes (see the module doc). Blocking.
+fn shared(
+    state: &WebState,
+    render: &Arc<Render>,
+    snapshot: &crate::imdb::Snapshot,
+    subscribers: Vec<Subscriber>,
+) {
+    let mut plain = Vec::new();
+    for sub in subscribers {
+        if sub.gzip {
+            let replaying = Arc::clone(render);
+            // On the blocking pool of the runtime the producer runs on.
+            tokio::task::spawn_blocking(move || replay(&replaying, true, &sub.tx, 0));
+        } else {
+            plain.push((sub.tx, 0));
+        }
+    }
+    let mut fanout = Fanout {
+        render,
+        plain,
+        gz: GzEncoder::new(
+            Publisher {
+                render,
+                buf: Vec::with_capacity(PIECE_BYTES * 2),
+            },
+            Compression::fast(),
+        ),
+    };
+    let result = prometheus::render_to(snapshot, &state.metrics, &mut fanout);
+    let Fanout { plain, gz, .. } = fanout;
+    let (last, failed) = match result.and_then(|()| gz.finish()) {
+        Ok(mut publisher) => {
+            let rest = std::mem::take(&mut publisher.buf);
+            ((!rest.is_empty()).then(|| Bytes::from(rest)), false)
+        }
+        Err(err) => {
+            // Writing into memory does not fail; if it ever did, the clients get a cut body.
+            tracing::error!(%err, "rendering metrics failed");
+            (None, true)
+        }
+    };
+    // No longer joinable before it is complete: a scrape arriving from now on renders anew.
+    {
+        let mut current = state.current.lock();
+        if current.as_ref().is_some_and(|r| Arc::ptr_eq(r, render)) {
+            *current = None;
+        }
+    }
+    render.publish(last, true, failed);
+    if failed {
+        for (tx, _) in plain {
+            let _ = tx.blocking_send(Err(io::Error::other("rendering metrics failed")));
+        }
+    }
+}
+
+/// A direct render's sink: the text goes to its one client as it comes.
+struct Direct<'a>(&'a mpsc::Sender<Chunk>);
+
+impl io::Write for Direct<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.0
+            .blocking_send(Ok(Bytes::copy_from_slice(data)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "scraper went away"))?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A shared render's sink: the text to the plain scrapes that keep up, compressed for the rest.
+struct Fanout<'a> {
+    render: &'a Arc<Render>,
+    /// Plain scrapes fed directly, with the text bytes each has had.
+    plain: Vec<(mpsc::Sender<Chunk>, usize)>,
+    gz: GzEncoder<Publisher<'a>>,
+}
+
+impl io::Write for Fanout<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.gz.write_all(data)?;
+        if !self.plain.is_empty() {
+            let text = Bytes::copy_from_slice(data);
+            let render = self.render;
+            self.plain.retain_mut(|(tx, sent)| {
+                let kept = match tx.try_send(Ok(text.clone())) {
+                    Ok(()) => true,
+                    Err(TrySendError::Closed(_)) => return false,
+                    Err(TrySendError::Full(chunk)) => send_within(tx, chunk, KEEP_UP),
+                };
+                if kept {
+                    *sent += text.len();
+                } else if !tx.is_closed() {
+                    // Falls behind: it goes on from the kept pieces, at its own pace.
+                    let (replaying, tx, skip) = (Arc::clone(render), tx.clone(), *sent);
+                    tokio::task::spawn_blocking(move || replay(&replaying, false, &tx, skip));
+                }
+                kept
+            });
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends within `wait`; false if the queue stayed full (or the client went away). Blocking, on
+/// the runtime's blocking pool.
+fn send_within(tx: &mpsc::Sender<Chunk>, chunk: Chunk, wait: Duration) -> bool {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return false;
+    };
+    matches!(rt.block_on(tx.send_timeout(chunk, wait)), Ok(()))
+}
+
+/// The gzip stream's sink: cuts it into pieces and publishes them.
+struct Publisher<'a> {
+    render: &'a Render,
+    buf: Vec<u8>,
+}
+
+impl io::Write for Publisher<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= PIECE_BYTES {
+            let piece = Bytes::from(std::mem::take(&mut self.buf));
+            self.render.publish(Some(piece), false, false);
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends a shared render's pieces to one scrape, from the start, inflated unless it takes gzip
+/// and without the first `skip` bytes of text. Blocking; ends early when the client goes away.
+fn replay(render: &Render, gzip: bool, tx: &mpsc::Sender<Chunk>, mut skip: usize) {
+    let mut inflate = (!gzip).then(|| GzDecoder::new(Vec::with_capacity(PIECE_BYTES * 4)));
+    let mut i = 0;
+    let failed = loop {
+        let piece = match render.piece(i) {
+            Ok(piece) => piece,
+            Err(failed) => break failed,
+        };
+        i += 1;
+        let out = match inflate.as_mut() {
+            None => piece,
+            Some(d) => {
+                if d.write_all(&piece).is_err() {
+                    break true;
+                }
+                let mut text = Bytes::from(std::mem::take(d.get_mut()));
+                let cut = skip.min(text.len());
+                skip -= cut;
+                text.split_off(cut)
+            }
+        };
+        if !out.is_empty() && tx.blocking_send(Ok(out)).is_err() {
+            return;
+        }
+    };
+    let rest = match inflate.map(GzDecoder::finish) {
+        _ if failed => Err(io::Error::other("rendering metrics failed")),
+        None => Ok(Vec::new()),
+        Some(rest) => rest,
+    };
+    match rest {
+        Ok(rest) if rest.len() > skip => {
+            let _ = tx.blocking_send(Ok(Bytes::from(rest).split_off(skip)));
+        }
+        Ok(_) => {}
+        Err(err) => {
+            let _ = tx.blocking_send(Err(err));
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::io::Read as _;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::imdb::{FieldMeta, FieldType, Limits, Row, Store, TableMeta, Value};
+    use crate::selfmetrics::SelfMetrics;
+
+    /// A store whose text is many render chunks long.
+    fn big_state(rows: usize) -> Arc<WebState> {
+        let mut store = Store::new(Limits {
+            max_records: rows,
+            record_timeout_ms: 0,
+            ..Limits::default()
+        });
+        let field = |name: &str, ty| FieldMeta {
+            name: name.into(),
+            ty,
+            description: String::new(),
+        };
+        store
+            .register(TableMeta {
+                name: "t".into(),
+                description: String::new(),
+                fields: vec![field("k", FieldType::Key), field("g", FieldType::Gauge)],
+                max_records: None,
+            })
+            .unwrap();
+        for i in 0..rows {
+            let row = Row {
+                table: "t".into(),
+                values: vec![format!("key-{i}").into(), Value::U64(i as u64)],
+            };
+            store.upsert(row, 1).unwrap();
+        }
+        Arc::new(WebState::new(
+            Arc::new(Mutex::new(store)),
+            Arc::new(SelfMetrics::new()),
+            || 2,
+        ))
+    }
+
+    async fn body(mut rx: mpsc::Receiver<Chunk>, pause: Duration) -> Vec<u8> {
+        tokio::time::sleep(pause).await;
+        let mut out = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        out
+    }
+
+    fn gunzip(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shared_render_gives_everyone_the_same_body_however_late_or_slow() {
+        let state = big_state(40_000);
+        let renders = || state.metrics.counter(SCRAPE_RENDERS, &[]).get();
+        let ((a, rx_fast), (b, rx_slow), (c, rx_gzip)) = {
+            let _held = state.store.lock().unwrap();
+            (
+                join_or_start(&state, false),
+                join_or_start(&state, false),
+                join_or_start(&state, true),
+            )
+        };
+        assert!(Arc::ptr_eq(&a, &b) && Arc::ptr_eq(&a, &c));
+        // The slow one reads nothing for longer than the render waits for it: it falls behind
+        // and goes on from the kept pieces, skipping what it already had.
+        let slow = tokio::spawn(body(rx_slow, KEEP_UP * 5));
+        let gzip = tokio::spawn(body(rx_gzip, Duration::ZERO));
+        let mut rx_fast = rx_fast;
+        let mut fast = rx_fast.recv().await.unwrap().unwrap().to_vec();
+        // Joins while the render is still held up by the slow scrape.
+        let (d, rx_late) = join_or_start(&state, false);
+        assert!(
+            Arc::ptr_eq(&a, &d),
+            "a scrape during a shared render joins it"
+        );
+        let late = tokio::spawn(body(rx_late, Duration::ZERO));
+        fast.extend(body(rx_fast, Duration::ZERO).await);
+        let text = String::from_utf8(fast.clone()).unwrap();
+        assert!(text.len() > 1_000_000, "{}", text.len());
+        assert!(text.contains("gala_gopher_t_g{k=\"key-39999\"} 39999\n"));
+        assert!(
+            text.contains("# HELP gopher_build_info"),
+            "the self-metrics close the body"
+        );
+        assert!(
+            slow.await.unwrap() == fast,
+            "the slow scrape's body differs"
+        );
+        assert!(
+            gunzip(&gzip.await.unwrap()) == fast,
+            "the gzip body differs"
+        );
+        assert!(
+            late.await.unwrap() == fast,
+            "the late scrape's body differs"
+        );
+        assert_eq!(renders(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_plain_scrape_is_rendered_directly_and_stops_when_the_client_goes() {
+        let state = big_state(40_000);
+        let (a, mut rx) = join_or_start(&state, false);
+        let first = rx.recv().await.unwrap().unwrap();
+        assert!(first.starts_with(b"# HELP gala_gopher_t_g "));
+        assert!(
+            state.current.lock().is_none(),
+            "a direct render is not joinable"
+        );
+        assert!(
+            a.lock().pieces.is_empty(),
+            "a direct render keeps nothing (and compresses nothing)"
+        );
+        drop(rx);
+        tokio::task::block_in_place(|| a.wait_done());
+        let (b, rx) = join_or_start(&state, false);
+        assert!(!Arc::ptr_eq(&a, &b));
+        let text = String::from_utf8(body(rx, Duration::ZERO).await).unwrap();
+        assert!(text.contains("gala_gopher_t_g{k=\"key-39999\"} 39999\n"));
+        assert!(
+            text.contains("gopher_scrape_renders_total 2\n"),
+            "renders counted"
+        );
+    }
+}
