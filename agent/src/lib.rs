@@ -10,5 +10,8 @@ pub mod control;
 pub mod egress;
 pub mod imdb;
 pub mod probes;
-pub mod selfmetrics;
 pub mod service;
+pub mod telemetry;
+
+/// The old path of [`telemetry`], kept while call sites move over.
+pub use telemetry as selfmetrics;

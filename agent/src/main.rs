@@ -442,7 +442,7 @@ async fn expire_every(period: Duration, store: Arc<Mutex<Store>>, metrics: Arc<S
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         store.expire(clock::mono_ms());
-        gopher::selfmetrics::sync_from_store(&store, &metrics);
+        gopher::egress::store_counts::sync_from_store(&store, &metrics);
     }
 }
 

@@ -27,7 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::{prometheus, scrape};
 use crate::imdb::Store;
-use crate::selfmetrics::{SCRAPES, SelfMetrics};
+use crate::telemetry::{SCRAPES, SelfMetrics};
 
 /// Connections served at once; further ones wait in the kernel's accept backlog. Scrapers
 /// hold one keep-alive connection each, so this is generous.
@@ -221,7 +221,7 @@ mod tests {
 
     use super::*;
     use crate::imdb::{FieldMeta, FieldType, Limits, Row, TableMeta, Value};
-    use crate::selfmetrics::SCRAPE_RENDERS;
+    use crate::telemetry::SCRAPE_RENDERS;
 
     /// One render, whole, without a server.
     async fn scrape(state: &Arc<WebState>) -> String {

@@ -35,7 +35,8 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::http::WebState;
 use super::prometheus;
-use crate::selfmetrics::{SCRAPE_DURATION, SCRAPE_RENDERS, sync_from_store};
+use super::store_counts::sync_from_store;
+use crate::telemetry::{SCRAPE_DURATION, SCRAPE_RENDERS};
 
 /// Compressed bytes gathered before they are published to the scrapes streaming them.
 const PIECE_BYTES: usize = 32 * 1024;
@@ -385,7 +386,7 @@ mod tests {
 
     use super::*;
     use crate::imdb::{FieldMeta, FieldType, Limits, Row, Store, TableMeta, Value};
-    use crate::selfmetrics::SelfMetrics;
+    use crate::telemetry::SelfMetrics;
 
     /// A store whose text is many render chunks long.
     fn big_state(rows: usize) -> Arc<WebState> {
