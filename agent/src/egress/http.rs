@@ -1,9 +1,22 @@
-//! The `/metrics` HTTP endpoint (hyper 1, HTTP/1.1 only).
+//! The `/metrics` HTTP endpoint (hyper 1, HTTP/1.1 only), with `/healthz` and a landing page.
 //!
 //! A GET's body streams from a render on the blocking pool, shared by the scrapes that arrive
 //! together and kept in bounded pieces (`super::scrape`). With `Accept-Encoding: gzip` the body
-//! is gzip-compressed (`Content-Encoding: gzip`). `HEAD` answers the headers without rendering
-//! anything.
+//! is gzip-compressed (`Content-Encoding: gzip`). `HEAD`, `/healthz` and `/` render nothing.
+//!
+//! # Held under abuse
+//!
+//! Idle or slow clients must not keep Prometheus (or the kubelet's probes) out:
+//! - connections are accepted at once, up to [`MAX_CONNECTIONS`] open (more are closed at
+//!   once); it is concurrent `/metrics` bodies that are capped ([`MAX_SCRAPES`], as
+//!   node_exporter's `--web.max-requests`): one more is answered 503 with `Retry-After`;
+//! - a client has [`HEADER_READ_TIMEOUT`] to send its request headers, also between the
+//!   requests of a keep-alive connection;
+//! - a response whose writes make no progress for [`WRITE_TIMEOUT`] (the client stopped
+//!   reading) is cut, and so is a `/metrics` body still streaming after
+//!   [`RESPONSE_DEADLINE`] (a client reading a trickle).
+//!
+//! Each of these refusals and cuts counts in `gopher_http_refused_total{reason}`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,8 +26,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
-use hyper::body::{Frame, Incoming};
-use hyper::header::{ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, VARY};
+use hyper::body::Incoming;
+use hyper::header::{
+    ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER, VARY,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -22,21 +37,34 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::{prometheus, scrape};
 use crate::imdb::Store;
-use crate::telemetry::{SCRAPES, SelfMetrics};
+use crate::telemetry::{HTTP_REFUSED, HTTP_REFUSED_REASONS, SCRAPES, SelfMetrics};
 
-/// Connections served at once; further ones wait in the kernel's accept backlog. Scrapers
-/// hold one keep-alive connection each, so this is generous.
-pub const MAX_CONNECTIONS: usize = 64;
+mod guard;
+
+/// Connections open at once; one more is closed as soon as it is accepted. Each costs a file
+/// and a small task, and idle ones go after [`HEADER_READ_TIMEOUT`].
+pub const MAX_CONNECTIONS: usize = 1024;
+/// `/metrics` bodies streaming at once (each holds a snapshot and a blocking thread); one
+/// more is answered 503. Scrapers need one each; the rest is headroom for abuse.
+pub const MAX_SCRAPES: usize = 40;
 /// A client that has not sent its request headers by then is disconnected, so idle or slow
-/// clients cannot pin connection slots forever.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// clients cannot pin connections.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A response whose writes are blocked this long (the client reads nothing) is cut.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A `/metrics` body still streaming after this is cut (800 k samples take about a second).
+pub const RESPONSE_DEADLINE: Duration = Duration::from_mins(1);
 /// How long shutdown waits for in-flight scrapes before cutting them off.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The landing page at `/`.
+const LANDING: &str = "<!DOCTYPE html>\n<html><head><title>gopher</title></head><body>\n\
+    <h1>gopher</h1>\n<p>Node agent: TCP links and probe tables as Prometheus metrics.</p>\n\
+    <ul><li><a href=\"metrics\">Metrics</a></li><li><a href=\"healthz\">Health</a></li></ul>\n\
+    </body></html>\n";
 
 /// What the endpoint reads from.
 pub struct WebState {
@@ -47,16 +75,27 @@ pub struct WebState {
     pub clock: fn() -> u64,
     /// The render scrapes can join, if any (single flight).
     pub(super) current: scrape::Current,
+    /// Slots of the `/metrics` bodies streaming ([`MAX_SCRAPES`]).
+    scrapes: Arc<Semaphore>,
 }
 
 impl WebState {
     pub fn new(store: Arc<Mutex<Store>>, metrics: Arc<SelfMetrics>, clock: fn() -> u64) -> Self {
+        // Every reason exists from the start, at 0, so that increase() sees the first one.
+        for reason in HTTP_REFUSED_REASONS {
+            metrics.counter(HTTP_REFUSED, &[("reason", reason)]);
+        }
         Self {
             store,
             metrics,
             clock,
             current: scrape::Current::default(),
+            scrapes: Arc::new(Semaphore::new(MAX_SCRAPES)),
         }
+    }
+
+    fn refused(&self, reason: &str) -> crate::telemetry::Counter {
+        self.metrics.counter(HTTP_REFUSED, &[("reason", reason)])
     }
 }
 
@@ -79,15 +118,13 @@ pub async fn serve(
     state: Arc<WebState>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let (stop_tx, stop_rx) = watch::channel(());
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let slot = tokio::select! {
-            () = &mut shutdown => break,
-            slot = Arc::clone(&slots).acquire_owned() => slot.context("connection limiter closed")?,
-        };
+        // Accept first: a connection waiting in the kernel's backlog could not even be timed
+        // out.
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -102,17 +139,25 @@ pub async fn serve(
             },
         };
         while connections.try_join_next().is_some() {}
+        let Ok(slot) = Arc::clone(&open).try_acquire_owned() else {
+            state.refused("connections").inc();
+            drop(stream);
+            continue;
+        };
         let state = Arc::clone(&state);
         let mut stop = stop_rx.clone();
         connections.spawn(async move {
             let _slot = slot;
+            let io =
+                guard::WriteTimeout::new(stream, WRITE_TIMEOUT, state.refused("write_timeout"));
+            let header_timeouts = state.refused("header_timeout");
             let service = service_fn(move |req| {
                 std::future::ready(Ok::<_, Infallible>(handle(&state, &req)))
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,
@@ -122,6 +167,9 @@ pub async fn serve(
                 }
             };
             if let Err(err) = result {
+                if err.is_timeout() {
+                    header_timeouts.inc();
+                }
                 tracing::debug!(%peer, %err, "metrics connection ended with an error");
             }
         });
@@ -146,14 +194,15 @@ fn empty() -> Body {
 
 /// Answers at once: a GET's body streams from a render on the blocking pool.
 fn handle(state: &Arc<WebState>, req: &Request<Incoming>) -> Response<Body> {
-    if !matches!(req.uri().path(), "/" | "/metrics") {
-        return plain(
+    let path = req.uri().path();
+    if !matches!(path, "/" | "/metrics" | "/healthz") {
+        return text(
             StatusCode::NOT_FOUND,
             "not found; metrics are at /metrics\n",
         );
     }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        let mut resp = plain(
+        let mut resp = text(
             StatusCode::METHOD_NOT_ALLOWED,
             "only GET and HEAD are allowed\n",
         );
@@ -161,17 +210,49 @@ fn handle(state: &Arc<WebState>, req: &Request<Incoming>) -> Response<Body> {
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return resp;
     }
+    let head = *req.method() == Method::HEAD;
+    let mut resp = match path {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/" => {
+            let mut resp = Response::new(full(Bytes::from_static(LANDING.as_bytes())));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            resp
+        }
+        _ => metrics(state, req, head),
+    };
+    if head {
+        *resp.body_mut() = empty();
+    }
+    resp
+}
+
+/// `/metrics`: the headers, and unless `head` the body of a (shared) render.
+fn metrics(state: &Arc<WebState>, req: &Request<Incoming>, head: bool) -> Response<Body> {
     let gzip = accepts_gzip(req.headers().get_all(ACCEPT_ENCODING));
-    let body = if *req.method() == Method::HEAD {
+    let body = if head {
         empty()
     } else {
+        let Ok(slot) = Arc::clone(&state.scrapes).try_acquire_owned() else {
+            state.refused("scrapes").inc();
+            let mut resp = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many scrapes in progress; retry\n",
+            );
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            return resp;
+        };
         let encoding = if gzip { "gzip" } else { "identity" };
         state
             .metrics
             .counter(SCRAPES, &[("encoding", encoding)])
             .inc();
         let (_, rx) = scrape::join_or_start(state, gzip);
-        StreamBody::new(ReceiverStream::new(rx).map(|chunk| chunk.map(Frame::data))).boxed()
+        let cut = state.refused("deadline");
+        StreamBody::new(guard::ScrapeBody::new(rx, RESPONSE_DEADLINE, cut, slot)).boxed()
     };
     let mut resp = Response::new(body);
     let headers = resp.headers_mut();
@@ -203,8 +284,8 @@ fn accepts_gzip<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> bool {
         })
 }
 
-fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut resp = Response::new(full(Bytes::from_static(text.as_bytes())));
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -214,220 +295,4 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    use tokio::net::TcpStream;
-
-    use super::*;
-    use crate::imdb::{FieldMeta, FieldType, Limits, Row, TableMeta, Value};
-    use crate::telemetry::SCRAPE_RENDERS;
-
-    /// One render, whole, without a server.
-    async fn scrape(state: &Arc<WebState>) -> String {
-        let (_, mut rx) = scrape::join_or_start(state, false);
-        let mut body = Vec::new();
-        while let Some(chunk) = rx.recv().await {
-            body.extend_from_slice(&chunk.unwrap());
-        }
-        String::from_utf8(body).unwrap()
-    }
-
-    /// Drains a scrape's body; returns its length.
-    async fn drain(mut rx: tokio::sync::mpsc::Receiver<scrape::Chunk>) -> usize {
-        let mut n = 0;
-        while let Some(chunk) = rx.recv().await {
-            n += chunk.unwrap().len();
-        }
-        n
-    }
-
-    fn state() -> Arc<WebState> {
-        let mut store = Store::new(Limits {
-            record_timeout_ms: 1000,
-            ..Limits::default()
-        });
-        let fields = vec![
-            FieldMeta {
-                name: "k".into(),
-                ty: FieldType::Key,
-                description: String::new(),
-            },
-            FieldMeta {
-                name: "g".into(),
-                ty: FieldType::Gauge,
-                description: "a gauge".into(),
-            },
-        ];
-        store
-            .register(TableMeta {
-                name: "t".into(),
-                description: String::new(),
-                fields,
-                max_records: None,
-            })
-            .unwrap();
-        store
-            .upsert(
-                Row {
-                    table: "t".into(),
-                    values: vec!["fresh".into(), Value::F64(1.5)],
-                },
-                5000,
-            )
-            .unwrap();
-        store
-            .upsert(
-                Row {
-                    table: "t".into(),
-                    values: vec!["stale".into(), Value::U64(2)],
-                },
-                0,
-            )
-            .unwrap();
-        Arc::new(WebState::new(
-            Arc::new(Mutex::new(store)),
-            Arc::new(SelfMetrics::new()),
-            || 5500,
-        ))
-    }
-
-    async fn request(addr: std::net::SocketAddr, method: &str, path: &str) -> (String, String) {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-        stream.write_all(req.as_bytes()).await.unwrap();
-        let mut raw = String::new();
-        stream.read_to_string(&mut raw).await.unwrap();
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-        if !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            return (head.to_owned(), body.to_owned());
-        }
-        // A streamed body: strip the chunk framing.
-        let (mut rest, mut out) = (body.as_bytes(), Vec::new());
-        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
-            let size = std::str::from_utf8(&rest[..eol]).unwrap();
-            let size = usize::from_str_radix(size.trim(), 16).unwrap();
-            if size == 0 {
-                break;
-            }
-            out.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
-            rest = &rest[eol + 4 + size..];
-        }
-        (head.to_owned(), String::from_utf8(out).unwrap())
-    }
-
-    #[tokio::test]
-    async fn serves_metrics_and_refuses_the_rest() {
-        let listener = bind("127.0.0.1", 0).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, state(), async {
-            let _ = stopped.await;
-        }));
-
-        let (head, body) = request(addr, "GET", "/metrics").await;
-        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-        assert!(
-            head.to_ascii_lowercase()
-                .contains("content-type: text/plain; version=0.0.4; charset=utf-8")
-        );
-        assert!(
-            body.contains("gala_gopher_t_g{k=\"fresh\"} 1.5\n"),
-            "{body}"
-        );
-        assert!(!body.contains("stale"), "expired at scrape: {body}");
-        assert!(body.contains("gopher_rows_dropped_total{table=\"t\",reason=\"expired\"} 1\n"));
-
-        let (head, body) = request(addr, "GET", "/").await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert!(
-            body.contains("gopher_scrape_duration_seconds "),
-            "second scrape reports the first"
-        );
-
-        let (head, body) = request(addr, "HEAD", "/metrics").await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert!(body.is_empty());
-
-        let (head, _) = request(addr, "GET", "/nope").await;
-        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
-        let (head, _) = request(addr, "POST", "/metrics").await;
-        assert!(head.starts_with("HTTP/1.1 405"), "{head}");
-        assert!(
-            head.to_ascii_lowercase().contains("allow: get, head"),
-            "{head}"
-        );
-
-        stop.send(()).unwrap();
-        server.await.unwrap().unwrap();
-    }
-
-    #[test]
-    fn gzip_is_taken_when_offered_with_a_weight() {
-        let ok = |v: &str| accepts_gzip([&HeaderValue::from_str(v).unwrap()]);
-        assert!(ok("gzip"));
-        assert!(ok("br, GZIP;q=0.5"));
-        assert!(ok("*"));
-        assert!(!ok("gzip;q=0"));
-        assert!(!ok("identity"));
-        assert!(!ok("x-gzipped"));
-        assert!(!accepts_gzip([]));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn scrapes_during_a_render_share_it_and_later_ones_do_not() {
-        let state = state();
-        let renders = || state.metrics.counter(SCRAPE_RENDERS, &[]).get();
-        let ((a, rx_a), (b, rx_b)) = {
-            // The render cannot take its snapshot while the store is held: it stays in progress.
-            let _held = state.store.lock().unwrap();
-            (
-                scrape::join_or_start(&state, false),
-                scrape::join_or_start(&state, true),
-            )
-        };
-        assert!(
-            Arc::ptr_eq(&a, &b),
-            "the second scrape joined the first's render"
-        );
-        let (plain, gzip) = tokio::join!(drain(rx_a), drain(rx_b));
-        assert!(tokio::task::block_in_place(|| a.wait_done()) >= 1);
-        assert!(plain > gzip && gzip > 0, "{plain} {gzip}");
-        let (c, rx_c) = scrape::join_or_start(&state, false);
-        assert!(!Arc::ptr_eq(&a, &c), "a finished render is not reused");
-        assert!(drain(rx_c).await > 0);
-        tokio::task::block_in_place(|| c.wait_done());
-        assert_eq!(renders(), 2);
-    }
-
-    #[tokio::test]
-    async fn survives_a_poisoned_store() {
-        let state = state();
-        let store = Arc::clone(&state.store);
-        let _ = std::thread::spawn(move || {
-            let _guard = store.lock().unwrap();
-            panic!("poison the store lock");
-        })
-        .join();
-        assert!(state.store.is_poisoned());
-        assert!(
-            scrape(&state)
-                .await
-                .contains("gala_gopher_t_g{k=\"fresh\"} 1.5\n")
-        );
-    }
-
-    #[tokio::test]
-    async fn bind_error_names_the_address() {
-        let taken = bind("127.0.0.1", 0).await.unwrap();
-        let port = taken.local_addr().unwrap().port();
-        let err = bind("127.0.0.1", port).await.unwrap_err();
-        assert!(
-            format!("{err:#}").contains(&format!("127.0.0.1:{port}")),
-            "{err:#}"
-        );
-    }
-}
+mod tests;

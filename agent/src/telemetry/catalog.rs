@@ -21,6 +21,7 @@ pub const START_CHECK_FAILURES: &str = "gopher_start_check_failures_total";
 pub const SCRAPE_DURATION: &str = "gopher_scrape_duration_seconds";
 pub const SCRAPE_RENDERS: &str = "gopher_scrape_renders_total";
 pub const SCRAPES: &str = "gopher_scrapes_total";
+pub const HTTP_REFUSED: &str = "gopher_http_refused_total";
 pub const IMDB_RECORDS: &str = "gopher_imdb_records";
 pub const IMDB_TABLES: &str = "gopher_imdb_tables";
 pub const FAMILIES_SKIPPED: &str = "gopher_prometheus_families_skipped";
@@ -40,6 +41,15 @@ pub const TCP_NETNS_ERRORS: &str = "gopher_tcp_netns_errors_total";
 /// whose `gopher_rows_dropped_total` series are shown at 0 before the first drop.
 pub const ROW_REFUSALS: [&str; 3] = ["field_count", "bad_value", "record_limit"];
 
+/// The reasons of `gopher_http_refused_total`, shown at 0 from the start.
+pub const HTTP_REFUSED_REASONS: [&str; 5] = [
+    "connections",
+    "scrapes",
+    "header_timeout",
+    "write_timeout",
+    "deadline",
+];
+
 /// The values of `gopher_probe_state{state}`; exactly one is 1 per probe.
 pub const PROBE_STATES: [&str; 4] = ["stopped", "starting", "running", "failed"];
 
@@ -49,7 +59,7 @@ pub(super) type Declaration = (&'static str, Kind, &'static [&'static str], &'st
 /// Every family, in render order.
 // One flat list of declarations: splitting it would scatter the catalogue.
 #[allow(clippy::too_many_lines)]
-pub(super) fn declared() -> [Declaration; 32] {
+pub(super) fn declared() -> [Declaration; 33] {
     [
         (
             CONTROL_REQUESTS,
@@ -194,6 +204,12 @@ pub(super) fn declared() -> [Declaration; 32] {
             Counter,
             &["encoding"],
             "GET requests for /metrics answered, by response encoding (identity, gzip).",
+        ),
+        (
+            HTTP_REFUSED,
+            Counter,
+            &["reason"],
+            "Metrics-endpoint connections closed or requests refused to keep /metrics available: connections (open-connection cap), scrapes (concurrent /metrics cap, answered 503), header_timeout (request headers too slow), write_timeout (client stopped reading), deadline (response took too long).",
         ),
         (
             IMDB_RECORDS,
