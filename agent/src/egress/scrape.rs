@@ -6,18 +6,19 @@
 //! record bytes, no copy), and every scrape that arrives meanwhile joins it. Once the snapshot
 //! is taken the render picks how to stream, from who joined:
 //!
-//! - **direct**: one plain scrape alone (the usual Prometheus scrape) gets the text straight
-//!   from the renderer, 64 KiB at a time, with the client's own pace as back-pressure; nothing
-//!   is kept and nothing is compressed. The render is not joinable from then on: a scrape that
-//!   arrives during it starts the next render.
-//! - **shared**: anything else (a gzip scrape, or several scrapes). The text is gzip-compressed
-//!   as it comes (level 1) and the compressed pieces are kept until the render ends, so a scrape
-//!   arriving at any point of it joins and streams the same pieces from the start. Only
-//!   compressed bytes are kept (800 k samples: ~8 MB of ~150 MB of text). Plain scrapes that
-//!   were there from the start get the text directly, as long as they keep up; one that falls
-//!   behind (its queue is full) is not waited for: it goes on from the kept pieces, inflating
-//!   them on its own blocking thread and skipping what it already had, so no client can stall
-//!   the render for the others. Late plain joiners inflate the same way.
+//! - **direct**: one scrape alone, while no other direct render runs (the usual Prometheus
+//!   scrape) gets the body straight from the renderer (gzip-compressed on the way if it asked),
+//!   32 KiB at a time, with the client's own pace as back-pressure; nothing is kept. The render
+//!   is not joinable from then on: a scrape that arrives during it starts the next render,
+//!   which is shared, so that a burst of scrapes costs at most two renders at once.
+//! - **shared**: anything else (several scrapes, or one during a direct render). The text is
+//!   gzip-compressed as it comes (level 1) and the compressed pieces are kept until the render
+//!   ends, so a scrape arriving at any point of it joins and streams the same pieces from the
+//!   start. Only compressed bytes are kept (800 k samples: ~8 MB of ~150 MB of text). Plain
+//!   scrapes that were there from the start get the text directly, as long as they keep up;
+//!   one that falls behind (its queue is full) is not waited for: it goes on from the kept
+//!   pieces, inflating them on its own blocking thread and skipping what it already had, so
+//!   no client can stall the render for the others. Late plain joiners inflate the same way.
 //!
 //! No cache: every scrape sees records at least as fresh as its arrival.
 //! `gopher_scrape_renders_total` counts renders, `gopher_scrapes_total{encoding}` the answers.
@@ -49,12 +50,18 @@ const KEEP_UP: Duration = Duration::from_millis(200);
 /// What a scrape's body is made of; an error cuts the connection.
 pub(super) type Chunk = Result<Bytes, io::Error>;
 
-/// The render scrapes can join, if any (single flight).
+/// The render scrapes can join, if any (single flight), and how many direct renders run.
 #[derive(Default)]
-pub(super) struct Current(Mutex<Option<Arc<Render>>>);
+pub(super) struct Current(Mutex<Renders>);
+
+#[derive(Default)]
+pub(super) struct Renders {
+    joinable: Option<Arc<Render>>,
+    direct: usize,
+}
 
 impl Current {
-    fn lock(&self) -> MutexGuard<'_, Option<Arc<Render>>> {
+    fn lock(&self) -> MutexGuard<'_, Renders> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -126,7 +133,7 @@ pub(super) fn join_or_start(
 ) -> (Arc<Render>, mpsc::Receiver<Chunk>) {
     let (tx, rx) = mpsc::channel(STREAM_AHEAD);
     let mut current = state.current.lock();
-    if let Some(render) = current.as_ref() {
+    if let Some(render) = current.joinable.as_ref() {
         let render = Arc::clone(render);
         let mut s = render.lock();
         if !s.shared {
@@ -142,7 +149,7 @@ pub(super) fn join_or_start(
     }
     let render = Arc::new(Render::default());
     render.lock().pending.push(Subscriber { gzip, tx });
-    *current = Some(Arc::clone(&render));
+    current.joinable = Some(Arc::clone(&render));
     drop(current);
     let (state, producing) = (Arc::clone(state), Arc::clone(&render));
     tokio::task::spawn_blocking(move || produce(&state, &producing));
@@ -162,29 +169,50 @@ fn produce(state: &WebState, render: &Arc<Render>) {
         store.snapshot()
     };
     state.metrics.counter(SCRAPE_RENDERS, &[]).inc();
-    let subscribers = {
+    let (subscribers, direct) = {
         let mut current = state.current.lock();
         let mut s = render.lock();
         let subscribers = std::mem::take(&mut s.pending);
-        if let [Subscriber { gzip: false, .. }] = subscribers.as_slice() {
-            // Direct: no one can join any more.
-            if current.as_ref().is_some_and(|r| Arc::ptr_eq(r, render)) {
-                *current = None;
+        // Direct only while no other render runs: a scrape arriving meanwhile starts a shared
+        // render that all later ones join, so at most two run at once.
+        let direct = subscribers.len() == 1 && current.direct == 0;
+        if direct {
+            // No one can join any more.
+            current.direct += 1;
+            if current
+                .joinable
+                .as_ref()
+                .is_some_and(|r| Arc::ptr_eq(r, render))
+            {
+                current.joinable = None;
             }
         } else {
             s.shared = true;
         }
-        subscribers
+        (subscribers, direct)
     };
     match subscribers.as_slice() {
-        [Subscriber { gzip: false, tx }] => {
-            let result = prometheus::render_to(&snapshot, &state.metrics, &mut Direct(tx));
+        [Subscriber { gzip, tx }] if direct => {
+            let mut out = Direct {
+                tx,
+                buf: Vec::with_capacity(PIECE_BYTES * 3),
+            };
+            let result = if *gzip {
+                let mut gz = GzEncoder::new(out, Compression::fast());
+                prometheus::render_to(&snapshot, &state.metrics, &mut gz)
+                    .and_then(|()| gz.finish())
+                    .and_then(Direct::finish)
+            } else {
+                prometheus::render_to(&snapshot, &state.metrics, &mut out)
+                    .and_then(|()| out.finish())
+            };
             if let Err(err) = result
                 && err.kind() != io::ErrorKind::BrokenPipe
             {
                 tracing::error!(%err, "rendering metrics failed");
                 let _ = tx.blocking_send(Err(err));
             }
+            state.current.lock().direct -= 1;
             render.publish(None, true, false);
         }
         _ => shared(state, render, &snapshot, subscribers),
@@ -239,8 +267,12 @@ fn shared(
     // No longer joinable before it is complete: a scrape arriving from now on renders anew.
     {
         let mut current = state.current.lock();
-        if current.as_ref().is_some_and(|r| Arc::ptr_eq(r, render)) {
-            *current = None;
+        if current
+            .joinable
+            .as_ref()
+            .is_some_and(|r| Arc::ptr_eq(r, render))
+        {
+            current.joinable = None;
         }
     }
     render.publish(last, true, failed);
@@ -251,14 +283,35 @@ fn shared(
     }
 }
 
-/// A direct render's sink: the text goes to its one client as it comes.
-struct Direct<'a>(&'a mpsc::Sender<Chunk>);
+/// A direct render's sink: the body goes to its one client in pieces as it comes.
+struct Direct<'a> {
+    tx: &'a mpsc::Sender<Chunk>,
+    buf: Vec<u8>,
+}
+
+impl Direct<'_> {
+    fn send(&mut self) -> io::Result<()> {
+        let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE_BYTES * 3));
+        self.tx
+            .blocking_send(Ok(Bytes::from(piece)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "scraper went away"))
+    }
+
+    /// Sends what is left.
+    fn finish(mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.send()
+    }
+}
 
 impl io::Write for Direct<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.0
-            .blocking_send(Ok(Bytes::copy_from_slice(data)))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "scraper went away"))?;
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= PIECE_BYTES {
+            self.send()?;
+        }
         Ok(data.len())
     }
 
@@ -441,7 +494,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_shared_render_gives_everyone_the_same_body_however_late_or_slow() {
-        let state = big_state(40_000);
+        let state = big_state(20_000);
         let renders = || state.metrics.counter(SCRAPE_RENDERS, &[]).get();
         let ((a, rx_fast), (b, rx_slow), (c, rx_gzip)) = {
             let _held = state.store.lock().unwrap();
@@ -467,8 +520,8 @@ mod tests {
         let late = tokio::spawn(body(rx_late, Duration::ZERO));
         fast.extend(body(rx_fast, Duration::ZERO).await);
         let text = String::from_utf8(fast.clone()).unwrap();
-        assert!(text.len() > 1_000_000, "{}", text.len());
-        assert!(text.contains("gala_gopher_t_g{k=\"key-39999\"} 39999\n"));
+        assert!(text.len() > 500_000, "{}", text.len());
+        assert!(text.contains("gala_gopher_t_g{k=\"key-19999\"} 19999\n"));
         assert!(
             text.contains("# HELP gopher_build_info"),
             "the self-metrics close the body"
@@ -490,12 +543,12 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lone_plain_scrape_is_rendered_directly_and_stops_when_the_client_goes() {
-        let state = big_state(40_000);
+        let state = big_state(20_000);
         let (a, mut rx) = join_or_start(&state, false);
         let first = rx.recv().await.unwrap().unwrap();
         assert!(first.starts_with(b"# HELP gala_gopher_t_g "));
         assert!(
-            state.current.lock().is_none(),
+            state.current.lock().joinable.is_none(),
             "a direct render is not joinable"
         );
         assert!(
@@ -507,10 +560,54 @@ mod tests {
         let (b, rx) = join_or_start(&state, false);
         assert!(!Arc::ptr_eq(&a, &b));
         let text = String::from_utf8(body(rx, Duration::ZERO).await).unwrap();
-        assert!(text.contains("gala_gopher_t_g{k=\"key-39999\"} 39999\n"));
+        assert!(text.contains("gala_gopher_t_g{k=\"key-19999\"} 19999\n"));
         assert!(
             text.contains("gopher_scrape_renders_total 2\n"),
             "renders counted"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_gzip_scrape_is_compressed_on_the_way_and_keeps_nothing() {
+        let state = big_state(20_000);
+        let (a, rx) = join_or_start(&state, true);
+        let gz = body(rx, Duration::ZERO).await;
+        tokio::task::block_in_place(|| a.wait_done());
+        assert!(a.lock().pieces.is_empty(), "nothing kept");
+        let text = String::from_utf8(gunzip(&gz)).unwrap();
+        assert!(gz.len() * 3 < text.len(), "{} of {}", gz.len(), text.len());
+        assert!(text.contains("gala_gopher_t_g{k=\"key-19999\"} 19999\n"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scrape_during_a_direct_render_starts_a_shared_one() {
+        let state = big_state(20_000);
+        let renders = || state.metrics.counter(SCRAPE_RENDERS, &[]).get();
+        // Not read yet: the direct render waits for its client, in progress.
+        let (a, mut rx_a) = join_or_start(&state, false);
+        let first = rx_a.recv().await.unwrap().unwrap();
+        let (b, rx_b) = join_or_start(&state, true);
+        assert!(!Arc::ptr_eq(&a, &b), "a direct render cannot be joined");
+        let gz = body(rx_b, Duration::ZERO).await;
+        tokio::task::block_in_place(|| b.wait_done());
+        {
+            let b = b.lock();
+            assert!(
+                b.shared && !b.pieces.is_empty(),
+                "shared: joinable, pieces kept"
+            );
+        }
+        let mut plain = first.to_vec();
+        plain.extend(body(rx_a, Duration::ZERO).await);
+        let tables = |t: Vec<u8>| {
+            let t = String::from_utf8(t).unwrap();
+            t[..t.find("# HELP gopher_").unwrap()].to_owned()
+        };
+        assert_eq!(
+            tables(plain),
+            tables(gunzip(&gz)),
+            "same tables in both renders"
+        );
+        assert_eq!(renders(), 2);
     }
 }
