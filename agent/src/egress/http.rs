@@ -144,6 +144,11 @@ pub async fn serve(
             drop(stream);
             continue;
         };
+        // A streamed body goes out a piece at a time: without this the tail of each piece
+        // can wait for the client's delayed ACK (as Go's net/http, set on every connection).
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, %err, "cannot set TCP_NODELAY on a metrics connection");
+        }
         let state = Arc::clone(&state);
         let mut stop = stop_rx.clone();
         connections.spawn(async move {
