@@ -12,7 +12,9 @@ Two parts, both with the real agent on this host:
    (checked on the link_count samples of the hold processes), let one interval pass, measure
    its CPU over WINDOW seconds with no scrape, then scrape: plain (3x), gzip (3x), 4 concurrent.
    RSS steady = VmRSS at the end of the quiet window; peaks = VmHWM before any measured
-   scrape, after the one-at-a-time scrapes, and after the concurrent ones.
+   scrape, over the one-at-a-time scrapes, and after the concurrent ones. VmHWM is reset
+   (/proc/PID/clear_refs 5) before each one-at-a-time scrape: what a scrape adds at its peak
+   is its VmHWM minus the VmRSS just before it (the least of three, per encoding).
 2. Churn (after binary only): `gopher-loadgen churn` for CHURN_SECONDS; events lost =
    increase of gopher_ebpf_events_lost_total; exactness = the agent's server-role rx_bytes for
    the churn port against the bytes loadgen's server read (`server_rx_bytes`), and client-role
@@ -87,6 +89,18 @@ NICE = ENV("BENCH_NICE", "-20")
 OUT = ENV("BENCH_OUT", os.path.join(REPO, "BENCHMARKS.md"))
 TICK = os.sysconf("SC_CLK_TCK")
 
+
+
+def scrape_alone(agent, gzip=False):
+    """One scrape with the agent's VmHWM reset just before it (clear_refs 5): the result also
+    holds the peak during it (hwm_kb) and what it added to the RSS then (peak_add_kb)."""
+    with open(f"/proc/{agent.pid}/clear_refs", "w") as f:
+        f.write("5")
+    base = status_kb(agent.pid, "VmRSS")
+    s = agent.scrape(gzip=gzip)
+    s["hwm_kb"] = status_kb(agent.pid, "VmHWM")
+    s["peak_add_kb"] = s["hwm_kb"] - base
+    return s
 
 def log(msg):
     print(f"scale: {msg}", file=sys.stderr, flush=True)
@@ -167,14 +181,15 @@ def measure_links(binary, which, links, round_no, holds, work):
         c1, t1 = cpu_ticks(agent.pid), time.monotonic()
         rss = status_kb(agent.pid, "VmRSS")
         hwm_idle = status_kb(agent.pid, "VmHWM")
-        plain = [agent.scrape() for _ in range(3)]
-        gz = [agent.scrape(gzip=True) for _ in range(3)]
+        plain = [scrape_alone(agent) for _ in range(3)]
+        gz = [scrape_alone(agent, gzip=True) for _ in range(3)]
         for s in plain[:-1] + gz[:-1]:
             s["body"] = None  # 141 MB each at 100 k links with the old agent
-        hwm_serial = status_kb(agent.pid, "VmHWM")
+        # VmHWM was reset before each scrape: the peak of them all is the highest of theirs.
+        hwm_serial = max([hwm_idle] + [s["hwm_kb"] for s in plain + gz])
         m = sa.parse(gz[-1]["body"])
         conc = agent.concurrent_scrapes(4)
-        hwm = status_kb(agent.pid, "VmHWM")
+        hwm = max(hwm_serial, status_kb(agent.pid, "VmHWM"))
         # Renders the 4 concurrent scrapes cost, where the agent counts renders: the counter
         # moves by those plus one for the scrape that reads it (or the one before: either way
         # one).
@@ -195,6 +210,10 @@ def measure_links(binary, which, links, round_no, holds, work):
             "gzip_bytes": gz[-1]["wire_bytes"],
             "gzip_encoded": gz[-1]["encoding"] == "gzip",
             "concurrent4_s": conc,
+            # What one scrape adds to the agent's RSS at its peak (VmHWM reset just before it,
+            # minus VmRSS then); the least of the three, as a collect may overlap one.
+            "plain_peak_add_kb": min(s["peak_add_kb"] for s in plain),
+            "gzip_peak_add_kb": min(s["peak_add_kb"] for s in gz),
             "samples": m["samples"],
             "collect_s": m["collect_s"],
             "events_lost": m["events_lost"],

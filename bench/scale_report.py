@@ -30,6 +30,8 @@ ROWS = [
     ("RSS peak before any measured scrape, MB (VmHWM)", "hwm_no_scrape_kb", 1024 / MB, 1),
     ("RSS peak with one scrape at a time, MB (VmHWM)", "hwm_serial_kb", 1024 / MB, 1),
     ("RSS peak with 4 concurrent scrapes, MB (VmHWM)", "hwm_kb", 1024 / MB, 1),
+    ("RSS a plain scrape adds at its peak, MB (VmHWM reset before it − VmRSS)", "plain_peak_add_kb", 1024 / MB, 1),
+    ("RSS a gzip scrape adds at its peak, MB (VmHWM reset before it − VmRSS)", "gzip_peak_add_kb", 1024 / MB, 1),
     ("tcp collect time, s (`gopher_probe_collect_seconds`)", "collect_s", 1, 3),
     ("scrape, plain, s", "scrape_s", 1, 3),
     ("body, plain, MB", "scrape_bytes", 1 / MB, 1),
@@ -189,7 +191,9 @@ def render(runs, meta, out_path):
          "scrapes (median time each), then 4 concurrent scrapes. RSS steady is VmRSS after the "
          "quiet window; the peaks are VmHWM at three points: before any measured scrape (the "
          "wait for the links scraped once), after the one-at-a-time scrapes, after the "
-         "concurrent ones. MB = 10^6 bytes.",
+         "concurrent ones. VmHWM is reset before each one-at-a-time scrape; what a scrape adds "
+         "at its peak is that VmHWM minus the VmRSS just before it (the least of three per "
+         "encoding). MB = 10^6 bytes.",
          f"* tcp probe at {meta['interval']} s; agent pinned to CPU {meta['agent_cpu']}, load to "
          f"CPU {meta['load_cpu']}, both at nice {meta['nice']}.",
          ""]

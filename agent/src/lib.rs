@@ -13,6 +13,9 @@ pub mod control;
 pub mod egress;
 pub mod imdb;
 pub mod probes;
-pub mod selfmetrics;
 pub mod service;
 pub mod supervise;
+pub mod telemetry;
+
+/// The old path of [`telemetry`], kept while call sites move over.
+pub use telemetry as selfmetrics;

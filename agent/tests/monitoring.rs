@@ -125,7 +125,8 @@ fn daemonset_is_valid_and_its_config_checks() {
     assert_eq!(container["ports"][0]["name"], "metrics");
     for probe in ["livenessProbe", "readinessProbe"] {
         assert_eq!(container[probe]["httpGet"]["port"], "metrics", "{probe}");
-        assert_eq!(container[probe]["httpGet"]["path"], "/metrics", "{probe}");
+        // The probes never render a scrape (issue 13).
+        assert_eq!(container[probe]["httpGet"]["path"], "/healthz", "{probe}");
     }
     let mounts: Vec<&str> = container["volumeMounts"]
         .as_array()

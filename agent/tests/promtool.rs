@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use gopher::egress::http::{WebState, bind, serve};
 use gopher::egress::prometheus::render;
+use gopher::egress::store_counts::sync_from_store;
 use gopher::imdb::{FieldMeta, FieldType, Limits, Row, Store, TableMeta, Value};
-use gopher::selfmetrics::{EBPF_EVENTS_LOST, PROBE_RESTARTS, SelfMetrics, sync_from_store};
+use gopher::telemetry::{EBPF_EVENTS_LOST, PROBE_RESTARTS, SelfMetrics};
 
 const NOW_MS: u64 = 1_700_000_000_000;
 

@@ -86,6 +86,6 @@ pub async fn expire_every(period: Duration, store: Arc<Mutex<Store>>, metrics: A
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         store.expire(clock::mono_ms());
-        crate::selfmetrics::sync_from_store(&store, &metrics);
+        crate::egress::store_counts::sync_from_store(&store, &metrics);
     }
 }

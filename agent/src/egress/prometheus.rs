@@ -34,8 +34,10 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io;
 
+pub(crate) mod selfmetrics;
+
 use crate::imdb::{FieldMeta, FieldType, Snapshot, TableSnapshot, ValueRef};
-use crate::selfmetrics::{FAMILIES_SKIPPED, SelfMetrics};
+use crate::telemetry::{FAMILIES_SKIPPED, SelfMetrics};
 
 /// The Content-Type of what [`render`] produces.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -172,7 +174,13 @@ fn render_table(
                 }
                 let count = ValueRef::U64(h.count());
                 write_sample(out, &bucket, &labels, Some("+Inf"), count);
-                write_sample(out, &format!("{}_sum", family.name), &labels, None, ValueRef::F64(h.sum()));
+                write_sample(
+                    out,
+                    &format!("{}_sum", family.name),
+                    &labels,
+                    None,
+                    ValueRef::F64(h.sum()),
+                );
                 write_sample(out, &format!("{}_count", family.name), &labels, None, count);
             } else {
                 write_sample(out, &family.name, &labels, None, v);
