@@ -28,9 +28,7 @@ KNOWN = {
     # histogram code and from the self-metrics (helper w-egress moves it out of egress).
     ("agent/src", "imdb/value.rs -> egress/prometheus.rs"),
     ("agent/src", "imdb/histogram.rs -> egress/prometheus.rs"),
-    ("agent/src", "selfmetrics.rs -> egress/prometheus.rs"),
     ("agent/src", "imdb -> egress"),
-    ("agent/src", "selfmetrics -> egress"),
     # The TCP probe's collector uses helpers and TCP states its parent module defines while the
     # parent runs the collector (probes/tcp internals, owned by the TCP probe's helpers).
     ("agent/src", "probes/tcp/collector.rs -> probes/tcp/mod.rs"),

@@ -5,7 +5,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::Reporter;
-use super::model::secs;
+use super::bounds::secs;
 use super::node::{Node, TableView};
 
 /// `record_timeout` above a day is almost certainly a unit mistake too.

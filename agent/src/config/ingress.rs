@@ -5,7 +5,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::Reporter;
-use super::model::{MAX_INTERVAL, secs};
+use super::bounds::{MAX_INTERVAL, secs};
 use super::node::{Node, TableView};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{DiagnosticKind, Reporter};
-use super::model::MAX_INTERVAL;
+use super::bounds::MAX_INTERVAL;
 use super::node::{Node, TableView};
 use super::switch::OnOff;
 

@@ -5,6 +5,7 @@
 //! Every reader reports problems as `file:line:col: key.path: message`, all of them at once
 //! where it can. `model.rs` holds the whole [`Config`]; each section has its own file.
 
+mod bounds;
 mod control;
 mod egress;
 mod error;

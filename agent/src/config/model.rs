@@ -4,7 +4,6 @@
 //! this one holds the whole [`Config`], the list of sections and the bounds they share.
 
 use std::path::Path;
-use std::time::Duration;
 
 use super::control::Control;
 use super::egress::Egress;
@@ -22,11 +21,7 @@ use super::web_server::WebServer;
 use super::{control, egress, extend_probes, global, imdb, ingress, kafka, meta, probes};
 use super::{supervision, web_server};
 
-/// Longest period accepted for any interval, here and over the control channel: defined with
-/// the probes' settings (configuration reads probe vocabulary; probes never read configuration).
-pub use crate::probes::settings::MAX_INTERVAL_SECS;
-/// [`MAX_INTERVAL_SECS`] for the readers' integer ranges.
-pub(super) const MAX_INTERVAL: i64 = MAX_INTERVAL_SECS as i64;
+pub use super::bounds::MAX_INTERVAL_SECS;
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
@@ -112,6 +107,3 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, path)
 }
 
-pub(super) fn secs(v: Option<i64>, default: Duration) -> Duration {
-    v.map_or(default, |s| Duration::from_secs(s.unsigned_abs()))
-}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{DiagnosticKind, Reporter};
-use super::model::{MAX_INTERVAL, secs};
+use super::bounds::{MAX_INTERVAL, secs};
 use super::node::{self, Node, TableView};
 use super::switch::Switch;
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{DiagnosticKind, Reporter};
-use super::model::{MAX_INTERVAL, secs};
+use super::bounds::{MAX_INTERVAL, secs};
 use super::node::{Node, TableView};
 
 /// How probes are restarted and stopped, and how often auto start checks run (not in

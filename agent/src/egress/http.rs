@@ -20,7 +20,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -38,18 +38,16 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use super::{prometheus, scrape};
-use crate::imdb::Store;
-use crate::telemetry::{HTTP_REFUSED, HTTP_REFUSED_REASONS, SCRAPES, SelfMetrics};
+use super::scrape;
+pub use super::scrape::{MAX_SCRAPES, WebState};
+use super::prometheus;
+use crate::telemetry::SCRAPES;
 
 mod guard;
 
 /// Connections open at once; one more is closed as soon as it is accepted. Each costs a file
 /// and a small task, and idle ones go after [`HEADER_READ_TIMEOUT`].
 pub const MAX_CONNECTIONS: usize = 1024;
-/// `/metrics` bodies streaming at once (each holds a snapshot and a blocking thread); one
-/// more is answered 503. Scrapers need one each; the rest is headroom for abuse.
-pub const MAX_SCRAPES: usize = 40;
 /// A client that has not sent its request headers by then is disconnected, so idle or slow
 /// clients cannot pin connections.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,38 +64,6 @@ const LANDING: &str = "<!DOCTYPE html>\n<html><head><title>gopher</title></head>
     <ul><li><a href=\"metrics\">Metrics</a></li><li><a href=\"healthz\">Health</a></li></ul>\n\
     </body></html>\n";
 
-/// What the endpoint reads from.
-pub struct WebState {
-    pub store: Arc<Mutex<Store>>,
-    pub metrics: Arc<SelfMetrics>,
-    /// Milliseconds on the same clock the store's records are stamped with (the agent's
-    /// monotonic clock, `crate::clock::mono_ms`); used to age records out at scrape time.
-    pub clock: fn() -> u64,
-    /// The render scrapes can join, if any (single flight).
-    pub(super) current: scrape::Current,
-    /// Slots of the `/metrics` bodies streaming ([`MAX_SCRAPES`]).
-    scrapes: Arc<Semaphore>,
-}
-
-impl WebState {
-    pub fn new(store: Arc<Mutex<Store>>, metrics: Arc<SelfMetrics>, clock: fn() -> u64) -> Self {
-        // Every reason exists from the start, at 0, so that increase() sees the first one.
-        for reason in HTTP_REFUSED_REASONS {
-            metrics.counter(HTTP_REFUSED, &[("reason", reason)]);
-        }
-        Self {
-            store,
-            metrics,
-            clock,
-            current: scrape::Current::default(),
-            scrapes: Arc::new(Semaphore::new(MAX_SCRAPES)),
-        }
-    }
-
-    fn refused(&self, reason: &str) -> crate::telemetry::Counter {
-        self.metrics.counter(HTTP_REFUSED, &[("reason", reason)])
-    }
-}
 
 /// Binds the listening socket; `addr` is an IP address or a host name.
 pub async fn bind(addr: &str, port: u16) -> anyhow::Result<TcpListener> {

@@ -34,10 +34,51 @@ use flate2::Compression;
 use flate2::write::{GzDecoder, GzEncoder};
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use super::http::WebState;
 use super::prometheus;
 use super::store_counts::sync_from_store;
-use crate::telemetry::{SCRAPE_DURATION, SCRAPE_RENDERS};
+use tokio::sync::Semaphore;
+
+use crate::imdb::Store;
+use crate::telemetry::{
+    HTTP_REFUSED, HTTP_REFUSED_REASONS, SCRAPE_DURATION, SCRAPE_RENDERS, SelfMetrics,
+};
+
+/// `/metrics` bodies streaming at once (each holds a snapshot and a blocking thread); one
+/// more is answered 503. Scrapers need one each; the rest is headroom for abuse.
+pub const MAX_SCRAPES: usize = 40;
+
+/// What the endpoint reads from.
+pub struct WebState {
+    pub store: Arc<Mutex<Store>>,
+    pub metrics: Arc<SelfMetrics>,
+    /// Milliseconds on the same clock the store's records are stamped with (the agent's
+    /// monotonic clock, `crate::clock::mono_ms`); used to age records out at scrape time.
+    pub clock: fn() -> u64,
+    /// The render scrapes can join, if any (single flight).
+    pub(super) current: Current,
+    /// Slots of the `/metrics` bodies streaming ([`MAX_SCRAPES`]).
+    pub(super) scrapes: Arc<Semaphore>,
+}
+
+impl WebState {
+    pub fn new(store: Arc<Mutex<Store>>, metrics: Arc<SelfMetrics>, clock: fn() -> u64) -> Self {
+        // Every reason exists from the start, at 0, so that increase() sees the first one.
+        for reason in HTTP_REFUSED_REASONS {
+            metrics.counter(HTTP_REFUSED, &[("reason", reason)]);
+        }
+        Self {
+            store,
+            metrics,
+            clock,
+            current: Current::default(),
+            scrapes: Arc::new(Semaphore::new(MAX_SCRAPES)),
+        }
+    }
+
+    pub(super) fn refused(&self, reason: &str) -> crate::telemetry::Counter {
+        self.metrics.counter(HTTP_REFUSED, &[("reason", reason)])
+    }
+}
 
 /// Compressed bytes gathered before they are published to the scrapes streaming them.
 const PIECE_BYTES: usize = 32 * 1024;

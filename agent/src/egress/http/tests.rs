@@ -6,8 +6,10 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use super::*;
-use crate::imdb::{FieldMeta, FieldType, Limits, Row, TableMeta, Value};
-use crate::telemetry::{HTTP_REFUSED, SCRAPE_RENDERS};
+use std::sync::Mutex;
+
+use crate::imdb::{FieldMeta, FieldType, Limits, Row, Store, TableMeta, Value};
+use crate::telemetry::{HTTP_REFUSED, SCRAPE_RENDERS, SelfMetrics};
 
 /// One render, whole, without a server.
 async fn scrape(state: &Arc<WebState>) -> String {
