@@ -49,6 +49,7 @@ pub const PROBE_COLLECT_SECONDS: &str = "gopher_probe_collect_seconds";
 pub const TCP_LINKS_AGGREGATED: &str = "gopher_tcp_links_aggregated_total";
 pub const TCP_SOCKETS_EXCLUDED: &str = "gopher_tcp_sockets_excluded_total";
 pub const TCP_NETNS_ERRORS: &str = "gopher_tcp_netns_errors_total";
+pub const TCP_SOCKET_SOURCE: &str = "gopher_tcp_socket_source";
 
 /// The reasons the table store refuses a row of a registered table for (`ImdbError::reason`),
 /// whose `gopher_rows_dropped_total` series are shown at 0 before the first drop.
@@ -128,7 +129,7 @@ impl SelfMetrics {
     #[allow(clippy::too_many_lines)]
     pub fn new() -> Self {
         use Kind::{Counter, Gauge};
-        let declared: [(&'static str, Kind, &'static [&'static str], &'static str); 32] = [
+        let declared: [(&'static str, Kind, &'static [&'static str], &'static str); 33] = [
             (
                 CONTROL_REQUESTS,
                 Counter,
@@ -230,6 +231,12 @@ impl SelfMetrics {
                 Counter,
                 &["reason"],
                 "Network namespaces the tcp probe could not read: open (no sock_diag socket in it) or dump (the dump failed); their sockets are kept, not declared gone.",
+            ),
+            (
+                TCP_SOCKET_SOURCE,
+                Gauge,
+                &["source"],
+                "1 for where the tcp probe reads live sockets from: iterator (the eBPF iter/tcp program) or sock_diag (the fallback when the iterator cannot load, or socket_iterator = false).",
             ),
             (
                 PROBE_ROWS,

@@ -134,6 +134,34 @@ pub struct SockOffsets {
     pub net_cookie: u32,
 }
 
+/// TCP states whose sockets the `iter/tcp` program reports: the link-carrying states (the
+/// agent's `LINK_STATES`: ESTABLISHED, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING) and LISTEN.
+pub const ITER_STATES: u32 =
+    (1 << 1) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11);
+
+/// One TCP socket as the `iter/tcp` program writes it: the facts a sock_diag dump with
+/// `tcp_info` gives the agent, in a fixed-size record (no netlink framing, no attributes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IterSocket {
+    pub cookie: u64,
+    /// Inode of the socket's file (0: no file, e.g. an orphan being closed).
+    pub inode: u64,
+    /// The counters, as a close event carries them.
+    pub stats: LinkStats,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// TCP_* numbering.
+    pub state: u8,
+    pub _pad: u8,
+    /// Host byte order.
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// Network byte order; IPv4 in the first word.
+    pub local_ip: [u32; 4],
+    pub remote_ip: [u32; 4],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain-old-data, `#[repr(C)]`, every bit pattern valid.
@@ -141,4 +169,5 @@ mod pod {
     unsafe impl aya::Pod for super::LinkStats {}
     unsafe impl aya::Pod for super::LinkClosed {}
     unsafe impl aya::Pod for super::SockOffsets {}
+    unsafe impl aya::Pod for super::IterSocket {}
 }

@@ -12,6 +12,7 @@ mod closed;
 mod collector;
 mod diag;
 mod entries;
+mod iter;
 mod key;
 mod links;
 mod netns;
@@ -37,7 +38,9 @@ use self::{
 use super::{Probe, ProbeContext, ProbeFuture};
 use crate::{
     imdb::{Batch, FieldMeta, FieldType, Row, TableMeta, Value},
-    selfmetrics::{EBPF_EVENTS_LOST, EBPF_MAP_FULL, PROBE_COLLECT_SECONDS, PROBE_ROWS},
+    selfmetrics::{
+        EBPF_EVENTS_LOST, EBPF_MAP_FULL, PROBE_COLLECT_SECONDS, PROBE_ROWS, TCP_SOCKET_SOURCE,
+    },
 };
 
 pub const TABLE: &str = "tcp_link";
@@ -141,6 +144,8 @@ pub struct TcpProbe {
     pub max_links: u32,
     /// Record client owners with cgroup connect hooks even where sockops could do it.
     pub connect_hooks: bool,
+    /// Read live sockets with the eBPF socket iterator where it loads (else sock_diag).
+    pub socket_iterator: bool,
     /// Series cap, client aggregation, filters.
     pub policy: Policy,
 }
@@ -150,13 +155,14 @@ impl Default for TcpProbe {
         Self {
             max_links: 65536,
             connect_hooks: false,
+            socket_iterator: true,
             policy: Policy::default(),
         }
     }
 }
 
-const KNOWN_PARAMS: &str = "max_links, connect_hooks, max_series, client_prefix_v4, \
-     client_prefix_v6, aggregate_clients, include_ports, exclude_ports, include_cidrs, \
+const KNOWN_PARAMS: &str = "max_links, connect_hooks, socket_iterator, max_series, \
+     client_prefix_v4, client_prefix_v6, aggregate_clients, include_ports, exclude_ports, include_cidrs, \
      exclude_cidrs, include_processes, exclude_processes";
 
 impl TcpProbe {
@@ -185,6 +191,13 @@ impl TcpProbe {
                         )
                     })?;
                 }
+                "socket_iterator" => {
+                    probe.socket_iterator = v.as_bool().ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "probes[tcp].params.socket_iterator: expected true or false, found {v}"
+                        )
+                    })?;
+                }
                 other => {
                     if !probe.policy.set(other, v)? {
                         anyhow::bail!(
@@ -208,9 +221,10 @@ impl Probe for TcpProbe {
     }
 
     fn run(&self, ctx: ProbeContext) -> ProbeFuture {
-        let (max_links, connect_hooks) = (self.max_links, self.connect_hooks);
+        let (max_links, connect_hooks, socket_iterator) =
+            (self.max_links, self.connect_hooks, self.socket_iterator);
         let policy = self.policy.clone();
-        Box::pin(async move { run(ctx, max_links, connect_hooks, policy).await })
+        Box::pin(async move { run(ctx, max_links, connect_hooks, socket_iterator, policy).await })
     }
 }
 
@@ -218,6 +232,7 @@ async fn run(
     mut ctx: ProbeContext,
     max_links: u32,
     connect_hooks: bool,
+    socket_iterator: bool,
     policy: Policy,
 ) -> anyhow::Result<()> {
     let mut programs = bpf::load(max_links, connect_hooks)?;
@@ -225,6 +240,30 @@ async fn run(
     let closed = ClosedEvents::start(programs.take_closed()?, lost)?;
     tracing::info!(cgroup = %programs.cgroup.display(), "tcp probe attached");
     let mut state = Collector::new(&ctx.metrics, policy);
+    let source = if socket_iterator {
+        match iter::TcpIter::load(&mut programs) {
+            Ok(it) => {
+                state.use_iterator(it);
+                tracing::info!("tcp probe reads sockets with the eBPF socket iterator");
+                "iterator"
+            }
+            Err(e) => {
+                tracing::info!(
+                    "tcp probe reads sockets with sock_diag: the eBPF socket iterator is \
+                     unavailable ({e:#})"
+                );
+                "sock_diag"
+            }
+        }
+    } else {
+        tracing::info!("tcp probe reads sockets with sock_diag (socket_iterator = false)");
+        "sock_diag"
+    };
+    for s in ["iterator", "sock_diag"] {
+        ctx.metrics
+            .gauge(TCP_SOCKET_SOURCE, &[("source", s)])
+            .set(f64::from(u8::from(s == source)));
+    }
     let collect_seconds = ctx
         .metrics
         .gauge(PROBE_COLLECT_SECONDS, &[("probe", "tcp")]);
