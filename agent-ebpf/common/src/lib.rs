@@ -145,7 +145,7 @@ pub const ITER_STATES: u32 =
 #[derive(Clone, Copy, Debug, Default)]
 pub struct IterSocket {
     pub cookie: u64,
-    /// Inode of the socket's file (0: no file, e.g. an orphan being closed).
+    /// Inode of the socket (0: none, an orphan being closed), as sock_diag reports it.
     pub inode: u64,
     /// The counters, as a close event carries them.
     pub stats: LinkStats,

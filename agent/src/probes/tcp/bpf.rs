@@ -41,11 +41,11 @@ fn parse_cgroup2_root(mounts: &str) -> Option<PathBuf> {
 /// `connect_hooks` forces the fallback that older kernels get (tests exercise it here).
 pub fn load(max_links: u32, connect_hooks: bool) -> anyhow::Result<Programs> {
     let cgroup = cgroup2_root()?;
-    let offsets = iter_offsets();
+    let offsets = super::iter::offsets();
     let mut loader = EbpfLoader::new();
     loader.map_max_entries("LINKS", max_links);
     if let Ok(o) = &offsets {
-        loader.override_global("ITER_OFFSETS", o, true);
+        o.set(&mut loader);
     }
     let mut ebpf = loader.load(OBJECT).context("loading the tcp eBPF object")?;
     let cg = File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
@@ -92,11 +92,6 @@ pub fn load(max_links: u32, connect_hooks: bool) -> anyhow::Result<Programs> {
         cgroup,
         iter_offsets: offsets.err(),
     })
-}
-
-/// The kernel struct offsets the socket iterator reads (see `iter.rs`).
-pub(super) fn iter_offsets() -> Result<gopher_common::SockOffsets, super::btf::BtfError> {
-    super::btf::sock_offsets(&super::btf::Btf::from_sys_fs()?)
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>

@@ -1,5 +1,5 @@
-//! One interval of the TCP probe: sock_diag dumps of every namespace, streamed datagram by
-//! datagram into the link state (`links.rs`), owners for the few new sockets the eBPF side
+//! One interval of the TCP probe: socket dumps of every namespace (the eBPF iterator, else
+//! sock_diag), streamed chunk by chunk into the link state (`links.rs`), owners for the few new sockets the eBPF side
 //! could not attribute, and the close events from the ring buffer.
 //!
 //! Cost follows the work: a socket already tracked costs a table lookup and a compare; only
@@ -288,47 +288,48 @@ impl Collector {
         let mut namespaces = std::mem::take(&mut self.namespaces);
         let mut buf = std::mem::take(&mut self.buf);
         let mut broken = Vec::new();
-        let mut walks: HashMap<u64, std::io::Result<OwnedFd>> =
-            self.iter.as_ref().map_or_else(HashMap::default, |it| {
-                let list: Vec<_> = namespaces
-                    .by_inode
-                    .values()
-                    .map(|ns| (ns.inode, ns.diag.as_raw_fd()))
-                    .collect();
-                it.open(&list).into_iter().collect()
-            });
         // A socket the eBPF side does not know is a server if one listens on its port in its
         // namespace (and its owner is the listener's, as a last resort): both sources hand a
         // namespace's listeners over before its other sockets.
         self.listeners.clear();
         self.links.begin_dump();
         let mut dumped = 0;
-        for ns in namespaces.by_inode.values() {
-            let first = !self.dumped_ns.contains(&ns.inode);
-            let mut on = |s: &DiagSocket| {
-                if s.state == diag::TCP_LISTEN {
-                    self.listeners.insert((ns.inode, s.local_port), s.inode);
-                } else {
-                    dumped += 1;
-                    self.on_socket(ns.inode, s, bpf, first, now);
-                }
-            };
-            let r = match walks.remove(&ns.inode) {
-                Some(walk) => walk.and_then(|fd| iter::read(fd, &mut buf, &mut on)),
-                None => diag::dump_sockets(&ns.diag, &mut buf, &mut on),
-            };
-            match r {
-                Ok(()) => {
-                    self.dumped_ns.insert(ns.inode);
-                }
-                Err(e) => {
+        let all: Vec<_> = namespaces.by_inode.values().collect();
+        // Iterators are made a batch of namespaces at a time (one thread visits them), and
+        // only that many are open at once: thousands of namespaces stay within LimitNOFILE.
+        for batch in all.chunks(iter::OPEN_AT_ONCE) {
+            let mut walks: HashMap<u64, std::io::Result<OwnedFd>> =
+                self.iter.as_ref().map_or_else(HashMap::default, |it| {
+                    let list: Vec<_> = batch
+                        .iter()
+                        .map(|ns| (ns.inode, ns.diag.as_raw_fd()))
+                        .collect();
+                    it.open(&list).into_iter().collect()
+                });
+            for ns in batch {
+                let first = !self.dumped_ns.contains(&ns.inode);
+                let mut on = |s: &DiagSocket| {
+                    if s.state == diag::TCP_LISTEN {
+                        self.listeners.insert((ns.inode, s.local_port), s.inode);
+                    } else {
+                        dumped += 1;
+                        self.on_socket(ns.inode, s, bpf, first, now);
+                    }
+                };
+                let r = match walks.remove(&ns.inode) {
+                    Some(walk) => walk.and_then(|fd| iter::read(fd, &mut buf, &mut on)),
+                    None => diag::dump_sockets(&ns.diag, &mut buf, &mut on),
+                };
+                if let Err(e) = r {
                     let source = if self.iter.is_some() {
-                        "tcp iterator"
+                        "socket iterator"
                     } else {
                         "sock_diag"
                     };
                     tracing::warn!(netns = ns.inode, "{source} dump failed: {e}");
                     broken.push(ns.inode);
+                } else {
+                    self.dumped_ns.insert(ns.inode);
                 }
             }
         }

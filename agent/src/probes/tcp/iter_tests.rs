@@ -7,8 +7,6 @@ use std::{
     time::Duration,
 };
 
-use aya::EbpfLoader;
-
 use super::*;
 use crate::probes::tcp::{bpf, diag, netns::Namespaces};
 
@@ -29,11 +27,10 @@ fn root() -> bool {
 
 /// The iterator alone, without the cgroup programs the probe attaches.
 fn attached() -> (TcpIter, aya::Ebpf) {
-    let offsets = bpf::iter_offsets().expect("offsets from kernel BTF");
-    let mut ebpf = EbpfLoader::new()
-        .override_global("ITER_OFFSETS", &offsets, true)
-        .load(bpf::OBJECT)
-        .expect("eBPF object");
+    let offsets = offsets().expect("offsets from kernel BTF");
+    let mut loader = EbpfLoader::new();
+    offsets.set(&mut loader);
+    let mut ebpf = loader.load(bpf::OBJECT).expect("eBPF object");
     let it = TcpIter::attach(&mut ebpf).expect("iter/tcp loads and attaches");
     (it, ebpf)
 }
@@ -275,4 +272,47 @@ fn the_iterator_reports_the_states_sock_diag_is_asked_for() {
         gopher_common::ITER_STATES,
         diag::LINK_STATES | diag::LISTEN_STATES
     );
+}
+
+/// The kernel's share of a walk, per socket, for whatever this namespace holds, beside
+/// sock_diag's for the same sockets (hold many links first, see the report): `cargo test -p
+/// gopher --lib walk_cost -- --ignored --nocapture`. Thread CPU time comes in scheduler ticks,
+/// so the two sources alternate over many walks and the sums are compared.
+#[test]
+#[ignore = "measurement; needs many sockets to mean anything"]
+fn walk_cost() {
+    const WALKS: usize = 20;
+    let (it, _ebpf) = attached();
+    let fd = diag::open().unwrap();
+    let mut buf = Vec::new();
+    let mut sums = [(0u64, Duration::ZERO, Duration::ZERO, Duration::ZERO); 2];
+    for _ in 0..WALKS {
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let mut n = 0u64;
+            let (t, cpu) = (std::time::Instant::now(), diag::thread_cpu());
+            if i == 0 {
+                read(it.create().unwrap(), &mut buf, |_| n += 1).unwrap();
+            } else {
+                diag::dump_sockets(&fd, &mut buf, |_| n += 1).unwrap();
+            }
+            let used = diag::thread_cpu().since(cpu);
+            *sum = (
+                sum.0 + n,
+                sum.1 + t.elapsed(),
+                sum.2 + used.sys,
+                sum.3 + used.user,
+            );
+        }
+    }
+    for (source, (n, wall, sys, user)) in ["iterator", "sock_diag"].iter().zip(sums) {
+        let per = |d: Duration| d.as_nanos() as f64 / n.max(1) as f64;
+        println!(
+            "{source:>9}: {WALKS} walks of {} sockets: per socket wall {:.0} ns, kernel {:.0} ns, \
+             user {:.0} ns",
+            n / WALKS as u64,
+            per(wall),
+            per(sys),
+            per(user)
+        );
+    }
 }

@@ -1,6 +1,8 @@
-//! The native TCP link probe: eBPF for per-connection events, sock_diag for live counters.
+//! The native TCP link probe: eBPF for per-connection events, an eBPF socket iterator (or
+//! sock_diag where it cannot load) for live counters.
 //!
-//! Every interval it dumps each network namespace's TCP sockets (tcp_info) and applies the close
+//! Every interval it reads each network namespace's TCP sockets (`iter.rs`, else `diag.rs`)
+//! and applies the close
 //! events the eBPF programs emitted (drained by a thread of their own, `closed.rs`, so that a
 //! slow interval loses none), then folds both into `tcp_link` rows (see `links.rs`).
 //! Nothing runs per packet or per send/recv call.
