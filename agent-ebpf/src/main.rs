@@ -31,6 +31,8 @@ use aya_ebpf::{
 };
 use core::ptr::read_volatile;
 
+mod iter;
+
 use gopher_common::{
     LinkClosed, LinkInfo, LinkStats, MAP_FULL_LINKS, MAP_FULL_SLOTS, OWNER_KNOWN, OWNER_NO_ENTRY,
     ROLE_CLIENT, ROLE_SERVER,

@@ -89,10 +89,100 @@ pub struct LinkClosed {
     pub remote_ip: [u32; 4],
 }
 
+/// Byte offsets of the kernel socket fields the tracing programs read through BTF pointers
+/// (`struct sock *` and what hangs off it), resolved by the agent from /sys/kernel/btf/vmlinux
+/// and handed to the programs as read-only globals. Rust eBPF has no CO-RE relocations, and
+/// these layouts change between kernel builds: a frozen `.rodata` value is a constant to the
+/// verifier, so `ptr + offset` loads still verify as BTF pointer accesses.
+///
+/// Every `tcp_sock`, `sock_common` and `sock` field is relative to the `struct sock *` (a
+/// `tcp_sock` starts with its `sock`, which starts with its `sock_common`); the others are
+/// relative to a pointer to their own struct. Each field's width is checked at resolution (see
+/// the agent's `probes::tcp::btf`), so a program reads exactly that width.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `tcp_sock`: u64.
+    pub bytes_received: u32,
+    /// `tcp_sock`: u64.
+    pub bytes_acked: u32,
+    /// `tcp_sock`, this and the rest of its fields: u32.
+    pub segs_in: u32,
+    pub segs_out: u32,
+    pub total_retrans: u32,
+    pub lost_out: u32,
+    /// The kernel's smoothed RTT, in 1/8 µs.
+    pub srtt_us: u32,
+    pub snd_cwnd: u32,
+    pub snd_una: u32,
+    pub snd_nxt: u32,
+    pub write_seq: u32,
+    pub rcv_nxt: u32,
+    pub copied_seq: u32,
+    /// `sock_common`: u16.
+    pub skc_family: u32,
+    /// `sock_common`: u8.
+    pub skc_state: u32,
+    /// `sock_common`: u16, host byte order.
+    pub skc_num: u32,
+    /// `sock_common`: u16, network byte order.
+    pub skc_dport: u32,
+    /// `sock_common`: 4 bytes, network byte order.
+    pub skc_rcv_saddr: u32,
+    pub skc_daddr: u32,
+    /// `sock_common`: 16 bytes.
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_v6_daddr: u32,
+    /// `sock_common`: the `struct net *` inside `skc_net` (possible_net_t).
+    pub skc_net: u32,
+    /// `sock_common`: u64 (atomic64_t), the socket cookie once one was asked for (0 before).
+    pub skc_cookie: u32,
+    /// `sock`: `struct socket *`, NULL once the socket is orphaned.
+    pub sk_socket: u32,
+    /// `socket.file`: `struct file *`.
+    pub socket_file: u32,
+    /// `file.f_inode`: `struct inode *`.
+    pub file_inode: u32,
+    /// `inode.i_ino`: u64.
+    pub inode_ino: u32,
+    /// `net.net_cookie`: u64.
+    pub net_cookie: u32,
+}
+
+/// TCP states whose sockets the `iter/tcp` program reports: the link-carrying states (the
+/// agent's `LINK_STATES`: ESTABLISHED, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING) and LISTEN.
+pub const ITER_STATES: u32 =
+    (1 << 1) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11);
+
+/// One TCP socket as the `iter/tcp` program writes it: the facts a sock_diag dump with
+/// `tcp_info` gives the agent, in a fixed-size record (no netlink framing, no attributes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IterSocket {
+    pub cookie: u64,
+    /// Inode of the socket (0: none, an orphan being closed), as sock_diag reports it.
+    pub inode: u64,
+    /// The counters, as a close event carries them.
+    pub stats: LinkStats,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// TCP_* numbering.
+    pub state: u8,
+    pub _pad: u8,
+    /// Host byte order.
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// Network byte order; IPv4 in the first word.
+    pub local_ip: [u32; 4],
+    pub remote_ip: [u32; 4],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain-old-data, `#[repr(C)]`, every bit pattern valid.
     unsafe impl aya::Pod for super::LinkInfo {}
     unsafe impl aya::Pod for super::LinkStats {}
     unsafe impl aya::Pod for super::LinkClosed {}
+    unsafe impl aya::Pod for super::SockOffsets {}
+    unsafe impl aya::Pod for super::IterSocket {}
 }

@@ -36,6 +36,7 @@ pub const PROBE_COLLECT_SECONDS: &str = "gopher_probe_collect_seconds";
 pub const TCP_LINKS_AGGREGATED: &str = "gopher_tcp_links_aggregated_total";
 pub const TCP_SOCKETS_EXCLUDED: &str = "gopher_tcp_sockets_excluded_total";
 pub const TCP_NETNS_ERRORS: &str = "gopher_tcp_netns_errors_total";
+pub const TCP_SOCKET_SOURCE: &str = "gopher_tcp_socket_source";
 
 /// The reasons the table store refuses a row of a registered table for (`ImdbError::reason`),
 /// whose `gopher_rows_dropped_total` series are shown at 0 before the first drop.
@@ -59,7 +60,7 @@ pub(super) type Declaration = (&'static str, Kind, &'static [&'static str], &'st
 /// Every family, in render order.
 // One flat list of declarations: splitting it would scatter the catalogue.
 #[allow(clippy::too_many_lines)]
-pub(super) fn declared() -> [Declaration; 33] {
+pub(super) fn declared() -> [Declaration; 34] {
     [
         (
             CONTROL_REQUESTS,
@@ -162,6 +163,12 @@ pub(super) fn declared() -> [Declaration; 33] {
             Counter,
             &["reason"],
             "Network namespaces the tcp probe could not read: open (no sock_diag socket in it) or dump (the dump failed); their sockets are kept, not declared gone.",
+        ),
+        (
+            TCP_SOCKET_SOURCE,
+            Gauge,
+            &["source"],
+            "1 for where the tcp probe reads live sockets from: iterator (the eBPF iter/tcp program) or sock_diag (the fallback when the iterator cannot load, or socket_iterator = false).",
         ),
         (
             PROBE_ROWS,

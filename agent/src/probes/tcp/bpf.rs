@@ -14,11 +14,13 @@ use aya::{
 use gopher_common::LinkInfo;
 
 /// The eBPF object built by build.rs (aya-build) from `agent-ebpf`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gopher"));
+pub(super) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gopher"));
 
 pub struct Programs {
     pub ebpf: Ebpf,
     pub cgroup: PathBuf,
+    /// Why the socket iterator's kernel offsets are unknown (it is then not loaded).
+    pub iter_offsets: Option<super::btf::BtfError>,
 }
 
 /// Finds the cgroup2 mount in /proc/mounts: it is /sys/fs/cgroup on unified hosts and
@@ -39,10 +41,13 @@ fn parse_cgroup2_root(mounts: &str) -> Option<PathBuf> {
 /// `connect_hooks` forces the fallback that older kernels get (tests exercise it here).
 pub fn load(max_links: u32, connect_hooks: bool) -> anyhow::Result<Programs> {
     let cgroup = cgroup2_root()?;
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries("LINKS", max_links)
-        .load(OBJECT)
-        .context("loading the tcp eBPF object")?;
+    let offsets = super::iter::offsets();
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries("LINKS", max_links);
+    if let Ok(o) = &offsets {
+        o.set(&mut loader);
+    }
+    let mut ebpf = loader.load(OBJECT).context("loading the tcp eBPF object")?;
     let cg = File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
 
     let prog: &mut CgroupSock = program(&mut ebpf, "gopher_sock_release")?;
@@ -82,7 +87,11 @@ pub fn load(max_links: u32, connect_hooks: bool) -> anyhow::Result<Programs> {
     let prog: &mut SockOps = program(&mut ebpf, sockops)?;
     prog.attach(&cg, CgroupAttachMode::Single)
         .with_context(|| format!("attaching {sockops} to {}", cgroup.display()))?;
-    Ok(Programs { ebpf, cgroup })
+    Ok(Programs {
+        ebpf,
+        cgroup,
+        iter_offsets: offsets.err(),
+    })
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>

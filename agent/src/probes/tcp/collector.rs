@@ -1,5 +1,5 @@
-//! One interval of the TCP probe: sock_diag dumps of every namespace, streamed datagram by
-//! datagram into the link state (`links.rs`), owners for the few new sockets the eBPF side
+//! One interval of the TCP probe: socket dumps of every namespace (the eBPF iterator, else
+//! sock_diag), streamed chunk by chunk into the link state (`links.rs`), owners for the few new sockets the eBPF side
 //! could not attribute, and the close events from the ring buffer.
 //!
 //! Cost follows the work: a socket already tracked costs a table lookup and a compare; only
@@ -8,6 +8,7 @@
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::{
+    os::fd::{AsRawFd as _, OwnedFd},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -20,7 +21,9 @@ use super::{
     closed::ClosedEvents,
     data_only,
     diag::{self, Counters, DiagSocket},
-    ip_from_words, key,
+    ip_from_words,
+    iter::{self, TcpIter},
+    key,
     links::{Delta, Links, ROLE_CLIENT, ROLE_SERVER, Seen},
     netns::Namespaces,
     normalize,
@@ -92,6 +95,8 @@ pub struct Collector {
     /// Namespaces this probe run has dumped completely at least once. Only a socket in a
     /// namespace's first dump can predate the probe; any other was born since.
     dumped_ns: HashSet<u64>,
+    /// The socket iterator, when it loaded; sock_diag otherwise.
+    iter: Option<TcpIter>,
 }
 
 /// Takes the sequence-space FIN bytes a socket's state implies out of its counters (the SYN
@@ -143,7 +148,13 @@ impl Collector {
             excluded_seen: 0,
             primed: false,
             dumped_ns: HashSet::default(),
+            iter: None,
         }
+    }
+
+    /// Reads sockets through the iterator from now on instead of sock_diag.
+    pub fn use_iterator(&mut self, it: TcpIter) {
+        self.iter = Some(it);
     }
 
     /// Applies every close event written so far (those still in the ring buffer included).
@@ -174,16 +185,7 @@ impl Collector {
             // once a second: a namespace already gone cannot be learnt).
             self.refresh_namespaces();
         }
-        let s = &ev.stats;
-        let raw = Counters {
-            bytes_received: s.bytes_received,
-            bytes_acked: s.bytes_acked,
-            segs_in: s.segs_in,
-            segs_out: s.segs_out,
-            total_retrans: s.total_retrans,
-            lost: s.lost_out,
-            srtt_us: s.srtt_us,
-        };
+        let raw = Counters::from(&ev.stats);
         let old = ev.old_state;
         let we_sent_fin = matches!(old, FIN_WAIT1 | FIN_WAIT2 | CLOSING | LAST_ACK);
         let fin_received = matches!(old, CLOSE_WAIT | LAST_ACK | CLOSING)
@@ -275,7 +277,8 @@ impl Collector {
     }
 
     /// Dumps every namespace's listeners, then streams its link-carrying sockets into the
-    /// link state. Returns the inodes of namespaces whose dump is incomplete.
+    /// link state, from the socket iterator when it loaded, else from sock_diag. Returns the
+    /// inodes of namespaces whose dump is incomplete.
     fn dump_all(
         &mut self,
         bpf: Option<&BpfHashMap<&MapData, u64, LinkInfo>>,
@@ -285,41 +288,49 @@ impl Collector {
         let mut namespaces = std::mem::take(&mut self.namespaces);
         let mut buf = std::mem::take(&mut self.buf);
         let mut broken = Vec::new();
-        let families = [libc::AF_INET as u8, libc::AF_INET6 as u8];
-        // Listeners first: a socket the eBPF side does not know is a server if one listens on
-        // its port (and its owner is the listener's, as a last resort).
+        // A socket the eBPF side does not know is a server if one listens on its port in its
+        // namespace (and its owner is the listener's, as a last resort): both sources hand a
+        // namespace's listeners over before its other sockets.
         self.listeners.clear();
-        for ns in namespaces.by_inode.values() {
-            for family in families {
-                let listeners = &mut self.listeners;
-                let r = diag::dump(&ns.diag, family, diag::LISTEN_STATES, &mut buf, |s| {
-                    listeners.insert((ns.inode, s.local_port), s.inode);
-                });
-                if let Err(e) = r {
-                    tracing::warn!(netns = ns.inode, family, "sock_diag dump failed: {e}");
-                    broken.push(ns.inode);
-                }
-            }
-        }
         self.links.begin_dump();
         let mut dumped = 0;
-        for ns in namespaces.by_inode.values() {
-            if broken.contains(&ns.inode) {
-                continue;
-            }
-            let first = !self.dumped_ns.contains(&ns.inode);
-            for family in families {
-                let r = diag::dump(&ns.diag, family, diag::LINK_STATES, &mut buf, |s| {
-                    dumped += 1;
-                    self.on_socket(ns.inode, s, bpf, first, now);
+        let all: Vec<_> = namespaces.by_inode.values().collect();
+        // Iterators are made a batch of namespaces at a time (one thread visits them), and
+        // only that many are open at once: thousands of namespaces stay within LimitNOFILE.
+        for batch in all.chunks(iter::OPEN_AT_ONCE) {
+            let mut walks: HashMap<u64, std::io::Result<OwnedFd>> =
+                self.iter.as_ref().map_or_else(HashMap::default, |it| {
+                    let list: Vec<_> = batch
+                        .iter()
+                        .map(|ns| (ns.inode, ns.diag.as_raw_fd()))
+                        .collect();
+                    it.open(&list).into_iter().collect()
                 });
+            for ns in batch {
+                let first = !self.dumped_ns.contains(&ns.inode);
+                let mut on = |s: &DiagSocket| {
+                    if u32::from(s.state) == gopher_common::TCP_LISTEN {
+                        self.listeners.insert((ns.inode, s.local_port), s.inode);
+                    } else {
+                        dumped += 1;
+                        self.on_socket(ns.inode, s, bpf, first, now);
+                    }
+                };
+                let r = match walks.remove(&ns.inode) {
+                    Some(walk) => walk.and_then(|fd| iter::read(fd, &mut buf, &mut on)),
+                    None => diag::dump_sockets(&ns.diag, &mut buf, &mut on),
+                };
                 if let Err(e) = r {
-                    tracing::warn!(netns = ns.inode, family, "sock_diag dump failed: {e}");
+                    let source = if self.iter.is_some() {
+                        "socket iterator"
+                    } else {
+                        "sock_diag"
+                    };
+                    tracing::warn!(netns = ns.inode, "{source} dump failed: {e}");
                     broken.push(ns.inode);
+                } else {
+                    self.dumped_ns.insert(ns.inode);
                 }
-            }
-            if !broken.contains(&ns.inode) {
-                self.dumped_ns.insert(ns.inode);
             }
         }
         self.dumped_ns

@@ -52,6 +52,20 @@ pub struct Counters {
     pub srtt_us: u32,
 }
 
+impl From<&gopher_common::LinkStats> for Counters {
+    fn from(s: &gopher_common::LinkStats) -> Self {
+        Self {
+            bytes_received: s.bytes_received,
+            bytes_acked: s.bytes_acked,
+            segs_in: s.segs_in,
+            segs_out: s.segs_out,
+            total_retrans: s.total_retrans,
+            lost: s.lost_out,
+            srtt_us: s.srtt_us,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiagSocket {
     pub state: u8,
@@ -126,6 +140,21 @@ pub fn dump(
             return Ok(());
         }
     }
+}
+
+/// Every socket the probe uses in the namespace of `fd`: listeners first, then the sockets in
+/// [`LINK_STATES`], IPv4 then IPv6 (what the socket iterator hands over in one walk).
+pub fn dump_sockets(
+    fd: &OwnedFd,
+    buf: &mut Vec<u8>,
+    mut f: impl FnMut(&DiagSocket),
+) -> io::Result<()> {
+    for states in [LISTEN_STATES, LINK_STATES] {
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            dump(fd, family, states, buf, &mut f)?;
+        }
+    }
+    Ok(())
 }
 
 /// Parses one datagram of netlink messages; returns true at NLMSG_DONE.

@@ -1,15 +1,20 @@
-//! The native TCP link probe: eBPF for per-connection events, sock_diag for live counters.
+//! The native TCP link probe: eBPF for per-connection events, an eBPF socket iterator (or
+//! sock_diag where it cannot load) for live counters.
 //!
-//! Every interval it dumps each network namespace's TCP sockets (tcp_info) and applies the close
+//! Every interval it reads each network namespace's TCP sockets (`iter.rs`, else `diag.rs`)
+//! and applies the close
 //! events the eBPF programs emitted (drained by a thread of their own, `closed.rs`, so that a
 //! slow interval loses none), then folds both into `tcp_link` rows (see `links.rs`).
 //! Nothing runs per packet or per send/recv call.
 
 mod bpf;
+#[allow(dead_code, reason = "its users, the tracing programs, land next")]
+mod btf;
 mod closed;
 mod collector;
 mod diag;
 mod entries;
+mod iter;
 mod key;
 mod links;
 mod netns;
@@ -33,7 +38,9 @@ use self::{
 use super::{ParamError, Probe, ProbeContext, ProbeFuture};
 use crate::{
     imdb::{Batch, FieldMeta, FieldType, Row, TableMeta, Value},
-    selfmetrics::{EBPF_EVENTS_LOST, EBPF_MAP_FULL, PROBE_COLLECT_SECONDS, PROBE_ROWS},
+    selfmetrics::{
+        EBPF_EVENTS_LOST, EBPF_MAP_FULL, PROBE_COLLECT_SECONDS, PROBE_ROWS, TCP_SOCKET_SOURCE,
+    },
 };
 
 pub const TABLE: &str = "tcp_link";
@@ -137,6 +144,8 @@ pub struct TcpProbe {
     pub max_links: u32,
     /// Record client owners with cgroup connect hooks even where sockops could do it.
     pub connect_hooks: bool,
+    /// Read live sockets with the eBPF socket iterator where it loads (else sock_diag).
+    pub socket_iterator: bool,
     /// Series cap, client aggregation, filters.
     pub policy: Policy,
 }
@@ -146,6 +155,7 @@ impl Default for TcpProbe {
         Self {
             max_links: 65536,
             connect_hooks: false,
+            socket_iterator: true,
             policy: Policy::default(),
         }
     }
@@ -169,9 +179,10 @@ impl Probe for TcpProbe {
     }
 
     fn run(&self, ctx: ProbeContext) -> ProbeFuture {
-        let (max_links, connect_hooks) = (self.max_links, self.connect_hooks);
+        let (max_links, connect_hooks, socket_iterator) =
+            (self.max_links, self.connect_hooks, self.socket_iterator);
         let policy = self.policy.clone();
-        Box::pin(async move { run(ctx, max_links, connect_hooks, policy).await })
+        Box::pin(async move { run(ctx, max_links, connect_hooks, socket_iterator, policy).await })
     }
 }
 
@@ -179,6 +190,7 @@ async fn run(
     mut ctx: ProbeContext,
     max_links: u32,
     connect_hooks: bool,
+    socket_iterator: bool,
     policy: Policy,
 ) -> anyhow::Result<()> {
     let mut programs = bpf::load(max_links, connect_hooks)?;
@@ -186,6 +198,30 @@ async fn run(
     let closed = ClosedEvents::start(programs.take_closed()?, lost)?;
     tracing::info!(cgroup = %programs.cgroup.display(), "tcp probe attached");
     let mut state = Collector::new(&ctx.metrics, policy);
+    let source = if socket_iterator {
+        match iter::TcpIter::load(&mut programs) {
+            Ok(it) => {
+                state.use_iterator(it);
+                tracing::info!("tcp probe reads sockets with the eBPF socket iterator");
+                "iterator"
+            }
+            Err(e) => {
+                tracing::info!(
+                    "tcp probe reads sockets with sock_diag: the eBPF socket iterator is \
+                     unavailable ({e:#})"
+                );
+                "sock_diag"
+            }
+        }
+    } else {
+        tracing::info!("tcp probe reads sockets with sock_diag (socket_iterator = false)");
+        "sock_diag"
+    };
+    for s in ["iterator", "sock_diag"] {
+        ctx.metrics
+            .gauge(TCP_SOCKET_SOURCE, &[("source", s)])
+            .set(f64::from(u8::from(s == source)));
+    }
     let collect_seconds = ctx
         .metrics
         .gauge(PROBE_COLLECT_SECONDS, &[("probe", "tcp")]);

@@ -3,7 +3,8 @@
 //! sock_diag answers only for the namespace its socket lives in, so the agent keeps one socket
 //! per namespace, created by a short-lived thread that `setns()`s into it (a socket stays in the
 //! namespace it was created in). Sockets of vanished namespaces are closed, because an open
-//! socket would keep a dead namespace alive.
+//! socket would keep a dead namespace alive. The socket is also the namespace's handle for the
+//! socket iterator (`iter.rs` gets the namespace back from it with `SIOCGSKNS`).
 //!
 //! Discovery follows change: `/proc` is listed every refresh (one cheap directory read), but
 //! `/proc/<pid>/ns/net` is looked at only for pids new in the last [`YOUNG_REFRESHES`] refreshes

@@ -19,6 +19,8 @@ struct TcpParams {
     max_links: Option<u32>,
     #[serde(deserialize_with = "flag")]
     connect_hooks: Option<bool>,
+    #[serde(deserialize_with = "flag")]
+    socket_iterator: Option<bool>,
     #[serde(deserialize_with = "max_series")]
     max_series: Option<u32>,
     #[serde(deserialize_with = "prefix_v4")]
@@ -48,6 +50,7 @@ pub(super) fn probe(table: &toml::Table) -> Result<TcpProbe, ParamError> {
     let policy = &mut probe.policy;
     set(&mut probe.max_links, p.max_links);
     set(&mut probe.connect_hooks, p.connect_hooks);
+    set(&mut probe.socket_iterator, p.socket_iterator);
     set(&mut policy.max_series, p.max_series);
     // Explicit prefixes win over aggregate_clients (they were applied after it, in key order).
     if p.aggregate_clients == Some(true) {
@@ -167,7 +170,7 @@ mod tests {
         let e = refusal("bogus = 1");
         assert_eq!(
             e.to_string(),
-            "probes[tcp].params.bogus: unknown parameter (known: max_links, connect_hooks, \
+            "probes[tcp].params.bogus: unknown parameter (known: max_links, connect_hooks, socket_iterator, \
              max_series, client_prefix_v4, client_prefix_v6, aggregate_clients, include_ports, \
              exclude_ports, include_cidrs, exclude_cidrs, include_processes, exclude_processes)"
         );
