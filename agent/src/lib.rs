@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod egress;
 pub mod imdb;
+pub mod mem;
 pub mod probes;
 pub mod selfmetrics;
 pub mod service;

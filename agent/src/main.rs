@@ -54,6 +54,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: the arena limit applies to arenas made from here on.
+    gopher::mem::tune();
     let cli = Cli::parse();
     if let Some(Command::Ctl(args)) = cli.command {
         return ctl(args);
@@ -221,6 +223,7 @@ async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Resul
         Arc::clone(&store),
         Arc::clone(&metrics),
     ));
+    let trimming = tokio::spawn(trim_every(TRIM_EVERY));
     ctl.start()?;
 
     let listener = http::bind(&cfg.web_server.bind_addr, cfg.web_server.port).await?;
@@ -276,6 +279,7 @@ async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Resul
     let _ = ingest_stop.send(true);
     let _ = ingest.await;
     expiry.abort();
+    trimming.abort();
     let _ = shutdown_tx.send(true);
     let _ = web.await;
     if let Some(mut control) = control {
@@ -443,6 +447,28 @@ async fn expire_every(period: Duration, store: Arc<Mutex<Store>>, metrics: Arc<S
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         store.expire(clock::mono_ms());
         gopher::selfmetrics::sync_from_store(&store, &metrics);
+    }
+}
+
+/// How often the allocator's free memory is checked (and handed back when there is enough).
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+
+/// Hands the memory a peak left free (a tcp collection and its batch, a scrape's render) back
+/// to the kernel within a second of it; see `gopher::mem`.
+async fn trim_every(period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let started = std::time::Instant::now();
+        let free = gopher::mem::trim();
+        if free > 0 {
+            tracing::debug!(
+                free,
+                trim_us = started.elapsed().as_micros() as u64,
+                "returned free heap memory to the kernel"
+            );
+        }
     }
 }
 
