@@ -254,28 +254,29 @@ async fn run(
             }
             _ = apply_tick.tick() => state.drain(&closed),
             _ = tick.tick() => {
+                // Only what changed goes to the store, which counts the other links as
+                // refreshed. The first delta of this run holds every link and replaces what
+                // an earlier run of the probe left.
+                let full = always_full || first;
                 // sock_diag dumps and /proc reads block: keep them off the async workers' queue.
                 let started = std::time::Instant::now();
-                let batch = tokio::task::block_in_place(|| {
-                    let d = state.collect(&mut programs, &closed, idle);
-                    // Only what changed goes to the store, which counts the other links as
-                    // refreshed. The first batch of this run holds every link and replaces
-                    // what an earlier run of the probe left.
-                    let full = always_full || first;
-                    let changed = if full {
-                        state.rows()
-                    } else {
-                        d.changed.into_iter().map(to_row).collect()
-                    };
-                    delta(changed, &d.removed, true, full)
+                let d = tokio::task::block_in_place(|| {
+                    state.collect(&mut programs, &closed, idle, !full)
                 });
                 first = false;
                 collect_seconds.set(started.elapsed().as_secs_f64());
-                let full = programs.links_full();
-                links_full.add(full.saturating_sub(links_full_seen));
-                links_full_seen = links_full_seen.max(full);
-                rows_sent.add(batch.len() as u64);
-                if ctx.rows.send(batch).await.is_err() {
+                let map_full = programs.links_full();
+                links_full.add(map_full.saturating_sub(links_full_seen));
+                links_full_seen = links_full_seen.max(map_full);
+                let rows = if full {
+                    Rows::All(state.link_ids())
+                } else {
+                    Rows::Changed(d.changed)
+                };
+                if send_delta(&ctx.rows, &state, rows, &d.removed, full, &rows_sent)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -363,6 +364,61 @@ pub(crate) fn to_row(r: LinkRow) -> Row {
     }
 }
 
+/// Rows per delta sent to the store. A row in transit (values, not yet packed) takes about
+/// 500 bytes, several times its stored form: 100 k links sent at once took 50 MB for a moment
+/// (and glibc kept much of it), a piece of this size takes 2 MB.
+const PIECE: usize = 4096;
+/// How long a piece waits at most for the store to take the one before it.
+const PIECE_WAIT: Duration = Duration::from_millis(100);
+
+/// An interval's rows: every link's (by index, built piece by piece), or the changed ones.
+enum Rows {
+    All(Vec<u32>),
+    Changed(Vec<LinkRow>),
+}
+
+/// Sends an interval's delta in pieces of [`PIECE`] rows (see [`Batch::TableDelta`]'s `more`),
+/// each built when it is sent and sent once the store has taken the one before (bounded by
+/// [`PIECE_WAIT`]), so that only a piece or two are in memory in their fat form. The last
+/// piece refreshes the rest; `replace` starts with the first and ends with the last. Err when
+/// the store is gone.
+async fn send_delta(
+    tx: &tokio::sync::mpsc::Sender<Batch>,
+    state: &Collector,
+    rows: Rows,
+    removed: &[LinkKey],
+    replace: bool,
+    rows_sent: &crate::selfmetrics::Counter,
+) -> Result<(), ()> {
+    let (ids, mut changed) = match rows {
+        Rows::All(ids) => (ids, Vec::new().into_iter()),
+        Rows::Changed(rows) => (Vec::new(), rows.into_iter()),
+    };
+    let total = ids.len() + changed.len();
+    let mut sent = 0;
+    loop {
+        let end = (sent + PIECE).min(total);
+        let piece = if ids.is_empty() {
+            changed.by_ref().take(end - sent).map(to_row).collect()
+        } else {
+            state.rows_of(&ids[sent..end])
+        };
+        let (first, more) = (sent == 0, end < total);
+        let removed = if first { removed } else { &[] };
+        let batch = delta(piece, removed, !more, replace && first, more);
+        rows_sent.add(batch.len() as u64);
+        tx.send(batch).await.map_err(|_| ())?;
+        if !more {
+            return Ok(());
+        }
+        sent = end;
+        let deadline = tokio::time::Instant::now() + PIECE_WAIT;
+        while tx.capacity() < tx.max_capacity() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
 /// One interval's changes as a delta of the table the probe owns: `changed` rows are written,
 /// `removed` links dropped, and with `refresh_rest` every other record counts as refreshed
 /// (unchanged links need not be sent; Kafka still gets every live link once per pass).
@@ -371,6 +427,7 @@ pub(crate) fn delta(
     removed: &[LinkKey],
     refresh_rest: bool,
     replace: bool,
+    more: bool,
 ) -> Batch {
     Batch::TableDelta {
         table: TABLE.to_owned(),
@@ -378,6 +435,7 @@ pub(crate) fn delta(
         removed: removed.iter().map(key_values).collect(),
         refresh_rest,
         replace,
+        more,
     }
 }
 
@@ -471,11 +529,12 @@ mod tests {
             &[],
             false,
             true,
+            false,
         );
         assert_eq!(store.apply(batch, 1), 0);
         // 443 is gone, 80 unchanged (not sent): refreshed.
         let gone = link(443, 7).key;
-        assert_eq!(store.apply(delta(vec![], &[gone], true, false), 2), 0);
+        assert_eq!(store.apply(delta(vec![], &[gone], true, false, false), 2), 0);
         let snap = store.snapshot();
         let t = &snap.tables[0];
         assert_eq!(t.records.len(), 1);
