@@ -14,6 +14,7 @@ mod key;
 mod links;
 mod netns;
 mod owners;
+mod pieces;
 pub mod policy;
 #[cfg(test)]
 mod scan_bench;
@@ -30,6 +31,7 @@ use self::{
     diag::Counters,
     links::{Key, LinkKey, LinkRow, ROLE_SERVER},
     owners::Owner,
+    pieces::{Rows, send_delta},
     policy::Policy,
 };
 use super::{Probe, ProbeContext, ProbeFuture};
@@ -361,61 +363,6 @@ pub(crate) fn to_row(r: LinkRow) -> Row {
     Row {
         table: TABLE.to_owned(),
         values,
-    }
-}
-
-/// Rows per delta sent to the store. A row in transit (values, not yet packed) takes about
-/// 500 bytes, several times its stored form: 100 k links sent at once took 50 MB for a moment
-/// (and glibc kept much of it), a piece of this size takes 2 MB.
-const PIECE: usize = 4096;
-/// How long a piece waits at most for the store to take the one before it.
-const PIECE_WAIT: Duration = Duration::from_millis(100);
-
-/// An interval's rows: every link's (by index, built piece by piece), or the changed ones.
-enum Rows {
-    All(Vec<u32>),
-    Changed(Vec<LinkRow>),
-}
-
-/// Sends an interval's delta in pieces of [`PIECE`] rows (see [`Batch::TableDelta`]'s `more`),
-/// each built when it is sent and sent once the store has taken the one before (bounded by
-/// [`PIECE_WAIT`]), so that only a piece or two are in memory in their fat form. The last
-/// piece refreshes the rest; `replace` starts with the first and ends with the last. Err when
-/// the store is gone.
-async fn send_delta(
-    tx: &tokio::sync::mpsc::Sender<Batch>,
-    state: &Collector,
-    rows: Rows,
-    removed: &[LinkKey],
-    replace: bool,
-    rows_sent: &crate::selfmetrics::Counter,
-) -> Result<(), ()> {
-    let (ids, mut changed) = match rows {
-        Rows::All(ids) => (ids, Vec::new().into_iter()),
-        Rows::Changed(rows) => (Vec::new(), rows.into_iter()),
-    };
-    let total = ids.len() + changed.len();
-    let mut sent = 0;
-    loop {
-        let end = (sent + PIECE).min(total);
-        let piece = if ids.is_empty() {
-            changed.by_ref().take(end - sent).map(to_row).collect()
-        } else {
-            state.rows_of(&ids[sent..end])
-        };
-        let (first, more) = (sent == 0, end < total);
-        let removed = if first { removed } else { &[] };
-        let batch = delta(piece, removed, !more, replace && first, more);
-        rows_sent.add(batch.len() as u64);
-        tx.send(batch).await.map_err(|_| ())?;
-        if !more {
-            return Ok(());
-        }
-        sent = end;
-        let deadline = tokio::time::Instant::now() + PIECE_WAIT;
-        while tx.capacity() < tx.max_capacity() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
     }
 }
 
