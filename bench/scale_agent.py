@@ -52,6 +52,8 @@ def agent_config(which, port, interval, binary=None):
         "global": {"log_level": '"warn"'},
         "web_server": {"bind_addr": '"127.0.0.1"', "port": str(port)},
         "kafka": {"switch": '"off"'},
+        # Not needed here, and its default port (8889) may be taken by another agent on the host.
+        "control": {"switch": '"off"'},
         # Above the 100 k links held plus whatever else the host runs: nothing refused.
         "imdb": {"max_records_num": "262144"},
         "probes": {

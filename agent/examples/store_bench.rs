@@ -91,6 +91,7 @@ fn main() {
                 removed: Vec::new(),
                 refresh_rest: false,
                 replace: false,
+                more: false,
             },
             1,
         );

@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod egress;
 pub mod imdb;
+pub mod mem;
 pub mod probes;
 pub mod service;
 pub mod supervise;

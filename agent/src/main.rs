@@ -31,6 +31,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: the arena limit applies to arenas made from here on.
+    gopher::mem::tune();
     let cli = Cli::parse();
     if let Some(Command::Ctl(args)) = cli.command {
         return ctl(args);

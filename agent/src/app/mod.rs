@@ -185,6 +185,7 @@ async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Resul
         Arc::clone(&store),
         Arc::clone(&metrics),
     ));
+    let trimming = tokio::spawn(crate::mem::trim_every(crate::mem::TRIM_EVERY));
     ctl.start()?;
 
     let listener = http::bind(&cfg.web_server.bind_addr, cfg.web_server.port).await?;
@@ -240,6 +241,7 @@ async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Resul
     let _ = ingest_stop.send(true);
     let _ = ingest.await;
     expiry.abort();
+    trimming.abort();
     let _ = shutdown_tx.send(true);
     let _ = web.await;
     if let Some(mut control) = control {

@@ -22,14 +22,19 @@ pub enum Batch {
     /// written, the records with the keys in `removed` (key field values, in meta order) are
     /// dropped, and with `refresh_rest` every other record of the table counts as written now
     /// (unchanged: its age restarts and sinks that send what was written, Kafka, send it again).
-    /// With `replace`, every record is dropped first: a probe's first delta after it (re)started
-    /// holds all it knows, and records of an earlier run of it must not be refreshed forever.
+    /// With `replace`, the records written before it that this delta does not write are dropped
+    /// when it ends: a probe's first delta after it (re)started holds all it knows, and records
+    /// of an earlier run of it must not be refreshed forever. With `more`, the delta goes on in
+    /// the next `TableDelta` of the table (a large one sent in pieces, so that rows in their
+    /// fat form are never all in memory at once); a `replace` then ends with the last piece,
+    /// and until then the earlier records stay visible (and make room when the table is full).
     TableDelta {
         table: String,
         upserts: Vec<Vec<Value>>,
         removed: Vec<Vec<Value>>,
         refresh_rest: bool,
         replace: bool,
+        more: bool,
     },
 }
 

@@ -102,6 +102,9 @@ struct Table {
     /// (ms, version) of the last delta with `refresh_rest`: a record written before it counts
     /// as written then. Keeps a refresh O(1) whatever the table's size.
     refreshed: (u64, u64),
+    /// A `replace` delta in pieces is under way: records of this version or older that it has
+    /// not written again are dropped when it ends.
+    replacing: Option<u64>,
 }
 
 impl Table {
@@ -110,6 +113,13 @@ impl Table {
             e.updated_ms.get().max(self.refreshed.0),
             e.version.get().max(self.refreshed.1),
         )
+    }
+
+    /// Ends a `replace`: drops the records written before it and not since.
+    fn end_replace(&mut self) {
+        if let Some(before) = self.replacing.take() {
+            self.records.retain(|e| e.version.get() > before);
+        }
     }
 }
 
@@ -164,6 +174,7 @@ impl Store {
             meta: Arc::new(meta),
             records: BTreeSet::new(),
             refreshed: (0, 0),
+            replacing: None,
         };
         self.tables.insert(table.meta.name.clone(), table);
         Ok(())
@@ -200,9 +211,10 @@ impl Store {
                 removed,
                 refresh_rest,
                 replace,
+                more,
             } => {
                 if replace && let Some(t) = self.tables.get_mut(&table) {
-                    t.records.clear();
+                    t.replacing = Some(self.version);
                 }
                 for values in &removed {
                     self.remove(&table, values);
@@ -213,6 +225,9 @@ impl Store {
                         self.count_drop(err.table(), err.reason(), 1);
                     }
                     note(r);
+                }
+                if !more && let Some(t) = self.tables.get_mut(&table) {
+                    t.end_replace();
                 }
                 if refresh_rest && let Some(t) = self.tables.get_mut(&table) {
                     self.version += 1;
@@ -291,6 +306,12 @@ impl Store {
             });
         }
         let version = self.version + 1;
+        if table.records.len() >= table.max_records
+            && !table.records.contains(key_of(&self.scratch))
+        {
+            // A full table under a replace: the earlier records left make room first.
+            table.end_replace();
+        }
         match table.records.get(key_of(&self.scratch)) {
             // Same values: refresh in place, nothing allocated.
             Some(old) if *old.data == self.scratch[..] => {

@@ -320,6 +320,7 @@ fn delta_upserts_removes_and_refreshes_the_rest() {
             removed: vec![vec![Value::from("b")]],
             refresh_rest: true,
             replace: false,
+            more: false,
         },
         90,
     );
@@ -350,12 +351,39 @@ fn a_replacing_delta_drops_what_an_earlier_run_left() {
         removed: vec![],
         refresh_rest: true,
         replace,
+        more: false,
     };
     assert_eq!(s.apply(delta(vec![typed(&["new", "", "1", "", ""])], true), 10), 0);
     assert_eq!(values(&s), vec![vec!["new", "", "1", "", ""]]);
     // Later deltas refresh only what the new run wrote.
     assert_eq!(s.apply(delta(vec![], false), 20), 0);
     assert_eq!(values(&s), vec![vec!["new", "", "1", "", ""]]);
+}
+
+#[test]
+fn a_replacing_delta_in_pieces_keeps_the_earlier_records_until_its_last_piece() {
+    // Room for 3: the earlier run's 2 records make room for the new run's third row.
+    let mut s = store(3, 100);
+    for k in ["old1", "old2", "same"] {
+        s.upsert(row(&[k, "", "1", "", ""]), 0).unwrap();
+    }
+    let piece = |keys: &[&str], replace: bool, more: bool| Batch::TableDelta {
+        table: "t".into(),
+        upserts: keys.iter().map(|k| typed(&[k, "", "1", "", ""])).collect(),
+        removed: vec![],
+        refresh_rest: !more,
+        replace,
+        more,
+    };
+    assert_eq!(s.apply(piece(&["same"], true, true), 10), 0);
+    assert_eq!(s.record_counts(), vec![("t".to_owned(), 3)], "earlier records still there");
+    assert_eq!(s.apply(piece(&["new1"], false, true), 11), 0, "room made by the earlier run");
+    assert_eq!(s.apply(piece(&["new2"], false, false), 12), 0);
+    let keys: Vec<String> = values(&s).into_iter().map(|v| v[0].clone()).collect();
+    assert_eq!(keys, vec!["new1", "new2", "same"]);
+    // A replace in one piece: the same as before.
+    assert_eq!(s.apply(piece(&["new2"], true, false), 13), 0);
+    assert_eq!(values(&s).len(), 1);
 }
 
 #[test]

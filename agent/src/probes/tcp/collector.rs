@@ -478,6 +478,9 @@ impl Collector {
         }
         let listening: HashSet<u64> = self.listeners.values().copied().collect();
         self.owners.retain(|ino, _| listening.contains(ino));
+        // The first interval after a start looks up every socket at once: give that room back.
+        shrink(&mut self.owners);
+        shrink(&mut self.waiting);
     }
 
     /// Drops `LINKS` entries whose socket was not live at two sweeps a minute apart. The eBPF
@@ -508,12 +511,14 @@ impl Collector {
         self.unseen_at_sweep = unseen;
     }
 
-    /// One interval: dump and apply, owners, closes, ageing; returns what changed.
+    /// One interval: dump and apply, owners, closes, ageing; returns what changed (the changed
+    /// rows only when `rows`: a caller about to send every row needs none).
     pub fn collect(
         &mut self,
         programs: &mut bpf::Programs,
         closed: &ClosedEvents,
         idle: Option<Duration>,
+        rows: bool,
     ) -> Delta {
         let now = Instant::now();
         let cpu = diag::thread_cpu();
@@ -548,7 +553,7 @@ impl Collector {
             .excluded
             .add(self.links.excluded - self.excluded_seen);
         self.excluded_seen = self.links.excluded;
-        let delta = self.links.take_delta();
+        let delta = self.links.take_delta_with(rows);
         let (socks, links) = self.links.sizes();
         tracing::debug!(
             dumped,
@@ -570,9 +575,21 @@ impl Collector {
         delta
     }
 
-    /// Every link's row (the full listing, for a sink that wants every row every interval).
-    pub fn rows(&self) -> Vec<Row> {
-        self.links.rows().into_iter().map(to_row).collect()
+    /// Every link's index: the full listing, built piece by piece with [`Collector::rows_of`].
+    pub fn link_ids(&self) -> Vec<u32> {
+        self.links.ids()
+    }
+
+    /// The rows of the links at `ids` (a piece of [`Collector::link_ids`]).
+    pub fn rows_of(&self, ids: &[u32]) -> Vec<Row> {
+        self.links.rows_of(ids).into_iter().map(to_row).collect()
+    }
+}
+
+/// Gives a map's room back once it holds far fewer entries than it has room for.
+fn shrink<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+    if m.capacity() > 256 && m.len() * 4 < m.capacity() {
+        m.shrink_to_fit();
     }
 }
 

@@ -420,9 +420,17 @@ impl Links {
     }
 
     /// Rows changed since the last call, and links forgotten since.
+    #[cfg(test)]
     pub fn take_delta(&mut self) -> Delta {
-        let mut changed = Vec::with_capacity(self.dirty.len());
-        for li in std::mem::take(&mut self.dirty) {
+        self.take_delta_with(true)
+    }
+
+    /// [`Links::take_delta`], with the changed rows built only when `rows` (a caller that sends
+    /// every row anyway needs none of them).
+    pub fn take_delta_with(&mut self, rows: bool) -> Delta {
+        let mut changed = Vec::with_capacity(if rows { self.dirty.len() } else { 0 });
+        let dirty = std::mem::take(&mut self.dirty);
+        for &li in &dirty {
             if !self.table.contains_index(li) {
                 continue;
             }
@@ -431,9 +439,16 @@ impl Links {
                 continue;
             }
             l.flags &= !DIRTY;
-            let l = *l;
-            changed.push(self.row(&l));
+            if rows {
+                let l = *l;
+                changed.push(self.row(&l));
+            }
         }
+        // Keep the list's room for the next interval, unless a burst made it large.
+        let mut dirty = dirty;
+        dirty.clear();
+        dirty.shrink_to(4096);
+        self.dirty = dirty;
         Delta {
             changed,
             removed: std::mem::take(&mut self.removed),
@@ -441,10 +456,21 @@ impl Links {
     }
 
     /// Every link's row.
+    #[cfg(test)]
     pub fn rows(&self) -> Vec<LinkRow> {
-        self.table
-            .indices()
-            .map(|li| self.row(self.table.get(li)))
+        self.rows_of(&self.ids())
+    }
+
+    /// Every link's index, for [`Links::rows_of`].
+    pub fn ids(&self) -> Vec<u32> {
+        self.table.indices().collect()
+    }
+
+    /// The rows of the links at `ids` (those still there).
+    pub fn rows_of(&self, ids: &[u32]) -> Vec<LinkRow> {
+        ids.iter()
+            .filter(|&&li| self.table.contains_index(li))
+            .map(|&li| self.row(self.table.get(li)))
             .collect()
     }
 }

@@ -20,6 +20,7 @@ mod links;
 mod netns;
 mod owners;
 mod params;
+mod pieces;
 pub mod policy;
 #[cfg(test)]
 mod scan_bench;
@@ -33,6 +34,7 @@ use self::{
     diag::Counters,
     links::{Key, LinkKey, LinkRow, ROLE_SERVER},
     owners::Owner,
+    pieces::{Rows, send_delta},
     policy::Policy,
 };
 use super::{ParamError, Probe, ProbeContext, ProbeFuture};
@@ -253,28 +255,29 @@ async fn run(
             }
             _ = apply_tick.tick() => state.drain(&closed),
             _ = tick.tick() => {
+                // Only what changed goes to the store, which counts the other links as
+                // refreshed. The first delta of this run holds every link and replaces what
+                // an earlier run of the probe left.
+                let full = always_full || first;
                 // sock_diag dumps and /proc reads block: keep them off the async workers' queue.
                 let started = std::time::Instant::now();
-                let batch = tokio::task::block_in_place(|| {
-                    let d = state.collect(&mut programs, &closed, idle);
-                    // Only what changed goes to the store, which counts the other links as
-                    // refreshed. The first batch of this run holds every link and replaces
-                    // what an earlier run of the probe left.
-                    let full = always_full || first;
-                    let changed = if full {
-                        state.rows()
-                    } else {
-                        d.changed.into_iter().map(to_row).collect()
-                    };
-                    delta(changed, &d.removed, true, full)
+                let d = tokio::task::block_in_place(|| {
+                    state.collect(&mut programs, &closed, idle, !full)
                 });
                 first = false;
                 collect_seconds.set(started.elapsed().as_secs_f64());
-                let full = programs.links_full();
-                links_full.add(full.saturating_sub(links_full_seen));
-                links_full_seen = links_full_seen.max(full);
-                rows_sent.add(batch.len() as u64);
-                if ctx.rows.send(batch).await.is_err() {
+                let map_full = programs.links_full();
+                links_full.add(map_full.saturating_sub(links_full_seen));
+                links_full_seen = links_full_seen.max(map_full);
+                let rows = if full {
+                    Rows::All(state.link_ids())
+                } else {
+                    Rows::Changed(d.changed)
+                };
+                if send_delta(&ctx.rows, &state, rows, &d.removed, full, &rows_sent)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -369,6 +372,7 @@ pub(crate) fn delta(
     removed: &[LinkKey],
     refresh_rest: bool,
     replace: bool,
+    more: bool,
 ) -> Batch {
     Batch::TableDelta {
         table: TABLE.to_owned(),
@@ -376,6 +380,7 @@ pub(crate) fn delta(
         removed: removed.iter().map(key_values).collect(),
         refresh_rest,
         replace,
+        more,
     }
 }
 
@@ -473,11 +478,12 @@ mod tests {
             &[],
             false,
             true,
+            false,
         );
         assert_eq!(store.apply(batch, 1), 0);
         // 443 is gone, 80 unchanged (not sent): refreshed.
         let gone = link(443, 7).key;
-        assert_eq!(store.apply(delta(vec![], &[gone], true, false), 2), 0);
+        assert_eq!(store.apply(delta(vec![], &[gone], true, false, false), 2), 0);
         let snap = store.snapshot();
         let t = &snap.tables[0];
         assert_eq!(t.records.len(), 1);

@@ -85,6 +85,9 @@ impl Resolver {
     /// Forgets misses of sockets no longer live (inode numbers are reused).
     pub fn retain(&mut self, live: impl Fn(u64) -> bool) {
         self.misses.retain(|ino, _| live(*ino));
+        if self.misses.capacity() > 256 && self.misses.len() * 4 < self.misses.capacity() {
+            self.misses.shrink_to_fit();
+        }
     }
 
     /// /proc walks done so far.
