@@ -29,9 +29,6 @@ KNOWN = {
     ("agent/src", "imdb/value.rs -> egress/prometheus.rs"),
     ("agent/src", "imdb/histogram.rs -> egress/prometheus.rs"),
     ("agent/src", "imdb -> egress"),
-    # The TCP probe's collector uses helpers and TCP states its parent module defines while the
-    # parent runs the collector (probes/tcp internals, owned by the TCP probe's helpers).
-    ("agent/src", "probes/tcp/collector.rs -> probes/tcp/mod.rs"),
 }
 
 ITEM_RE = re.compile(

@@ -41,7 +41,7 @@ fn parse_cgroup2_root(mounts: &str) -> Option<PathBuf> {
 /// `connect_hooks` forces the fallback that older kernels get (tests exercise it here).
 pub fn load(max_links: u32, connect_hooks: bool) -> anyhow::Result<Programs> {
     let cgroup = cgroup2_root()?;
-    let offsets = super::iter::offsets();
+    let offsets = super::iter_offsets::offsets();
     let mut loader = EbpfLoader::new();
     loader.map_max_entries("LINKS", max_links);
     if let Ok(o) = &offsets {

@@ -15,9 +15,14 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use gopher_common::{LinkClosed, LinkInfo, OWNER_KNOWN, OWNER_NO_ENTRY};
+// TCP states, shared with the eBPF programs.
+use gopher_common::{
+    TCP_CLOSE_WAIT as CLOSE_WAIT, TCP_CLOSING as CLOSING, TCP_FIN_WAIT1 as FIN_WAIT1,
+    TCP_FIN_WAIT2 as FIN_WAIT2, TCP_LAST_ACK as LAST_ACK,
+};
 
 use super::{
-    CLOSE_WAIT, CLOSING, FIN_WAIT1, FIN_WAIT2, LAST_ACK, bpf,
+    bpf,
     closed::ClosedEvents,
     data_only,
     diag::{self, Counters, DiagSocket},

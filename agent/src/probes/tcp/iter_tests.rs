@@ -8,7 +8,9 @@ use std::{
 };
 
 use super::*;
-use crate::probes::tcp::{bpf, diag, netns::Namespaces};
+use aya::EbpfLoader;
+
+use crate::probes::tcp::{bpf, diag, iter_offsets::offsets, netns::Namespaces};
 
 /// Root is needed to load eBPF and to make namespaces; without it the test is a skip (a
 /// failure under `GOPHER_STRICT_TESTS`).

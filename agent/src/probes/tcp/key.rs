@@ -122,3 +122,26 @@ pub struct Delta {
     pub changed: Vec<LinkRow>,
     pub removed: Vec<LinkKey>,
 }
+
+/// Dual-stack sockets show IPv4 peers as `::ffff:a.b.c.d`; the traffic is IPv4, so is the row.
+pub(crate) fn normalize(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+pub(crate) fn ip_from_words(family: u8, words: [u32; 4]) -> IpAddr {
+    // The words hold network-order bytes as the kernel stored them.
+    let mut b = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    ip_from_bytes(family, b)
+}
+
+/// The address of `family` (AF_INET or AF_INET6) in `b`, 16 bytes in network order as the
+/// kernel keeps them (IPv4 in the first four).
+pub(crate) fn ip_from_bytes(family: u8, b: [u8; 16]) -> IpAddr {
+    from_octets(i32::from(family) != libc::AF_INET, b)
+}

@@ -15,6 +15,7 @@ mod collector;
 mod diag;
 mod entries;
 mod iter;
+mod iter_offsets;
 mod key;
 mod links;
 mod netns;
@@ -24,122 +25,33 @@ mod pieces;
 pub mod policy;
 #[cfg(test)]
 mod scan_bench;
+mod schema;
 mod table;
 
-use std::{net::IpAddr, time::Duration};
+use std::time::Duration;
 
 use self::{
     closed::ClosedEvents,
     collector::Collector,
-    diag::Counters,
-    links::{Key, LinkKey, LinkRow, ROLE_SERVER},
-    owners::Owner,
     pieces::{Rows, send_delta},
     policy::Policy,
 };
+pub use self::schema::{TABLE, table_meta};
+pub(crate) use self::{
+    key::{ip_from_bytes, ip_from_words, normalize},
+    schema::{data_only, delta, key, to_row},
+};
 use super::{ParamError, Probe, ProbeContext, ProbeFuture};
 use crate::{
-    imdb::{Batch, FieldMeta, FieldType, Row, TableMeta, Value},
+    imdb::TableMeta,
     selfmetrics::{
         EBPF_EVENTS_LOST, EBPF_MAP_FULL, PROBE_COLLECT_SECONDS, PROBE_ROWS, TCP_SOCKET_SOURCE,
     },
 };
 
-pub const TABLE: &str = "tcp_link";
-
 /// How often drained close events are applied between intervals (keeps the queue short; the
 /// drain thread itself never waits for this).
 const APPLY_EVERY: Duration = Duration::from_millis(250);
-
-/// Field order is the row's positional order.
-const FIELDS: &[(&str, FieldType, &str)] = &[
-    (
-        "tgid",
-        FieldType::Key,
-        "process (thread group) id owning the local end",
-    ),
-    (
-        "role",
-        FieldType::Key,
-        "role of the local end: 0 server, 1 client",
-    ),
-    ("client_ip", FieldType::Key, "client address"),
-    ("server_ip", FieldType::Key, "server address"),
-    ("server_port", FieldType::Key, "server port"),
-    (
-        "protocol",
-        FieldType::Key,
-        "address family: 2 IPv4, 10 IPv6",
-    ),
-    (
-        "netns",
-        FieldType::Key,
-        "network namespace inode of the local end",
-    ),
-    (
-        "process_name",
-        FieldType::Label,
-        "command name of the owning process",
-    ),
-    (
-        "link_count",
-        FieldType::Gauge,
-        "open TCP connections of this link",
-    ),
-    (
-        "rx_bytes",
-        FieldType::Counter,
-        "bytes received (tcp_info bytes_received)",
-    ),
-    (
-        "tx_bytes",
-        FieldType::Counter,
-        "bytes sent and acknowledged (tcp_info bytes_acked)",
-    ),
-    ("packets_in", FieldType::Counter, "segments received"),
-    ("packets_out", FieldType::Counter, "segments sent"),
-    (
-        "retran_packets",
-        FieldType::Counter,
-        "segments retransmitted",
-    ),
-    (
-        "lost_packets",
-        FieldType::Gauge,
-        "segments currently presumed lost (tcp_info lost)",
-    ),
-    (
-        "rtt",
-        FieldType::Gauge,
-        "smoothed round-trip time in microseconds",
-    ),
-    // Last, so that every earlier field keeps its position.
-    (
-        "start_time",
-        FieldType::Unknown,
-        "when this link's counters started from 0, ms since the Unix epoch (Kafka only; a \
-         new value means the counters restarted: agent restart, probe rebuild, link forgotten)",
-    ),
-];
-
-/// The table's definition; its record cap in the store is the probe's own bound on rows
-/// (`max_series` plus the aggregate rows, see `policy.rs`), not `imdb.max_records_num`, which
-/// is sized for small tables.
-pub fn table_meta(policy: &Policy) -> TableMeta {
-    TableMeta {
-        name: TABLE.to_owned(),
-        description: "TCP links per process and peer (gala-gopher tcp_link)".to_owned(),
-        fields: FIELDS
-            .iter()
-            .map(|(name, ty, d)| FieldMeta {
-                name: (*name).to_owned(),
-                ty: *ty,
-                description: (*d).to_owned(),
-            })
-            .collect(),
-        max_records: Some(policy.max_rows() as usize),
-    }
-}
 
 pub struct TcpProbe {
     /// Capacity of the eBPF map of live sockets.
@@ -289,129 +201,12 @@ async fn run(
     Ok(())
 }
 
-// TCP states, shared with the eBPF programs.
-use gopher_common::{
-    TCP_CLOSE_WAIT as CLOSE_WAIT, TCP_CLOSING as CLOSING, TCP_FIN_WAIT1 as FIN_WAIT1,
-    TCP_FIN_WAIT2 as FIN_WAIT2, TCP_LAST_ACK as LAST_ACK,
-};
-
-/// The kernel's byte counters count sequence space: an active open's SYN is in `bytes_acked`,
-/// our acknowledged FIN too, and the peer's FIN in `bytes_received`. Users compare tx_bytes
-/// with what their process wrote, so those are taken out.
-pub(crate) fn data_only(
-    mut c: Counters,
-    syn_acked: bool,
-    fin_acked: bool,
-    fin_received: bool,
-) -> Counters {
-    c.bytes_acked = c
-        .bytes_acked
-        .saturating_sub(u64::from(syn_acked) + u64::from(fin_acked));
-    c.bytes_received = c.bytes_received.saturating_sub(u64::from(fin_received));
-    c
-}
-
-pub(crate) fn key(
-    netns: u64,
-    owner: Option<&Owner>,
-    role: u8,
-    local: IpAddr,
-    local_port: u16,
-    remote: IpAddr,
-    remote_port: u16,
-) -> Key {
-    let tgid = owner.map_or(0, |o| o.tgid);
-    if role == ROLE_SERVER {
-        Key::new(netns, tgid, role, remote, local, local_port)
-    } else {
-        Key::new(netns, tgid, role, local, remote, remote_port)
-    }
-}
-
-/// The key fields of a link's record, in meta order (also what a delta's `removed` holds).
-pub(crate) fn key_values(k: &LinkKey) -> Vec<Value> {
-    let mut v = Vec::with_capacity(FIELDS.len());
-    v.extend([
-        Value::from(k.tgid),
-        Value::from(k.role),
-        Value::from(k.client_ip.to_string()),
-        Value::from(k.server_ip.to_string()),
-        Value::from(k.server_port),
-        Value::from(k.family()),
-        Value::from(k.netns),
-    ]);
-    v
-}
-
-/// A link's row: numbers stay numbers (the store packs them; sinks write them).
-pub(crate) fn to_row(r: LinkRow) -> Row {
-    let mut values = key_values(&r.key);
-    values.extend([
-        Value::from(r.process_name),
-        Value::from(r.link_count),
-        Value::from(r.rx_bytes),
-        Value::from(r.tx_bytes),
-        Value::from(r.packets_in),
-        Value::from(r.packets_out),
-        Value::from(r.retran_packets),
-        Value::from(r.lost_packets),
-        Value::from(r.rtt_us),
-        Value::from(r.start_ms),
-    ]);
-    Row {
-        table: TABLE.to_owned(),
-        values,
-    }
-}
-
-/// One interval's changes as a delta of the table the probe owns: `changed` rows are written,
-/// `removed` links dropped, and with `refresh_rest` every other record counts as refreshed
-/// (unchanged links need not be sent; Kafka still gets every live link once per pass).
-pub(crate) fn delta(
-    changed: Vec<Row>,
-    removed: &[LinkKey],
-    refresh_rest: bool,
-    replace: bool,
-    more: bool,
-) -> Batch {
-    Batch::TableDelta {
-        table: TABLE.to_owned(),
-        upserts: changed.into_iter().map(|r| r.values).collect(),
-        removed: removed.iter().map(key_values).collect(),
-        refresh_rest,
-        replace,
-        more,
-    }
-}
-
-/// Dual-stack sockets show IPv4 peers as `::ffff:a.b.c.d`; the traffic is IPv4, so is the row.
-pub(crate) fn normalize(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
-    }
-}
-
-pub(crate) fn ip_from_words(family: u8, words: [u32; 4]) -> IpAddr {
-    // The words hold network-order bytes as the kernel stored them.
-    let mut b = [0u8; 16];
-    for (i, w) in words.iter().enumerate() {
-        b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-    }
-    ip_from_bytes(family, b)
-}
-
-/// The address of `family` (AF_INET or AF_INET6) in `b`, 16 bytes in network order as the
-/// kernel keeps them (IPv4 in the first four).
-pub(crate) fn ip_from_bytes(family: u8, b: [u8; 16]) -> IpAddr {
-    key::from_octets(i32::from(family) != libc::AF_INET, b)
-}
-
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     use super::*;
+    use crate::probes::tcp::links::LinkRow;
     use crate::probes::tcp::links::ROLE_CLIENT;
 
     #[test]
