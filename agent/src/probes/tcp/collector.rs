@@ -25,6 +25,7 @@ use super::{
     bpf,
     closed::ClosedEvents,
     data_only,
+    seqspace::{fin_adjusted, fresh_base},
     diag::{self, Counters, DiagSocket},
     ip_from_words,
     iter::{self, TcpIter},
@@ -102,27 +103,6 @@ pub struct Collector {
     dumped_ns: HashSet<u64>,
     /// The socket iterator, when it loaded; sock_diag otherwise.
     iter: Option<TcpIter>,
-}
-
-/// Takes the sequence-space FIN bytes a socket's state implies out of its counters (the SYN
-/// is in the base the socket counts from).
-fn fin_adjusted(c: Counters, state: u8) -> Counters {
-    let state = u32::from(state);
-    data_only(
-        c,
-        false,
-        state == FIN_WAIT2,
-        matches!(state, CLOSE_WAIT | LAST_ACK | CLOSING),
-    )
-}
-
-/// What a socket opened since the probe started counts from: nothing, except the SYN when it
-/// is in `bytes_acked` (an active open).
-fn fresh_base(syn_acked: bool) -> Counters {
-    Counters {
-        bytes_acked: u64::from(syn_acked),
-        ..Counters::default()
-    }
 }
 
 impl Collector {

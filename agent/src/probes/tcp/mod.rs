@@ -26,6 +26,7 @@ pub mod policy;
 #[cfg(test)]
 mod scan_bench;
 mod schema;
+mod seqspace;
 mod table;
 
 use std::time::Duration;
@@ -39,7 +40,8 @@ use self::{
 pub use self::schema::{TABLE, table_meta};
 pub(crate) use self::{
     key::{ip_from_bytes, ip_from_words, normalize},
-    schema::{data_only, delta, key, to_row},
+    schema::{delta, key, to_row},
+    seqspace::data_only,
 };
 use super::{ParamError, Probe, ProbeContext, ProbeFuture};
 use crate::{

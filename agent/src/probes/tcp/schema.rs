@@ -5,7 +5,6 @@
 use std::net::IpAddr;
 
 use super::{
-    diag::Counters,
     links::{Key, LinkKey, LinkRow, ROLE_SERVER},
     owners::Owner,
     policy::Policy,
@@ -104,22 +103,6 @@ pub fn table_meta(policy: &Policy) -> TableMeta {
     }
 }
 
-
-/// The kernel's byte counters count sequence space: an active open's SYN is in `bytes_acked`,
-/// our acknowledged FIN too, and the peer's FIN in `bytes_received`. Users compare tx_bytes
-/// with what their process wrote, so those are taken out.
-pub(crate) fn data_only(
-    mut c: Counters,
-    syn_acked: bool,
-    fin_acked: bool,
-    fin_received: bool,
-) -> Counters {
-    c.bytes_acked = c
-        .bytes_acked
-        .saturating_sub(u64::from(syn_acked) + u64::from(fin_acked));
-    c.bytes_received = c.bytes_received.saturating_sub(u64::from(fin_received));
-    c
-}
 
 pub(crate) fn key(
     netns: u64,
