@@ -18,7 +18,7 @@ use std::time::Instant;
 use gopher::egress::{http, prometheus};
 use gopher::imdb::{Batch, Limits, Store, Value};
 use gopher::probes::tcp;
-use gopher::selfmetrics::{SCRAPE_RENDERS, SelfMetrics};
+use gopher::telemetry::{SCRAPE_RENDERS, SelfMetrics};
 
 fn status_kib(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")

@@ -18,5 +18,3 @@ pub mod service;
 pub mod supervise;
 pub mod telemetry;
 
-/// The old path of [`telemetry`], kept while call sites move over.
-pub use telemetry as selfmetrics;

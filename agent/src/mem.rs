@@ -68,6 +68,28 @@ pub fn trim() -> usize {
     free
 }
 
+/// How often the allocator's free memory is checked (and handed back when there is enough).
+pub const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Hands the memory a peak left free (a tcp collection and its batch, a scrape's render) back
+/// to the kernel within `period` of it ([`trim`]).
+pub async fn trim_every(period: std::time::Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let started = std::time::Instant::now();
+        let free = trim();
+        if free > 0 {
+            tracing::debug!(
+                free,
+                trim_us = started.elapsed().as_micros() as u64,
+                "returned free heap memory to the kernel"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,27 +128,5 @@ mod tests {
             before.saturating_sub(after)
         );
         assert!(kept.iter().all(|b| b[999] == 2), "live memory untouched");
-    }
-}
-
-/// How often the allocator's free memory is checked (and handed back when there is enough).
-pub const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Hands the memory a peak left free (a tcp collection and its batch, a scrape's render) back
-/// to the kernel within `period` of it ([`trim`]).
-pub async fn trim_every(period: std::time::Duration) {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let started = std::time::Instant::now();
-        let free = trim();
-        if free > 0 {
-            tracing::debug!(
-                free,
-                trim_us = started.elapsed().as_micros() as u64,
-                "returned free heap memory to the kernel"
-            );
-        }
     }
 }

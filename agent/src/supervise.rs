@@ -39,7 +39,7 @@ use std::{
 
 use tokio::time::{Instant, Sleep};
 
-use crate::selfmetrics::{Counter, SelfMetrics, TASK_RESTARTS};
+use crate::telemetry::{Counter, SelfMetrics, TASK_RESTARTS};
 
 /// How a supervisor restarts what ends on its own: probes (the probe manager) and the agent's
 /// own tasks ([`Restarts`]).

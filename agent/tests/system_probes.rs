@@ -27,7 +27,7 @@ use gopher::{
         Manager,
         system::{SYSTEM_PROBES, native_probe},
     },
-    selfmetrics::SelfMetrics,
+    telemetry::SelfMetrics,
 };
 
 // ---- Independent reads of /proc -------------------------------------------------------------

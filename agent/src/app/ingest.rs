@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use crate::{
     clock,
     imdb::{Batch, Store},
-    selfmetrics::SelfMetrics,
+    telemetry::SelfMetrics,
     supervise::{CatchUnwind, Restarts},
 };
 

@@ -32,7 +32,7 @@ use crate::{
     egress::{http, kafka},
     imdb::{Batch, Limits, Store},
     probes::{Controller, Manager, Policy, controller::state_file, now_ms},
-    selfmetrics::SelfMetrics,
+    telemetry::SelfMetrics,
     service::{self, tasks},
     supervise::{Beating, Liveness, Restarts, STALL_BOUND, TICK},
 };

@@ -10,7 +10,7 @@ use crate::{
     config::{self, Config},
     imdb::Store,
     probes::Controller,
-    selfmetrics::{CONFIG_RELOADS, SelfMetrics},
+    telemetry::{CONFIG_RELOADS, SelfMetrics},
 };
 
 /// Until SIGTERM or SIGINT; SIGHUP reloads the configuration file in between.

@@ -13,7 +13,7 @@ use crate::{
         Change, ControlError, Controller, ProbeKind, State, Switch, View, controller::Event,
         settings::Params,
     },
-    selfmetrics::{CONTROL_REQUESTS, SelfMetrics},
+    telemetry::{CONTROL_REQUESTS, SelfMetrics},
 };
 
 /// The wire types (crate `gopher-api`, generated from proto/).

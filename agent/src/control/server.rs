@@ -19,7 +19,7 @@ use super::grpc::{ProbeControlServer, Service, pb};
 use crate::{
     config::Control,
     probes::Controller,
-    selfmetrics::{CONTROL_REQUESTS, Counter, SelfMetrics},
+    telemetry::{CONTROL_REQUESTS, Counter, SelfMetrics},
 };
 
 /// Checks `authorization: Bearer <token>` when a token is configured.

@@ -96,7 +96,7 @@ use tokio::sync::watch;
 
 use crate::config::Kafka as KafkaConfig;
 use crate::imdb::{Snapshot, Store, TableMeta};
-use crate::selfmetrics::{
+use crate::telemetry::{
     Counter, Gauge, KAFKA_DELIVERED, KAFKA_DROPPED, KAFKA_FAILED, KAFKA_QUEUE_MESSAGES,
     KAFKA_QUEUED, SelfMetrics,
 };

@@ -49,12 +49,12 @@ use super::{
 };
 use crate::{
     imdb::Batch,
-    selfmetrics::{Counter, PROBE_PANICS, PROBE_ROWS, SelfMetrics},
+    telemetry::{Counter, PROBE_PANICS, PROBE_ROWS, SelfMetrics},
     supervise::{Beating, Liveness, STALL_BOUND, TICK},
 };
 #[cfg(test)]
 use {
-    crate::{probes::ProbeContext, selfmetrics::PROBE_RESTARTS},
+    crate::{probes::ProbeContext, telemetry::PROBE_RESTARTS},
     std::time::Instant,
 };
 

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     imdb::{Batch, TableMeta},
-    selfmetrics::SelfMetrics,
+    telemetry::SelfMetrics,
 };
 
 pub use controller::Controller;

@@ -19,7 +19,7 @@ use crate::{
         kafka,
     },
     imdb::Store,
-    selfmetrics::SelfMetrics,
+    telemetry::SelfMetrics,
 };
 
 /// The /metrics server under supervision. Each run serves a duplicate of the bound socket, so

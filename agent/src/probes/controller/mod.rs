@@ -36,7 +36,7 @@ use super::{
     manager::View,
     settings::{Change, ControlError, Definition, Extension, Settings, Switch, resolve},
 };
-use crate::selfmetrics::SelfMetrics;
+use crate::telemetry::SelfMetrics;
 
 /// How many events a slow watcher may fall behind before it is told to re-read.
 const EVENTS_BACKLOG: usize = 1024;

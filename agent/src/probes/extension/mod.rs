@@ -37,7 +37,7 @@ use self::{
 use super::{Probe, ProbeContext, ProbeFuture};
 use crate::{
     imdb::{Batch, Row, TableMeta},
-    selfmetrics::{Counter, PROBE_LINES_IGNORED, PROBE_ROWS, PROBE_ROWS_REJECTED, SelfMetrics},
+    telemetry::{Counter, PROBE_LINES_IGNORED, PROBE_ROWS, PROBE_ROWS_REJECTED, SelfMetrics},
 };
 
 /// Every table a probe may write, by name.

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     probes::{Manager, manager::State, settings::CheckType},
-    selfmetrics::{START_CHECK_FAILURES, SelfMetrics},
+    telemetry::{START_CHECK_FAILURES, SelfMetrics},
 };
 
 /// Longest first line read from a count-type check.

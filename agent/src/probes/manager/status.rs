@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::broadcast;
 
-use crate::selfmetrics::SelfMetrics;
+use crate::telemetry::SelfMetrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {

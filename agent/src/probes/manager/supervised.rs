@@ -12,7 +12,7 @@ use super::status::{Cell, State, StateHandle, set};
 use crate::{
     imdb::Batch,
     probes::{Probe, ProbeContext},
-    selfmetrics::{PROBE_LAST_FAILURE, PROBE_PANICS, PROBE_RESTARTS, SelfMetrics},
+    telemetry::{PROBE_LAST_FAILURE, PROBE_PANICS, PROBE_RESTARTS, SelfMetrics},
     supervise::{CatchUnwind, Policy},
 };
 

@@ -30,7 +30,7 @@ use super::{
 };
 use crate::{
     imdb::{Batch, FieldMeta, FieldType, Row, TableMeta, Value},
-    selfmetrics::{PROBE_ERRORS, PROBE_ROWS},
+    telemetry::{PROBE_ERRORS, PROBE_ROWS},
 };
 
 /// The system probes' entries in the native-probe registry (`super::registry`): one per

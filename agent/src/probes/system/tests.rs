@@ -14,7 +14,7 @@ use crate::{
     egress::prometheus,
     imdb::{Batch, FieldType, Limits, Row, Store},
     probes::{Manager, manager::State},
-    selfmetrics::{PROBE_ERRORS, SelfMetrics},
+    telemetry::{PROBE_ERRORS, SelfMetrics},
 };
 
 /// The value of field `name` in a row of table `C`.

@@ -26,7 +26,7 @@ use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use gopher_common::LinkClosed;
 
-use crate::selfmetrics::Counter;
+use crate::telemetry::Counter;
 
 /// Longest wait between drains when the eBPF side sends no wake-up (it wakes us only once a
 /// quarter of the ring is used).

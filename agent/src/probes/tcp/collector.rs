@@ -40,7 +40,7 @@ use super::{
 use crate::{
     imdb::Row,
     probes::now_ms,
-    selfmetrics::{self, Counter, SelfMetrics},
+    telemetry::{self, Counter, SelfMetrics},
 };
 
 /// Intervals a new socket whose owner is only guessed (not yet accepted, or not found in
@@ -121,12 +121,12 @@ impl Collector {
             unseen_at_sweep: HashSet::default(),
             last_sweep: Instant::now(),
             metrics: Metrics {
-                errors: metrics.counter(selfmetrics::PROBE_ERRORS, &tcp),
-                lost: metrics.counter(selfmetrics::EBPF_EVENTS_LOST, &tcp),
-                aggregated: metrics.counter(selfmetrics::TCP_LINKS_AGGREGATED, &[]),
-                excluded: metrics.counter(selfmetrics::TCP_SOCKETS_EXCLUDED, &[]),
-                netns_open: metrics.counter(selfmetrics::TCP_NETNS_ERRORS, &[("reason", "open")]),
-                netns_dump: metrics.counter(selfmetrics::TCP_NETNS_ERRORS, &[("reason", "dump")]),
+                errors: metrics.counter(telemetry::PROBE_ERRORS, &tcp),
+                lost: metrics.counter(telemetry::EBPF_EVENTS_LOST, &tcp),
+                aggregated: metrics.counter(telemetry::TCP_LINKS_AGGREGATED, &[]),
+                excluded: metrics.counter(telemetry::TCP_SOCKETS_EXCLUDED, &[]),
+                netns_open: metrics.counter(telemetry::TCP_NETNS_ERRORS, &[("reason", "open")]),
+                netns_dump: metrics.counter(telemetry::TCP_NETNS_ERRORS, &[("reason", "dump")]),
             },
             lost_seen: 0,
             aggregated_seen: 0,

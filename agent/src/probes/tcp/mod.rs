@@ -46,7 +46,7 @@ pub(crate) use self::{
 use super::{ParamError, Probe, ProbeContext, ProbeFuture};
 use crate::{
     imdb::TableMeta,
-    selfmetrics::{
+    telemetry::{
         EBPF_EVENTS_LOST, EBPF_MAP_FULL, PROBE_COLLECT_SECONDS, PROBE_ROWS, TCP_SOCKET_SOURCE,
     },
 };

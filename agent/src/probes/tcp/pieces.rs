@@ -17,7 +17,7 @@ use super::{
     links::{LinkKey, LinkRow},
     to_row,
 };
-use crate::{imdb::Batch, selfmetrics::Counter};
+use crate::{imdb::Batch, telemetry::Counter};
 
 /// Rows per piece: about 2 MB in transit.
 pub const PIECE: usize = 4096;
@@ -83,7 +83,7 @@ mod tests {
     use crate::{
         imdb::{Limits, Store},
         probes::tcp::{TABLE, key, links::ROLE_CLIENT, policy::Policy, table_meta},
-        selfmetrics::{PROBE_ROWS, SelfMetrics},
+        telemetry::{PROBE_ROWS, SelfMetrics},
     };
 
     fn row(port: u16) -> LinkRow {
