@@ -56,8 +56,16 @@ fn row(i: u32) -> Vec<Value> {
 /// GET /metrics with raw HTTP/1.1 (Connection: close); returns the bytes on the wire.
 fn get(port: u16, gzip: bool) -> usize {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let enc = if gzip { "Accept-Encoding: gzip\r\n" } else { "" };
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: b\r\n{enc}Connection: close\r\n\r\n").unwrap();
+    let enc = if gzip {
+        "Accept-Encoding: gzip\r\n"
+    } else {
+        ""
+    };
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: b\r\n{enc}Connection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut buf = vec![0; 1 << 16];
     let mut total = 0;
     loop {
@@ -125,7 +133,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let state = Arc::new(http::WebState::new(Arc::clone(&store), Arc::clone(&metrics), || 1));
+    let state = Arc::new(http::WebState::new(
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        || 1,
+    ));
     let port = runtime.block_on(async {
         let l = http::bind("127.0.0.1", 0).await.unwrap();
         let port = l.local_addr().unwrap().port();

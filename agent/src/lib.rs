@@ -17,4 +17,3 @@ pub mod probes;
 pub mod service;
 pub mod supervise;
 pub mod telemetry;
-

@@ -74,7 +74,11 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
 fn wait_for_file(path: &Path, timeout: Duration) {
     let start = Instant::now();
     while !path.exists() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {}", path.display());
+        assert!(
+            start.elapsed() < timeout,
+            "timed out waiting for {}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -154,10 +158,7 @@ fn records_age_out_without_any_scrape() {
          n=$((n+1)); [ $n -eq 10 ] && touch {}\n  sleep 0.2\ndone",
         marker.display()
     );
-    let config = p.config(
-        &body,
-        "[imdb]\nmax_records_num = 4\nrecord_timeout = 1\n",
-    );
+    let config = p.config(&body, "[imdb]\nmax_records_num = 4\nrecord_timeout = 1\n");
     let agent = Agent::start(&config);
     // No scrape from here until the end: only the probe's own marker is watched.
     wait_for_file(&marker, Duration::from_secs(30));
@@ -211,9 +212,18 @@ fn gzip_scrape_parses_like_the_plain_one_and_head_renders_nothing() {
     // Numbers were parsed once at ingest and written back: 1.50 as 1.5, -2.5e3 as -2500.
     let (_, text) = curl(&agent, &[]);
     let text = String::from_utf8(text).unwrap();
-    assert!(text.contains("gala_gopher_st_demo_g{k=\"x1\"} 1.5\n"), "{text}");
-    assert!(text.contains("gala_gopher_st_demo_g{k=\"x4\"} -2500\n"), "{text}");
-    assert!(text.contains("gala_gopher_st_demo_n_total{k=\"x4\"} 7\n"), "{text}");
+    assert!(
+        text.contains("gala_gopher_st_demo_g{k=\"x1\"} 1.5\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gala_gopher_st_demo_g{k=\"x4\"} -2500\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gala_gopher_st_demo_n_total{k=\"x4\"} 7\n"),
+        "{text}"
+    );
 
     let (headers, raw) = curl(&agent, &["-H", "Accept-Encoding: gzip"]);
     let lower = headers.to_ascii_lowercase();
@@ -221,7 +231,10 @@ fn gzip_scrape_parses_like_the_plain_one_and_head_renders_nothing() {
     assert!(lower.contains("vary: accept-encoding"), "{headers}");
     assert_eq!(&raw[..2], &[0x1f, 0x8b], "gzip magic");
     let (headers, _) = curl(&agent, &["-H", "Accept-Encoding: gzip;q=0"]);
-    assert!(!headers.to_ascii_lowercase().contains("content-encoding"), "{headers}");
+    assert!(
+        !headers.to_ascii_lowercase().contains("content-encoding"),
+        "{headers}"
+    );
 
     let before = renders(&agent);
     for _ in 0..3 {
@@ -277,5 +290,9 @@ fn concurrent_scrapes_share_one_render() {
     }
     // Scrapes that shared a render got the same bytes, gzip or not.
     let distinct: BTreeSet<&Vec<u8>> = bodies.iter().collect();
-    assert!(distinct.len() as f64 <= shared, "{} bodies, {shared} renders", distinct.len());
+    assert!(
+        distinct.len() as f64 <= shared,
+        "{} bodies, {shared} renders",
+        distinct.len()
+    );
 }

@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, watch};
 use crate::{
     clock,
     imdb::{Batch, Store},
-    telemetry::SelfMetrics,
     supervise::{CatchUnwind, Restarts},
+    telemetry::SelfMetrics,
 };
 
 /// [`ingest`] under supervision. The receiver outlives a run, so a panic loses at most the

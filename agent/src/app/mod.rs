@@ -32,9 +32,9 @@ use crate::{
     egress::{http, kafka},
     imdb::{Batch, Limits, Store},
     probes::{Controller, Manager, Policy, controller::state_file, now_ms},
-    telemetry::SelfMetrics,
     service::{self, tasks},
     supervise::{Beating, Liveness, Restarts, STALL_BOUND, TICK},
+    telemetry::SelfMetrics,
 };
 
 /// The target of the wiring's log lines: the binary's, as when they were written in `main.rs`

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::error::Reporter;
 use super::bounds::secs;
+use super::error::Reporter;
 use super::node::{Node, TableView};
 
 /// `record_timeout` above a day is almost certainly a unit mistake too.

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::error::Reporter;
 use super::bounds::{MAX_INTERVAL, secs};
+use super::error::Reporter;
 use super::node::{Node, TableView};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

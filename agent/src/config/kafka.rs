@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::error::{DiagnosticKind, Reporter};
 use super::bounds::MAX_INTERVAL;
+use super::error::{DiagnosticKind, Reporter};
 use super::node::{Node, TableView};
 use super::switch::OnOff;
 

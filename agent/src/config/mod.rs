@@ -30,15 +30,15 @@ mod tests;
 use std::path::Path;
 
 pub use control::{Control, DEFAULT_LISTEN};
-pub use error::{ConfigError, Diagnostic, DiagnosticKind};
-pub use meta_file::{load_meta_dirs, load_meta_file, parse_meta_libconfig, parse_meta_toml};
 pub use egress::Egress;
+pub use error::{ConfigError, Diagnostic, DiagnosticKind};
 pub use extend_probes::{CheckType, ExtendProbe};
 pub use global::{Global, LogLevel};
 pub use imdb::Imdb;
 pub use ingress::Ingress;
 pub use kafka::{Compression, Kafka};
 pub use meta::MetaSection;
+pub use meta_file::{load_meta_dirs, load_meta_file, parse_meta_libconfig, parse_meta_toml};
 pub use model::{Config, MAX_INTERVAL_SECS, load, parse};
 pub use probes::{NATIVE_PROBES, NativeProbe};
 pub use supervision::Supervision;

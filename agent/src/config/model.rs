@@ -106,4 +106,3 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     })?;
     parse(&text, path)
 }
-

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::error::{DiagnosticKind, Reporter};
 use super::bounds::{MAX_INTERVAL, secs};
+use super::error::{DiagnosticKind, Reporter};
 use super::node::{self, Node, TableView};
 use super::switch::Switch;
 

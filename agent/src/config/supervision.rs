@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::error::{DiagnosticKind, Reporter};
 use super::bounds::{MAX_INTERVAL, secs};
+use super::error::{DiagnosticKind, Reporter};
 use super::node::{Node, TableView};
 
 /// How probes are restarted and stopped, and how often auto start checks run (not in

@@ -38,9 +38,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use super::prometheus;
 use super::scrape;
 pub use super::scrape::{MAX_SCRAPES, WebState};
-use super::prometheus;
 use crate::telemetry::SCRAPES;
 
 mod guard;
@@ -63,7 +63,6 @@ const LANDING: &str = "<!DOCTYPE html>\n<html><head><title>gopher</title></head>
     <h1>gopher</h1>\n<p>Node agent: TCP links and probe tables as Prometheus metrics.</p>\n\
     <ul><li><a href=\"metrics\">Metrics</a></li><li><a href=\"healthz\">Health</a></li></ul>\n\
     </body></html>\n";
-
 
 /// Binds the listening socket; `addr` is an IP address or a host name.
 pub async fn bind(addr: &str, port: u16) -> anyhow::Result<TcpListener> {

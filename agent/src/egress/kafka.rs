@@ -96,11 +96,11 @@ use tokio::sync::watch;
 
 use crate::config::Kafka as KafkaConfig;
 use crate::imdb::{Snapshot, Store, TableMeta};
+use crate::service::supervise::Heartbeat;
 use crate::telemetry::{
     Counter, Gauge, KAFKA_DELIVERED, KAFKA_DROPPED, KAFKA_FAILED, KAFKA_QUEUE_MESSAGES,
     KAFKA_QUEUED, SelfMetrics,
 };
-use crate::service::supervise::Heartbeat;
 
 /// How often a message that found the queue full tries again.
 const QUEUE_FULL_RETRY: Duration = Duration::from_millis(2);

@@ -12,8 +12,8 @@ mod store;
 pub mod value;
 
 pub use error::ImdbError;
-pub use meta::{FieldMeta, FieldType, TableMeta};
 pub use histogram::Histogram;
+pub use meta::{FieldMeta, FieldType, TableMeta};
 pub use row::{Batch, Record, Row, Snapshot, TableSnapshot};
 pub use store::{Limits, OTHER_TABLE, REASON_EXPIRED, Store, UNKNOWN_TABLE_NAMES};
 pub use value::{Value, ValueRef};

@@ -94,7 +94,15 @@ impl TableSnapshot {
         let records = rows
             .iter()
             .map(|r| {
-                encode_row(&layout, meta.fields.iter().filter(|f| f.ty == FieldType::Key).count(), r, &mut buf);
+                encode_row(
+                    &layout,
+                    meta.fields
+                        .iter()
+                        .filter(|f| f.ty == FieldType::Key)
+                        .count(),
+                    r,
+                    &mut buf,
+                );
                 Record {
                     data: Arc::from(&buf[..]),
                     updated_ms,
@@ -136,15 +144,28 @@ impl TableSnapshot {
 
 /// Stored position → meta index: the key fields first, then the others.
 pub(super) fn layout(meta: &TableMeta) -> Arc<[usize]> {
-    let keys = meta.fields.iter().enumerate().filter(|(_, f)| f.ty == FieldType::Key);
-    let rest = meta.fields.iter().enumerate().filter(|(_, f)| f.ty != FieldType::Key);
+    let keys = meta
+        .fields
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.ty == FieldType::Key);
+    let rest = meta
+        .fields
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.ty != FieldType::Key);
     keys.chain(rest).map(|(i, _)| i).collect()
 }
 
 /// Packs `values` (meta order) into `buf`: key length, key fields, the rest (see the store's
 /// module doc).
 /// `false` when the key part is too long to store (64 KiB).
-pub(super) fn encode_row(layout: &[usize], nkeys: usize, values: &[Value], buf: &mut Vec<u8>) -> bool {
+pub(super) fn encode_row(
+    layout: &[usize],
+    nkeys: usize,
+    values: &[Value],
+    buf: &mut Vec<u8>,
+) -> bool {
     buf.clear();
     buf.extend_from_slice(&[0, 0]);
     for (pos, &i) in layout.iter().enumerate() {
@@ -172,4 +193,3 @@ pub(super) fn key_of(data: &[u8]) -> &[u8] {
         .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
     data.get(2..2 + len).unwrap_or_default()
 }
-

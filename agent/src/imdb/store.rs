@@ -169,7 +169,11 @@ impl Store {
         }
         let table = Table {
             layout: layout(&meta),
-            nkeys: meta.fields.iter().filter(|f| f.ty == FieldType::Key).count(),
+            nkeys: meta
+                .fields
+                .iter()
+                .filter(|f| f.ty == FieldType::Key)
+                .count(),
             max_records: meta.max_records.unwrap_or(self.limits.max_records),
             meta: Arc::new(meta),
             records: BTreeSet::new(),
@@ -359,9 +363,9 @@ impl Store {
         for (name, table) in &mut self.tables {
             let before = table.records.len();
             let refreshed = table.refreshed.0;
-            table.records.retain(|r| {
-                now_ms.saturating_sub(r.updated_ms.get().max(refreshed)) <= timeout
-            });
+            table
+                .records
+                .retain(|r| now_ms.saturating_sub(r.updated_ms.get().max(refreshed)) <= timeout);
             let gone = before - table.records.len();
             if gone > 0 {
                 expired.push((name.clone(), gone));

@@ -83,7 +83,10 @@ fn upsert_replaces_by_key_and_refreshes() {
     let snap = s.snapshot();
     let recs = &snap.tables[0].records;
     assert_eq!(recs.len(), 2);
-    assert_eq!(snap.tables[0].texts()[0], ["a", "y", "3", "4", "+Inf=1 sum=2"]);
+    assert_eq!(
+        snap.tables[0].texts()[0],
+        ["a", "y", "3", "4", "+Inf=1 sum=2"]
+    );
     assert_eq!((recs[0].updated_ms, recs[0].version), (7, 3));
     assert_eq!((recs[1].updated_ms, recs[1].version), (6, 2));
     assert_eq!(s.version(), 3);
@@ -316,7 +319,10 @@ fn delta_upserts_removes_and_refreshes_the_rest() {
     let rejected = s.apply(
         Batch::TableDelta {
             table: "t".into(),
-            upserts: vec![typed(&["a", "", "2", "", ""]), typed(&["d", "", "x", "", ""])],
+            upserts: vec![
+                typed(&["a", "", "2", "", ""]),
+                typed(&["d", "", "x", "", ""]),
+            ],
             removed: vec![vec![Value::from("b")]],
             refresh_rest: true,
             replace: false,
@@ -353,7 +359,10 @@ fn a_replacing_delta_drops_what_an_earlier_run_left() {
         replace,
         more: false,
     };
-    assert_eq!(s.apply(delta(vec![typed(&["new", "", "1", "", ""])], true), 10), 0);
+    assert_eq!(
+        s.apply(delta(vec![typed(&["new", "", "1", "", ""])], true), 10),
+        0
+    );
     assert_eq!(values(&s), vec![vec!["new", "", "1", "", ""]]);
     // Later deltas refresh only what the new run wrote.
     assert_eq!(s.apply(delta(vec![], false), 20), 0);
@@ -376,8 +385,16 @@ fn a_replacing_delta_in_pieces_keeps_the_earlier_records_until_its_last_piece() 
         more,
     };
     assert_eq!(s.apply(piece(&["same"], true, true), 10), 0);
-    assert_eq!(s.record_counts(), vec![("t".to_owned(), 3)], "earlier records still there");
-    assert_eq!(s.apply(piece(&["new1"], false, true), 11), 0, "room made by the earlier run");
+    assert_eq!(
+        s.record_counts(),
+        vec![("t".to_owned(), 3)],
+        "earlier records still there"
+    );
+    assert_eq!(
+        s.apply(piece(&["new1"], false, true), 11),
+        0,
+        "room made by the earlier run"
+    );
     assert_eq!(s.apply(piece(&["new2"], false, false), 12), 0);
     let keys: Vec<String> = values(&s).into_iter().map(|v| v[0].clone()).collect();
     assert_eq!(keys, vec!["new1", "new2", "same"]);
@@ -400,7 +417,11 @@ fn unchanged_rows_keep_their_bytes_and_snapshots_share_them() {
     let third = s.snapshot();
     assert!(!Arc::ptr_eq(&r2.data, &third.tables[0].records[0].data));
     assert_eq!(values(&s), vec![vec!["a", "x", "1", "3", ""]]);
-    assert_eq!(first.tables[0].texts(), [["a", "x", "1", "2", ""]], "snapshot unchanged");
+    assert_eq!(
+        first.tables[0].texts(),
+        [["a", "x", "1", "2", ""]],
+        "snapshot unchanged"
+    );
 }
 
 #[test]
@@ -426,8 +447,22 @@ fn a_table_may_set_its_own_record_cap() {
 fn a_tcp_link_record_is_compact() {
     // A tcp_link-like row: 7 keys, a label, 8 numbers.
     let names = [
-        "tgid", "role", "client_ip", "server_ip", "server_port", "protocol", "netns", "comm",
-        "m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7",
+        "tgid",
+        "role",
+        "client_ip",
+        "server_ip",
+        "server_port",
+        "protocol",
+        "netns",
+        "comm",
+        "m0",
+        "m1",
+        "m2",
+        "m3",
+        "m4",
+        "m5",
+        "m6",
+        "m7",
     ];
     let fields: Vec<FieldMeta> = names
         .iter()

@@ -288,7 +288,11 @@ fn get_uint(bytes: &[u8]) -> Option<(u64, usize)> {
 /// Floats ordered as their bytes: flip the sign bit of positives, every bit of negatives.
 fn f64_key(v: f64) -> [u8; 8] {
     let bits = v.to_bits();
-    let k = if bits >> 63 == 1 { !bits } else { bits | 1 << 63 };
+    let k = if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | 1 << 63
+    };
     k.to_be_bytes()
 }
 
@@ -447,7 +451,10 @@ mod tests {
         assert_eq!(roundtrip(&Value::from("é|x")), "é|x");
         assert_eq!(roundtrip(&Value::Empty), "");
         let h = histogram::parse("1e-3=2 0.01=5 +Inf=7 sum=0.042").unwrap();
-        assert_eq!(roundtrip(&Value::from(h)), "0.001=2 0.01=5 +Inf=7 sum=0.042");
+        assert_eq!(
+            roundtrip(&Value::from(h)),
+            "0.001=2 0.01=5 +Inf=7 sum=0.042"
+        );
     }
 
     proptest! {

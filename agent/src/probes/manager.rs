@@ -49,8 +49,8 @@ use super::{
 };
 use crate::{
     imdb::Batch,
-    telemetry::{Counter, PROBE_PANICS, PROBE_ROWS, SelfMetrics},
     supervise::{Beating, Liveness, STALL_BOUND, TICK},
+    telemetry::{Counter, PROBE_PANICS, PROBE_ROWS, SelfMetrics},
 };
 #[cfg(test)]
 use {

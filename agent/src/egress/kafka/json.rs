@@ -166,4 +166,3 @@ pub fn metadata_json(meta: &TableMeta, now_ms: u64) -> String {
     out.push_str("]}");
     out
 }
-

@@ -157,12 +157,15 @@ pub fn to_row(meta: &TableMeta, values: &[&str]) -> Result<Row, Rejection> {
         .iter()
         .zip(values)
         .map(|(field, value)| {
-            field.ty.parse_value(value).map_err(|why| Rejection::BadValue {
-                table: meta.name.clone(),
-                field: field.name.clone(),
-                value: (*value).to_owned(),
-                why,
-            })
+            field
+                .ty
+                .parse_value(value)
+                .map_err(|why| Rejection::BadValue {
+                    table: meta.name.clone(),
+                    field: field.name.clone(),
+                    value: (*value).to_owned(),
+                    why,
+                })
         })
         .collect::<Result<_, _>>()?;
     Ok(Row {

@@ -497,10 +497,7 @@ mod tests {
     fn intake_counts_per_reason() {
         let m = SelfMetrics::new();
         let mut i = Intake::new("p", catalog(), &m);
-        assert_eq!(
-            i.line(b"|t|a||").unwrap().values,
-            ["a", ""]
-        );
+        assert_eq!(i.line(b"|t|a||").unwrap().values, ["a", ""]);
         assert!(i.line(b"hello").is_none());
         assert!(i.line(b"|nope|a|1|").is_none());
         assert!(i.line(b"|t|a|").is_none());

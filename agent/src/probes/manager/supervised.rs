@@ -12,8 +12,8 @@ use super::status::{Cell, State, StateHandle, set};
 use crate::{
     imdb::Batch,
     probes::{Probe, ProbeContext},
-    telemetry::{PROBE_LAST_FAILURE, PROBE_PANICS, PROBE_RESTARTS, SelfMetrics},
     supervise::{CatchUnwind, Policy},
+    telemetry::{PROBE_LAST_FAILURE, PROBE_PANICS, PROBE_RESTARTS, SelfMetrics},
 };
 
 pub(super) struct Supervised {

@@ -25,7 +25,6 @@ use super::{
     bpf,
     closed::ClosedEvents,
     data_only,
-    seqspace::{fin_adjusted, fresh_base},
     diag::{self, Counters, DiagSocket},
     ip_from_words,
     iter::{self, TcpIter},
@@ -35,6 +34,7 @@ use super::{
     normalize,
     owners::{self, Owner},
     policy::Policy,
+    seqspace::{fin_adjusted, fresh_base},
     to_row,
 };
 use crate::{

@@ -31,13 +31,13 @@ mod table;
 
 use std::time::Duration;
 
+pub use self::schema::{TABLE, table_meta};
 use self::{
     closed::ClosedEvents,
     collector::Collector,
     pieces::{Rows, send_delta},
     policy::Policy,
 };
-pub use self::schema::{TABLE, table_meta};
 pub(crate) use self::{
     key::{ip_from_bytes, ip_from_words, normalize},
     schema::{delta, key, to_row},
@@ -280,7 +280,10 @@ mod tests {
         assert_eq!(store.apply(batch, 1), 0);
         // 443 is gone, 80 unchanged (not sent): refreshed.
         let gone = link(443, 7).key;
-        assert_eq!(store.apply(delta(vec![], &[gone], true, false, false), 2), 0);
+        assert_eq!(
+            store.apply(delta(vec![], &[gone], true, false, false), 2),
+            0
+        );
         let snap = store.snapshot();
         let t = &snap.tables[0];
         assert_eq!(t.records.len(), 1);

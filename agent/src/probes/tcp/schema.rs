@@ -103,7 +103,6 @@ pub fn table_meta(policy: &Policy) -> TableMeta {
     }
 }
 
-
 pub(crate) fn key(
     netns: u64,
     owner: Option<&Owner>,
