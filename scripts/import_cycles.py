@@ -24,11 +24,6 @@ from collections import defaultdict
 
 # (crate src dir, "from -> to" as printed: files relative to src/, or top-level modules).
 KNOWN = {
-    # Issue 11: the exposition writer's number formatting is called from the store's value and
-    # histogram code and from the self-metrics (helper w-egress moves it out of egress).
-    ("agent/src", "imdb/value.rs -> egress/prometheus.rs"),
-    ("agent/src", "imdb/histogram.rs -> egress/prometheus.rs"),
-    ("agent/src", "imdb -> egress"),
 }
 
 ITEM_RE = re.compile(

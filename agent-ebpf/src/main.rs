@@ -35,16 +35,11 @@ mod iter;
 
 use gopher_common::{
     LinkClosed, LinkInfo, LinkStats, MAP_FULL_LINKS, MAP_FULL_SLOTS, OWNER_KNOWN, OWNER_NO_ENTRY,
-    ROLE_CLIENT, ROLE_SERVER,
+    ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_SYN_RECV, TCP_SYN_SENT,
 };
 
 const IPPROTO_TCP: u32 = 6;
 const SOCK_STREAM: u32 = 1;
-const TCP_SYN_SENT: u32 = 2;
-const TCP_SYN_RECV: u32 = 3;
-const TCP_FIN_WAIT1: u32 = 4;
-const TCP_FIN_WAIT2: u32 = 5;
-const TCP_CLOSE: u32 = 7;
 const TCPHDR_FIN: u32 = 0x01;
 /// Allow the operation (cgroup programs must say so explicitly).
 const ALLOW: i32 = 1;

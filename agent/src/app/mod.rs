@@ -311,7 +311,7 @@ async fn start_control(
     metrics: &Arc<SelfMetrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    if !cfg.control.switch {
+    if !cfg.control.switch.is_on() {
         return Ok(None);
     }
     let (addr, serving) = control::server::bind(&cfg.control, ctl.clone(), metrics, async move {

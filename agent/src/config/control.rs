@@ -7,6 +7,7 @@ use toml::Spanned;
 
 use super::error::{DiagnosticKind, Reporter};
 use super::node::{Node, TableView};
+use super::switch::OnOff;
 
 /// Loopback only by default: switching probes is an administrative act, and opening it to the
 /// network is a decision the operator writes down (TLS, a token, or `insecure = true`).
@@ -14,7 +15,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8889";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Control {
-    pub switch: bool,
+    pub switch: OnOff,
     pub listen: SocketAddr,
     /// Server certificate chain and key (PEM); both or neither.
     pub tls_cert: Option<PathBuf>,
@@ -32,7 +33,7 @@ pub struct Control {
 impl Default for Control {
     fn default() -> Self {
         Self {
-            switch: true,
+            switch: OnOff::On,
             listen: DEFAULT_LISTEN
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8889))),
@@ -73,7 +74,7 @@ pub(super) fn control(
         return out;
     };
     if let Some((i, _)) = t.word(rep, "switch", &["on", "off"]) {
-        out.switch = i == 0;
+        out.switch = [OnOff::On, OnOff::Off][i];
     }
     if let Some((addr, span)) = t.string(rep, "listen") {
         match addr.parse::<SocketAddr>() {
@@ -130,7 +131,7 @@ pub(super) fn control(
             "client certificates need TLS: set tls_cert and tls_key too".to_owned(),
         );
     }
-    let open = out.switch
+    let open = out.switch.is_on()
         && !out.listen.ip().is_loopback()
         && !out.tls()
         && out.token_file.is_none()

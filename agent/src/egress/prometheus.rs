@@ -36,7 +36,7 @@ use std::io;
 
 pub(crate) mod selfmetrics;
 
-use crate::imdb::{FieldMeta, FieldType, Snapshot, TableSnapshot, ValueRef};
+use crate::imdb::{FieldMeta, FieldType, Snapshot, TableSnapshot, ValueRef, number};
 use crate::telemetry::{FAMILIES_SKIPPED, SelfMetrics};
 
 /// The Content-Type of what [`render`] produces.
@@ -280,15 +280,10 @@ fn write_label(out: &mut String, value: ValueRef<'_>) {
     }
 }
 
-/// Formats per the exposition format: `+Inf`, `-Inf`, `NaN`, else the shortest exact decimal.
+/// Formats per the exposition format (`+Inf`, `-Inf`, `NaN`, else the shortest exact decimal):
+/// the values' own text form (`imdb::number`).
 pub(crate) fn write_f64(out: &mut String, v: f64) {
-    if v.is_nan() {
-        out.push_str("NaN");
-    } else if v.is_infinite() {
-        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
-    } else {
-        let _ = write!(out, "{v}");
-    }
+    let _ = number::write_f64(out, v);
 }
 
 /// Label values escape backslash, double quote and newline.

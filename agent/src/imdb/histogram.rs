@@ -106,9 +106,7 @@ pub(crate) fn write_text(
         write!(out, "{le}={n} ")?;
     }
     write!(out, "+Inf={count} sum=")?;
-    let mut s = String::new();
-    crate::egress::prometheus::write_f64(&mut s, sum);
-    out.write_str(&s)
+    super::number::write_f64(out, sum)
 }
 
 impl fmt::Display for Histogram {

@@ -7,6 +7,7 @@
 mod error;
 pub mod histogram;
 pub mod meta;
+pub mod number;
 mod row;
 mod store;
 pub mod value;

@@ -160,11 +160,7 @@ impl fmt::Display for ValueRef<'_> {
             Self::Empty => Ok(()),
             Self::U64(v) => write!(f, "{v}"),
             Self::I64(v) => write!(f, "{v}"),
-            Self::F64(v) => {
-                let mut s = String::new();
-                crate::egress::prometheus::write_f64(&mut s, v);
-                f.write_str(&s)
-            }
+            Self::F64(v) => super::number::write_f64(f, v),
             Self::Str(s) => f.write_str(s),
             Self::Hist(h) => histogram::write_text(f, h.buckets(), h.count(), h.sum()),
         }
