@@ -31,7 +31,7 @@ use crate::{
     control,
     egress::{http, kafka},
     imdb::{Batch, Limits, Store},
-    probes::{Controller, Manager, Policy, controller::state_file, now_ms},
+    probes::{Controller, Manager, Policy, controller::state_file},
     service::{self, tasks},
     supervise::{Beating, Liveness, Restarts, STALL_BOUND, TICK},
     telemetry::SelfMetrics,
@@ -297,7 +297,7 @@ fn start_kafka(
         store: Arc::clone(store),
         metrics: Arc::clone(metrics),
         shutdown,
-        clock: now_ms,
+        clock: clock::wall_ms,
         heartbeat,
     };
     let restarts = Restarts::new("kafka", policy, metrics);

@@ -188,7 +188,7 @@ fn change_from_pb(req: &pb::SetProbeRequest) -> Result<Change, Status> {
 
 fn event(view: &View, removed: bool) -> pb::ProbeEvent {
     pb::ProbeEvent {
-        timestamp_ms: crate::probes::now_ms(),
+        timestamp_ms: crate::clock::wall_ms(),
         probe: Some(view_to_pb(view)),
         removed,
     }

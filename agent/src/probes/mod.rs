@@ -98,7 +98,3 @@ impl std::fmt::Debug for Native {
             .finish_non_exhaustive()
     }
 }
-
-/// Milliseconds since the Unix epoch; the one definition is [`crate::clock::wall_ms`] (this
-/// name stays until its callers use that one).
-pub use crate::clock::wall_ms as now_ms;

@@ -38,8 +38,8 @@ use super::{
     to_row,
 };
 use crate::{
+    clock::wall_ms,
     imdb::Row,
-    probes::now_ms,
     telemetry::{self, Counter, SelfMetrics},
 };
 
@@ -109,7 +109,7 @@ impl Collector {
     pub fn new(metrics: &Arc<SelfMetrics>, policy: Policy) -> Self {
         let tcp = [("probe", "tcp")];
         Self {
-            links: Links::new(policy, Instant::now(), now_ms()),
+            links: Links::new(policy, Instant::now(), wall_ms()),
             namespaces: Namespaces::default(),
             owners: HashMap::default(),
             resolver: owners::Resolver::default(),
