@@ -467,6 +467,7 @@ fn check_alerts(prom: &Prometheus, instance: &str, wait: Duration) {
             "GopherRowsDropped",
             "GopherEbpfEventsLost",
             "GopherEbpfMapFull",
+            "GopherTcpLinksAggregated",
             "GopherProbePanicked",
             "GopherTaskRestarted",
         ]
