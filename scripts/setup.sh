@@ -16,6 +16,7 @@ APT_PACKAGES=(
   nginx redis-server haproxy procps  # extension probe tests start their own instances (pgrep: start checks)
   systemd                    # systemd-analyze verify/security of the shipped unit (no systemd is started)
   dpkg-dev rpm cpio          # packaging tests: cargo-deb's dependency scan, rpm -qp, rpm2cpio | cpio
+  podman buildah runc busybox-static  # container labels test: an image built from scratch, run by podman
   ansible-core python3-apt   # the Ansible role, run against localhost (apt module needs python3-apt)
 )
 

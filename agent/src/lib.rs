@@ -7,6 +7,7 @@
 //! supervises. Arrows point one way (`scripts/import_cycles.py` checks it).
 
 pub mod app;
+pub mod attrib;
 pub mod clock;
 pub mod config;
 pub mod control;

@@ -9,6 +9,7 @@ use std::{
 use tokio::sync::{mpsc, watch};
 
 use crate::{
+    app::enrich::Enricher,
     clock,
     imdb::{Batch, Store},
     supervise::{CatchUnwind, Restarts},
@@ -46,6 +47,8 @@ async fn ingest(
     store: Arc<Mutex<Store>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Per run: a restarted ingest starts with empty caches (only lookups are lost).
+    let mut enricher = Enricher::default();
     loop {
         let batch = tokio::select! {
             b = rx.recv() => b,
@@ -59,9 +62,10 @@ async fn ingest(
             }
             None => None,
         };
-        let Some(batch) = batch else { break };
+        let Some(mut batch) = batch else { break };
         // The store's clock is the monotonic one (see gopher::clock).
         let now = clock::mono_ms();
+        enricher.label(&mut batch, &store, now);
         store
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -12,6 +12,7 @@
 //! - [`ingest`]: probe rows into the store, records aged out;
 //! - `signals`: SIGTERM/SIGINT, SIGHUP reload.
 
+mod enrich;
 pub mod ingest;
 pub mod plan;
 mod signals;

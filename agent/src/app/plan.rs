@@ -52,10 +52,18 @@ fn extension(e: &ExtendProbe, tables: Vec<TableMeta>) -> Extension {
 pub fn plan(cfg: &Config, env: &ExtensionEnv, store: &mut Store) -> anyhow::Result<Plan> {
     let mut catalog = Catalog::new();
     let mut native_tables = HashSet::new();
+    // Probes write rows in their own meta's order; the stored meta may carry the container
+    // labels after them (appended at ingest, see enrich.rs).
+    let labels = cfg.global.container_labels;
     let register = |store: &mut Store, catalog: Option<&mut Catalog>, meta: TableMeta| {
         let name = meta.name.clone();
+        let stored = if labels {
+            super::enrich::with_labels(meta.clone())
+        } else {
+            meta.clone()
+        };
         store
-            .register(meta.clone())
+            .register(stored)
             .with_context(|| format!("registering table {name}"))?;
         if let Some(catalog) = catalog {
             catalog.insert(name, Arc::new(meta));

@@ -8,11 +8,24 @@ use toml::Spanned;
 use super::error::Reporter;
 use super::node::{Node, TableView};
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Global {
     /// `None` = log to stderr (journald picks it up under systemd).
     pub log_directory: Option<PathBuf>,
     pub log_level: LogLevel,
+    /// `container_labels`: container and pod labels on every table keyed by a process
+    /// (gala-gopher's `container_id` … `pod_namespace`). On by default.
+    pub container_labels: bool,
+}
+
+impl Default for Global {
+    fn default() -> Self {
+        Self {
+            log_directory: None,
+            log_level: LogLevel::default(),
+            container_labels: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -65,7 +78,7 @@ pub(super) fn global(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>, base:
             rep,
             n,
             "global".into(),
-            &["log_directory", "log_level"],
+            &["log_directory", "log_level", "container_labels"],
             true,
         )
     }) else {
@@ -76,6 +89,9 @@ pub(super) fn global(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>, base:
     }
     if let Some((i, _)) = t.word(rep, "log_level", &LogLevel::WORDS) {
         out.log_level = LogLevel::ALL[i];
+    }
+    if let Some((i, _)) = t.word(rep, "container_labels", &["on", "off"]) {
+        out.container_labels = i == 0;
     }
     out
 }

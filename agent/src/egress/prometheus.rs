@@ -3,7 +3,7 @@
 //!
 //! Naming follows gala-gopher: every counter, gauge or histogram field becomes the family
 //! `gala_gopher_<table>_<field>`, with one sample per record labelled by the record's `key` and
-//! `label` fields in meta order. `unknown` fields never become samples, and neither does an
+//! `label` fields in meta order (an empty one left out: same series). `unknown` fields never become samples, and neither does an
 //! empty value ("no value"). Samples carry no timestamp: Prometheus stamps them at scrape time,
 //! which is what the records' ageing already assumes.
 //!
@@ -155,8 +155,16 @@ fn render_table(
                 continue;
             }
             labels.clear();
-            for (n, (j, f)) in label_fields.iter().enumerate() {
-                if n > 0 {
+            for (j, f) in &label_fields {
+                // An empty label value is the same series as no label (Prometheus data
+                // model): leaving it out keeps bodies small, e.g. the container labels of a
+                // host process's rows.
+                if matches!(values[*j], ValueRef::Empty)
+                    || matches!(values[*j], ValueRef::Str(s) if s.is_empty())
+                {
+                    continue;
+                }
+                if !labels.is_empty() {
                     labels.push(',');
                 }
                 labels.push_str(&f.name);
