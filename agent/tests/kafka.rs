@@ -780,6 +780,13 @@ fn tcp_link_rows_match_real_traffic() {
         "lost_packets",
         "rtt",
         "start_time",
+        // Container and pod labels (empty here: both ends are host processes).
+        "container_id",
+        "container_name",
+        "container_image",
+        "pod_id",
+        "pod",
+        "pod_namespace",
     ];
     let netns = std::fs::read_link("/proc/self/ns/net")
         .unwrap()
@@ -807,6 +814,9 @@ fn tcp_link_rows_match_real_traffic() {
         );
         assert_eq!(field(&row, "tgid"), tgid, "{row:?}");
         assert_eq!(field(&row, "process_name"), comm, "{row:?}");
+        for label in &tcp_fields[tcp_fields.len() - 6..] {
+            assert_eq!(field(&row, label), "", "{label} of a host process: {row:?}");
+        }
         assert_eq!(field(&row, "client_ip"), "127.0.0.1");
         assert_eq!(field(&row, "server_ip"), "127.0.0.1");
         assert_eq!(field(&row, "protocol"), "2");
