@@ -82,6 +82,7 @@ pub fn plan(cfg: &Config, env: &ExtensionEnv, store: &mut Store) -> anyhow::Resu
                 kind: ProbeKind::Native,
                 tables: names,
                 extension: None,
+                native_check: registry::find(&p.name).and_then(|n| n.start_check),
             },
             settings: Settings {
                 switch: p.switch,
@@ -122,6 +123,7 @@ pub fn plan(cfg: &Config, env: &ExtensionEnv, store: &mut Store) -> anyhow::Resu
                 kind: ProbeKind::Extension,
                 tables: names,
                 extension: Some(ext),
+                native_check: None,
             },
             settings: Settings {
                 switch: e.switch,
