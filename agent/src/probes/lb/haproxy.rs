@@ -12,7 +12,7 @@
 //! the discovery. No stats socket anywhere is the probe's one failure reason.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},
     os::unix::net::UnixStream,
@@ -126,9 +126,19 @@ impl Snapshot for Haproxy {
 /// running: none (the start check stops the probe soon). Haproxies but no stats socket in
 /// their configuration: the probe cannot work, [`SnapshotError::Unusable`].
 fn discover(warnings: &mut Vec<String>) -> Result<Vec<String>, SnapshotError> {
+    discover_in(&pids_named("haproxy"), warnings)
+}
+
+/// [`discover`] over the given haproxy pids. A haproxy whose configuration declares no stats
+/// socket is a warning while others have one (its streams are not seen), the probe's failure
+/// when none has.
+fn discover_in(pids: &[u32], warnings: &mut Vec<String>) -> Result<Vec<String>, SnapshotError> {
     let mut sockets = BTreeSet::new();
-    let mut configs = BTreeSet::new();
-    for pid in pids_named("haproxy") {
+    // Configuration file (as seen from the agent) → the sockets it declares; the master and
+    // worker of one haproxy share their files, which are read once.
+    let mut configs: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+    let mut without = Vec::new();
+    for &pid in pids {
         let root = PathBuf::from(format!("/proc/{pid}/root"));
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
@@ -138,6 +148,8 @@ fn discover(warnings: &mut Vec<String>) -> Result<Vec<String>, SnapshotError> {
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_else(|_| "/".into());
+        let mut own = Vec::new();
+        let mut files = Vec::new();
         for file in config_files(&args) {
             let file = if Path::new(&file).is_absolute() {
                 file.into()
@@ -145,7 +157,9 @@ fn discover(warnings: &mut Vec<String>) -> Result<Vec<String>, SnapshotError> {
                 cwd.join(file)
             };
             let within = root.join(file.strip_prefix("/").unwrap_or(&file));
-            if !configs.insert(within.clone()) {
+            files.push(file.display().to_string());
+            if let Some(known) = configs.get(&within) {
+                own.extend(known.iter().cloned());
                 continue;
             }
             let text = match read_config(&within) {
@@ -155,29 +169,43 @@ fn discover(warnings: &mut Vec<String>) -> Result<Vec<String>, SnapshotError> {
                     continue;
                 }
             };
+            let mut found = Vec::new();
             for s in stats_sockets(&text) {
                 if s.starts_with('/') {
-                    let p = root.join(s.trim_start_matches('/'));
-                    sockets.insert(p.to_string_lossy().into_owned());
+                    found.push(
+                        root.join(s.trim_start_matches('/'))
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
                 } else if s.parse::<SocketAddr>().is_ok() {
-                    sockets.insert(s);
+                    found.push(s);
                 } else {
-                    warnings.push(format!("haproxy {pid}: stats socket {s} is not readable by gopher (a unix path or ip:port is)"));
+                    warnings.push(format!(
+                        "haproxy {pid}: stats socket {s} is not readable by gopher (a unix path \
+                         or ip:port is)"
+                    ));
                 }
             }
+            own.extend(found.iter().cloned());
+            configs.insert(within, found);
         }
+        if own.is_empty() {
+            without.push(format!("haproxy {pid} ({})", files.join(", ")));
+        }
+        sockets.extend(own);
     }
-    if sockets.is_empty() && !configs.is_empty() {
+    let advice = "add `stats socket /run/haproxy/admin.sock mode 660 level admin` to the global \
+                  section, or set probes[haproxy_link].params.stats_sockets";
+    if sockets.is_empty() && !without.is_empty() {
         return Err(SnapshotError::Unusable(format!(
-            "haproxy runs, but its configuration ({}) declares no stats socket: add \
-             `stats socket /run/haproxy/admin.sock mode 660 level admin` to its global section, \
-             or set probes[haproxy_link].params.stats_sockets",
-            configs
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            "{} declares no stats socket: {advice}",
+            without.join(", ")
         )));
+    }
+    for w in without {
+        warnings.push(format!(
+            "{w} declares no stats socket, its streams are not seen: {advice}"
+        ));
     }
     Ok(sockets.into_iter().collect())
 }
@@ -419,5 +447,75 @@ mod tests {
             config_files(&args),
             ["/etc/haproxy/haproxy.cfg", "conf.d", "a.cfg"]
         );
+    }
+
+    /// Real haproxy processes (one without a stats socket, one with) found through /proc.
+    #[test]
+    fn discovery_reads_running_haproxies_and_names_the_one_without_a_socket() {
+        if std::process::Command::new("haproxy")
+            .arg("-v")
+            .output()
+            .is_err()
+        {
+            eprintln!("SKIPPED: no haproxy");
+            assert!(
+                std::env::var("GOPHER_STRICT_TESTS").is_err(),
+                "haproxy needed"
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let start = |name: &str, global: &str| {
+            let cfg = dir.path().join(name);
+            std::fs::write(
+                &cfg,
+                format!(
+                    "global\n{global}defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 1s\n  \
+                     timeout server 1s\nlisten l\n  bind 127.0.0.1:{}\n  server s 127.0.0.1:9\n",
+                    port()
+                ),
+            )
+            .unwrap();
+            let child = std::process::Command::new("haproxy")
+                .args(["-db", "-f"])
+                .arg(&cfg)
+                .spawn()
+                .unwrap();
+            (cfg, child)
+        };
+        let sock = dir.path().join("a.sock");
+        let (bare_cfg, mut bare) = start("bare.cfg", "");
+        let (_, mut with) = start(
+            "with.cfg",
+            &format!("  stats socket {} level admin\n", sock.display()),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let mut w = Vec::new();
+        let err = discover_in(&[bare.id()], &mut w).unwrap_err();
+        assert!(matches!(err, SnapshotError::Unusable(_)), "{err}");
+        let text = err.to_string();
+        assert!(text.contains(&format!("haproxy {}", bare.id())), "{text}");
+        assert!(text.contains(bare_cfg.to_str().unwrap()), "{text}");
+        assert!(text.contains("declares no stats socket"), "{text}");
+        let found = discover_in(&[bare.id(), with.id()], &mut w).unwrap();
+        assert_eq!(
+            found,
+            [format!("/proc/{}/root{}", with.id(), sock.display())]
+        );
+        assert!(
+            w.iter().any(|m| m.contains("its streams are not seen")),
+            "{w:?}"
+        );
+        let _ = bare.kill();
+        let _ = with.kill();
+        let _ = bare.wait();
+        let _ = with.wait();
     }
 }
