@@ -12,7 +12,12 @@
 //! connection's peer and local address) and against the clients' own counts, then sessions are
 //! closed and `link_count` must go down (rows of finished links vanish). The agent runs in the
 //! host namespace; `switch = "auto"` start checks start the probes.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    clippy::float_cmp
+)]
 
 mod common;
 
@@ -294,6 +299,17 @@ const LVS_KEYS: [&str; 7] = [
     "protocol",
 ];
 
+/// An agent running `lvs_link` every second over the proxy namespace, once it runs.
+fn lvs_agent(net: &Net, sections: &str, switch: &str) -> Agent {
+    let ns_file = format!("/run/netns/{}", net.ns[R]);
+    let agent = Agent::start(&format!(
+        "{sections}[[probes]]\nname = \"lvs_link\"\nswitch = \"{switch}\"\ninterval = 1\n\
+         [probes.params]\nnamespaces = [\"{ns_file}\"]\n"
+    ));
+    agent.wait_running(WAIT, "lvs_link");
+    agent
+}
+
 #[test]
 fn lvs_link_counts_dnat_flows_per_client_and_backend() {
     if !can_run() {
@@ -309,13 +325,7 @@ fn lvs_link_counts_dnat_flows_per_client_and_backend() {
          ip daddr {vip} tcp dport 80 dnat to numgen inc mod 2 map {{ 0 : {s1}, 1 : {s2} }}:9003; }}; }}"
     );
     net.exec(R, &["nft", &rules]);
-    let ns_file = format!("/run/netns/{}", net.ns[R]);
-    let agent = Agent::start(&format!(
-        "[supervision]\nstart_check_interval = 1\n\
-         [[probes]]\nname = \"lvs_link\"\nswitch = \"auto\"\ninterval = 1\n\
-         [probes.params]\nnamespaces = [\"{ns_file}\"]\n"
-    ));
-    agent.wait_running(WAIT, "lvs_link");
+    let agent = lvs_agent(&net, "[supervision]\nstart_check_interval = 1\n", "auto");
     let (a, b) = (net.ip(1, 2), net.ip(1, 3));
     let (mut a_c, r1) = net.peer(C, &["clients", &a, &vip, "80", "4", "tcp"]);
     let (mut b_c, r2) = net.peer(C, &["clients", &b, &vip, "80", "1", "tcp"]);
@@ -420,4 +430,92 @@ fn dnsmasq_link_counts_answered_clients() {
         rows(s, "dnsmasq_link", "virtual_ip", &ours, &keys).is_empty()
     });
     drop(dnsmasq);
+}
+
+/// Conntrack entries of [`lvs_link_snapshot_cost`].
+const FLOWS: u32 = 20_000;
+
+/// CPU the agent spends on `lvs_link` snapshots of a 20 000-entry conntrack table (UDP flows
+/// through the DNAT rule, kept by a long UDP timeout), against the same agent idle: the cost
+/// per interval on a busy node. A measurement, not a check:
+/// `cargo test -p gopher --test lb_links -- --ignored --nocapture lvs_link_snapshot_cost`.
+#[test]
+#[ignore = "measurement (quiet machine): see the doc comment"]
+fn lvs_link_snapshot_cost() {
+    if !can_run() {
+        return;
+    }
+    let net = Net::new();
+    let (srv, vip) = (net.ip(2, 2), net.ip(3, 100));
+    net.exec(
+        R,
+        &[
+            "sysctl",
+            "-qw",
+            "net.netfilter.nf_conntrack_udp_timeout=600",
+        ],
+    );
+    net.exec(
+        R,
+        &["sysctl", "-qw", "net.netfilter.nf_conntrack_max=262144"],
+    );
+    let rules = format!(
+        "table ip lbcost {{ chain pre {{ type nat hook prerouting priority dstnat; \
+         ip daddr {vip} udp dport 5000 dnat to {srv}:5000; }}; }}"
+    );
+    net.exec(R, &["nft", &rules]);
+    // No port-unreachable answers (they would end the flows): the backend drops silently.
+    net.exec(
+        S,
+        &["nft", "table ip lbdrop { chain in { type filter hook input priority 0; udp dport 5000 drop; }; }"],
+    );
+    let agent = lvs_agent(&net, "[imdb]\nmax_records_num = 100000\n", "on");
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", agent.pid())).unwrap();
+        let after = stat.rsplit_once(')').unwrap().1;
+        let f: Vec<u64> = after
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        // utime and stime (fields 14 and 15), clock ticks.
+        f[11] + f[12]
+    };
+    let secs = 20;
+    let idle0 = cpu();
+    std::thread::sleep(Duration::from_secs(secs));
+    let idle = cpu() - idle0;
+    // Distinct source ports (bind to port 0 would reuse some: equal tuples are one entry).
+    let script = format!(
+        "import socket\nfor i in range({FLOWS}):\n s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n \
+         s.bind(('{}', 20000 + i))\n s.sendto(b'x', ('{vip}', 5000))\n s.close()\n",
+        net.ip(1, 2)
+    );
+    net.exec(C, &["python3", "-c", &script]);
+    let ours = [vip.clone()];
+    let counted = |s: &[Sample]| {
+        rows(s, "lvs_link", "virtual_ip", &ours, &LVS_KEYS)
+            .values()
+            .sum::<f64>()
+    };
+    let seen = std::cell::Cell::new(0.0);
+    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        agent.wait_for(Duration::from_mins(1), "every flow counted", |s| {
+            seen.set(counted(s));
+            seen.get() == f64::from(FLOWS)
+        })
+    }));
+    assert!(ok.is_ok(), "counted {} of {FLOWS} flows", seen.get());
+    let busy0 = cpu();
+    std::thread::sleep(Duration::from_secs(secs));
+    let busy = cpu() - busy0;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let per = |ticks: u64| ticks as f64 / hz * 1000.0 / secs as f64;
+    println!(
+        "lvs_link, 1 s interval: agent CPU {:.1} ms/s idle, {:.1} ms/s with {FLOWS} DNAT entries \
+         (≈ {:.1} ms per snapshot of {FLOWS} entries)",
+        per(idle),
+        per(busy),
+        per(busy) - per(idle)
+    );
 }
