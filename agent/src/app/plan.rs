@@ -90,6 +90,7 @@ pub fn plan(cfg: &Config, env: &ExtensionEnv, store: &mut Store) -> anyhow::Resu
                 kind: ProbeKind::Native,
                 tables: names,
                 extension: None,
+                native_check: registry::find(&p.name).and_then(|n| n.start_check),
             },
             settings: Settings {
                 switch: p.switch,
@@ -130,6 +131,7 @@ pub fn plan(cfg: &Config, env: &ExtensionEnv, store: &mut Store) -> anyhow::Resu
                 kind: ProbeKind::Extension,
                 tables: names,
                 extension: Some(ext),
+                native_check: None,
             },
             settings: Settings {
                 switch: e.switch,

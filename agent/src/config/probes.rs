@@ -137,8 +137,21 @@ pub(super) fn native_probe(
             );
         }
     }
-    // Native probes have no start_check, so "auto" would have nothing to decide with.
-    let switch = required_switch(rep, &t, &["on", "off"]);
+    // "auto" needs the probe's built-in start check (registry); without one it would have
+    // nothing to decide with.
+    let auto = name
+        .as_ref()
+        .and_then(|(n, _)| crate::probes::registry::find(n))
+        .is_some_and(|n| n.start_check.is_some());
+    let switch = required_switch(
+        rep,
+        &t,
+        if auto {
+            &["on", "off", "auto"]
+        } else {
+            &["on", "off"]
+        },
+    );
     let interval = secs(
         t.int_in(rep, "interval", 1..=MAX_INTERVAL, " seconds"),
         Duration::from_secs(5),

@@ -162,6 +162,7 @@ impl Manager {
             kind: ProbeKind::Native,
             tables: probe.tables().into_iter().map(|t| t.name).collect(),
             extension: None,
+            native_check: None,
         };
         let settings = Settings {
             switch: Switch::Off,

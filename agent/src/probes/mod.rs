@@ -14,9 +14,12 @@
 //! Probes import neither configuration nor control: the wiring (`crate::app`) builds them from
 //! the configuration, and the control channel (`crate::control`) calls the controller.
 
+mod check_type;
 pub mod controller;
 pub mod extension;
+pub mod lb;
 pub mod manager;
+mod netlink;
 pub mod params;
 pub mod registry;
 pub mod settings;
@@ -35,7 +38,7 @@ use crate::{
 pub use controller::Controller;
 pub use manager::{Manager, Policy, State, Status, View};
 pub use params::ParamError;
-pub use settings::{Change, ControlError, ProbeKind, Settings, Switch};
+pub use settings::{Change, CheckType, ControlError, ProbeKind, Settings, Switch};
 
 /// What a running probe gets from the agent.
 pub struct ProbeContext {
@@ -87,6 +90,9 @@ pub struct Native {
     /// params may bound its table).
     pub tables: &'static [&'static str],
     pub build: Factory,
+    /// `switch = "auto"`: the built-in start check (a shell command, as an extension probe's
+    /// `start_check`, and how it answers); `None`: the probe is switched on or off only.
+    pub start_check: Option<(&'static str, check_type::CheckType)>,
 }
 
 impl std::fmt::Debug for Native {
@@ -95,6 +101,7 @@ impl std::fmt::Debug for Native {
             .field("name", &self.name)
             .field("default_on", &self.default_on)
             .field("tables", &self.tables)
+            .field("start_check", &self.start_check)
             .finish_non_exhaustive()
     }
 }

@@ -9,16 +9,17 @@
 use std::sync::Arc;
 
 pub use super::{Factory, Native};
-use super::{NativeError, Probe, system, tcp};
+use super::{NativeError, Probe, lb, system, tcp};
 
 const TCP: Native = Native {
     name: "tcp",
     default_on: true,
     tables: &[tcp::TABLE],
     build: |params| Ok(Arc::new(tcp::TcpProbe::from_params(params)?)),
+    start_check: None,
 };
 
-const COUNT: usize = 1 + system::PROBES.len();
+const COUNT: usize = 1 + system::PROBES.len() + lb::PROBES.len();
 
 /// Every native probe, in the order the shipped `probes.toml` lists them.
 pub const NATIVE: [Native; COUNT] = {
@@ -27,6 +28,11 @@ pub const NATIVE: [Native; COUNT] = {
     while i < system::PROBES.len() {
         out[i + 1] = system::PROBES[i];
         i += 1;
+    }
+    let mut j = 0;
+    while j < lb::PROBES.len() {
+        out[1 + system::PROBES.len() + j] = lb::PROBES[j];
+        j += 1;
     }
     out
 };

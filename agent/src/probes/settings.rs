@@ -46,30 +46,7 @@ impl fmt::Display for Switch {
     }
 }
 
-/// How an `auto` probe's start check answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum CheckType {
-    /// Start if the check's first output line is an integer > 0 (gala-gopher's only kind).
-    #[default]
-    Count,
-    /// Start if the check exits with status 0.
-    Exit,
-}
-
-impl CheckType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Count => "count",
-            Self::Exit => "exit",
-        }
-    }
-}
-
-impl std::fmt::Display for CheckType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use super::check_type::CheckType;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeKind {
@@ -112,6 +89,18 @@ pub struct Definition {
     pub tables: Vec<String>,
     /// Extension probes: their configuration entry.
     pub extension: Option<Extension>,
+    /// Native probes: their built-in start check (`registry`), which makes `auto` possible.
+    pub native_check: Option<(&'static str, CheckType)>,
+}
+
+impl Definition {
+    /// The start check `auto` runs: the extension's configured one or the native built-in.
+    pub fn start_check(&self) -> Option<(String, CheckType)> {
+        match &self.extension {
+            Some(x) => x.start_check.clone().map(|c| (c, x.check_type)),
+            None => self.native_check.map(|(c, k)| (c.to_owned(), k)),
+        }
+    }
 }
 
 /// An extension probe's `[[extend_probes]]` entry (without its name) and its meta file's tables.
@@ -198,10 +187,11 @@ pub fn resolve(
     if let Some(switch) = change.switch {
         if switch == Switch::Auto {
             match &def.extension {
+                None if def.native_check.is_some() => {}
                 None => {
                     return Err(invalid(
                         "switch",
-                        "native probes have no start check: use on or off",
+                        "this native probe has no start check: use on or off",
                     ));
                 }
                 Some(x) if x.start_check.is_none() => {
@@ -303,4 +293,43 @@ fn extension_param(params: &toml::Table) -> Result<String, ControlError> {
         text.clone_into(&mut param);
     }
     Ok(param)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn native(check: Option<(&'static str, CheckType)>) -> Definition {
+        Definition {
+            kind: ProbeKind::Native,
+            tables: Vec::new(),
+            extension: None,
+            native_check: check,
+        }
+    }
+
+    #[test]
+    fn auto_is_possible_for_a_native_probe_only_with_a_built_in_check() {
+        let current = Settings {
+            switch: Switch::Off,
+            interval: Duration::from_secs(5),
+            params: Params::Native(toml::Table::new()),
+        };
+        let auto = Change {
+            switch: Some(Switch::Auto),
+            ..Change::default()
+        };
+        let def = native(Some(("pgrep -x haproxy | wc -l", CheckType::Count)));
+        let s = resolve("haproxy_link", &def, &current, &auto).unwrap();
+        assert_eq!(s.switch, Switch::Auto);
+        assert_eq!(
+            def.start_check(),
+            Some(("pgrep -x haproxy | wc -l".to_owned(), CheckType::Count))
+        );
+        let err = resolve("tcp", &native(None), &current, &auto).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "switch: this native probe has no start check: use on or off"
+        );
+    }
 }

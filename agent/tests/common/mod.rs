@@ -257,13 +257,17 @@ pub struct Peer {
 
 impl Peer {
     pub fn spawn(prefix: &[&str], args: &[&str]) -> Peer {
+        Self::spawn_script(prefix, "peer.py", args)
+    }
+
+    /// Like [`Peer::spawn`], running another support script with the same stdin/stdout
+    /// protocol (`close` → `closed`).
+    pub fn spawn_script(prefix: &[&str], script: &str, args: &[&str]) -> Peer {
         let mut cmd = Command::new(prefix.first().copied().unwrap_or("python3"));
         if prefix.is_empty() {
-            cmd.arg(support("peer.py"));
+            cmd.arg(support(script));
         } else {
-            cmd.args(&prefix[1..])
-                .arg("python3")
-                .arg(support("peer.py"));
+            cmd.args(&prefix[1..]).arg("python3").arg(support(script));
         }
         let mut child = cmd
             .args(args)

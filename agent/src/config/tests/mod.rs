@@ -79,7 +79,16 @@ fn shipped_probes_toml_is_valid_and_safe() {
     assert_eq!(c.kafka.kafka_topic, "gala_gopher");
     let native: Vec<&str> = c.probes.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(native[0], "tcp");
-    assert_eq!(native[1..], *crate::probes::system::SYSTEM_PROBES);
+    let systems = crate::probes::system::SYSTEM_PROBES.len();
+    assert_eq!(native[1..=systems], *crate::probes::system::SYSTEM_PROBES);
+    // The load-balancer link probes run while their built-in start checks find their target.
+    assert_eq!(
+        native[systems + 1..],
+        ["haproxy_link", "lvs_link", "dnsmasq_link"]
+    );
+    for p in &c.probes[systems + 1..] {
+        assert_eq!(p.switch, Switch::Auto, "{}", p.name);
+    }
     assert_eq!(c.probes[0].switch, Switch::On);
     assert_eq!(c.probes[0].interval, Duration::from_secs(5));
     let names: Vec<&str> = c.extend_probes.iter().map(|p| p.name.as_str()).collect();
@@ -647,4 +656,16 @@ fn log_level_converts_to_tracing() {
 #[test]
 fn native_probe_list_is_extensible_in_one_place() {
     assert!(NATIVE_PROBES.contains(&"tcp"));
+}
+
+#[test]
+fn auto_is_accepted_for_native_probes_with_a_built_in_start_check() {
+    let cfg = ok("[[probes]]\nname = \"haproxy_link\"\nswitch = \"auto\"\n");
+    assert_eq!(cfg.probes[0].switch, Switch::Auto);
+    let cfg = ok(
+        "[[probes]]\nname = \"lvs_link\"\nswitch = \"auto\"\n[probes.params]\ntable = \"ipvs_link\"\n",
+    );
+    assert_eq!(cfg.probes[0].switch, Switch::Auto);
+    // tcp has none: refused as before (see invalid_values).
+    assert!(!errs("[[probes]]\nname = \"tcp\"\nswitch = \"auto\"\n").is_empty());
 }

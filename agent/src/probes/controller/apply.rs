@@ -158,11 +158,7 @@ impl Controller {
 
     pub(super) fn spawn_check(&self, name: &str) {
         let manager = &self.inner.manager;
-        let Some((command, kind)) = manager
-            .definition(name)
-            .and_then(|d| d.extension)
-            .and_then(|x| x.start_check.map(|c| (c, x.check_type)))
-        else {
+        let Some((command, kind)) = manager.definition(name).and_then(|d| d.start_check()) else {
             return;
         };
         let env = &self.inner.env;

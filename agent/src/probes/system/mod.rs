@@ -42,6 +42,7 @@ macro_rules! system_probe {
             default_on: true,
             tables: &[<$c as Collect>::TABLE],
             build: build::<$c>,
+            start_check: None,
         }
     };
 }

@@ -5,7 +5,7 @@
 use std::{
     io,
     net::IpAddr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
@@ -80,19 +80,7 @@ pub struct DiagSocket {
 
 /// Opens a sock_diag socket in the calling thread's current network namespace.
 pub fn open() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the fd is checked and owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    crate::probes::netlink::socket(NETLINK_SOCK_DIAG)
 }
 
 /// Dumps the TCP sockets of one address family (AF_INET / AF_INET6) in the given states (a
@@ -126,20 +114,7 @@ pub fn dump(
         return Err(io::Error::last_os_error());
     }
     buf.resize(DUMP_BUFFER, 0);
-    loop {
-        // SAFETY: receiving into an owned buffer of the given length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if parse_messages(&buf[..n as usize], seq, family, &mut f)? {
-            return Ok(());
-        }
-    }
+    crate::probes::netlink::recv_dump(fd, buf, |b| parse_messages(b, seq, family, &mut f))
 }
 
 /// Every socket the probe uses in the namespace of `fd`: listeners first, then the sockets in
