@@ -15,6 +15,7 @@
 //! the configuration, and the control channel (`crate::control`) calls the controller.
 
 pub mod controller;
+pub mod endpoint;
 pub mod extension;
 pub mod manager;
 pub mod params;

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 pub use super::{Factory, Native};
-use super::{NativeError, Probe, system, tcp};
+use super::{NativeError, Probe, endpoint, system, tcp};
 
 const TCP: Native = Native {
     name: "tcp",
@@ -18,14 +18,23 @@ const TCP: Native = Native {
     build: |params| Ok(Arc::new(tcp::TcpProbe::from_params(params)?)),
 };
 
-const COUNT: usize = 1 + system::PROBES.len();
+/// Listener health (`endpoint_tcp`): off by default, since it walks /proc for each new listener.
+const ENDPOINT: Native = Native {
+    name: "endpoint",
+    default_on: false,
+    tables: &[endpoint::TABLE],
+    build: |params| Ok(Arc::new(endpoint::EndpointProbe::from_params(params)?)),
+};
+
+const COUNT: usize = 2 + system::PROBES.len();
 
 /// Every native probe, in the order the shipped `probes.toml` lists them.
 pub const NATIVE: [Native; COUNT] = {
     let mut out = [TCP; COUNT];
+    out[1] = ENDPOINT;
     let mut i = 0;
     while i < system::PROBES.len() {
-        out[i + 1] = system::PROBES[i];
+        out[i + 2] = system::PROBES[i];
         i += 1;
     }
     out

@@ -78,8 +78,8 @@ fn shipped_probes_toml_is_valid_and_safe() {
     );
     assert_eq!(c.kafka.kafka_topic, "gala_gopher");
     let native: Vec<&str> = c.probes.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(native[0], "tcp");
-    assert_eq!(native[1..], *crate::probes::system::SYSTEM_PROBES);
+    assert_eq!(native[..2], ["tcp", "endpoint"]);
+    assert_eq!(native[2..], *crate::probes::system::SYSTEM_PROBES);
     assert_eq!(c.probes[0].switch, Switch::On);
     assert_eq!(c.probes[0].interval, Duration::from_secs(5));
     let names: Vec<&str> = c.extend_probes.iter().map(|p| p.name.as_str()).collect();
@@ -463,7 +463,7 @@ fn invalid_values() {
             "[[probes]]\nname = \"udp\"\nswitch = \"on\"\n",
             2,
             "probes[0].name",
-            "unknown native probe \"udp\" (known: tcp, system_meminfo, ",
+            "unknown native probe \"udp\" (known: tcp, endpoint, system_meminfo, ",
         ),
         (
             "[[probes]]\nname = \"tcp\"\nswitch = \"auto\"\n",

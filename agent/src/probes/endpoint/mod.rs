@@ -1,0 +1,288 @@
+//! The `endpoint` probe: listener health, one `endpoint_tcp` row per listening socket's owner
+//! and address (gala-gopher's `endpoint` entity, its `listen` table, with its field names where
+//! it has one).
+//!
+//! Every interval it dumps the LISTEN sockets of every network namespace with sock_diag
+//! (`listen.rs`): how full each accept queue is, its limit, and the drops the kernel counted on
+//! the listener. The saturation gauge is the point: an accept queue near its limit means the
+//! process accepts too slowly, before any connection is refused. Owners come from
+//! `/proc/<pid>/fd` (walked only for listeners not seen before, with the tcp probe's back-off for
+//! sockets nobody holds), namespaces from the tcp probe's discovery. No eBPF, nothing per
+//! connection or per packet: the cost is one netlink dump per namespace and interval, in
+//! proportion to the number of listeners.
+//!
+//! Sockets of one owner on the same address and port (`SO_REUSEPORT` groups) are one row: their
+//! queues, limits and drops add up. A counter of a row is the sum over its live sockets, so it
+//! restarts (as a Prometheus counter may) when a listener closes and another opens.
+
+mod listen;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use serde::{Deserialize, Deserializer};
+
+use super::{
+    ParamError, Probe, ProbeContext, ProbeFuture,
+    params::{self, int_in},
+    tcp::{
+        netns::Namespaces,
+        owners::{Owner, Resolver},
+    },
+};
+use crate::{
+    imdb::{Batch, FieldMeta, FieldType, TableMeta, Value},
+    telemetry::{Counter, PROBE_ERRORS, PROBE_ROWS},
+};
+
+pub const TABLE: &str = "endpoint_tcp";
+
+/// Field order is the row's positional order.
+const FIELDS: &[(&str, FieldType, &str)] = &[
+    (
+        "tgid",
+        FieldType::Key,
+        "process (thread group) id holding the listening socket (0: none found)",
+    ),
+    ("s_addr", FieldType::Key, "address the socket listens on"),
+    ("s_port", FieldType::Key, "port the socket listens on"),
+    (
+        "netns",
+        FieldType::Key,
+        "network namespace inode of the socket",
+    ),
+    ("comm", FieldType::Label, "command name of the process"),
+    (
+        "accept_queue",
+        FieldType::Gauge,
+        "connections completed and waiting for accept() (sock_diag idiag_rqueue)",
+    ),
+    (
+        "accept_queue_limit",
+        FieldType::Gauge,
+        "most connections the accept queue holds: the listen() backlog, capped by net.core.somaxconn (idiag_wqueue)",
+    ),
+    (
+        "listendrop",
+        FieldType::Counter,
+        "SYNs and handshake ACKs the listener dropped: accept or SYN queue full, no memory (the socket's sk_drops)",
+    ),
+];
+
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct EndpointParams {
+    #[serde(deserialize_with = "max_listeners")]
+    max_listeners: Option<u32>,
+}
+
+fn max_listeners<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let what = "an integer from 1 to 1000000 (endpoint_tcp rows)";
+    int_in(&toml::Value::deserialize(d)?, 1..=1_000_000, what).map(|n| Some(n as u32))
+}
+
+pub struct EndpointProbe {
+    /// Rows kept at most; the store refuses more, counted in
+    /// `gopher_rows_dropped_total{reason="record_limit"}`.
+    pub max_listeners: u32,
+}
+
+impl EndpointProbe {
+    /// Builds the probe from its `[probes.params]`; an unknown or out-of-range key is refused
+    /// by name.
+    pub fn from_params(table: &toml::Table) -> Result<Self, ParamError> {
+        let p: EndpointParams = params::parse("endpoint", table)?;
+        Ok(Self {
+            max_listeners: p.max_listeners.unwrap_or(4096),
+        })
+    }
+}
+
+impl Probe for EndpointProbe {
+    fn name(&self) -> &'static str {
+        "endpoint"
+    }
+
+    fn tables(&self) -> Vec<TableMeta> {
+        vec![TableMeta {
+            name: TABLE.to_owned(),
+            description: "TCP listening sockets: accept queue fill and limit, listen drops"
+                .to_owned(),
+            fields: FIELDS
+                .iter()
+                .map(|(name, ty, help)| FieldMeta {
+                    name: (*name).to_owned(),
+                    ty: *ty,
+                    description: (*help).to_owned(),
+                })
+                .collect(),
+            max_records: Some(self.max_listeners as usize),
+        }]
+    }
+
+    fn run(&self, ctx: ProbeContext) -> ProbeFuture {
+        Box::pin(run(ctx))
+    }
+}
+
+/// Identity of a row: owner, address, port, namespace.
+type RowKey = (u32, IpAddr, u16, u64);
+
+#[derive(Default)]
+struct Sums {
+    comm: String,
+    accept_queue: u64,
+    accept_queue_limit: u64,
+    drops: Option<u64>,
+}
+
+/// What survives from one interval to the next.
+#[derive(Default)]
+struct State {
+    namespaces: Namespaces,
+    owners: HashMap<u64, Owner>,
+    resolver: Resolver,
+    buf: Vec<u8>,
+}
+
+impl State {
+    /// One interval: every listener of every namespace, folded into rows.
+    fn collect(&mut self, errors: &Counter) -> BTreeMap<RowKey, Sums> {
+        for f in self.namespaces.refresh() {
+            errors.inc();
+            tracing::warn!(
+                netns = f.inode,
+                path = %f.path.display(),
+                reason = f.reason,
+                "endpoint probe cannot read a network namespace: {}",
+                f.error
+            );
+        }
+        let mut found = Vec::new();
+        for ns in self.namespaces.by_inode.values() {
+            let r = listen::dump(&ns.diag, &mut self.buf, |l| found.push((ns.inode, l)));
+            if let Err(e) = r {
+                errors.inc();
+                tracing::warn!(
+                    netns = ns.inode,
+                    "endpoint probe: sock_diag dump failed: {e}"
+                );
+            }
+        }
+        let unknown = found
+            .iter()
+            .map(|(_, l)| l.inode)
+            .filter(|i| *i != 0 && !self.owners.contains_key(i));
+        let new = self
+            .resolver
+            .resolve(unknown.collect::<Vec<_>>().into_iter());
+        self.owners.extend(new);
+        let live: std::collections::HashSet<u64> = found.iter().map(|(_, l)| l.inode).collect();
+        self.owners.retain(|i, _| live.contains(i));
+        self.resolver.retain(|i| live.contains(&i));
+        let mut rows: BTreeMap<RowKey, Sums> = BTreeMap::new();
+        for (netns, l) in found {
+            let owner = self.owners.get(&l.inode);
+            let key = (owner.map_or(0, |o| o.tgid), l.local, l.port, netns);
+            let s = rows.entry(key).or_default();
+            if let Some(o) = owner {
+                s.comm.clone_from(&o.comm);
+            }
+            s.accept_queue += u64::from(l.accept_queue);
+            s.accept_queue_limit += u64::from(l.accept_queue_limit);
+            if let Some(d) = l.drops {
+                s.drops = Some(s.drops.unwrap_or(0) + u64::from(d));
+            }
+        }
+        rows
+    }
+}
+
+fn to_values(((tgid, addr, port, netns), s): (RowKey, Sums)) -> Vec<Value> {
+    vec![
+        Value::from(tgid),
+        Value::from(addr.to_string()),
+        Value::from(port),
+        Value::from(netns),
+        Value::from(s.comm),
+        Value::from(s.accept_queue),
+        Value::from(s.accept_queue_limit),
+        s.drops.map_or(Value::Empty, Value::from),
+    ]
+}
+
+async fn run(mut ctx: ProbeContext) -> anyhow::Result<()> {
+    let errors = ctx.metrics.counter(PROBE_ERRORS, &[("probe", "endpoint")]);
+    let rows_sent = ctx.metrics.counter(PROBE_ROWS, &[("probe", "endpoint")]);
+    let mut state = State::default();
+    ctx.state.running();
+    let mut tick = tokio::time::interval(ctx.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = ctx.stop.changed() => {
+                if changed.is_err() || *ctx.stop.borrow() {
+                    break;
+                }
+            }
+            _ = tick.tick() => {
+                // Netlink dumps and /proc walks block: off the async workers' queue.
+                let rows = tokio::task::block_in_place(|| state.collect(&errors));
+                let upserts: Vec<Vec<Value>> = rows.into_iter().map(to_values).collect();
+                rows_sent.add(upserts.len() as u64);
+                // The whole table every interval: a listener that closed is gone from it.
+                let batch = Batch::TableDelta {
+                    table: TABLE.to_owned(),
+                    upserts,
+                    removed: Vec::new(),
+                    refresh_rest: false,
+                    replace: true,
+                    more: false,
+                };
+                tokio::select! {
+                    sent = ctx.rows.send(batch) => if sent.is_err() { break },
+                    _ = ctx.stop.wait_for(|stop| *stop) => break,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_are_typed_and_refused_by_name() {
+        let p = EndpointProbe::from_params(&toml::from_str("max_listeners = 10").unwrap()).unwrap();
+        assert_eq!(p.tables()[0].max_records, Some(10));
+        let e = EndpointProbe::from_params(&toml::from_str("max_listeners = 0").unwrap())
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "probes[endpoint].params.max_listeners: expected an integer from 1 to 1000000 \
+             (endpoint_tcp rows), found 0"
+        );
+        let e = EndpointProbe::from_params(&toml::from_str("bogus = 1").unwrap())
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "probes[endpoint].params.bogus: unknown parameter (known: max_listeners)"
+        );
+    }
+
+    #[test]
+    fn rows_match_the_table_width() {
+        let p = EndpointProbe::from_params(&toml::Table::new()).unwrap();
+        let key = (1, IpAddr::from([127, 0, 0, 1]), 80, 4_026_531_840);
+        assert_eq!(
+            to_values((key, Sums::default())).len(),
+            p.tables()[0].fields.len()
+        );
+    }
+}

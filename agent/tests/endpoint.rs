@@ -1,0 +1,146 @@
+//! End to end: the real agent's `endpoint` probe against a real listener that stops accepting,
+//! in a network namespace of the test's own (so the namespace's kernel counters are the
+//! listener's), checked exactly on /metrics through the reference Prometheus parser.
+// Counters are compared exactly on purpose: they must be exact.
+#![allow(clippy::float_cmp, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    os::unix::fs::MetadataExt,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{Agent, Sample, is_root, require, sh, support};
+
+const CONFIG: &str = r#"
+[[probes]]
+name = "endpoint"
+switch = "on"
+interval = 1
+"#;
+
+/// The `endpoint_tcp` fields of the one row whose labels match `want`.
+fn row(samples: &[Sample], want: &[(&str, String)]) -> Option<BTreeMap<String, f64>> {
+    let mut fields = BTreeMap::new();
+    for s in samples {
+        let Some(field) = s.name.strip_prefix("gala_gopher_endpoint_tcp_") else {
+            continue;
+        };
+        if want.iter().all(|(k, v)| s.label(k) == v) {
+            let field = field.trim_end_matches("_total").to_owned();
+            assert!(
+                fields.insert(field, s.value).is_none(),
+                "two rows match {want:?}"
+            );
+        }
+    }
+    (!fields.is_empty()).then_some(fields)
+}
+
+/// `TcpExt` counters of a namespace, from its own /proc/net/netstat.
+fn tcp_ext(ns: &str) -> BTreeMap<String, f64> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/netstat"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .map(|(n, v)| (n.to_owned(), v.parse().unwrap()))
+        .collect()
+}
+
+/// A namespace with only loopback, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        let name = format!("gopher-{tag}{}", std::process::id() % 100_000);
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        sh(&format!(
+            "ip netns add {name} && ip -n {name} link set lo up"
+        ));
+        Netns(name)
+    }
+
+    fn inode(&self) -> String {
+        std::fs::metadata(format!("/run/netns/{}", self.0))
+            .unwrap()
+            .ino()
+            .to_string()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_listener_that_stops_accepting_shows_its_full_queue_and_exact_drops() {
+    if !require(is_root(), "root (netns, sock_diag in other namespaces)") {
+        return;
+    }
+    let agent = Agent::start(CONFIG);
+    agent.wait_running(Duration::from_secs(20), "endpoint");
+    let ns = Netns::new("ep");
+    // Backlog 2: the kernel queues 3 handshakes (backlog + 1); the other 3 clients' SYNs are
+    // dropped at the full queue, and again at each of their retries, until they close.
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "python3"])
+        .arg(support("backlog.py"))
+        .args(["2", "6"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let port: u16 = line.trim().strip_prefix("ready ").unwrap().parse().unwrap();
+    let want = [
+        ("tgid", child.id().to_string()),
+        ("comm", "python3".to_owned()),
+        ("s_addr", "127.0.0.1".to_owned()),
+        ("s_port", port.to_string()),
+        ("netns", ns.inode()),
+    ];
+    agent.wait_for(Duration::from_secs(20), "a full accept queue", |s| {
+        row(s, &want).is_some_and(|r| {
+            r["accept_queue"] == 3.0 && r["accept_queue_limit"] == 2.0 && r["listendrop"] >= 3.0
+        })
+    });
+    // The clients go: no SYN retries any more, so the kernel's count stops where it is.
+    writeln!(stdin, "close").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "closed");
+    std::thread::sleep(Duration::from_millis(300));
+    let kernel = tcp_ext(&ns.0);
+    let drops = kernel["ListenDrops"];
+    assert!(drops >= 3.0, "{kernel:?}");
+    // Every drop here was an accept-queue overflow.
+    assert_eq!(kernel["ListenOverflows"], drops);
+    let samples = agent.wait_for(Duration::from_secs(20), "exact drops", |s| {
+        row(s, &want).is_some_and(|r| r["listendrop"] == drops)
+    });
+    let r = row(&samples, &want).unwrap();
+    assert_eq!((r["accept_queue"], r["accept_queue_limit"]), (3.0, 2.0));
+    assert_eq!(tcp_ext(&ns.0)["ListenDrops"], drops, "the count moved on");
+    drop(stdin);
+    let _ = child.wait();
+    // The listener is gone: so is its row.
+    agent.wait_for(Duration::from_secs(20), "the row gone", |s| {
+        row(s, &want).is_none()
+    });
+}

@@ -1,0 +1,28 @@
+"""A listener that never accepts, and clients of its own that fill its accept queue.
+
+usage: backlog.py BACKLOG CLIENTS. Prints "ready <port>" once every client has sent its SYN;
+"close" on stdin closes the clients (the listener stays, its queue too) and prints "closed";
+end of stdin exits.
+"""
+
+import socket
+import sys
+
+backlog, clients = int(sys.argv[1]), int(sys.argv[2])
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(backlog)
+port = listener.getsockname()[1]
+held = []
+for _ in range(clients):
+    c = socket.socket()
+    c.setblocking(False)
+    c.connect_ex(("127.0.0.1", port))
+    held.append(c)
+print("ready", port, flush=True)
+for line in sys.stdin:
+    if line.strip() == "close":
+        for c in held:
+            c.close()
+        held.clear()
+        print("closed", flush=True)
