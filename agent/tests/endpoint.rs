@@ -85,6 +85,45 @@ impl Drop for Netns {
     }
 }
 
+/// `backlog.py` in a namespace: a listener that never accepts, with clients of its own.
+struct Backlog {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    out: BufReader<std::process::ChildStdout>,
+    port: u16,
+}
+
+impl Backlog {
+    fn spawn(ns: &str, args: &[&str]) -> Self {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3"])
+            .arg(support("backlog.py"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let port = line.trim().strip_prefix("ready ").unwrap().parse().unwrap();
+        Backlog {
+            child,
+            stdin,
+            out,
+            port,
+        }
+    }
+}
+
+impl Drop for Backlog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn a_listener_that_stops_accepting_shows_its_full_queue_and_exact_drops() {
     if !require(is_root(), "root (netns, sock_diag in other namespaces)") {
@@ -95,19 +134,8 @@ fn a_listener_that_stops_accepting_shows_its_full_queue_and_exact_drops() {
     let ns = Netns::new("ep");
     // Backlog 2: the kernel queues 3 handshakes (backlog + 1); the other 3 clients' SYNs are
     // dropped at the full queue, and again at each of their retries, until they close.
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "python3"])
-        .arg(support("backlog.py"))
-        .args(["2", "6"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let port: u16 = line.trim().strip_prefix("ready ").unwrap().parse().unwrap();
+    let mut b = Backlog::spawn(&ns.0, &["2", "6"]);
+    let (child, port) = (&mut b.child, b.port);
     let want = [
         ("tgid", child.id().to_string()),
         ("comm", "python3".to_owned()),
@@ -117,30 +145,94 @@ fn a_listener_that_stops_accepting_shows_its_full_queue_and_exact_drops() {
     ];
     agent.wait_for(Duration::from_secs(20), "a full accept queue", |s| {
         row(s, &want).is_some_and(|r| {
-            r["accept_queue"] == 3.0 && r["accept_queue_limit"] == 2.0 && r["listendrop"] >= 3.0
+            r["accept_queue"] == 3.0 && r["accept_queue_limit"] == 2.0 && r["sk_drops"] >= 3.0
         })
     });
     // The clients go: no SYN retries any more, so the kernel's count stops where it is.
-    writeln!(stdin, "close").unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
+    writeln!(b.stdin, "close").unwrap();
+    let mut line = String::new();
+    b.out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "closed");
     std::thread::sleep(Duration::from_millis(300));
     let kernel = tcp_ext(&ns.0);
     let drops = kernel["ListenDrops"];
     assert!(drops >= 3.0, "{kernel:?}");
-    // Every drop here was an accept-queue overflow.
+    // Every drop here was an accept-queue overflow: sk_drops and ListenDrops agree.
     assert_eq!(kernel["ListenOverflows"], drops);
     let samples = agent.wait_for(Duration::from_secs(20), "exact drops", |s| {
-        row(s, &want).is_some_and(|r| r["listendrop"] == drops)
+        row(s, &want).is_some_and(|r| r["sk_drops"] == drops)
     });
     let r = row(&samples, &want).unwrap();
     assert_eq!((r["accept_queue"], r["accept_queue_limit"]), (3.0, 2.0));
     assert_eq!(tcp_ext(&ns.0)["ListenDrops"], drops, "the count moved on");
-    drop(stdin);
-    let _ = child.wait();
+    drop(b);
     // The listener is gone: so is its row.
     agent.wait_for(Duration::from_secs(20), "the row gone", |s| {
         row(s, &want).is_none()
     });
+}
+
+/// A client whose namespace drops every SYN-ACK: the listener retransmits its SYN-ACK (on its
+/// timer and at each retransmitted SYN) until it gives up; the server's namespace holds no
+/// client, so its `TCPSynRetrans` counts exactly those.
+#[test]
+fn synack_retransmissions_are_counted_per_listener_exactly() {
+    if !require(is_root(), "root (netns, veth, nftables, eBPF)") {
+        return;
+    }
+    let agent = Agent::start(CONFIG);
+    agent.wait_running(Duration::from_secs(20), "endpoint");
+    let (a, b) = (Netns::new("sa"), Netns::new("sb"));
+    let id = std::process::id() % 100_000;
+    sh(&format!(
+        "ip link add gsa{id} netns {a} type veth peer name gsb{id} netns {b} && \
+         ip -n {a} addr add 10.214.0.1/24 dev gsa{id} && ip -n {b} addr add 10.214.0.2/24 dev gsb{id} && \
+         ip -n {a} link set gsa{id} up && ip -n {b} link set gsb{id} up && \
+         ip netns exec {a} sysctl -qw net.ipv4.tcp_synack_retries=1 && \
+         ip netns exec {b} sysctl -qw net.ipv4.tcp_syn_retries=1",
+        a = a.0,
+        b = b.0
+    ));
+    sh(&format!(
+        "ip netns exec {} nft -f - <<'EOF'\ntable inet gopher_test {{\n chain in {{\n  type filter hook input priority 0;\n  tcp flags & (syn | ack) == syn | ack drop\n }}\n}}\nEOF",
+        b.0
+    ));
+    let server = Backlog::spawn(&a.0, &["16", "0", "10.214.0.1"]);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &b.0, "python3", "-c"])
+        .arg(format!(
+            "import socket\ntry:\n socket.create_connection(('10.214.0.1', {}), timeout=10)\nexcept OSError as e:\n print(e.errno)",
+            server.port
+        ))
+        .output()
+        .unwrap();
+    let errno = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(errno, "110", "the client's connect times out (ETIMEDOUT)");
+    // The server gives up on the handshake after its last SYN-ACK; wait until its count stays.
+    let mut kernel = tcp_ext(&a.0)["TCPSynRetrans"];
+    loop {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = tcp_ext(&a.0)["TCPSynRetrans"];
+        if now == kernel {
+            break;
+        }
+        kernel = now;
+    }
+    assert!(kernel >= 1.0, "no SYN-ACK was retransmitted");
+    let want = [
+        ("tgid", server.child.id().to_string()),
+        ("s_addr", "10.214.0.1".to_owned()),
+        ("s_port", server.port.to_string()),
+        ("netns", a.inode()),
+    ];
+    let samples = agent.wait_for(
+        Duration::from_secs(20),
+        "exact SYN-ACK retransmissions",
+        |s| row(s, &want).is_some_and(|r| r["retran_synacks"] == kernel),
+    );
+    let r = row(&samples, &want).unwrap();
+    // sk_drops also counts the retransmitted SYNs of the handshake in progress, which
+    // TcpExtListenDrops does not: only no queue overflow is checked here.
+    assert_eq!(r["accept_queue"], 0.0, "{r:?}");
+    assert_eq!(tcp_ext(&a.0)["ListenOverflows"], 0.0);
 }

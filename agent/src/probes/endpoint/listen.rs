@@ -1,10 +1,11 @@
 //! Listening TCP sockets as sock_diag reports them: for a LISTEN socket `idiag_rqueue` is the
 //! accept queue's current length and `idiag_wqueue` its limit (the `listen()` backlog, capped
 //! by `net.core.somaxconn`), and the socket's `sk_drops` (`INET_DIAG_SKMEMINFO`, slot
-//! `SK_MEMINFO_DROPS`) counts what the kernel's `tcp_listendrop()` counted for it: every SYN
-//! or handshake-completing ACK the listener dropped (accept queue full, SYN queue full, no
-//! memory), the per-socket share of `TcpExtListenDrops`. Read once per interval: nothing runs
-//! per connection or per packet.
+//! `SK_MEMINFO_DROPS`) counts every segment the kernel dropped on it: what `tcp_listendrop()`
+//! counted (a SYN or handshake-completing ACK refused at a full accept or SYN queue, or without
+//! memory: the listener's share of `TcpExtListenDrops`) and the segments of handshakes in
+//! progress it discarded (a retransmitted SYN). Read once per interval: nothing runs per
+//! connection or per packet.
 
 use std::{io, net::IpAddr, os::fd::OwnedFd};
 
@@ -18,6 +19,11 @@ const SK_MEMINFO_DROPS: usize = 8;
 /// One listening socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
+    /// AF_INET (2) or AF_INET6 (10), as the kernel reports the socket.
+    pub family: u8,
+    /// The bound address as the kernel holds it (network byte order, IPv4 in the first word):
+    /// how the eBPF programs key the listener.
+    pub addr_words: [u32; 4],
     pub local: IpAddr,
     pub port: u16,
     pub inode: u64,
@@ -51,7 +57,13 @@ fn parse(body: &[u8], family: u8) -> Option<Listener> {
     let id = &body[4..52];
     let drops =
         diag::attribute(body, INET_DIAG_SKMEMINFO).and_then(|m| u32_at(m, SK_MEMINFO_DROPS * 4));
+    let mut addr_words = [0u32; 4];
+    for (w, b) in addr_words.iter_mut().zip(id[4..20].chunks_exact(4)) {
+        *w = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+    }
     Some(Listener {
+        family,
+        addr_words,
         local: addr(family, &id[4..20]),
         port: u16::from_be_bytes([id[0], id[1]]),
         inode: u64::from(u32_at(body, 68)?),

@@ -7,14 +7,17 @@
 //! the listener. The saturation gauge is the point: an accept queue near its limit means the
 //! process accepts too slowly, before any connection is refused. Owners come from
 //! `/proc/<pid>/fd` (walked only for listeners not seen before, with the tcp probe's back-off for
-//! sockets nobody holds), namespaces from the tcp probe's discovery. No eBPF, nothing per
-//! connection or per packet: the cost is one netlink dump per namespace and interval, in
-//! proportion to the number of listeners.
+//! sockets nobody holds), namespaces from the tcp probe's discovery: one netlink dump per namespace and interval, in
+//! proportion to the number of listeners. What no socket read shows, SYN-ACK retransmissions,
+//! is counted per listener by one eBPF program on a rare event (`events.rs`); nothing runs per
+//! packet of an established connection. Where that program cannot load, the rest goes on
+//! (`retran_synacks` stays 0, the failure is counted in `gopher_probe_errors_total`).
 //!
 //! Sockets of one owner on the same address and port (`SO_REUSEPORT` groups) are one row: their
 //! queues, limits and drops add up. A counter of a row is the sum over its live sockets, so it
 //! restarts (as a Prometheus counter may) when a listener closes and another opens.
 
+mod events;
 mod listen;
 
 use std::{
@@ -22,6 +25,7 @@ use std::{
     net::IpAddr,
 };
 
+use gopher_common::ListenerKey;
 use serde::{Deserialize, Deserializer};
 
 use super::{
@@ -34,7 +38,7 @@ use super::{
 };
 use crate::{
     imdb::{Batch, FieldMeta, FieldType, TableMeta, Value},
-    telemetry::{Counter, PROBE_ERRORS, PROBE_ROWS},
+    telemetry::{Counter, EBPF_MAP_FULL, PROBE_ERRORS, PROBE_ROWS},
 };
 
 pub const TABLE: &str = "endpoint_tcp";
@@ -65,9 +69,16 @@ const FIELDS: &[(&str, FieldType, &str)] = &[
         "most connections the accept queue holds: the listen() backlog, capped by net.core.somaxconn (idiag_wqueue)",
     ),
     (
-        "listendrop",
+        "sk_drops",
         FieldType::Counter,
-        "SYNs and handshake ACKs the listener dropped: accept or SYN queue full, no memory (the socket's sk_drops)",
+        "segments the listener dropped (its sk_drops): SYNs and handshake ACKs refused at a full \
+         accept or SYN queue or without memory (the listener's share of TcpExtListenDrops), and \
+         segments of handshakes in progress it discarded (a retransmitted SYN)",
+    ),
+    (
+        "retran_synacks",
+        FieldType::Counter,
+        "SYN-ACKs the listener retransmitted (a handshake's final ACK late or lost)",
     ),
 ];
 
@@ -108,7 +119,8 @@ impl Probe for EndpointProbe {
     fn tables(&self) -> Vec<TableMeta> {
         vec![TableMeta {
             name: TABLE.to_owned(),
-            description: "TCP listening sockets: accept queue fill and limit, listen drops"
+            description: "TCP listening sockets: accept queue fill and limit, listen drops, \
+                          SYN-ACK retransmissions"
                 .to_owned(),
             fields: FIELDS
                 .iter()
@@ -133,6 +145,7 @@ type RowKey = (u32, IpAddr, u16, u64);
 #[derive(Default)]
 struct Sums {
     comm: String,
+    synack_retrans: u64,
     accept_queue: u64,
     accept_queue_limit: u64,
     drops: Option<u64>,
@@ -145,6 +158,8 @@ struct State {
     owners: HashMap<u64, Owner>,
     resolver: Resolver,
     buf: Vec<u8>,
+    /// The eBPF counters, where they loaded.
+    events: Option<events::Events>,
 }
 
 impl State {
@@ -182,6 +197,17 @@ impl State {
         let live: std::collections::HashSet<u64> = found.iter().map(|(_, l)| l.inode).collect();
         self.owners.retain(|i, _| live.contains(i));
         self.resolver.retain(|i| live.contains(&i));
+        let keys: HashMap<u64, ListenerKey> = found
+            .iter()
+            .map(|(netns, l)| {
+                let cookie = self.namespaces.by_inode.get(netns).map_or(0, |n| n.cookie);
+                (l.inode, listener_key(cookie, l))
+            })
+            .collect();
+        let retrans = self.events.as_mut().map(|e| {
+            let live: std::collections::HashSet<&ListenerKey> = keys.values().collect();
+            e.synack_retrans(|k| live.contains(k))
+        });
         let mut rows: BTreeMap<RowKey, Sums> = BTreeMap::new();
         for (netns, l) in found {
             let owner = self.owners.get(&l.inode);
@@ -190,6 +216,9 @@ impl State {
             if let Some(o) = owner {
                 s.comm.clone_from(&o.comm);
             }
+            if let (Some(r), Some(k)) = (&retrans, keys.get(&l.inode)) {
+                s.synack_retrans += r.get(k).copied().unwrap_or(0);
+            }
             s.accept_queue += u64::from(l.accept_queue);
             s.accept_queue_limit += u64::from(l.accept_queue_limit);
             if let Some(d) = l.drops {
@@ -197,6 +226,16 @@ impl State {
             }
         }
         rows
+    }
+}
+
+fn listener_key(netns_cookie: u64, l: &listen::Listener) -> ListenerKey {
+    ListenerKey {
+        netns_cookie,
+        family: u16::from(l.family),
+        port: l.port,
+        _pad: 0,
+        addr: l.addr_words,
     }
 }
 
@@ -210,13 +249,28 @@ fn to_values(((tgid, addr, port, netns), s): (RowKey, Sums)) -> Vec<Value> {
         Value::from(s.accept_queue),
         Value::from(s.accept_queue_limit),
         s.drops.map_or(Value::Empty, Value::from),
+        Value::from(s.synack_retrans),
     ]
 }
 
 async fn run(mut ctx: ProbeContext) -> anyhow::Result<()> {
     let errors = ctx.metrics.counter(PROBE_ERRORS, &[("probe", "endpoint")]);
     let rows_sent = ctx.metrics.counter(PROBE_ROWS, &[("probe", "endpoint")]);
+    let map_full = ctx.metrics.counter(
+        EBPF_MAP_FULL,
+        &[("probe", "endpoint"), ("map", "synack_retrans")],
+    );
     let mut state = State::default();
+    match events::Events::load() {
+        Ok(e) => state.events = Some(e),
+        // The queue gauges and drops need no eBPF: the probe goes on without the counters.
+        Err(e) => {
+            errors.inc();
+            tracing::warn!(
+                "endpoint probe: no retran_synacks, its eBPF program did not load: {e:#}"
+            );
+        }
+    }
     ctx.state.running();
     let mut tick = tokio::time::interval(ctx.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -230,6 +284,9 @@ async fn run(mut ctx: ProbeContext) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 // Netlink dumps and /proc walks block: off the async workers' queue.
                 let rows = tokio::task::block_in_place(|| state.collect(&errors));
+                if let Some(e) = state.events.as_mut() {
+                    map_full.add(e.newly_full());
+                }
                 let upserts: Vec<Vec<Value>> = rows.into_iter().map(to_values).collect();
                 rows_sent.add(upserts.len() as u64);
                 // The whole table every interval: a listener that closed is gone from it.

@@ -7,9 +7,9 @@
 //! slow interval loses none), then folds both into `tcp_link` rows (see `links.rs`).
 //! Nothing runs per packet or per send/recv call.
 
-mod bpf;
+pub(crate) mod bpf;
 #[allow(dead_code, reason = "its users, the tracing programs, land next")]
-mod btf;
+pub(crate) mod btf;
 mod closed;
 mod collector;
 pub(crate) mod diag;
