@@ -25,11 +25,25 @@ interval = 1
 
 /// The `endpoint_tcp` fields of the one row whose labels match `want`.
 fn row(samples: &[Sample], want: &[(&str, String)]) -> Option<BTreeMap<String, f64>> {
+    table_row(samples, "endpoint_tcp", want)
+}
+
+/// The fields of the one row of `table` whose labels match `want`.
+fn table_row(
+    samples: &[Sample],
+    table: &str,
+    want: &[(&str, String)],
+) -> Option<BTreeMap<String, f64>> {
+    let prefix = format!("gala_gopher_{table}_");
     let mut fields = BTreeMap::new();
     for s in samples {
-        let Some(field) = s.name.strip_prefix("gala_gopher_endpoint_tcp_") else {
+        let Some(field) = s.name.strip_prefix(&prefix) else {
             continue;
         };
+        // endpoint_tcp_connect's fields also start with endpoint_tcp_.
+        if table == "endpoint_tcp" && field.starts_with("connect_") {
+            continue;
+        }
         if want.iter().all(|(k, v)| s.label(k) == v) {
             let field = field.trim_end_matches("_total").to_owned();
             assert!(
@@ -235,4 +249,87 @@ fn synack_retransmissions_are_counted_per_listener_exactly() {
     // TcpExtListenDrops does not: only no queue overflow is checked here.
     assert_eq!(r["accept_queue"], 0.0, "{r:?}");
     assert_eq!(tcp_ext(&a.0)["ListenOverflows"], 0.0);
+}
+
+/// One process in a namespace of its own: connects refused by a closed port, one timing out
+/// against a blackholed address (nftables drops it; `tcp_syn_retries` 1 keeps it short), one
+/// connection the server resets and one the client resets; exact counts per destination.
+#[test]
+fn connection_failures_by_reason_and_resets_are_counted_exactly() {
+    if !require(is_root(), "root (netns, nftables, eBPF)") {
+        return;
+    }
+    let agent = Agent::start(CONFIG);
+    agent.wait_running(Duration::from_secs(20), "endpoint");
+    let ns = Netns::new("cf");
+    sh(&format!(
+        "ip -n {n} addr add 10.215.0.1/24 dev lo && \
+         ip netns exec {n} sysctl -qw net.ipv4.tcp_syn_retries=1",
+        n = ns.0
+    ));
+    sh(&format!(
+        "ip netns exec {} nft -f - <<'EOF'\ntable inet gopher_test {{\n chain pre {{\n  type filter hook prerouting priority 0;\n  ip daddr 10.215.0.2 drop\n }}\n}}\nEOF",
+        ns.0
+    ));
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "python3"])
+        .arg(support("failures.py"))
+        .arg("10.215.0.2")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words.first(), Some(&"done"), "{line}");
+    // ECONNREFUSED three times, ETIMEDOUT, then ECONNRESET at the client.
+    assert_eq!(words[3], "111,111,111,110,104", "what the process saw");
+    let (closed, server) = (words[1], words[2]);
+    let key = |addr: &str, port: &str| {
+        vec![
+            ("tgid", child.id().to_string()),
+            ("comm", "python3".to_owned()),
+            ("d_addr", addr.to_owned()),
+            ("d_port", port.to_owned()),
+            ("netns", ns.inode()),
+        ]
+    };
+    let expect = [
+        (key("127.0.0.1", closed), [3.0, 3.0, 3.0, 0.0, 0.0, 0.0]),
+        (key("10.215.0.2", "9"), [1.0, 1.0, 0.0, 1.0, 0.0, 0.0]),
+        (key("127.0.0.1", server), [2.0, 0.0, 0.0, 0.0, 1.0, 1.0]),
+    ];
+    let names = [
+        "active_open",
+        "active_open_failed",
+        "connect_refused",
+        "connect_timeout",
+        "send_rsts",
+        "receive_rsts",
+    ];
+    let got = |s: &[Sample], want: &[(&str, String)]| {
+        table_row(s, "endpoint_tcp_connect", want).map(|r| names.map(|n| r[n]))
+    };
+    // Polled by hand so that a mismatch shows every row as it last was.
+    let want: Vec<Option<[f64; 6]>> = expect.iter().map(|(_, v)| Some(*v)).collect();
+    let mut rows = Vec::new();
+    for _ in 0..80 {
+        let s = agent.scrape().unwrap();
+        rows = expect.iter().map(|(k, _)| got(&s, k)).collect();
+        if rows == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(rows, want, "{names:?} per destination: {expect:?}");
+    drop(stdin);
+    let _ = child.wait();
+    // The process is gone: so are its rows.
+    agent.wait_for(Duration::from_secs(20), "its rows gone", |s| {
+        expect.iter().all(|(k, _)| got(s, k).is_none())
+    });
 }

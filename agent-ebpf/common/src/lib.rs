@@ -199,6 +199,44 @@ pub struct ListenerKey {
     pub addr: [u32; 4],
 }
 
+/// A client socket's counters' key: the connecting process and the destination it asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnectKey {
+    pub netns_cookie: u64,
+    pub tgid: u32,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// Destination address, network byte order; IPv4 in the first word.
+    pub addr: [u32; 4],
+}
+
+/// Per-connection events of client sockets, per [`ConnectKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectCounts {
+    /// `connect()`s that started a handshake.
+    pub active_open: u64,
+    /// Handshakes refused (ECONNREFUSED: a RST, or an ICMP port unreachable, to the SYN).
+    pub refused: u64,
+    /// Handshakes timed out (ETIMEDOUT: SYN retransmissions exhausted).
+    pub timed_out: u64,
+    /// Handshakes failed with any other error (EHOSTUNREACH, ENETUNREACH, ...).
+    pub failed_other: u64,
+    /// Established connections this end reset (abort, `SO_LINGER` 0, close with unread data).
+    pub send_rsts: u64,
+    /// Established connections the peer reset.
+    pub receive_rsts: u64,
+}
+
+/// Client destinations the health programs keep counters for; past it, events are counted in
+/// slot 1 of `HEALTH_FULL`.
+pub const HEALTH_CONNECTS: u32 = 16384;
+/// Client sockets whose owner the health programs remember (an LRU map: the oldest go first).
+pub const HEALTH_SOCKETS: u32 = 65536;
+
 /// Listeners the health programs keep counters for; past it, a new listener's events are
 /// counted in slot 0 of `HEALTH_FULL`.
 pub const HEALTH_LISTENERS: u32 = 4096;
@@ -240,4 +278,6 @@ mod pod {
     unsafe impl aya::Pod for super::SockOffsets {}
     unsafe impl aya::Pod for super::IterSocket {}
     unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::ConnectKey {}
+    unsafe impl aya::Pod for super::ConnectCounts {}
 }

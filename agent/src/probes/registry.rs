@@ -22,7 +22,7 @@ const TCP: Native = Native {
 const ENDPOINT: Native = Native {
     name: "endpoint",
     default_on: false,
-    tables: &[endpoint::TABLE],
+    tables: &[endpoint::TABLE, endpoint::CONNECT_TABLE],
     build: |params| Ok(Arc::new(endpoint::EndpointProbe::from_params(params)?)),
 };
 

@@ -10,39 +10,93 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, PerCpuHashMap},
-    programs::RawTracePoint,
+    programs::{CgroupSockAddr, RawTracePoint, links::CgroupAttachMode},
 };
-use gopher_common::{ListenerKey, SockOffsets};
+use gopher_common::{ConnectCounts, ConnectKey, ListenerKey, SockOffsets};
 
-use crate::probes::tcp::{bpf::OBJECT, btf};
+use crate::probes::tcp::{
+    bpf::{OBJECT, cgroup2_root},
+    btf,
+};
+
+/// The raw tracepoints, by program.
+const TRACEPOINTS: [(&str, &str); 4] = [
+    ("gopher_synack_retrans", "tcp_retransmit_synack"),
+    ("gopher_health_error", "inet_sk_error_report"),
+    ("gopher_health_rst_in", "tcp_receive_reset"),
+    ("gopher_health_rst_out", "tcp_send_reset"),
+];
 
 /// The tcp probe's maps, not used here: made as small as the kernel allows.
 const UNUSED_MAPS: [(&str, u32); 2] = [("LINKS", 1), ("CLOSED", 4096)];
 
 pub struct Events {
     ebpf: Ebpf,
-    /// Events lost to a full map, as last read (the kernel's count only grows).
-    full_seen: u64,
+    /// Events lost to a full map, per slot, as last read (the kernel's counts only grow).
+    full_seen: [u64; 2],
 }
 
 impl Events {
     /// Loads and attaches the health programs.
     pub fn load() -> anyhow::Result<Self> {
-        let offsets: SockOffsets = btf::sock_offsets(&btf::Btf::from_sys_fs()?)?;
+        let btf = btf::Btf::from_sys_fs()?;
+        let offsets: SockOffsets = btf::sock_offsets(&btf)?;
+        let sk_err = btf.offset("sock", "sk_err", 4)?;
         let mut loader = EbpfLoader::new();
         for (name, size) in UNUSED_MAPS {
             loader.map_max_entries(name, size);
         }
         loader.override_global("HEALTH_OFFSETS", &offsets, true);
+        loader.override_global("HEALTH_SK_ERR", &sk_err, true);
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
-        let prog: &mut RawTracePoint = ebpf
-            .program_mut("gopher_synack_retrans")
-            .ok_or_else(|| anyhow!("program gopher_synack_retrans missing"))?
-            .try_into()?;
-        prog.load().context("loading gopher_synack_retrans")?;
-        prog.attach("tcp_retransmit_synack")
-            .context("attaching to the raw tracepoint tcp_retransmit_synack")?;
-        Ok(Self { ebpf, full_seen: 0 })
+        for (name, tracepoint) in TRACEPOINTS {
+            let prog: &mut RawTracePoint = program(&mut ebpf, name)?.try_into()?;
+            prog.load().with_context(|| format!("loading {name}"))?;
+            prog.attach(tracepoint)
+                .with_context(|| format!("attaching {name} to the raw tracepoint {tracepoint}"))?;
+        }
+        let root = cgroup2_root()?;
+        let cg = std::fs::File::open(&root)
+            .with_context(|| format!("opening cgroup {}", root.display()))?;
+        for name in ["gopher_health_connect4", "gopher_health_connect6"] {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
+            prog.load().with_context(|| format!("loading {name}"))?;
+            prog.attach(&cg, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to {}", root.display()))?;
+        }
+        Ok(Self {
+            ebpf,
+            full_seen: [0; 2],
+        })
+    }
+
+    /// Client events per process and destination, summed over CPUs; forgets processes `live`
+    /// says are gone.
+    pub fn connects(
+        &mut self,
+        live: impl Fn(&ConnectKey) -> bool,
+    ) -> HashMap<ConnectKey, ConnectCounts> {
+        let Some(map) = self.ebpf.map_mut("CONNECTS") else {
+            return HashMap::new();
+        };
+        let Ok(mut map) = PerCpuHashMap::<&mut MapData, ConnectKey, ConnectCounts>::try_from(map)
+        else {
+            return HashMap::new();
+        };
+        let all: Vec<(ConnectKey, ConnectCounts)> = map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, per_cpu)| (k, per_cpu.iter().fold(ConnectCounts::default(), add)))
+            .collect();
+        let mut kept = HashMap::new();
+        for (k, v) in all {
+            if live(&k) {
+                kept.insert(k, v);
+            } else {
+                let _ = map.remove(&k);
+            }
+        }
+        kept
     }
 
     /// SYN-ACK retransmissions per listener; forgets listeners `live` says are gone (their
@@ -70,16 +124,37 @@ impl Events {
         kept
     }
 
-    /// Events lost to a full map since the last call.
-    pub fn newly_full(&mut self) -> u64 {
-        let total = self
-            .ebpf
-            .map("HEALTH_FULL")
-            .and_then(|m| PerCpuArray::<&MapData, u64>::try_from(m).ok())
-            .and_then(|a| a.get(&0, 0).ok())
-            .map_or(0, |v| v.iter().sum());
-        let new = total.saturating_sub(self.full_seen);
-        self.full_seen = self.full_seen.max(total);
-        new
+    /// Events lost to a full map since the last call: `(listeners, connects)`.
+    pub fn newly_full(&mut self) -> (u64, u64) {
+        let total = |slot: u32| {
+            self.ebpf
+                .map("HEALTH_FULL")
+                .and_then(|m| PerCpuArray::<&MapData, u64>::try_from(m).ok())
+                .and_then(|a| a.get(&slot, 0).ok())
+                .map_or(0, |v| v.iter().sum::<u64>())
+        };
+        let now = [total(0), total(1)];
+        let new = [
+            now[0].saturating_sub(self.full_seen[0]),
+            now[1].saturating_sub(self.full_seen[1]),
+        ];
+        self.full_seen = [self.full_seen[0].max(now[0]), self.full_seen[1].max(now[1])];
+        (new[0], new[1])
     }
+}
+
+fn add(a: ConnectCounts, b: &ConnectCounts) -> ConnectCounts {
+    ConnectCounts {
+        active_open: a.active_open + b.active_open,
+        refused: a.refused + b.refused,
+        timed_out: a.timed_out + b.timed_out,
+        failed_other: a.failed_other + b.failed_other,
+        send_rsts: a.send_rsts + b.send_rsts,
+        receive_rsts: a.receive_rsts + b.receive_rsts,
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))
 }

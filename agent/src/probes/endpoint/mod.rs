@@ -17,6 +17,7 @@
 //! queues, limits and drops add up. A counter of a row is the sum over its live sockets, so it
 //! restarts (as a Prometheus counter may) when a listener closes and another opens.
 
+mod connect;
 mod events;
 mod listen;
 
@@ -42,6 +43,7 @@ use crate::{
 };
 
 pub const TABLE: &str = "endpoint_tcp";
+pub use connect::TABLE as CONNECT_TABLE;
 
 /// Field order is the row's positional order.
 const FIELDS: &[(&str, FieldType, &str)] = &[
@@ -117,25 +119,60 @@ impl Probe for EndpointProbe {
     }
 
     fn tables(&self) -> Vec<TableMeta> {
-        vec![TableMeta {
-            name: TABLE.to_owned(),
-            description: "TCP listening sockets: accept queue fill and limit, listen drops, \
-                          SYN-ACK retransmissions"
-                .to_owned(),
-            fields: FIELDS
-                .iter()
-                .map(|(name, ty, help)| FieldMeta {
-                    name: (*name).to_owned(),
-                    ty: *ty,
-                    description: (*help).to_owned(),
-                })
-                .collect(),
-            max_records: Some(self.max_listeners as usize),
-        }]
+        let max = Some(self.max_listeners as usize);
+        vec![
+            meta(
+                TABLE,
+                "TCP listening sockets: accept queue fill and limit, drops, SYN-ACK \
+                 retransmissions",
+                FIELDS,
+                max,
+            ),
+            meta(
+                CONNECT_TABLE,
+                "TCP clients per process and destination: handshakes started, refused, timed \
+                 out; connections reset by either side",
+                connect::FIELDS,
+                Some(gopher_common::HEALTH_CONNECTS as usize),
+            ),
+        ]
     }
 
     fn run(&self, ctx: ProbeContext) -> ProbeFuture {
         Box::pin(run(ctx))
+    }
+}
+
+fn meta(
+    name: &str,
+    description: &str,
+    fields: &[(&str, FieldType, &str)],
+    max_records: Option<usize>,
+) -> TableMeta {
+    TableMeta {
+        name: name.to_owned(),
+        description: description.to_owned(),
+        fields: fields
+            .iter()
+            .map(|(name, ty, help)| FieldMeta {
+                name: (*name).to_owned(),
+                ty: *ty,
+                description: (*help).to_owned(),
+            })
+            .collect(),
+        max_records,
+    }
+}
+
+/// The whole table every interval: what is gone from the kernel is gone from it.
+fn replace(table: &str, upserts: Vec<Vec<Value>>) -> Batch {
+    Batch::TableDelta {
+        table: table.to_owned(),
+        upserts,
+        removed: Vec::new(),
+        refresh_rest: false,
+        replace: true,
+        more: false,
     }
 }
 
@@ -256,10 +293,11 @@ fn to_values(((tgid, addr, port, netns), s): (RowKey, Sums)) -> Vec<Value> {
 async fn run(mut ctx: ProbeContext) -> anyhow::Result<()> {
     let errors = ctx.metrics.counter(PROBE_ERRORS, &[("probe", "endpoint")]);
     let rows_sent = ctx.metrics.counter(PROBE_ROWS, &[("probe", "endpoint")]);
-    let map_full = ctx.metrics.counter(
-        EBPF_MAP_FULL,
-        &[("probe", "endpoint"), ("map", "synack_retrans")],
-    );
+    let full = |map| {
+        ctx.metrics
+            .counter(EBPF_MAP_FULL, &[("probe", "endpoint"), ("map", map)])
+    };
+    let (listeners_full, connects_full) = (full("synack_retrans"), full("connects"));
     let mut state = State::default();
     match events::Events::load() {
         Ok(e) => state.events = Some(e),
@@ -267,7 +305,7 @@ async fn run(mut ctx: ProbeContext) -> anyhow::Result<()> {
         Err(e) => {
             errors.inc();
             tracing::warn!(
-                "endpoint probe: no retran_synacks, its eBPF program did not load: {e:#}"
+                "endpoint probe: no retran_synacks and no endpoint_tcp_connect rows, its eBPF programs did not load: {e:#}"
             );
         }
     }
@@ -283,24 +321,35 @@ async fn run(mut ctx: ProbeContext) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 // Netlink dumps and /proc walks block: off the async workers' queue.
-                let rows = tokio::task::block_in_place(|| state.collect(&errors));
+                let (rows, connects) = tokio::task::block_in_place(|| {
+                    let rows = state.collect(&errors);
+                    let connects = state
+                        .events
+                        .as_mut()
+                        .map(|e| connect::rows(e, &state.namespaces))
+                        .unwrap_or_default();
+                    (rows, connects)
+                });
                 if let Some(e) = state.events.as_mut() {
-                    map_full.add(e.newly_full());
+                    let (l, c) = e.newly_full();
+                    listeners_full.add(l);
+                    connects_full.add(c);
                 }
                 let upserts: Vec<Vec<Value>> = rows.into_iter().map(to_values).collect();
-                rows_sent.add(upserts.len() as u64);
-                // The whole table every interval: a listener that closed is gone from it.
-                let batch = Batch::TableDelta {
-                    table: TABLE.to_owned(),
-                    upserts,
-                    removed: Vec::new(),
-                    refresh_rest: false,
-                    replace: true,
-                    more: false,
-                };
-                tokio::select! {
-                    sent = ctx.rows.send(batch) => if sent.is_err() { break },
-                    _ = ctx.stop.wait_for(|stop| *stop) => break,
+                rows_sent.add((upserts.len() + connects.len()) as u64);
+                let batches = [replace(TABLE, upserts), replace(CONNECT_TABLE, connects)];
+                let mut gone = false;
+                for batch in batches {
+                    tokio::select! {
+                        sent = ctx.rows.send(batch) => if sent.is_err() { gone = true },
+                        _ = ctx.stop.wait_for(|stop| *stop) => gone = true,
+                    }
+                    if gone {
+                        break;
+                    }
+                }
+                if gone {
+                    break;
                 }
             }
         }
