@@ -22,13 +22,13 @@ use aya_ebpf::{
 };
 use core::ptr::read_volatile;
 
-use gopher_common::{
-    ConnectCounts, ConnectKey, HEALTH_CONNECTS, HEALTH_LISTENERS, HEALTH_SOCKETS, ListenerKey,
-    SockOffsets, TCP_SYN_SENT,
-};
+use gopher_common::{ConnectCounts, ConnectKey, ListenerKey, SockOffsets, TCP_SYN_SENT};
 
 const AF_INET: u16 = 2;
 const BPF_NOEXIST: u64 = 1;
+/// Hash maps of per-CPU values take memory as entries come (a preallocated one would hold
+/// entries x CPUs values from the start: tens of MB on a many-core node).
+const BPF_F_NO_PREALLOC: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
 const SOCK_STREAM: u32 = 1;
 const ECONNREFUSED: i32 = 111;
@@ -37,6 +37,10 @@ const ECONNRESET: i32 = 104;
 const EPIPE: i32 = 32;
 /// Allow the operation (cgroup programs must say so explicitly).
 const ALLOW: i32 = 1;
+
+// The maps are declared with one entry: the object is also loaded by the tcp probe, which
+// does not use them; the endpoint probe sizes them at load (`HEALTH_LISTENERS`,
+// `HEALTH_CONNECTS`, `HEALTH_SOCKETS`).
 
 /// Set by the agent at load time (its own global: each program sees one frozen copy).
 #[unsafe(no_mangle)]
@@ -50,17 +54,17 @@ static HEALTH_SK_ERR: u32 = 0;
 /// (the agent sums the CPUs).
 #[map]
 static SYNACK_RETRANS: PerCpuHashMap<ListenerKey, u64> =
-    PerCpuHashMap::with_max_entries(HEALTH_LISTENERS, 0);
+    PerCpuHashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 /// Client events per process and destination; per CPU like `SYNACK_RETRANS`.
 #[map]
 static CONNECTS: PerCpuHashMap<ConnectKey, ConnectCounts> =
-    PerCpuHashMap::with_max_entries(HEALTH_CONNECTS, 0);
+    PerCpuHashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 /// The counters' key of each client socket, by socket cookie, from its `connect()`: the later
 /// events run in softirq context, where the current task is not the owner.
 #[map]
-static SOCKETS: LruHashMap<u64, ConnectKey> = LruHashMap::with_max_entries(HEALTH_SOCKETS, 0);
+static SOCKETS: LruHashMap<u64, ConnectKey> = LruHashMap::with_max_entries(1, 0);
 
 /// Events not counted because a map was full: slot 0 `SYNACK_RETRANS`, slot 1 `CONNECTS`.
 #[map]

@@ -12,12 +12,23 @@ use aya::{
     maps::{MapData, PerCpuArray, PerCpuHashMap},
     programs::{CgroupSockAddr, RawTracePoint, links::CgroupAttachMode},
 };
-use gopher_common::{ConnectCounts, ConnectKey, ListenerKey, SockOffsets};
+use gopher_common::{
+    ConnectCounts, ConnectKey, HEALTH_CONNECTS, HEALTH_LISTENERS, HEALTH_SOCKETS, ListenerKey,
+    SockOffsets,
+};
 
 use crate::probes::tcp::{
     bpf::{OBJECT, cgroup2_root},
     btf,
 };
+
+/// The health programs' maps, declared with one entry in the object (the tcp probe loads them
+/// too and does not use them), sized here.
+const SIZES: [(&str, u32); 3] = [
+    ("SYNACK_RETRANS", HEALTH_LISTENERS),
+    ("CONNECTS", HEALTH_CONNECTS),
+    ("SOCKETS", HEALTH_SOCKETS),
+];
 
 /// The raw tracepoints, by program.
 const TRACEPOINTS: [(&str, &str); 4] = [
@@ -43,7 +54,7 @@ impl Events {
         let offsets: SockOffsets = btf::sock_offsets(&btf)?;
         let sk_err = btf.offset("sock", "sk_err", 4)?;
         let mut loader = EbpfLoader::new();
-        for (name, size) in UNUSED_MAPS {
+        for (name, size) in UNUSED_MAPS.into_iter().chain(SIZES) {
             loader.map_max_entries(name, size);
         }
         loader.override_global("HEALTH_OFFSETS", &offsets, true);
