@@ -13,6 +13,8 @@
 #   BENCH_NICE     nice level of the load generator and the probe: keeps other work on the
 #                  machine (builds…) off their CPUs                     [-20]
 #   BENCH_OUT      report file                                          [<repo>/BENCHMARKS.md]
+#   BENCH_CONFIG   the agent's configuration in mode "on"              [<repo>/bench/bench.toml]
+#                  (bench/bench_endpoint.toml: the tcp and endpoint probes together)
 #   CARGO_TARGET_DIR  where the binaries are built                      [<repo>/target]
 #   BENCH_NO_BUILD=1  use the binaries already built
 set -euo pipefail
@@ -26,6 +28,7 @@ LOAD_CPU=${BENCH_LOAD_CPU:-1}
 PROBE_CPU=${BENCH_PROBE_CPU:-0}
 NICE=${BENCH_NICE:--20}
 OUT=${BENCH_OUT:-$REPO/BENCHMARKS.md}
+CONFIG=${BENCH_CONFIG:-$REPO/bench/bench.toml}
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 AGENT=$TARGET/release/gopher
 LOADGEN=$TARGET/release/gopher-loadgen
@@ -112,7 +115,7 @@ start_probe() {
     case $mode in
     off) return 0 ;;
     on)
-        nice -n "$NICE" taskset -c "$PROBE_CPU" "$AGENT" --config "$REPO/bench/bench.toml" >"$logf" 2>&1 &
+        nice -n "$NICE" taskset -c "$PROBE_CPU" "$AGENT" --config "$CONFIG" >"$logf" 2>&1 &
         PROBE_PID=$!
         local deadline=$((SECONDS + AGENT_READY_TIMEOUT))
         until curl -fsS --max-time 1 "$METRICS_URL" 2>/dev/null | grep -qF "$READY_LINE"; do

@@ -28,36 +28,7 @@ const AF_INET: u16 = 2;
 /// Set by the agent at load time (`EbpfLoader::set_global`). Its own global, not shared with
 /// the sockops programs': every program sees one frozen copy either way.
 #[unsafe(no_mangle)]
-static ITER_OFFSETS: SockOffsets = SockOffsets {
-    bytes_received: 0,
-    bytes_acked: 0,
-    segs_in: 0,
-    segs_out: 0,
-    total_retrans: 0,
-    lost_out: 0,
-    srtt_us: 0,
-    snd_cwnd: 0,
-    snd_una: 0,
-    snd_nxt: 0,
-    write_seq: 0,
-    rcv_nxt: 0,
-    copied_seq: 0,
-    skc_family: 0,
-    skc_state: 0,
-    skc_num: 0,
-    skc_dport: 0,
-    skc_rcv_saddr: 0,
-    skc_daddr: 0,
-    skc_v6_rcv_saddr: 0,
-    skc_v6_daddr: 0,
-    skc_net: 0,
-    skc_cookie: 0,
-    sk_socket: 0,
-    socket_file: 0,
-    file_inode: 0,
-    inode_ino: 0,
-    net_cookie: 0,
-};
+static ITER_OFFSETS: SockOffsets = SockOffsets::ZERO;
 
 /// From a `struct socket` to its inode's `i_ino` (they share a `struct socket_alloc`): the
 /// inode sock_diag reports, one cache line away instead of two more through the file.

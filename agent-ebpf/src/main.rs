@@ -31,6 +31,7 @@ use aya_ebpf::{
 };
 use core::ptr::read_volatile;
 
+mod health;
 mod iter;
 
 use gopher_common::{

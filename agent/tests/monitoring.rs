@@ -46,7 +46,7 @@ fn scrape_config_and_alert_rules_pass_promtool() {
     let (ok, said) = promtool(&["check", "config", config.to_str().unwrap()]);
     assert!(ok && said.contains("1 rule files found"), "{said}");
     let (ok, said) = promtool(&["check", "rules", rules.to_str().unwrap()]);
-    assert!(ok && said.contains("SUCCESS: 10 rules found"), "{said}");
+    assert!(ok && said.contains("SUCCESS: 12 rules found"), "{said}");
     let (ok, said) = promtool(&["test", "rules", tests.to_str().unwrap()]);
     assert!(ok && said.contains("SUCCESS"), "{said}");
 
@@ -384,7 +384,8 @@ fn every_dashboard_and_alert_query_returns_data_from_a_real_prometheus() {
          [kafka]\nswitch = \"on\"\nkafka_broker = \"127.0.0.1:{dead}\"\n\
          message_timeout_ms = 1000\nflush_timeout = 1\n\
          [[probes]]\nname = \"tcp\"\nswitch = \"on\"\ninterval = 1\n\
-         [[probes]]\nname = \"system_tcp\"\nswitch = \"on\"\ninterval = 1\n"
+         [[probes]]\nname = \"system_tcp\"\nswitch = \"on\"\ninterval = 1\n\
+         [[probes]]\nname = \"endpoint\"\nswitch = \"on\"\ninterval = 1\n"
     ));
     let instance = format!("127.0.0.1:{}", agent.port);
     let prom = Prometheus::start(&instance, &packaging("prometheus/gopher-alerts.yml"));
@@ -464,6 +465,8 @@ fn check_alerts(prom: &Prometheus, instance: &str, wait: Duration) {
             "GopherProbeFailed",
             "GopherKafkaDeliveryFailing",
             "GopherHighTcpRetransmission",
+            "GopherListenerOverflowing",
+            "GopherConnectFailures",
             "GopherRowsDropped",
             "GopherEbpfEventsLost",
             "GopherEbpfMapFull",

@@ -149,6 +149,98 @@ pub struct SockOffsets {
     pub net_cookie: u32,
 }
 
+impl SockOffsets {
+    /// All zero: what a program's offsets global holds until the agent sets it at load.
+    pub const ZERO: Self = Self {
+        bytes_received: 0,
+        bytes_acked: 0,
+        segs_in: 0,
+        segs_out: 0,
+        total_retrans: 0,
+        lost_out: 0,
+        srtt_us: 0,
+        snd_cwnd: 0,
+        snd_una: 0,
+        snd_nxt: 0,
+        write_seq: 0,
+        rcv_nxt: 0,
+        copied_seq: 0,
+        skc_family: 0,
+        skc_state: 0,
+        skc_num: 0,
+        skc_dport: 0,
+        skc_rcv_saddr: 0,
+        skc_daddr: 0,
+        skc_v6_rcv_saddr: 0,
+        skc_v6_daddr: 0,
+        skc_net: 0,
+        skc_cookie: 0,
+        sk_socket: 0,
+        socket_file: 0,
+        file_inode: 0,
+        inode_ino: 0,
+        net_cookie: 0,
+    };
+}
+
+/// A listening socket as the health programs key their per-listener counters: its network
+/// namespace, family, bound address and port (what sock_diag reports for the listener).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    /// `net.net_cookie` (what `SO_NETNS_COOKIE` returns inside the namespace).
+    pub netns_cookie: u64,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u32,
+    /// Network byte order; IPv4 in the first word.
+    pub addr: [u32; 4],
+}
+
+/// A client socket's counters' key: the connecting process and the destination it asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnectKey {
+    pub netns_cookie: u64,
+    pub tgid: u32,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// Destination address, network byte order; IPv4 in the first word.
+    pub addr: [u32; 4],
+}
+
+/// Per-connection events of client sockets, per [`ConnectKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectCounts {
+    /// `connect()`s that started a handshake.
+    pub active_open: u64,
+    /// Handshakes refused (ECONNREFUSED: a RST, or an ICMP port unreachable, to the SYN).
+    pub refused: u64,
+    /// Handshakes timed out (ETIMEDOUT: SYN retransmissions exhausted).
+    pub timed_out: u64,
+    /// Handshakes failed with any other error (EHOSTUNREACH, ENETUNREACH, ...).
+    pub failed_other: u64,
+    /// Established connections this end reset (abort, `SO_LINGER` 0, close with unread data).
+    pub send_rsts: u64,
+    /// Established connections the peer reset.
+    pub receive_rsts: u64,
+}
+
+/// Client destinations the health programs keep counters for; past it, events are counted in
+/// slot 1 of `HEALTH_FULL`.
+pub const HEALTH_CONNECTS: u32 = 16384;
+/// Client sockets whose owner the health programs remember (an LRU map: the oldest go first).
+pub const HEALTH_SOCKETS: u32 = 65536;
+
+/// Listeners the health programs keep counters for; past it, a new listener's events are
+/// counted in slot 0 of `HEALTH_FULL`.
+pub const HEALTH_LISTENERS: u32 = 4096;
+
 /// TCP states whose sockets the `iter/tcp` program reports: the link-carrying states (the
 /// agent's `LINK_STATES`: ESTABLISHED, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING) and LISTEN.
 pub const ITER_STATES: u32 =
@@ -185,4 +277,7 @@ mod pod {
     unsafe impl aya::Pod for super::LinkClosed {}
     unsafe impl aya::Pod for super::SockOffsets {}
     unsafe impl aya::Pod for super::IterSocket {}
+    unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::ConnectKey {}
+    unsafe impl aya::Pod for super::ConnectCounts {}
 }

@@ -16,6 +16,7 @@
 
 mod check_type;
 pub mod controller;
+pub mod endpoint;
 pub mod extension;
 pub mod lb;
 pub mod manager;

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 pub use super::{Factory, Native};
-use super::{NativeError, Probe, lb, system, tcp};
+use super::{NativeError, Probe, endpoint, lb, system, tcp};
 
 const TCP: Native = Native {
     name: "tcp",
@@ -19,19 +19,29 @@ const TCP: Native = Native {
     start_check: None,
 };
 
-const COUNT: usize = 1 + system::PROBES.len() + lb::PROBES.len();
+/// Listener health (`endpoint_tcp`): off by default, since it walks /proc for each new listener.
+const ENDPOINT: Native = Native {
+    name: "endpoint",
+    default_on: false,
+    tables: &[endpoint::TABLE, endpoint::CONNECT_TABLE],
+    build: |params| Ok(Arc::new(endpoint::EndpointProbe::from_params(params)?)),
+    start_check: None,
+};
+
+const COUNT: usize = 2 + system::PROBES.len() + lb::PROBES.len();
 
 /// Every native probe, in the order the shipped `probes.toml` lists them.
 pub const NATIVE: [Native; COUNT] = {
     let mut out = [TCP; COUNT];
+    out[1] = ENDPOINT;
     let mut i = 0;
     while i < system::PROBES.len() {
-        out[i + 1] = system::PROBES[i];
+        out[i + 2] = system::PROBES[i];
         i += 1;
     }
     let mut j = 0;
     while j < lb::PROBES.len() {
-        out[1 + system::PROBES.len() + j] = lb::PROBES[j];
+        out[2 + system::PROBES.len() + j] = lb::PROBES[j];
         j += 1;
     }
     out

@@ -78,15 +78,15 @@ fn shipped_probes_toml_is_valid_and_safe() {
     );
     assert_eq!(c.kafka.kafka_topic, "gala_gopher");
     let native: Vec<&str> = c.probes.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(native[0], "tcp");
+    assert_eq!(native[..2], ["tcp", "endpoint"]);
     let systems = crate::probes::system::SYSTEM_PROBES.len();
-    assert_eq!(native[1..=systems], *crate::probes::system::SYSTEM_PROBES);
+    assert_eq!(native[2..systems + 2], *crate::probes::system::SYSTEM_PROBES);
     // The load-balancer link probes run while their built-in start checks find their target.
     assert_eq!(
-        native[systems + 1..],
+        native[systems + 2..],
         ["haproxy_link", "lvs_link", "dnsmasq_link"]
     );
-    for p in &c.probes[systems + 1..] {
+    for p in &c.probes[systems + 2..] {
         assert_eq!(p.switch, Switch::Auto, "{}", p.name);
     }
     assert_eq!(c.probes[0].switch, Switch::On);
@@ -472,7 +472,7 @@ fn invalid_values() {
             "[[probes]]\nname = \"udp\"\nswitch = \"on\"\n",
             2,
             "probes[0].name",
-            "unknown native probe \"udp\" (known: tcp, system_meminfo, ",
+            "unknown native probe \"udp\" (known: tcp, endpoint, system_meminfo, ",
         ),
         (
             "[[probes]]\nname = \"tcp\"\nswitch = \"auto\"\n",

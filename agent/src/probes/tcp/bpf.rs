@@ -14,7 +14,7 @@ use aya::{
 use gopher_common::LinkInfo;
 
 /// The eBPF object built by build.rs (aya-build) from `agent-ebpf`.
-pub(super) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gopher"));
+pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gopher"));
 
 pub struct Programs {
     pub ebpf: Ebpf,

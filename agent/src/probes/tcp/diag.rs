@@ -23,7 +23,7 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const INET_DIAG_INFO: u16 = 2;
 const NLMSG_HDRLEN: usize = 16;
-const INET_DIAG_MSG_LEN: usize = 72;
+pub const INET_DIAG_MSG_LEN: usize = 72;
 
 static NEXT_SEQ: AtomicU32 = AtomicU32::new(1);
 
@@ -93,6 +93,24 @@ pub fn dump(
     buf: &mut Vec<u8>,
     mut f: impl FnMut(&DiagSocket),
 ) -> io::Result<()> {
+    dump_raw(fd, family, states, 1 << (INET_DIAG_INFO - 1), buf, |body| {
+        if let Some(sock) = parse_socket(body, family) {
+            f(&sock);
+        }
+    })
+}
+
+/// [`dump`] with the extensions `ext` (a bit per `INET_DIAG_*` attribute) asked for, handing
+/// each socket's `inet_diag_msg` and attributes (the message body) to `f` unparsed: for
+/// readers that need other facts of a socket (the endpoint probe's listener queues).
+pub fn dump_raw(
+    fd: &OwnedFd,
+    family: u8,
+    states: u32,
+    ext: u8,
+    buf: &mut Vec<u8>,
+    mut f: impl FnMut(&[u8]),
+) -> io::Result<()> {
     let mut req = [0u8; NLMSG_HDRLEN + 56];
     let len = req.len() as u32;
     req[0..4].copy_from_slice(&len.to_ne_bytes());
@@ -105,7 +123,7 @@ pub fn dump(
     // inet_diag_req_v2: family, protocol, ext, pad, states, sockid (zeroed: all sockets)
     req[16] = family;
     req[17] = libc::IPPROTO_TCP as u8;
-    req[18] = 1 << (INET_DIAG_INFO - 1);
+    req[18] = ext;
     req[20..24].copy_from_slice(&states.to_ne_bytes());
     // SAFETY: sending a fully initialised buffer on a valid netlink socket; the kernel is the
     // default destination of an unbound netlink socket.
@@ -114,7 +132,7 @@ pub fn dump(
         return Err(io::Error::last_os_error());
     }
     buf.resize(DUMP_BUFFER, 0);
-    crate::probes::netlink::recv_dump(fd, buf, |b| parse_messages(b, seq, family, &mut f))
+    crate::probes::netlink::recv_dump(fd, buf, |b| parse_messages(b, seq, &mut f))
 }
 
 /// Every socket the probe uses in the namespace of `fd`: listeners first, then the sockets in
@@ -133,12 +151,7 @@ pub fn dump_sockets(
 }
 
 /// Parses one datagram of netlink messages; returns true at NLMSG_DONE.
-fn parse_messages(
-    mut data: &[u8],
-    seq: u32,
-    family: u8,
-    f: &mut impl FnMut(&DiagSocket),
-) -> io::Result<bool> {
+fn parse_messages(mut data: &[u8], seq: u32, f: &mut impl FnMut(&[u8])) -> io::Result<bool> {
     while data.len() >= NLMSG_HDRLEN {
         let len = u32::from_ne_bytes(data[0..4].try_into().unwrap_or_default()) as usize;
         let ty = u16::from_ne_bytes([data[4], data[5]]);
@@ -166,11 +179,7 @@ fn parse_messages(
                 }
                 return Ok(true);
             }
-            SOCK_DIAG_BY_FAMILY => {
-                if let Some(sock) = parse_socket(body, family) {
-                    f(&sock);
-                }
-            }
+            SOCK_DIAG_BY_FAMILY => f(body),
             _ => {}
         }
         data = data.get(aligned..).unwrap_or_default();
@@ -190,19 +199,7 @@ fn parse_socket(body: &[u8], family: u8) -> Option<DiagSocket> {
     let remote = addr(family, &id[20..36]);
     let cookie = u64::from(u32_at(id, 40)?) | (u64::from(u32_at(id, 44)?) << 32);
     let inode = u64::from(u32_at(body, 68)?);
-    let mut counters = None;
-    let mut attrs = &body[INET_DIAG_MSG_LEN..];
-    while attrs.len() >= 4 {
-        let alen = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
-        let aty = u16::from_ne_bytes([attrs[2], attrs[3]]);
-        if alen < 4 || alen > attrs.len() {
-            break;
-        }
-        if aty == INET_DIAG_INFO {
-            counters = parse_tcp_info(&attrs[4..alen]);
-        }
-        attrs = attrs.get((alen + 3) & !3..).unwrap_or_default();
-    }
+    let counters = attribute(body, INET_DIAG_INFO).and_then(parse_tcp_info);
     Some(DiagSocket {
         state,
         local,
@@ -249,7 +246,24 @@ pub fn thread_cpu() -> CpuTime {
     }
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+/// The payload of the first attribute of type `ty` after a reply's `inet_diag_msg`.
+pub fn attribute(body: &[u8], ty: u16) -> Option<&[u8]> {
+    let mut attrs = body.get(INET_DIAG_MSG_LEN..)?;
+    while attrs.len() >= 4 {
+        let alen = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        let aty = u16::from_ne_bytes([attrs[2], attrs[3]]);
+        if alen < 4 || alen > attrs.len() {
+            return None;
+        }
+        if aty == ty {
+            return Some(&attrs[4..alen]);
+        }
+        attrs = attrs.get((alen + 3) & !3..).unwrap_or_default();
+    }
+    None
+}
+
+pub fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
@@ -271,7 +285,7 @@ fn parse_tcp_info(info: &[u8]) -> Option<Counters> {
     })
 }
 
-fn addr(family: u8, raw: &[u8]) -> IpAddr {
+pub fn addr(family: u8, raw: &[u8]) -> IpAddr {
     let mut b = [0u8; 16];
     b.copy_from_slice(&raw[..16]);
     super::ip_from_bytes(family, b)

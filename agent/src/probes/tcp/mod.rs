@@ -7,19 +7,19 @@
 //! slow interval loses none), then folds both into `tcp_link` rows (see `links.rs`).
 //! Nothing runs per packet or per send/recv call.
 
-mod bpf;
+pub(crate) mod bpf;
 #[allow(dead_code, reason = "its users, the tracing programs, land next")]
-mod btf;
+pub(crate) mod btf;
 mod closed;
 mod collector;
-mod diag;
+pub(crate) mod diag;
 mod entries;
 mod iter;
 mod iter_offsets;
 mod key;
 mod links;
-mod netns;
-mod owners;
+pub(crate) mod netns;
+pub(crate) mod owners;
 mod params;
 mod pieces;
 pub mod policy;

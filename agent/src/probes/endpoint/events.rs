@@ -1,0 +1,171 @@
+//! The endpoint probe's eBPF side (`agent-ebpf/src/health.rs`): per-listener counters of rare
+//! TCP events, kept in a kernel map and read once per interval.
+//!
+//! The object is the agent's one eBPF object; only the health programs are loaded from it, and
+//! the maps of the others are shrunk to their minimum (aya creates every map of an object).
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    programs::{CgroupSockAddr, RawTracePoint, links::CgroupAttachMode},
+};
+use gopher_common::{
+    ConnectCounts, ConnectKey, HEALTH_CONNECTS, HEALTH_LISTENERS, HEALTH_SOCKETS, ListenerKey,
+    SockOffsets,
+};
+
+use crate::probes::tcp::{
+    bpf::{OBJECT, cgroup2_root},
+    btf,
+};
+
+/// The health programs' maps, declared with one entry in the object (the tcp probe loads them
+/// too and does not use them), sized here.
+const SIZES: [(&str, u32); 3] = [
+    ("SYNACK_RETRANS", HEALTH_LISTENERS),
+    ("CONNECTS", HEALTH_CONNECTS),
+    ("SOCKETS", HEALTH_SOCKETS),
+];
+
+/// The raw tracepoints, by program.
+const TRACEPOINTS: [(&str, &str); 4] = [
+    ("gopher_synack_retrans", "tcp_retransmit_synack"),
+    ("gopher_health_error", "inet_sk_error_report"),
+    ("gopher_health_rst_in", "tcp_receive_reset"),
+    ("gopher_health_rst_out", "tcp_send_reset"),
+];
+
+/// The tcp probe's maps, not used here: made as small as the kernel allows.
+const UNUSED_MAPS: [(&str, u32); 2] = [("LINKS", 1), ("CLOSED", 4096)];
+
+pub struct Events {
+    ebpf: Ebpf,
+    /// Events lost to a full map, per slot, as last read (the kernel's counts only grow).
+    full_seen: [u64; 2],
+}
+
+impl Events {
+    /// Loads and attaches the health programs.
+    pub fn load() -> anyhow::Result<Self> {
+        let btf = btf::Btf::from_sys_fs()?;
+        let offsets: SockOffsets = btf::sock_offsets(&btf)?;
+        let sk_err = btf.offset("sock", "sk_err", 4)?;
+        let mut loader = EbpfLoader::new();
+        for (name, size) in UNUSED_MAPS.into_iter().chain(SIZES) {
+            loader.map_max_entries(name, size);
+        }
+        loader.override_global("HEALTH_OFFSETS", &offsets, true);
+        loader.override_global("HEALTH_SK_ERR", &sk_err, true);
+        let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
+        for (name, tracepoint) in TRACEPOINTS {
+            let prog: &mut RawTracePoint = program(&mut ebpf, name)?.try_into()?;
+            prog.load().with_context(|| format!("loading {name}"))?;
+            prog.attach(tracepoint)
+                .with_context(|| format!("attaching {name} to the raw tracepoint {tracepoint}"))?;
+        }
+        let root = cgroup2_root()?;
+        let cg = std::fs::File::open(&root)
+            .with_context(|| format!("opening cgroup {}", root.display()))?;
+        for name in ["gopher_health_connect4", "gopher_health_connect6"] {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
+            prog.load().with_context(|| format!("loading {name}"))?;
+            prog.attach(&cg, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to {}", root.display()))?;
+        }
+        Ok(Self {
+            ebpf,
+            full_seen: [0; 2],
+        })
+    }
+
+    /// Client events per process and destination, summed over CPUs; forgets processes `live`
+    /// says are gone.
+    pub fn connects(
+        &mut self,
+        live: impl Fn(&ConnectKey) -> bool,
+    ) -> HashMap<ConnectKey, ConnectCounts> {
+        let Some(map) = self.ebpf.map_mut("CONNECTS") else {
+            return HashMap::new();
+        };
+        let Ok(mut map) = PerCpuHashMap::<&mut MapData, ConnectKey, ConnectCounts>::try_from(map)
+        else {
+            return HashMap::new();
+        };
+        let all: Vec<(ConnectKey, ConnectCounts)> = map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, per_cpu)| (k, per_cpu.iter().fold(ConnectCounts::default(), add)))
+            .collect();
+        let mut kept = HashMap::new();
+        for (k, v) in all {
+            if live(&k) {
+                kept.insert(k, v);
+            } else {
+                let _ = map.remove(&k);
+            }
+        }
+        kept
+    }
+
+    /// SYN-ACK retransmissions per listener; forgets listeners `live` says are gone (their
+    /// entries would otherwise fill the map).
+    pub fn synack_retrans(
+        &mut self,
+        live: impl Fn(&ListenerKey) -> bool,
+    ) -> HashMap<ListenerKey, u64> {
+        let Some(map) = self.ebpf.map_mut("SYNACK_RETRANS") else {
+            return HashMap::new();
+        };
+        let Ok(mut map) = PerCpuHashMap::<&mut MapData, ListenerKey, u64>::try_from(map) else {
+            return HashMap::new();
+        };
+        let all: HashMap<ListenerKey, u64> = map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, per_cpu)| (k, per_cpu.iter().sum()))
+            .collect();
+        let (kept, gone): (HashMap<_, _>, HashMap<_, _>) =
+            all.into_iter().partition(|(k, _)| live(k));
+        for k in gone.keys() {
+            let _ = map.remove(k);
+        }
+        kept
+    }
+
+    /// Events lost to a full map since the last call: `(listeners, connects)`.
+    pub fn newly_full(&mut self) -> (u64, u64) {
+        let total = |slot: u32| {
+            self.ebpf
+                .map("HEALTH_FULL")
+                .and_then(|m| PerCpuArray::<&MapData, u64>::try_from(m).ok())
+                .and_then(|a| a.get(&slot, 0).ok())
+                .map_or(0, |v| v.iter().sum::<u64>())
+        };
+        let now = [total(0), total(1)];
+        let new = [
+            now[0].saturating_sub(self.full_seen[0]),
+            now[1].saturating_sub(self.full_seen[1]),
+        ];
+        self.full_seen = [self.full_seen[0].max(now[0]), self.full_seen[1].max(now[1])];
+        (new[0], new[1])
+    }
+}
+
+fn add(a: ConnectCounts, b: &ConnectCounts) -> ConnectCounts {
+    ConnectCounts {
+        active_open: a.active_open + b.active_open,
+        refused: a.refused + b.refused,
+        timed_out: a.timed_out + b.timed_out,
+        failed_other: a.failed_other + b.failed_other,
+        send_rsts: a.send_rsts + b.send_rsts,
+        receive_rsts: a.receive_rsts + b.receive_rsts,
+    }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))
+}

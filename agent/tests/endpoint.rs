@@ -1,0 +1,335 @@
+//! End to end: the real agent's `endpoint` probe against a real listener that stops accepting,
+//! in a network namespace of the test's own (so the namespace's kernel counters are the
+//! listener's), checked exactly on /metrics through the reference Prometheus parser.
+// Counters are compared exactly on purpose: they must be exact.
+#![allow(clippy::float_cmp, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    os::unix::fs::MetadataExt,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{Agent, Sample, is_root, require, sh, support};
+
+const CONFIG: &str = r#"
+[[probes]]
+name = "endpoint"
+switch = "on"
+interval = 1
+"#;
+
+/// The `endpoint_tcp` fields of the one row whose labels match `want`.
+fn row(samples: &[Sample], want: &[(&str, String)]) -> Option<BTreeMap<String, f64>> {
+    table_row(samples, "endpoint_tcp", want)
+}
+
+/// The fields of the one row of `table` whose labels match `want`.
+fn table_row(
+    samples: &[Sample],
+    table: &str,
+    want: &[(&str, String)],
+) -> Option<BTreeMap<String, f64>> {
+    let prefix = format!("gala_gopher_{table}_");
+    let mut fields = BTreeMap::new();
+    for s in samples {
+        let Some(field) = s.name.strip_prefix(&prefix) else {
+            continue;
+        };
+        // endpoint_tcp_connect's fields also start with endpoint_tcp_.
+        if table == "endpoint_tcp" && field.starts_with("connect_") {
+            continue;
+        }
+        if want.iter().all(|(k, v)| s.label(k) == v) {
+            let field = field.trim_end_matches("_total").to_owned();
+            assert!(
+                fields.insert(field, s.value).is_none(),
+                "two rows match {want:?}"
+            );
+        }
+    }
+    (!fields.is_empty()).then_some(fields)
+}
+
+/// `TcpExt` counters of a namespace, from its own /proc/net/netstat.
+fn tcp_ext(ns: &str) -> BTreeMap<String, f64> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/netstat"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .map(|(n, v)| (n.to_owned(), v.parse().unwrap()))
+        .collect()
+}
+
+/// A namespace with only loopback, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        let name = format!("gopher-{tag}{}", std::process::id() % 100_000);
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        sh(&format!(
+            "ip netns add {name} && ip -n {name} link set lo up"
+        ));
+        Netns(name)
+    }
+
+    fn inode(&self) -> String {
+        std::fs::metadata(format!("/run/netns/{}", self.0))
+            .unwrap()
+            .ino()
+            .to_string()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// `backlog.py` in a namespace: a listener that never accepts, with clients of its own.
+struct Backlog {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    out: BufReader<std::process::ChildStdout>,
+    port: u16,
+}
+
+impl Backlog {
+    fn spawn(ns: &str, args: &[&str]) -> Self {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3"])
+            .arg(support("backlog.py"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let port = line.trim().strip_prefix("ready ").unwrap().parse().unwrap();
+        Backlog {
+            child,
+            stdin,
+            out,
+            port,
+        }
+    }
+}
+
+impl Drop for Backlog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_listener_that_stops_accepting_shows_its_full_queue_and_exact_drops() {
+    if !require(is_root(), "root (netns, sock_diag in other namespaces)") {
+        return;
+    }
+    let agent = Agent::start(CONFIG);
+    agent.wait_running(Duration::from_secs(20), "endpoint");
+    let ns = Netns::new("ep");
+    // Backlog 2: the kernel queues 3 handshakes (backlog + 1); the other 3 clients' SYNs are
+    // dropped at the full queue, and again at each of their retries, until they close.
+    let mut b = Backlog::spawn(&ns.0, &["2", "6"]);
+    let (child, port) = (&mut b.child, b.port);
+    let want = [
+        ("tgid", child.id().to_string()),
+        ("comm", "python3".to_owned()),
+        ("s_addr", "127.0.0.1".to_owned()),
+        ("s_port", port.to_string()),
+        ("netns", ns.inode()),
+    ];
+    agent.wait_for(Duration::from_secs(20), "a full accept queue", |s| {
+        row(s, &want).is_some_and(|r| {
+            r["accept_queue"] == 3.0 && r["accept_queue_limit"] == 2.0 && r["sk_drops"] >= 3.0
+        })
+    });
+    // The clients go: no SYN retries any more, so the kernel's count stops where it is.
+    writeln!(b.stdin, "close").unwrap();
+    let mut line = String::new();
+    b.out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "closed");
+    std::thread::sleep(Duration::from_millis(300));
+    let kernel = tcp_ext(&ns.0);
+    let drops = kernel["ListenDrops"];
+    assert!(drops >= 3.0, "{kernel:?}");
+    // Every drop here was an accept-queue overflow: sk_drops and ListenDrops agree.
+    assert_eq!(kernel["ListenOverflows"], drops);
+    let samples = agent.wait_for(Duration::from_secs(20), "exact drops", |s| {
+        row(s, &want).is_some_and(|r| r["sk_drops"] == drops)
+    });
+    let r = row(&samples, &want).unwrap();
+    assert_eq!((r["accept_queue"], r["accept_queue_limit"]), (3.0, 2.0));
+    assert_eq!(tcp_ext(&ns.0)["ListenDrops"], drops, "the count moved on");
+    drop(b);
+    // The listener is gone: so is its row.
+    agent.wait_for(Duration::from_secs(20), "the row gone", |s| {
+        row(s, &want).is_none()
+    });
+}
+
+/// A client whose namespace drops every SYN-ACK: the listener retransmits its SYN-ACK (on its
+/// timer and at each retransmitted SYN) until it gives up; the server's namespace holds no
+/// client, so its `TCPSynRetrans` counts exactly those.
+#[test]
+fn synack_retransmissions_are_counted_per_listener_exactly() {
+    if !require(is_root(), "root (netns, veth, nftables, eBPF)") {
+        return;
+    }
+    let agent = Agent::start(CONFIG);
+    agent.wait_running(Duration::from_secs(20), "endpoint");
+    let (a, b) = (Netns::new("sa"), Netns::new("sb"));
+    let id = std::process::id() % 100_000;
+    sh(&format!(
+        "ip link add gsa{id} netns {a} type veth peer name gsb{id} netns {b} && \
+         ip -n {a} addr add 10.214.0.1/24 dev gsa{id} && ip -n {b} addr add 10.214.0.2/24 dev gsb{id} && \
+         ip -n {a} link set gsa{id} up && ip -n {b} link set gsb{id} up && \
+         ip netns exec {a} sysctl -qw net.ipv4.tcp_synack_retries=1 && \
+         ip netns exec {b} sysctl -qw net.ipv4.tcp_syn_retries=1",
+        a = a.0,
+        b = b.0
+    ));
+    sh(&format!(
+        "ip netns exec {} nft -f - <<'EOF'\ntable inet gopher_test {{\n chain in {{\n  type filter hook input priority 0;\n  tcp flags & (syn | ack) == syn | ack drop\n }}\n}}\nEOF",
+        b.0
+    ));
+    let server = Backlog::spawn(&a.0, &["16", "0", "10.214.0.1"]);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &b.0, "python3", "-c"])
+        .arg(format!(
+            "import socket\ntry:\n socket.create_connection(('10.214.0.1', {}), timeout=10)\nexcept OSError as e:\n print(e.errno)",
+            server.port
+        ))
+        .output()
+        .unwrap();
+    let errno = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(errno, "110", "the client's connect times out (ETIMEDOUT)");
+    // The server gives up on the handshake after its last SYN-ACK; wait until its count stays.
+    let mut kernel = tcp_ext(&a.0)["TCPSynRetrans"];
+    loop {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = tcp_ext(&a.0)["TCPSynRetrans"];
+        if now == kernel {
+            break;
+        }
+        kernel = now;
+    }
+    assert!(kernel >= 1.0, "no SYN-ACK was retransmitted");
+    let want = [
+        ("tgid", server.child.id().to_string()),
+        ("s_addr", "10.214.0.1".to_owned()),
+        ("s_port", server.port.to_string()),
+        ("netns", a.inode()),
+    ];
+    let samples = agent.wait_for(
+        Duration::from_secs(20),
+        "exact SYN-ACK retransmissions",
+        |s| row(s, &want).is_some_and(|r| r["retran_synacks"] == kernel),
+    );
+    let r = row(&samples, &want).unwrap();
+    // sk_drops also counts the retransmitted SYNs of the handshake in progress, which
+    // TcpExtListenDrops does not: only no queue overflow is checked here.
+    assert_eq!(r["accept_queue"], 0.0, "{r:?}");
+    assert_eq!(tcp_ext(&a.0)["ListenOverflows"], 0.0);
+}
+
+/// One process in a namespace of its own: connects refused by a closed port, one timing out
+/// against a blackholed address (nftables drops it; `tcp_syn_retries` 1 keeps it short), one
+/// connection the server resets and one the client resets; exact counts per destination.
+#[test]
+fn connection_failures_by_reason_and_resets_are_counted_exactly() {
+    if !require(is_root(), "root (netns, nftables, eBPF)") {
+        return;
+    }
+    let agent = Agent::start(CONFIG);
+    agent.wait_running(Duration::from_secs(20), "endpoint");
+    let ns = Netns::new("cf");
+    sh(&format!(
+        "ip -n {n} addr add 10.215.0.1/24 dev lo && \
+         ip netns exec {n} sysctl -qw net.ipv4.tcp_syn_retries=1",
+        n = ns.0
+    ));
+    sh(&format!(
+        "ip netns exec {} nft -f - <<'EOF'\ntable inet gopher_test {{\n chain pre {{\n  type filter hook prerouting priority 0;\n  ip daddr 10.215.0.2 drop\n }}\n}}\nEOF",
+        ns.0
+    ));
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "python3"])
+        .arg(support("failures.py"))
+        .arg("10.215.0.2")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words.first(), Some(&"done"), "{line}");
+    // ECONNREFUSED three times, ETIMEDOUT, then ECONNRESET at the client.
+    assert_eq!(words[3], "111,111,111,110,104", "what the process saw");
+    let (closed, server) = (words[1], words[2]);
+    let key = |addr: &str, port: &str| {
+        vec![
+            ("tgid", child.id().to_string()),
+            ("comm", "python3".to_owned()),
+            ("d_addr", addr.to_owned()),
+            ("d_port", port.to_owned()),
+            ("netns", ns.inode()),
+        ]
+    };
+    let expect = [
+        (key("127.0.0.1", closed), [3.0, 3.0, 3.0, 0.0, 0.0, 0.0]),
+        (key("10.215.0.2", "9"), [1.0, 1.0, 0.0, 1.0, 0.0, 0.0]),
+        (key("127.0.0.1", server), [2.0, 0.0, 0.0, 0.0, 1.0, 1.0]),
+    ];
+    let names = [
+        "active_open",
+        "active_open_failed",
+        "connect_refused",
+        "connect_timeout",
+        "send_rsts",
+        "receive_rsts",
+    ];
+    let got = |s: &[Sample], want: &[(&str, String)]| {
+        table_row(s, "endpoint_tcp_connect", want).map(|r| names.map(|n| r[n]))
+    };
+    // Polled by hand so that a mismatch shows every row as it last was.
+    let want: Vec<Option<[f64; 6]>> = expect.iter().map(|(_, v)| Some(*v)).collect();
+    let mut rows = Vec::new();
+    for _ in 0..80 {
+        let s = agent.scrape().unwrap();
+        rows = expect.iter().map(|(k, _)| got(&s, k)).collect();
+        if rows == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(rows, want, "{names:?} per destination: {expect:?}");
+    drop(stdin);
+    let _ = child.wait();
+    // The process is gone: so are its rows.
+    agent.wait_for(Duration::from_secs(20), "its rows gone", |s| {
+        expect.iter().all(|(k, _)| got(s, k).is_none())
+    });
+}
