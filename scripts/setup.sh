@@ -14,6 +14,7 @@ APT_PACKAGES=(
   prometheus                 # promtool, and a real Prometheus server for end-to-end tests
   bpftrace bpftool           # benchmark peer and independent checks of attached programs
   nginx redis-server haproxy procps  # extension probe tests start their own instances (pgrep: start checks)
+  libnginx-mod-stream        # the nginx link probe test proxies TCP through nginx's stream module
   systemd                    # systemd-analyze verify/security of the shipped unit (no systemd is started)
   dpkg-dev rpm cpio          # packaging tests: cargo-deb's dependency scan, rpm -qp, rpm2cpio | cpio
   ansible-core python3-apt   # the Ansible role, run against localhost (apt module needs python3-apt)

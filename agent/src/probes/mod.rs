@@ -17,6 +17,7 @@
 pub mod controller;
 pub mod extension;
 pub mod manager;
+pub mod nginx;
 pub mod params;
 pub mod registry;
 pub mod settings;

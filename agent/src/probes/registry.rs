@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 pub use super::{Factory, Native};
-use super::{NativeError, Probe, system, tcp};
+use super::{NativeError, Probe, nginx, system, tcp};
 
 const TCP: Native = Native {
     name: "tcp",
@@ -18,7 +18,16 @@ const TCP: Native = Native {
     build: |params| Ok(Arc::new(tcp::TcpProbe::from_params(params)?)),
 };
 
-const COUNT: usize = 1 + system::PROBES.len();
+/// Shipped on: it holds nothing (no uprobes, no map) until a process named nginx runs, which is
+/// its built-in start check.
+const NGINX: Native = Native {
+    name: "nginx_link",
+    default_on: true,
+    tables: &[nginx::TABLE],
+    build: nginx::build,
+};
+
+const COUNT: usize = 2 + system::PROBES.len();
 
 /// Every native probe, in the order the shipped `probes.toml` lists them.
 pub const NATIVE: [Native; COUNT] = {
@@ -28,6 +37,7 @@ pub const NATIVE: [Native; COUNT] = {
         out[i + 1] = system::PROBES[i];
         i += 1;
     }
+    out[COUNT - 1] = NGINX;
     out
 };
 

@@ -79,7 +79,9 @@ fn shipped_probes_toml_is_valid_and_safe() {
     assert_eq!(c.kafka.kafka_topic, "gala_gopher");
     let native: Vec<&str> = c.probes.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(native[0], "tcp");
-    assert_eq!(native[1..], *crate::probes::system::SYSTEM_PROBES);
+    let system = crate::probes::system::SYSTEM_PROBES;
+    assert_eq!(native[1..=system.len()], *system);
+    assert_eq!(native[system.len() + 1..], ["nginx_link"]);
     assert_eq!(c.probes[0].switch, Switch::On);
     assert_eq!(c.probes[0].interval, Duration::from_secs(5));
     let names: Vec<&str> = c.extend_probes.iter().map(|p| p.name.as_str()).collect();
