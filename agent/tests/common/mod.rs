@@ -6,6 +6,7 @@
     clippy::missing_panics_doc
 )]
 
+pub mod nginx;
 pub mod tcp;
 
 use std::{
