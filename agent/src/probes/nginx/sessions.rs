@@ -105,6 +105,8 @@ impl Resolver {
         // (peer, is_l7, client inode, upstream inode, netns inode) of every live session.
         let mut found = Vec::with_capacity(peers.len());
         let mut wanted: HashMap<u64, HashSet<u64>> = HashMap::new();
+        // One stat per process, not per session.
+        let mut namespaces: HashMap<u32, Option<u64>> = HashMap::new();
         for peer in peers {
             match session(peer) {
                 Ok(Some((is_l7, client_fd, upstream_fd))) => {
@@ -115,7 +117,10 @@ impl Resolver {
                         *out.skipped.entry(Skip::NotTcp).or_default() += 1;
                         continue;
                     };
-                    let Some(ns) = netns_inode(peer.tgid) else {
+                    let ns = *namespaces
+                        .entry(peer.tgid)
+                        .or_insert_with(|| netns_inode(peer.tgid));
+                    let Some(ns) = ns else {
                         *out.skipped.entry(Skip::Unreadable).or_default() += 1;
                         continue;
                     };
