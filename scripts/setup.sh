@@ -15,6 +15,7 @@ APT_PACKAGES=(
   bpftrace bpftool           # benchmark peer and independent checks of attached programs
   nginx redis-server haproxy procps  # extension probe tests start their own instances (pgrep: start checks)
   dnsmasq-base               # lb_links test: a real dnsmasq in a test namespace (dnsmasq_link)
+  libnginx-mod-stream        # the nginx link probe test proxies TCP through nginx's stream module
   systemd                    # systemd-analyze verify/security of the shipped unit (no systemd is started)
   dpkg-dev rpm cpio          # packaging tests: cargo-deb's dependency scan, rpm -qp, rpm2cpio | cpio
   podman buildah runc busybox-static  # container labels test: an image built from scratch, run by podman

@@ -1643,3 +1643,85 @@ fn zstd_compressed_rows_arrive() {
         check_envelope(&row, "ext_demo", 0);
     }
 }
+
+/// nginx_statistic rows of a real nginx (HTTP and stream proxy, see `common::nginx`) arrive
+/// with gala-gopher's envelope and exactly the fields gala-spider reads, every value a string.
+#[test]
+fn nginx_statistic_rows_arrive_field_by_field() {
+    let Some(bin) = kafka_available() else { return };
+    // Held to the end: the nginx, its backends and the lock against the other nginx tests.
+    let Some(setup) = common::nginx::setup() else {
+        return;
+    };
+    let (hb, sb, http, stream) = (&setup.hb, &setup.sb, setup.http, setup.stream);
+    let mut broker = Broker::new(bin, free_port());
+    broker.start();
+    let since = now_ms();
+    let agent = Agent::start(&agent_config(
+        &broker.addr(),
+        "[[probes]]\nname = \"nginx_link\"\nswitch = \"on\"\ninterval = 1\n",
+    ));
+    common::nginx::traced(&agent);
+    let (a, b) = (
+        std::net::Ipv4Addr::new(127, 1, 0, 4),
+        std::net::Ipv4Addr::new(127, 1, 0, 5),
+    );
+    let _held = [
+        common::nginx::http_session(a, http),
+        common::nginx::http_session(a, http),
+        common::nginx::stream_session(b, stream),
+    ];
+    common::nginx::wait_held(hb, sb, (2, 1));
+    let want = [
+        [
+            "127.1.0.4",
+            "127.0.0.1",
+            &http.to_string(),
+            "127.0.0.1",
+            &hb.port.to_string(),
+            "1",
+            "2",
+        ],
+        [
+            "127.1.0.5",
+            "127.0.0.1",
+            &stream.to_string(),
+            "127.0.0.1",
+            &sb.port.to_string(),
+            "0",
+            "1",
+        ],
+    ];
+    let fields = common::nginx::FIELDS;
+    let ours = |m: &[Msg]| -> Vec<BTreeMap<String, Value>> {
+        rows(m, "nginx_statistic")
+            .into_iter()
+            .filter(|r| {
+                want.iter()
+                    .any(|w| r.get("virtual_port") == Some(&Value::from(w[2])))
+            })
+            .collect()
+    };
+    let got = Consumer::start(&broker, &[ROWS]).wait_for(WAIT, "both nginx rows", |m| {
+        let r = ours(m);
+        want.iter().all(|w| {
+            r.iter().any(|x| {
+                fields
+                    .iter()
+                    .zip(w)
+                    .all(|(f, v)| x.get(*f) == Some(&Value::from(*v)))
+            })
+        })
+    });
+    for row in ours(&got) {
+        check_envelope(&row, "nginx_statistic", since);
+        let mut keys: Vec<&str> = row.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut expect: Vec<&str> = ["timestamp", "hostname", "machine_id", "table_name"]
+            .into_iter()
+            .chain(fields)
+            .collect();
+        expect.sort_unstable();
+        assert_eq!(keys, expect, "{row:?}");
+    }
+}

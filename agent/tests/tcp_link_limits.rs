@@ -15,7 +15,6 @@ use std::{
     collections::BTreeMap,
     io::{Read, Write},
     net::{Ipv4Addr, TcpListener, TcpStream},
-    os::fd::FromRawFd,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -24,35 +23,12 @@ use std::{
 };
 
 use common::{
-    Agent, Peer, Sample, is_root, require,
+    Agent, Peer, Sample, connect_from, is_root, require,
     tcp::{CONFIG, WAIT, expect_row, ready},
 };
 
 fn config(params: &str) -> String {
     format!("{CONFIG}[probes.params]\n{params}\n")
-}
-
-/// A client socket bound to `source` before it connects (127.0.0.0/8 is all loopback).
-fn connect_from(source: Ipv4Addr, port: u16) -> TcpStream {
-    // SAFETY: plain socket(2)/bind(2)/connect(2) on a descriptor we own from here on.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let sa = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(ip).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let len = size_of::<libc::sockaddr_in>() as u32;
-        let local = sa(source, 0);
-        assert_eq!(libc::bind(fd, (&raw const local).cast(), len), 0);
-        let remote = sa(Ipv4Addr::LOCALHOST, port);
-        assert_eq!(libc::connect(fd, (&raw const remote).cast(), len), 0);
-        TcpStream::from_raw_fd(fd)
-    }
 }
 
 /// One connection from `source`: the client sends `c2s` bytes, the server `s2c`.

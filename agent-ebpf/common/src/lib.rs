@@ -269,8 +269,25 @@ pub struct IterSocket {
     pub remote_ip: [u32; 4],
 }
 
+/// One nginx upstream (peer) connection, as the nginx probe's uprobes record it: the process
+/// and the address of its `ngx_connection_t` in that process. The agent reads the rest (which
+/// session it serves, the two sockets) from the process itself, so this is all the kernel keeps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NginxPeer {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// User-space address of the upstream `ngx_connection_t`.
+    pub conn: u64,
+}
+
+/// Slots of the nginx probe's `NGX_FULL` per-CPU counters.
+pub const NGX_FULL_PEERS: u32 = 0;
+pub const NGX_FULL_PENDING: u32 = 1;
+
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for super::NginxPeer {}
     // SAFETY: plain-old-data, `#[repr(C)]`, every bit pattern valid.
     unsafe impl aya::Pod for super::LinkInfo {}
     unsafe impl aya::Pod for super::LinkStats {}

@@ -21,6 +21,7 @@ pub mod extension;
 pub mod lb;
 pub mod manager;
 mod netlink;
+pub mod nginx;
 pub mod params;
 pub mod registry;
 pub mod settings;

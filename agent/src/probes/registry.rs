@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 pub use super::{Factory, Native};
-use super::{NativeError, Probe, endpoint, lb, system, tcp};
+use super::{NativeError, Probe, endpoint, lb, nginx, system, tcp};
 
 const TCP: Native = Native {
     name: "tcp",
@@ -28,7 +28,17 @@ const ENDPOINT: Native = Native {
     start_check: None,
 };
 
-const COUNT: usize = 2 + system::PROBES.len() + lb::PROBES.len();
+/// Shipped on: it holds nothing (no uprobes, no map) until a process named nginx runs, which is
+/// its built-in start check.
+const NGINX: Native = Native {
+    name: "nginx_link",
+    default_on: true,
+    tables: &[nginx::TABLE],
+    build: nginx::build,
+    start_check: None,
+};
+
+const COUNT: usize = 3 + system::PROBES.len() + lb::PROBES.len();
 
 /// Every native probe, in the order the shipped `probes.toml` lists them.
 pub const NATIVE: [Native; COUNT] = {
@@ -44,6 +54,7 @@ pub const NATIVE: [Native; COUNT] = {
         out[2 + system::PROBES.len() + j] = lb::PROBES[j];
         j += 1;
     }
+    out[COUNT - 1] = NGINX;
     out
 };
 

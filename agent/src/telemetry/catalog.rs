@@ -37,6 +37,8 @@ pub const TCP_LINKS_AGGREGATED: &str = "gopher_tcp_links_aggregated_total";
 pub const TCP_SOCKETS_EXCLUDED: &str = "gopher_tcp_sockets_excluded_total";
 pub const TCP_NETNS_ERRORS: &str = "gopher_tcp_netns_errors_total";
 pub const TCP_SOCKET_SOURCE: &str = "gopher_tcp_socket_source";
+pub const NGINX_BINARIES_TRACED: &str = "gopher_nginx_binaries_traced";
+pub const NGINX_SESSIONS_SKIPPED: &str = "gopher_nginx_sessions_skipped_total";
 
 /// The reasons the table store refuses a row of a registered table for (`ImdbError::reason`),
 /// whose `gopher_rows_dropped_total` series are shown at 0 before the first drop.
@@ -60,7 +62,7 @@ pub(super) type Declaration = (&'static str, Kind, &'static [&'static str], &'st
 /// Every family, in render order.
 // One flat list of declarations: splitting it would scatter the catalogue.
 #[allow(clippy::too_many_lines)]
-pub(super) fn declared() -> [Declaration; 34] {
+pub(super) fn declared() -> [Declaration; 36] {
     [
         (
             CONTROL_REQUESTS,
@@ -169,6 +171,18 @@ pub(super) fn declared() -> [Declaration; 34] {
             Gauge,
             &["source"],
             "1 for where the tcp probe reads live sockets from: iterator (the eBPF iter/tcp program) or sock_diag (the fallback when the iterator cannot load, or socket_iterator = false).",
+        ),
+        (
+            NGINX_BINARIES_TRACED,
+            Gauge,
+            &[],
+            "nginx binaries the nginx probe has its uprobes on (0 while no nginx runs).",
+        ),
+        (
+            NGINX_SESSIONS_SKIPPED,
+            Counter,
+            &["reason"],
+            "nginx upstream connections seen but not counted in nginx_statistic, per interval: not_tcp (UDP or unix-socket upstream or client), unreadable (the process went away while being read).",
         ),
         (
             PROBE_ROWS,

@@ -6,6 +6,7 @@
     clippy::missing_panics_doc
 )]
 
+pub mod nginx;
 pub mod tcp;
 
 use std::{
@@ -382,4 +383,27 @@ pub fn have(program: &str, args: &[&str]) -> bool {
         .args(args)
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// A client socket bound to `source` before it connects (127.0.0.0/8 is all loopback).
+pub fn connect_from(source: std::net::Ipv4Addr, port: u16) -> std::net::TcpStream {
+    // SAFETY: plain socket(2)/bind(2)/connect(2) on a descriptor we own from here on.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let sa = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(ip).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = size_of::<libc::sockaddr_in>() as u32;
+        let local = sa(source, 0);
+        assert_eq!(libc::bind(fd, (&raw const local).cast(), len), 0);
+        let remote = sa(std::net::Ipv4Addr::LOCALHOST, port);
+        assert_eq!(libc::connect(fd, (&raw const remote).cast(), len), 0);
+        <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    }
 }

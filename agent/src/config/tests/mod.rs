@@ -84,9 +84,9 @@ fn shipped_probes_toml_is_valid_and_safe() {
     // The load-balancer link probes run while their built-in start checks find their target.
     assert_eq!(
         native[systems + 2..],
-        ["haproxy_link", "lvs_link", "dnsmasq_link"]
+        ["haproxy_link", "lvs_link", "dnsmasq_link", "nginx_link"]
     );
-    for p in &c.probes[systems + 2..] {
+    for p in &c.probes[systems + 2..systems + 5] {
         assert_eq!(p.switch, Switch::Auto, "{}", p.name);
     }
     assert_eq!(c.probes[0].switch, Switch::On);

@@ -248,7 +248,7 @@ impl Namespaces {
 }
 
 /// Creates a sock_diag socket inside the namespace at `path`; on failure, which step failed.
-fn open_in(path: &Path) -> Result<OwnedFd, (&'static str, io::Error)> {
+pub(crate) fn open_in(path: &Path) -> Result<OwnedFd, (&'static str, io::Error)> {
     // O_NONBLOCK: a FIFO left in a pin directory must not hang the probe.
     let ns: File = OpenOptions::new()
         .read(true)

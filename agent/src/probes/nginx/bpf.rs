@@ -1,0 +1,141 @@
+//! Loads the nginx eBPF object (agent-ebpf `src/nginx.rs`) and attaches its uprobes to each
+//! running nginx binary; detaches them when no process runs that binary any more.
+
+use std::{collections::HashMap, path::Path};
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    programs::{
+        UProbe,
+        uprobe::{UProbeLinkId, UProbeScope},
+    },
+};
+use gopher_common::NginxPeer;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gopher-nginx"));
+
+/// (program, symbol) pairs: every binary gets all three.
+const HOOKS: [(&str, &str); 3] = [
+    ("gopher_ngx_connect", "ngx_event_connect_peer"),
+    ("gopher_ngx_connect_ret", "ngx_event_connect_peer"),
+    ("gopher_ngx_close", "ngx_close_connection"),
+];
+
+pub struct Programs {
+    ebpf: Ebpf,
+    /// Links per binary (device, inode).
+    attached: HashMap<(u64, u64), Vec<(&'static str, UProbeLinkId)>>,
+}
+
+impl Programs {
+    pub fn load(max_sessions: u32) -> anyhow::Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("PEERS", max_sessions)
+            .load(OBJECT)
+            .context("loading the nginx eBPF object")?;
+        for (name, _) in HOOKS {
+            uprobe(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("loading {name}"))?;
+        }
+        Ok(Self {
+            ebpf,
+            attached: HashMap::new(),
+        })
+    }
+
+    /// Binaries traced now.
+    pub fn traced(&self) -> usize {
+        self.attached.len()
+    }
+
+    pub fn is_attached(&self, id: (u64, u64)) -> bool {
+        self.attached.contains_key(&id)
+    }
+
+    /// Attaches every hook to the binary at `path`; on failure nothing stays attached to it.
+    pub fn attach(&mut self, id: (u64, u64), path: &Path) -> anyhow::Result<()> {
+        let mut links = Vec::with_capacity(HOOKS.len());
+        for (name, symbol) in HOOKS {
+            let attached = uprobe(&mut self.ebpf, name).and_then(|p| {
+                p.attach(symbol, path, UProbeScope::AllProcesses)
+                    .with_context(|| format!("attaching {name} to {symbol} in {}: the binary must export or keep the symbol", path.display()))
+            });
+            match attached {
+                Ok(link) => links.push((name, link)),
+                Err(e) => {
+                    self.release(links);
+                    return Err(e);
+                }
+            }
+        }
+        self.attached.insert(id, links);
+        Ok(())
+    }
+
+    /// Detaches from binaries not in `running`.
+    pub fn retain(&mut self, running: impl Fn((u64, u64)) -> bool) {
+        let gone: Vec<_> = self
+            .attached
+            .keys()
+            .copied()
+            .filter(|id| !running(*id))
+            .collect();
+        for id in gone {
+            if let Some(links) = self.attached.remove(&id) {
+                self.release(links);
+            }
+        }
+    }
+
+    fn release(&mut self, links: Vec<(&'static str, UProbeLinkId)>) {
+        for (name, link) in links {
+            if let Ok(p) = uprobe(&mut self.ebpf, name) {
+                let _ = p.detach(link);
+            }
+        }
+    }
+
+    /// Every recorded upstream connection.
+    pub fn peers(&self) -> anyhow::Result<Vec<NginxPeer>> {
+        let map = self
+            .ebpf
+            .map("PEERS")
+            .ok_or_else(|| anyhow!("map PEERS missing"))?;
+        let peers = BpfHashMap::<&MapData, NginxPeer, u8>::try_from(map)
+            .context("map PEERS is not a hash map")?;
+        Ok(peers.keys().filter_map(Result::ok).collect())
+    }
+
+    pub fn forget(&mut self, dead: &[NginxPeer]) {
+        let Some(map) = self.ebpf.map_mut("PEERS") else {
+            return;
+        };
+        let Ok(mut peers) = BpfHashMap::<&mut MapData, NginxPeer, u8>::try_from(map) else {
+            return;
+        };
+        for peer in dead {
+            let _ = peers.remove(peer);
+        }
+    }
+
+    /// Inserts refused because `slot` (`NGX_FULL_*`) was full, summed over CPUs.
+    pub fn full(&self, slot: u32) -> u64 {
+        let Some(map) = self.ebpf.map("NGX_FULL") else {
+            return 0;
+        };
+        let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(map) else {
+            return 0;
+        };
+        arr.get(&slot, 0).map_or(0, |v| v.iter().sum())
+    }
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut UProbe> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the nginx eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a uprobe"))
+}
