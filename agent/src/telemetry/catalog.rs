@@ -39,8 +39,10 @@ pub const TCP_NETNS_ERRORS: &str = "gopher_tcp_netns_errors_total";
 pub const TCP_SOCKET_SOURCE: &str = "gopher_tcp_socket_source";
 
 /// The reasons the table store refuses a row of a registered table for (`ImdbError::reason`),
-/// whose `gopher_rows_dropped_total` series are shown at 0 before the first drop.
-pub const ROW_REFUSALS: [&str; 3] = ["field_count", "bad_value", "record_limit"];
+/// and loses one for (`ingest_panic`: the batch being stored when the ingest task panicked,
+/// `imdb::REASON_INGEST_PANIC`), whose `gopher_rows_dropped_total` series are shown at 0
+/// before the first drop.
+pub const ROW_REFUSALS: [&str; 4] = ["field_count", "bad_value", "record_limit", "ingest_panic"];
 
 /// The reasons of `gopher_http_refused_total`, shown at 0 from the start.
 pub const HTTP_REFUSED_REASONS: [&str; 5] = [
@@ -114,7 +116,7 @@ pub(super) fn declared() -> [Declaration; 34] {
             ROWS_DROPPED,
             Counter,
             &["table", "reason"],
-            "Rows refused by the table store, and records aged out of it (reason=\"expired\").",
+            "Rows refused by the table store, lost with the batch being stored when the ingest task panicked (reason=\"ingest_panic\"), and records aged out of it (reason=\"expired\").",
         ),
         (
             EBPF_EVENTS_LOST,
