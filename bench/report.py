@@ -87,8 +87,8 @@ def attributed_pct(runs, load, mode):
 
 def attributed_table(runs, modes, loads):
     lines = [
-        "| load | mode | BPF ns/op | probe process ns/op | total ns/op | as % of off's CPU/op |",
-        "|---|---|---|---|---|---|",
+        "| load | mode | BPF runs/op | BPF ns/op | probe process ns/op | total ns/op | as % of off's CPU/op |",
+        "|---|---|---|---|---|---|---|",
     ]
     for load in loads:
         for mode in modes:
@@ -96,11 +96,13 @@ def attributed_table(runs, modes, loads):
             if mode == "off" or not sel:
                 continue
             bpf = statistics.median(r["bpf_ns"] / r["ops"] for r in sel)
+            runs_op = [r["bpf_runs"] / r["ops"] for r in sel if "bpf_runs" in r and r["ops"]]
+            runs_txt = f"{statistics.median(runs_op):.1f}" if runs_op else "n/a"
             proc = statistics.median(probe_ns_per_op(r) for r in sel)
             tot = statistics.median(attributed_ns_per_op(r) for r in sel)
             p = attributed_pct(runs, load, mode)
             share = spread(p, lambda v: f"{v:.1f} %") if p else "n/a"
-            lines.append(f"| {load} | {mode} | {bpf:,.0f} | {proc:,.0f} | {tot:,.0f} | {share} |")
+            lines.append(f"| {load} | {mode} | {runs_txt} | {bpf:,.0f} | {proc:,.0f} | {tot:,.0f} | {share} |")
     return lines
 
 
@@ -272,7 +274,9 @@ def report(args):
            "counts it (`kernel.bpf_stats_enabled`, which adds its own clock reads to every run: "
            "a slight overestimate) plus its process's CPU time, compared with off's CPU per op in "
            "the same round. Unlike the throughput and busy-time differences above, this does not "
-           "drown in the VM's noise. It leaves out the cgroup hook dispatch around the programs.",
+           "drown in the VM's noise. It leaves out the cgroup hook dispatch around the programs. "
+           "Only the programs the probe process holds count (other agents on the host attach "
+           "their own to the same cgroup); BPF runs/op is how many times they ran per op.",
            ""] + attributed
     md += ["", "## Goals", ""] + goals
     md += [

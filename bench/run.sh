@@ -145,13 +145,27 @@ start_probe() {
     esac
 }
 
-# Run time of every loaded BPF program, as the kernel counts it (kernel.bpf_stats_enabled): the
-# probe's in-kernel cost, measured directly. Nothing else on these machines loads BPF programs;
-# off mode reads 0, which checks that.
+# Run time and run count of the probe's own BPF programs, as the kernel counts them
+# (kernel.bpf_stats_enabled): its in-kernel cost, measured directly. Only the programs the probe
+# process holds (program and link fds name them in /proc/PID/fdinfo): other agents on a shared
+# machine attach their own programs to the same cgroup, and those are not this probe's cost.
+# Prints "NS RUNS"; "0 0" without a probe (off mode).
 bpf_run_ns() {
+    [[ -n $PROBE_PID ]] || { echo "0 0"; return; }
     bpftool -j prog show 2>/dev/null |
-        python3 -c 'import json,sys; print(sum(p.get("run_time_ns", 0) for p in json.load(sys.stdin)))' ||
-        echo 0
+        python3 -c '
+import glob, json, sys
+ids = set()
+for f in glob.glob("/proc/%s/fdinfo/*" % sys.argv[1]):
+    try:
+        for line in open(f):
+            if line.startswith("prog_id:"):
+                ids.add(int(line.split()[1]))
+    except OSError:
+        pass
+progs = [p for p in json.load(sys.stdin) if p.get("id") in ids]
+print(sum(p.get("run_time_ns", 0) for p in progs), sum(p.get("run_cnt", 0) for p in progs))' "$PROBE_PID" ||
+        echo "0 0"
 }
 old_bpf_stats=$(sysctl -n kernel.bpf_stats_enabled 2>/dev/null || echo 0)
 sysctl -qw kernel.bpf_stats_enabled=1 || log "note: cannot enable kernel.bpf_stats_enabled; BPF ns/op will read 0"
@@ -179,10 +193,10 @@ for round in $(seq "$ROUNDS"); do
         start_probe "$mode" "$round"
         sleep 1 # let start-up work (map creation, first scans) settle
         for load in $LOADS; do
-            b0=$(bpf_run_ns)
+            read -r b0 n0 <<<"$(bpf_run_ns)"
             line=$(run_load "$load") || die "loadgen $load failed in round $round, mode $mode"
-            b1=$(bpf_run_ns)
-            printf '{"round":%d,"mode":"%s","bpf_ns":%d,%s\n' "$round" "$mode" "$((b1 - b0))" "${line#\{}" >>"$RESULTS"
+            read -r b1 n1 <<<"$(bpf_run_ns)"
+            printf '{"round":%d,"mode":"%s","bpf_ns":%d,"bpf_runs":%d,%s\n' "$round" "$mode" "$((b1 - b0))" "$((n1 - n0))" "${line#\{}" >>"$RESULTS"
             python3 "$REPO/bench/report.py" --progress "$(tail -n 1 "$RESULTS")" >&2
             sleep 0.5
         done

@@ -16,7 +16,9 @@ pub use error::ImdbError;
 pub use histogram::Histogram;
 pub use meta::{FieldMeta, FieldType, TableMeta};
 pub use row::{Batch, Record, Row, Snapshot, TableSnapshot};
-pub use store::{Limits, OTHER_TABLE, REASON_EXPIRED, Store, UNKNOWN_TABLE_NAMES};
+pub use store::{
+    Limits, OTHER_TABLE, REASON_EXPIRED, REASON_INGEST_PANIC, Store, UNKNOWN_TABLE_NAMES,
+};
 pub use value::{Value, ValueRef};
 
 #[cfg(test)]

@@ -50,6 +50,9 @@ pub const UNKNOWN_TABLE_NAMES: usize = 16;
 
 /// Drop reason for records aged out by [`Store::expire`].
 pub const REASON_EXPIRED: &str = "expired";
+/// Drop reason for the rows of a batch the ingest task was storing when it panicked
+/// ([`Store::count_lost`]).
+pub const REASON_INGEST_PANIC: &str = "ingest_panic";
 
 /// A record in its table's set, ordered (and looked up) by its key bytes.
 #[derive(Debug)]
@@ -361,8 +364,14 @@ impl Store {
         }
         let mut expired = Vec::new();
         for (name, table) in &mut self.tables {
-            let before = table.records.len();
             let refreshed = table.refreshed.0;
+            // A table refreshed whole within the timeout (a probe's delta with `refresh_rest`)
+            // has no record to drop: skip its walk, which at 100 k links would otherwise
+            // visit every record every second.
+            if now_ms.saturating_sub(refreshed) <= timeout {
+                continue;
+            }
+            let before = table.records.len();
             table
                 .records
                 .retain(|r| now_ms.saturating_sub(r.updated_ms.get().max(refreshed)) <= timeout);
@@ -377,6 +386,12 @@ impl Store {
             self.count_drop(&name, REASON_EXPIRED, gone as u64);
         }
         total
+    }
+
+    /// Counts `rows` rows of `table` as lost: the batch they came in was being stored when
+    /// the ingest task panicked (some of them may have been written before the panic).
+    pub fn count_lost(&mut self, table: &str, rows: u64) {
+        self.count_drop(table, REASON_INGEST_PANIC, rows);
     }
 
     /// Every record. Costs one `Arc` clone per record, no copy of values.

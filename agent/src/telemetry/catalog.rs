@@ -41,8 +41,10 @@ pub const NGINX_BINARIES_TRACED: &str = "gopher_nginx_binaries_traced";
 pub const NGINX_SESSIONS_SKIPPED: &str = "gopher_nginx_sessions_skipped_total";
 
 /// The reasons the table store refuses a row of a registered table for (`ImdbError::reason`),
-/// whose `gopher_rows_dropped_total` series are shown at 0 before the first drop.
-pub const ROW_REFUSALS: [&str; 3] = ["field_count", "bad_value", "record_limit"];
+/// and loses one for (`ingest_panic`: the batch being stored when the ingest task panicked,
+/// `imdb::REASON_INGEST_PANIC`), whose `gopher_rows_dropped_total` series are shown at 0
+/// before the first drop.
+pub const ROW_REFUSALS: [&str; 4] = ["field_count", "bad_value", "record_limit", "ingest_panic"];
 
 /// The reasons of `gopher_http_refused_total`, shown at 0 from the start.
 pub const HTTP_REFUSED_REASONS: [&str; 5] = [
@@ -116,7 +118,7 @@ pub(super) fn declared() -> [Declaration; 36] {
             ROWS_DROPPED,
             Counter,
             &["table", "reason"],
-            "Rows refused by the table store, and records aged out of it (reason=\"expired\").",
+            "Rows refused by the table store, lost with the batch being stored when the ingest task panicked (reason=\"ingest_panic\"), and records aged out of it (reason=\"expired\").",
         ),
         (
             EBPF_EVENTS_LOST,

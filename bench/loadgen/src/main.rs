@@ -4,8 +4,8 @@
 //!
 //! * `rr`: N persistent connections, each doing a `size`-byte write then a `size`-byte read
 //!   (the server echoes), as fast as it can. One op = one round trip.
-//! * `churn`: connect, write a few bytes, read the reply, close, repeatedly; the server accepts,
-//!   replies and closes. One op = one connection.
+//! * `churn`: connect, write a few bytes, read the reply, close, repeatedly; the server (a
+//!   thread per client thread) accepts, replies and closes. One op = one connection.
 //! * `bulk`: one connection streaming 64 KiB writes that the server reads and discards.
 //!   One op = one 64 KiB write.
 //!
@@ -322,21 +322,24 @@ fn rr(watch: Option<u32>, conns: usize, size: usize, seconds: f64) -> Result<Run
 fn churn(watch: Option<u32>, clients: usize, size: usize, seconds: f64) -> Result<Run> {
     let (listener, addr) = listen()?;
     let server_rx = Arc::new(AtomicU64::new(0));
-    // Single-threaded server: accept, read the request, reply, close (first). It counts what
-    // it read before replying, so once every client has seen its reply and EOF the count is
-    // final.
-    let rx = Arc::clone(&server_rx);
-    thread::spawn(move || -> Result<()> {
-        let mut buf = vec![0u8; size];
-        loop {
-            let (mut stream, _) = listener.accept().context("accept")?;
-            stream.set_nodelay(true).ok();
-            if matches!(read_full(&mut stream, &mut buf), Ok(true)) {
-                rx.fetch_add(size as u64, Ordering::Relaxed);
-                stream.write_all(&buf).ok();
+    // Server threads, one per client thread (one alone capped the rate near 10 k/s), each:
+    // accept, read the request, reply, close (first). Each counts what it read before
+    // replying, so once every client has seen its reply and EOF the count is final.
+    for _ in 0..clients.max(1) {
+        let listener = listener.try_clone().context("cloning the listener")?;
+        let rx = Arc::clone(&server_rx);
+        thread::spawn(move || -> Result<()> {
+            let mut buf = vec![0u8; size];
+            loop {
+                let (mut stream, _) = listener.accept().context("accept")?;
+                stream.set_nodelay(true).ok();
+                if matches!(read_full(&mut stream, &mut buf), Ok(true)) {
+                    rx.fetch_add(size as u64, Ordering::Relaxed);
+                    stream.write_all(&buf).ok();
+                }
             }
-        }
-    });
+        });
+    }
     let totals = Arc::new(Totals::default());
     let mut run = measure(watch, clients, seconds, &totals, move |stop, totals| {
         let mut buf = vec![0x5au8; size];

@@ -34,10 +34,15 @@ const DRAIN_EVERY: Duration = Duration::from_millis(100);
 /// Events the queue holds at most (144 B each: 37 MiB when full). At 20 k events/s (10 k
 /// loopback connections/s, both ends here) that is 13 s of closes for the collector to be late.
 const QUEUE_MAX: usize = 1 << 18;
+/// Events' worth of room a buffer keeps between drains (~0.6 MB): a second of churn at a few
+/// thousand connections a second; a larger burst's room is given back.
+const KEEP_EVENTS: usize = 4096;
 
 struct Shared {
     ring: Mutex<RingBuf<MapData>>,
     queue: Mutex<Vec<LinkClosed>>,
+    /// The pump's read buffer between pumps (empty, with its room).
+    spare: Mutex<Vec<LinkClosed>>,
     stop: AtomicBool,
     lost: Counter,
 }
@@ -54,6 +59,7 @@ impl ClosedEvents {
         let shared = Arc::new(Shared {
             ring: Mutex::new(ring),
             queue: Mutex::new(Vec::new()),
+            spare: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
             lost,
         });
@@ -80,9 +86,14 @@ impl ClosedEvents {
         pump(&self.shared);
     }
 
-    /// Every queued event, oldest first.
-    pub fn take(&self) -> Vec<LinkClosed> {
-        std::mem::take(&mut *lock(&self.shared.queue))
+    /// Every queued event, oldest first, swapped into `into` (cleared first): the buffers keep
+    /// their room (up to [`KEEP_EVENTS`]), so that a steady churn reuses the same memory
+    /// instead of growing and freeing (and, above glibc's mmap threshold, page-faulting) a new
+    /// queue at every drain.
+    pub fn take_into(&self, into: &mut Vec<LinkClosed>) {
+        into.clear();
+        into.shrink_to(KEEP_EVENTS);
+        std::mem::swap(&mut *lock(&self.shared.queue), into);
     }
 }
 
@@ -103,7 +114,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn pump(shared: &Shared) {
     let mut ring = lock(&shared.ring);
-    let mut batch = Vec::new();
+    let mut batch = std::mem::take(&mut *lock(&shared.spare));
     while let Some(item) = ring.next() {
         if item.len() >= size_of::<LinkClosed>() {
             // SAFETY: the eBPF side writes exactly a LinkClosed; read_unaligned copes with the
@@ -111,17 +122,25 @@ fn pump(shared: &Shared) {
             batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<LinkClosed>()) });
         }
     }
-    if batch.is_empty() {
-        return;
+    if !batch.is_empty() {
+        let mut queue = lock(&shared.queue);
+        let room = QUEUE_MAX.saturating_sub(queue.len());
+        if batch.len() > room {
+            shared.lost.add((batch.len() - room) as u64);
+            batch.truncate(room);
+        }
+        if queue.is_empty() {
+            // The usual case (the collector took the last pump's): no copy.
+            std::mem::swap(&mut *queue, &mut batch);
+        } else {
+            queue.append(&mut batch);
+        }
+        drop(queue);
     }
-    let mut queue = lock(&shared.queue);
-    let room = QUEUE_MAX.saturating_sub(queue.len());
-    if batch.len() > room {
-        shared.lost.add((batch.len() - room) as u64);
-        batch.truncate(room);
-    }
-    queue.append(&mut batch);
-    drop(queue);
+    // Empty now, its room kept for the next pump.
+    batch.clear();
+    batch.shrink_to(KEEP_EVENTS);
+    *lock(&shared.spare) = batch;
     drop(ring);
 }
 

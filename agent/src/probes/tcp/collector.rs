@@ -87,6 +87,8 @@ pub struct Collector {
     listeners: HashMap<(u64, u16), u64>,
     waiting: HashMap<u64, Waiting>,
     pending: Vec<Pending>,
+    /// Close events being applied, kept between drains for its room (see `closed.rs`).
+    events: Vec<LinkClosed>,
     buf: Vec<u8>,
     last_ns_refresh: Instant,
     /// Cookies in the eBPF `LINKS` map that were not live at the last sweep.
@@ -116,6 +118,7 @@ impl Collector {
             listeners: HashMap::default(),
             waiting: HashMap::default(),
             pending: Vec::new(),
+            events: Vec::new(),
             buf: Vec::new(),
             last_ns_refresh: Instant::now(),
             unseen_at_sweep: HashSet::default(),
@@ -152,17 +155,21 @@ impl Collector {
     /// reading it counts from) and one that is not was born since.
     pub fn drain(&mut self, closed: &ClosedEvents) {
         closed.pump();
-        for ev in closed.take() {
+        let (mut events, now) = (std::mem::take(&mut self.events), Instant::now());
+        closed.take_into(&mut events);
+        for ev in &events {
             if !self.primed && ev.info.owner == OWNER_NO_ENTRY && !self.links.is_tracked(ev.cookie)
             {
                 continue;
             }
-            self.closed_event(&ev);
+            self.closed_event(ev, now);
         }
+        self.events = events;
     }
 
-    /// Applies one close event: the socket's final counters.
-    pub fn closed_event(&mut self, ev: &LinkClosed) {
+    /// Applies one close event: the socket's final counters. `now` is read once per drain (on
+    /// a VM a clock read costs about as much as applying an event).
+    pub fn closed_event(&mut self, ev: &LinkClosed, now: Instant) {
         if self.namespaces.inode_of_cookie(ev.netns_cookie).is_none()
             && self.last_ns_refresh.elapsed() > Duration::from_secs(1)
         {
@@ -176,7 +183,6 @@ impl Collector {
         let fin_received = matches!(old, CLOSE_WAIT | LAST_ACK | CLOSING)
             || (matches!(old, FIN_WAIT1 | FIN_WAIT2) && ev.info.fin_seen == 1);
         let c = data_only(raw, false, we_sent_fin && ev.all_acked == 1, fin_received);
-        let now = Instant::now();
         let waited = self.waiting.remove(&ev.cookie);
         if self.links.close(ev.cookie, &c, now) {
             return;
@@ -419,6 +425,15 @@ impl Collector {
     /// listeners they may fall back to), and keys those sockets; the others wait a little for
     /// a better owner. Nothing new, no scan: idle links cost no /proc walk.
     fn resolve_pending(&mut self, now: Instant) {
+        if self.iter.is_some() {
+            // The iterator reads inodes of listeners only: sock_diag gives the others'.
+            let ns = &self.namespaces.by_inode;
+            let socks = self.pending.iter_mut().filter_map(|p| {
+                let fd = &ns.get(&p.netns)?.diag;
+                (p.sock.inode == 0).then_some((fd, &mut p.sock))
+            });
+            diag::fill_inodes(socks, &mut self.buf);
+        }
         let mut wanted = std::collections::HashSet::new();
         for p in &self.pending {
             if p.sock.inode != 0 {

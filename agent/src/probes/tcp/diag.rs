@@ -112,27 +112,121 @@ pub fn dump_raw(
     mut f: impl FnMut(&[u8]),
 ) -> io::Result<()> {
     let mut req = [0u8; NLMSG_HDRLEN + 56];
-    let len = req.len() as u32;
-    req[0..4].copy_from_slice(&len.to_ne_bytes());
-    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    // Replies carry the request's sequence number: anything else is a leftover of an earlier,
-    // interrupted dump and is skipped.
-    let seq = NEXT_SEQ.fetch_add(1, Ordering::Relaxed);
-    req[8..12].copy_from_slice(&seq.to_ne_bytes());
     // inet_diag_req_v2: family, protocol, ext, pad, states, sockid (zeroed: all sockets)
     req[16] = family;
     req[17] = libc::IPPROTO_TCP as u8;
     req[18] = ext;
     req[20..24].copy_from_slice(&states.to_ne_bytes());
+    let seq = send_request(fd, &mut req, NLM_F_REQUEST | NLM_F_DUMP)?;
+    buf.resize(DUMP_BUFFER, 0);
+    crate::probes::netlink::recv_dump(fd, buf, |b| parse_messages(b, seq, &mut f))
+}
+
+/// The inode of one socket (0 for an orphan), asked of sock_diag by its address, ports and
+/// cookie (an exact request, not a dump): for the few sockets whose owner must be looked up
+/// after a socket-iterator walk, which reads inodes of listeners only. `None` when the socket
+/// is gone.
+pub fn inode_of(fd: &OwnedFd, s: &DiagSocket, buf: &mut Vec<u8>) -> io::Result<Option<u64>> {
+    let family = if s.local.is_ipv4() && s.remote.is_ipv4() {
+        libc::AF_INET as u8
+    } else {
+        libc::AF_INET6 as u8
+    };
+    let mut req = [0u8; NLMSG_HDRLEN + 56];
+    req[16] = family;
+    req[17] = libc::IPPROTO_TCP as u8;
+    req[20..24].copy_from_slice(&u32::MAX.to_ne_bytes());
+    // inet_diag_sockid: sport, dport (big-endian), src[16], dst[16], if, cookie[2].
+    let id = &mut req[24..72];
+    id[0..2].copy_from_slice(&s.local_port.to_be_bytes());
+    id[2..4].copy_from_slice(&s.remote_port.to_be_bytes());
+    for (at, ip) in [(4, s.local), (20, s.remote)] {
+        match ip {
+            IpAddr::V4(v4) if family == libc::AF_INET as u8 => {
+                id[at..at + 4].copy_from_slice(&v4.octets());
+            }
+            IpAddr::V4(v4) => id[at..at + 16].copy_from_slice(&v4.to_ipv6_mapped().octets()),
+            IpAddr::V6(v6) => id[at..at + 16].copy_from_slice(&v6.octets()),
+        }
+    }
+    id[40..44].copy_from_slice(&(s.cookie as u32).to_ne_bytes());
+    id[44..48].copy_from_slice(&((s.cookie >> 32) as u32).to_ne_bytes());
+    let seq = send_request(fd, &mut req, NLM_F_REQUEST)?;
+    buf.resize(DUMP_BUFFER, 0);
+    let mut found = None;
+    // The answer is one message (the socket, or an error such as ENOENT); a datagram of an
+    // earlier, interrupted request carries another sequence number and is skipped.
+    loop {
+        let n = recv_datagram(fd, buf)?;
+        let mut answered = false;
+        let done = parse_messages(&buf[..n], seq, &mut |body: &[u8]| {
+            if let Some(d) = parse_socket(body, family) {
+                answered = true;
+                found = Some(d.inode);
+            }
+        });
+        match done {
+            Ok(_) if answered => return Ok(found),
+            // NLMSG_ERROR 0 / NLMSG_DONE without a socket.
+            Ok(true) => return Ok(None),
+            Ok(false) => {}
+            // ENOENT: no such socket; ESTALE: those addresses, another cookie.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESTALE)) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Fills in the netlink header of a `SOCK_DIAG_BY_FAMILY` request (its body already in
+/// `req`) and sends it; returns its sequence number. Replies carry it: anything else is a
+/// leftover of an earlier, interrupted request and is skipped.
+fn send_request(fd: &OwnedFd, req: &mut [u8], flags: u16) -> io::Result<u32> {
+    let len = req.len() as u32;
+    req[0..4].copy_from_slice(&len.to_ne_bytes());
+    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req[6..8].copy_from_slice(&flags.to_ne_bytes());
+    let seq = NEXT_SEQ.fetch_add(1, Ordering::Relaxed);
+    req[8..12].copy_from_slice(&seq.to_ne_bytes());
     // SAFETY: sending a fully initialised buffer on a valid netlink socket; the kernel is the
     // default destination of an unbound netlink socket.
     let sent = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
-    buf.resize(DUMP_BUFFER, 0);
-    crate::probes::netlink::recv_dump(fd, buf, |b| parse_messages(b, seq, &mut f))
+    Ok(seq)
+}
+
+/// One datagram of the answer into `buf`; returns its length.
+fn recv_datagram(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: receiving into an owned buffer of the given length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if let Ok(n) = usize::try_from(n) {
+            return Ok(n);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Fills in the inodes a socket-iterator walk left out (it reads those of listeners only: the
+/// read costs a fifth of its kernel time per socket) for the few new sockets whose owner must
+/// be found in /proc: one exact request each, on the sock_diag socket of its namespace. A
+/// socket gone meanwhile keeps 0 (its close event names its owner when the eBPF side knew it).
+pub fn fill_inodes<'a>(
+    socks: impl Iterator<Item = (&'a OwnedFd, &'a mut DiagSocket)>,
+    buf: &mut Vec<u8>,
+) {
+    for (fd, s) in socks {
+        match inode_of(fd, s, buf) {
+            Ok(ino) => s.inode = ino.unwrap_or(0),
+            Err(e) => tracing::debug!("sock_diag inode request failed: {e}"),
+        }
+    }
 }
 
 /// Every socket the probe uses in the namespace of `fd`: listeners first, then the sockets in
@@ -327,6 +421,37 @@ mod tests {
         assert_eq!(c.bytes_received, 1000);
         assert_ne!(srv.cookie, 0);
         assert_ne!(srv.inode, 0);
+    }
+
+    #[test]
+    fn an_exact_request_finds_the_inode_of_one_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let cport = client.local_addr().unwrap().port();
+        let (_server, _) = listener.accept().unwrap();
+        let fd = open().unwrap();
+        let mut socks = Vec::new();
+        let mut buf = Vec::new();
+        dump(&fd, libc::AF_INET as u8, LINK_STATES, &mut buf, |s| {
+            // Both ends of this link only (other tests' sockets may share one of the ports).
+            let ports = (s.local_port, s.remote_port);
+            if ports == (port, cport) || ports == (cport, port) {
+                socks.push(s.clone());
+            }
+        })
+        .unwrap();
+        assert_eq!(socks.len(), 2, "both ends of the link");
+        for s in &socks {
+            assert_ne!(s.inode, 0);
+            assert_eq!(inode_of(&fd, s, &mut buf).unwrap(), Some(s.inode));
+            // Another cookie is another socket: none.
+            let other = DiagSocket {
+                cookie: s.cookie ^ 1,
+                ..s.clone()
+            };
+            assert_eq!(inode_of(&fd, &other, &mut buf).unwrap(), None);
+        }
     }
 
     /// The kernel's share of a dump, per socket, for whatever this namespace holds (hold 100 k

@@ -1,5 +1,7 @@
 //! Live TCP sockets from the eBPF `iter/tcp` program (agent-ebpf/src/iter.rs), the cheaper
-//! source of what a sock_diag dump gives (`diag.rs`): same sockets, same [`DiagSocket`]s.
+//! source of what a sock_diag dump gives (`diag.rs`): same sockets, same [`DiagSocket`]s,
+//! except that only listeners carry their inode (the collector asks sock_diag for the inodes
+//! of the few new sockets whose owner it must find, `diag::inode_of`).
 //!
 //! Why: at 100 k idle sockets the kernel side of sock_diag (a netlink message and a full
 //! `tcp_info` per socket, under the socket lock) alone costs 3–4 % of a core at a 5 s
