@@ -23,6 +23,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
@@ -188,17 +189,23 @@ async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Resul
     let trimming = tokio::spawn(crate::mem::trim_every(crate::mem::TRIM_EVERY));
     ctl.start()?;
 
+    let security = match &cfg.web_server.web_config_file {
+        None => http::Security::default(),
+        Some(file) => http::Security::from_config(&config::load_web_config(file)?)
+            .with_context(|| format!("web_server.web_config_file {}", file.display()))?,
+    };
     let listener = http::bind(&cfg.web_server.bind_addr, cfg.web_server.port).await?;
     tracing::info!(target: LOG_TARGET,
         addr = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+        tls = security.tls.is_some(),
+        basic_auth = security.users.is_some(),
         "serving /metrics"
     );
     let (shutdown_tx, _shutdown_rx) = watch::channel(false);
-    let web_state = Arc::new(http::WebState::new(
-        Arc::clone(&store),
-        Arc::clone(&metrics),
-        clock::mono_ms,
-    ));
+    let web_state = Arc::new(
+        http::WebState::new(Arc::clone(&store), Arc::clone(&metrics), clock::mono_ms)
+            .secured(security),
+    );
     let web = tokio::spawn(Beating::new(
         tasks::web(
             listener.into_std()?,
@@ -319,9 +326,9 @@ async fn start_control(
     })
     .await?;
     let c = &cfg.control;
-    if !addr.ip().is_loopback() && c.token_file.is_none() && c.tls_client_ca.is_none() {
-        // TLS alone encrypts but authenticates no client: allowed (an operator may rely on
-        // network policy), said out loud.
+    if c.token_file.is_none() && c.tls_client_ca.is_none() {
+        // Only with insecure = true: allowed (an operator may rely on network policy or a
+        // single-user machine), said out loud.
         tracing::warn!(target: LOG_TARGET, %addr, "control channel open to any client that reaches it: no token_file and no tls_client_ca");
     }
     tracing::info!(target: LOG_TARGET,

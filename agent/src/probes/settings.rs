@@ -126,6 +126,8 @@ pub struct Extension {
     pub meta: Option<PathBuf>,
     /// Whether the control channel may change `param`.
     pub remote_param: bool,
+    /// The user the command and start check run as (no capabilities); `None`: the agent's.
+    pub user: Option<String>,
     pub tables: Vec<TableMeta>,
 }
 

@@ -43,12 +43,14 @@ pub const TCP_SOCKET_SOURCE: &str = "gopher_tcp_socket_source";
 pub const ROW_REFUSALS: [&str; 3] = ["field_count", "bad_value", "record_limit"];
 
 /// The reasons of `gopher_http_refused_total`, shown at 0 from the start.
-pub const HTTP_REFUSED_REASONS: [&str; 5] = [
+pub const HTTP_REFUSED_REASONS: [&str; 7] = [
     "connections",
     "scrapes",
     "header_timeout",
     "write_timeout",
     "deadline",
+    "unauthorized",
+    "tls_handshake",
 ];
 
 /// The values of `gopher_probe_state{state}`; exactly one is 1 per probe.
@@ -216,7 +218,7 @@ pub(super) fn declared() -> [Declaration; 34] {
             HTTP_REFUSED,
             Counter,
             &["reason"],
-            "Metrics-endpoint connections closed or requests refused to keep /metrics available: connections (open-connection cap), scrapes (concurrent /metrics cap, answered 503), header_timeout (request headers too slow), write_timeout (client stopped reading), deadline (response took too long).",
+            "Metrics-endpoint connections closed or requests refused to keep /metrics available: connections (open-connection cap), scrapes (concurrent /metrics cap, answered 503), header_timeout (request headers too slow), write_timeout (client stopped reading), deadline (response took too long), unauthorized (basic auth missing or wrong, answered 401), tls_handshake (TLS handshake failed or too slow).",
         ),
         (
             IMDB_RECORDS,

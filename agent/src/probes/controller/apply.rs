@@ -158,10 +158,10 @@ impl Controller {
 
     pub(super) fn spawn_check(&self, name: &str) {
         let manager = &self.inner.manager;
-        let Some((command, kind)) = manager
+        let Some((command, kind, user)) = manager
             .definition(name)
             .and_then(|d| d.extension)
-            .and_then(|x| x.start_check.map(|c| (c, x.check_type)))
+            .and_then(|x| x.start_check.map(|c| (c, x.check_type, x.user)))
         else {
             return;
         };
@@ -176,6 +176,7 @@ impl Controller {
                 interval: env.check_interval,
                 timeout: env.check_timeout,
                 workdir: env.base.clone(),
+                user,
             },
             Arc::clone(&self.inner.metrics),
             rx,
