@@ -57,6 +57,7 @@ impl TestUser {
         let out = Command::new("useradd")
             .args([
                 "--system",
+                "--user-group",
                 "--no-create-home",
                 "--shell",
                 "/usr/sbin/nologin",
@@ -145,6 +146,23 @@ fn a_local_user_who_is_not_root_is_refused_and_root_is_let_in() {
         .find(|s| s.name == "gopher_control_requests_total" && s.label("code") == "unauthenticated")
         .map(|s| s.value);
     assert!(refused.is_some_and(|n| n >= 1.0), "{refused:?}");
+
+    // A group let in on purpose: the token file given to the user's group, mode 0640.
+    let token = gopher::config::DEFAULT_TOKEN_FILE;
+    let group = Command::new("chgrp")
+        .arg(&user.0)
+        .arg(token)
+        .status()
+        .unwrap();
+    assert!(group.success());
+    std::fs::set_permissions(token, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = user.ctl(&["--addr", &addr, "get", "system_meminfo"]);
+    // Back to root's alone before anything can fail.
+    let _ = Command::new("chgrp").args(["root", token]).status();
+    std::fs::set_permissions(token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("system_meminfo"), "{stdout}");
 }
 
 #[test]

@@ -112,16 +112,17 @@ pub fn read_token(path: &Path) -> anyhow::Result<String> {
 
 /// The token in `path`, created (0600, 32 random bytes as hex) when the file does not exist.
 /// Creation is atomic (written aside, then linked into place), so agents starting together
-/// agree on one token. A token file others can read is used but warned about.
+/// agree on one token. A group may be let in on purpose (`chgrp ops`, mode 0640: its members
+/// can run `gopher ctl`); a world-readable token file is used but warned about.
 pub fn ensure_token(path: &Path) -> anyhow::Result<String> {
     match std::fs::metadata(path) {
         Ok(meta) => {
-            if meta.mode() & 0o077 != 0 {
+            if meta.mode() & 0o007 != 0 {
                 tracing::warn!(
                     file = ?path,
                     mode = format!("{:o}", meta.mode() & 0o7777),
-                    "control.token_file can be read by other users: anyone who can read it can \
-                     switch probes; chmod 600 it"
+                    "control.token_file can be read by every local user: anyone who can read \
+                     it can switch probes; chmod 600 it (or 640 for a group of your choice)"
                 );
             }
             return read_token(path);

@@ -58,7 +58,7 @@ pub struct Wanted<'a> {
 }
 
 /// The agent's control settings: from `path` when given (it must be readable), else from
-/// [`DEFAULT_CONFIG`] when that exists, else the built-in defaults.
+/// [`DEFAULT_CONFIG`] when it exists and is readable, else the built-in defaults.
 fn control_config(path: Option<&Path>) -> anyhow::Result<Control> {
     let (path, required) = match path {
         Some(p) => (p, true),
@@ -66,8 +66,14 @@ fn control_config(path: Option<&Path>) -> anyhow::Result<Control> {
     };
     match config::load(path) {
         Ok(cfg) => Ok(cfg.control),
+        // Not installed (a checkout), or root's alone (0640) and the user was given only the
+        // token: the built-in defaults, which name the packaged token file.
         Err(config::ConfigError::Read { source, .. })
-            if !required && source.kind() == std::io::ErrorKind::NotFound =>
+            if !required
+                && matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) =>
         {
             Ok(Control::default())
         }
