@@ -170,7 +170,8 @@ impl Drop for SecuredAgent {
     }
 }
 
-fn secured_agent(dir: tempfile::TempDir, web_config: &str) -> SecuredAgent {
+/// `flag`: the file through `--web.config.file` (as node_exporter) instead of the config key.
+fn secured_agent(dir: tempfile::TempDir, web_config: &str, flag: bool) -> SecuredAgent {
     let port = common::free_port();
     let web = dir.path().join("web.yml");
     std::fs::write(&web, web_config).unwrap();
@@ -178,13 +179,22 @@ fn secured_agent(dir: tempfile::TempDir, web_config: &str) -> SecuredAgent {
     std::fs::write(
         &config,
         format!(
-            "{CONFIG}[web_server]\nbind_addr = \"127.0.0.1\"\nport = {port}\nweb_config_file = \"web.yml\"\n\
+            "{CONFIG}[web_server]\nbind_addr = \"127.0.0.1\"\nport = {port}\n{}\
              [control]\nlisten = \"127.0.0.1:{}\"\n",
+            if flag {
+                ""
+            } else {
+                "web_config_file = \"web.yml\"\n"
+            },
             common::free_port()
         ),
     )
     .unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_gopher"))
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gopher"));
+    if flag {
+        cmd.arg("--web.config.file").arg(&web);
+    }
+    let child = cmd
         .arg("--config")
         .arg(&config)
         .stdin(std::process::Stdio::null())
@@ -274,6 +284,7 @@ fn tls_and_basic_auth_from_an_exporter_toolkit_web_config() {
             "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  min_version: TLS12\n\
              basic_auth_users:\n  prometheus: {hash}\n"
         ),
+        false,
     );
     let port = agent.port;
     let (code, head, body) = curl(
@@ -334,6 +345,7 @@ fn client_certificates_when_the_web_config_requires_them() {
         dir,
         "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
          client_ca_file: ca.pem\n  client_auth_type: RequireAndVerifyClientCert\n",
+        true,
     );
     let (code, head, body) = curl(
         agent.port,

@@ -59,7 +59,8 @@ pub fn check_config(path: &Path) -> ExitCode {
 }
 
 /// Runs the agent with the configuration file at `path` until SIGTERM or SIGINT.
-pub fn run_agent(path: &Path) -> ExitCode {
+/// `web_config`: node_exporter's `--web.config.file`, over `[web_server] web_config_file`.
+pub fn run_agent(path: &Path, web_config: Option<&Path>) -> ExitCode {
     let cfg = match config::load(path) {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -94,7 +95,8 @@ pub fn run_agent(path: &Path) -> ExitCode {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map(PathBuf::from);
-    match runtime.block_on(run(cfg, base, path.to_owned())) {
+    let web_config = web_config.map(Path::to_path_buf);
+    match runtime.block_on(run(cfg, base, path.to_owned(), web_config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(target: LOG_TARGET, "{e:#}");
@@ -127,7 +129,12 @@ const CONTROL_DRAIN: Duration = Duration::from_secs(2);
 
 // The wiring in start-up and shutdown order, which reads best in one piece.
 #[allow(clippy::too_many_lines)]
-async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Result<()> {
+async fn run(
+    cfg: Config,
+    base: Option<PathBuf>,
+    path: PathBuf,
+    web_config: Option<PathBuf>,
+) -> anyhow::Result<()> {
     // Starts the monotonic clock the store ages records on.
     let _ = clock::mono_ms();
     let metrics = Arc::new(SelfMetrics::new());
@@ -189,7 +196,10 @@ async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Resul
     let trimming = tokio::spawn(crate::mem::trim_every(crate::mem::TRIM_EVERY));
     ctl.start()?;
 
-    let security = match &cfg.web_server.web_config_file {
+    let security = match web_config
+        .as_ref()
+        .or(cfg.web_server.web_config_file.as_ref())
+    {
         None => http::Security::default(),
         Some(file) => http::Security::from_config(&config::load_web_config(file)?)
             .with_context(|| format!("web_server.web_config_file {}", file.display()))?,
