@@ -17,6 +17,7 @@ APT_PACKAGES=(
   systemd                    # systemd-analyze verify/security of the shipped unit (no systemd is started)
   dpkg-dev rpm cpio          # packaging tests: cargo-deb's dependency scan, rpm -qp, rpm2cpio | cpio
   ansible-core python3-apt   # the Ansible role, run against localhost (apt module needs python3-apt)
+  passwd util-linux          # useradd and setpriv: a real non-root user against the control channel
 )
 
 log() { printf '== setup: %s\n' "$*"; }
