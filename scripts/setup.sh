@@ -20,6 +20,7 @@ APT_PACKAGES=(
   dpkg-dev rpm cpio          # packaging tests: cargo-deb's dependency scan, rpm -qp, rpm2cpio | cpio
   podman buildah runc busybox-static  # container labels test: an image built from scratch, run by podman
   ansible-core python3-apt   # the Ansible role, run against localhost (apt module needs python3-apt)
+  passwd util-linux          # useradd and setpriv: a real non-root user against the control channel
 )
 
 log() { printf '== setup: %s\n' "$*"; }

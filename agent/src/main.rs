@@ -20,6 +20,10 @@ struct Cli {
     /// Validate FILE and exit: 0 when valid, 1 with every error (file:line:col: key: why).
     #[arg(long, value_name = "FILE")]
     check_config: Option<PathBuf>,
+    /// TLS and basic auth for /metrics: an exporter-toolkit web configuration file (as
+    /// node_exporter's flag); overrides [web_server] web_config_file.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    web_config_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -40,7 +44,7 @@ fn main() -> ExitCode {
     if let Some(path) = cli.check_config {
         return app::check_config(&path);
     }
-    app::run_agent(&cli.config)
+    app::run_agent(&cli.config, cli.web_config_file.as_deref())
 }
 
 fn ctl(args: client::CtlArgs) -> ExitCode {

@@ -37,16 +37,43 @@ use tonic_reflection::pb::v1::{
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn client(port: u16) -> ProbeControlClient<Channel> {
+/// Sends the agent's default token (`/var/lib/gopher/control.token`, created by the agent at
+/// its first start and readable by root, as the tests are) unless the request carries its own
+/// `authorization`: the control channel refuses calls without a token by default.
+#[derive(Clone)]
+struct DefaultToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl DefaultToken {
+    fn read() -> Self {
+        let token = std::fs::read_to_string(gopher::config::DEFAULT_TOKEN_FILE).ok();
+        Self(token.and_then(|t| format!("Bearer {}", t.trim()).parse().ok()))
+    }
+}
+
+impl tonic::service::Interceptor for DefaultToken {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, tonic::Status> {
+        if let Some(v) = &self.0
+            && !req.metadata().contains_key("authorization")
+        {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Ctl =
+    ProbeControlClient<tonic::service::interceptor::InterceptedService<Channel, DefaultToken>>;
+
+async fn client(port: u16) -> Ctl {
     let ch = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    ProbeControlClient::new(ch)
+    ProbeControlClient::with_interceptor(ch, DefaultToken::read())
 }
 
-async fn get(c: &mut ProbeControlClient<Channel>, name: &str) -> pb::Probe {
+async fn get(c: &mut Ctl, name: &str) -> pb::Probe {
     c.get_probe(pb::GetProbeRequest { name: name.into() })
         .await
         .unwrap()
@@ -516,9 +543,18 @@ async fn bearer_token_is_required_when_configured() {
         "[[probes]]\nname = \"system_meminfo\"\nswitch = \"on\"\n[control]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n",
         token_file.display()
     ));
-    let mut c = client(port).await;
-    let e = status_of(c.list_probes(pb::ListProbesRequest {}).await);
+    let bare = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let e = status_of(
+        ProbeControlClient::new(bare)
+            .list_probes(pb::ListProbesRequest {})
+            .await,
+    );
     assert_eq!(e.code(), Code::Unauthenticated);
+    let mut c = client(port).await;
     let mut req = Request::new(pb::ListProbesRequest {});
     req.metadata_mut()
         .insert("authorization", "Bearer wrong".parse().unwrap());
@@ -590,7 +626,7 @@ async fn bearer_token_is_required_when_configured() {
     drop(agent);
 }
 
-async fn get_with(c: &mut ProbeControlClient<Channel>, token: &str) -> pb::Probe {
+async fn get_with(c: &mut Ctl, token: &str) -> pb::Probe {
     let mut req = Request::new(pb::GetProbeRequest {
         name: "system_meminfo".into(),
     });
@@ -666,7 +702,7 @@ async fn tls_client(
         .connect()
         .await
         .map_err(|e| format!("connect: {e:?}"))?;
-    ProbeControlClient::new(ch)
+    ProbeControlClient::with_interceptor(ch, DefaultToken::read())
         .list_probes(pb::ListProbesRequest {})
         .await
         .map(tonic::Response::into_inner)
@@ -710,7 +746,7 @@ async fn mtls_on_a_non_loopback_listener() {
         .await;
     if let Ok(ch) = plain {
         assert!(
-            ProbeControlClient::new(ch)
+            ProbeControlClient::with_interceptor(ch, DefaultToken::read())
                 .list_probes(pb::ListProbesRequest {})
                 .await
                 .is_err()
@@ -953,7 +989,7 @@ async fn wait_reloads(agent: &Agent, result: &str) {
     }
 }
 
-async fn names(c: &mut ProbeControlClient<Channel>) -> Vec<String> {
+async fn names(c: &mut Ctl) -> Vec<String> {
     c.list_probes(pb::ListProbesRequest {})
         .await
         .unwrap()

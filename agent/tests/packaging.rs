@@ -180,7 +180,10 @@ fn packaged_config_is_the_default_with_installed_paths() {
     let expected: String = repo
         .lines()
         .map(|l| {
-            if l == "state_file = \"\"" {
+            if l == "probe_user = \"nobody\"" {
+                // The package creates a user of its own for its probes.
+                "probe_user = \"gopher-probe\"".to_owned()
+            } else if l == "state_file = \"\"" {
                 // The package keeps runtime changes in its StateDirectory.
                 "state_file = \"/var/lib/gopher/state.toml\"".to_owned()
             } else if l.starts_with("command = ") || l.starts_with("meta = ") {
@@ -258,8 +261,12 @@ fn systemd_unit_verifies_and_is_hardened() {
         [
             "CAP_BPF",
             "CAP_DAC_READ_SEARCH",
+            "CAP_KILL",
             "CAP_NET_ADMIN",
             "CAP_PERFMON",
+            "CAP_SETGID",
+            "CAP_SETPCAP",
+            "CAP_SETUID",
             "CAP_SYS_ADMIN",
             "CAP_SYS_PTRACE",
         ]
@@ -280,6 +287,55 @@ fn systemd_unit_verifies_and_is_hardened() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in:\n{said}"));
     assert!(score <= 4.0, "exposure {score} > 4.0:\n{said}");
+}
+
+/// Modes (issue 13): the config may hold secrets, so it is not world-readable; the probes'
+/// user exists, unprivileged, and the config runs the shipped probes as that user; the
+/// installed agent creates its control token 0600.
+fn installed_modes_user_and_token() {
+    let mode = |p: &str| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o7777
+    };
+    assert_eq!(mode("/etc/gopher/probes.toml"), 0o640);
+    assert_eq!(mode("/usr/bin/gopher"), 0o755);
+    let probe_user = ok(Command::new("getent").args(["passwd", "gopher-probe"]));
+    let uid: u32 = probe_user.split(':').nth(2).unwrap().parse().unwrap();
+    assert!(uid > 0 && uid < 1000, "a system user: {probe_user}");
+    assert!(
+        std::fs::read_to_string("/etc/gopher/probes.toml")
+            .unwrap()
+            .contains("\nprobe_user = \"gopher-probe\"\n")
+    );
+    // The control token: created 0600 by the installed agent's first start (a throwaway
+    // state directory, so the real one is left alone).
+    let state = tempfile::tempdir().unwrap();
+    let token = state.path().join("control.token");
+    let cfg = state.path().join("gopher.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[web_server]\nbind_addr = \"127.0.0.1\"\nport = {}\n[control]\nlisten = \"127.0.0.1:{}\"\ntoken_file = \"{}\"\n",
+            common::free_port(),
+            common::free_port(),
+            token.display()
+        ),
+    )
+    .unwrap();
+    let mut agent = Command::new("/usr/bin/gopher")
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !token.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(mode(token.to_str().unwrap()), 0o600);
 }
 
 #[test]
@@ -320,6 +376,8 @@ fn deb_installs_validates_and_purges_cleanly() {
             "dpkg -L lacks {f}:\n{listed}"
         );
     }
+
+    installed_modes_user_and_token();
 
     // The installed agent vouches for the installed config, meta files included: the paths in
     // /etc/gopher/probes.toml resolve on the installed system.
@@ -413,6 +471,18 @@ fn rpm_has_the_files_config_and_scripts() {
     assert!(
         scripts.contains("systemctl --no-reload disable --now gopher.service"),
         "{scripts}"
+    );
+    // The probes' user is created before the files land; the config is not world-readable.
+    assert!(
+        scripts.contains("useradd -r") && scripts.contains("gopher-probe"),
+        "{scripts}"
+    );
+    let modes = query("--qf=[%{FILEMODES:perms} %{FILENAMES}\n]");
+    assert!(
+        modes
+            .lines()
+            .any(|l| l == "-rw-r----- /etc/gopher/probes.toml"),
+        "{modes}"
     );
     let requires = query("--requires");
     assert!(requires.contains("procps-ng"), "{requires}");

@@ -154,3 +154,205 @@ fn healthz_and_the_landing_page_render_nothing() {
     // The scrape that reads the counter is the only render since the first.
     assert!((renders(&agent) - before - 1.0).abs() < f64::EPSILON);
 }
+
+/// The agent with `[web_server] web_config_file`, which `Agent::start` cannot wait for (its
+/// readiness check scrapes plain HTTP); killed when dropped.
+struct SecuredAgent {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for SecuredAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `flag`: the file through `--web.config.file` (as node_exporter) instead of the config key.
+fn secured_agent(dir: tempfile::TempDir, web_config: &str, flag: bool) -> SecuredAgent {
+    let port = common::free_port();
+    let web = dir.path().join("web.yml");
+    std::fs::write(&web, web_config).unwrap();
+    let config = dir.path().join("probes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{CONFIG}[web_server]\nbind_addr = \"127.0.0.1\"\nport = {port}\n{}\
+             [control]\nlisten = \"127.0.0.1:{}\"\n",
+            if flag {
+                ""
+            } else {
+                "web_config_file = \"web.yml\"\n"
+            },
+            common::free_port()
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gopher"));
+    if flag {
+        cmd.arg("--web.config.file").arg(&web);
+    }
+    let child = cmd
+        .arg("--config")
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent = SecuredAgent {
+        child,
+        port,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the agent did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent
+}
+
+/// curl (a real TLS client): status code, headers and body.
+fn curl(port: u16, path: &str, args: &[&str]) -> (u32, String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-D", "-", "--resolve"])
+        .arg(format!("localhost:{port}:127.0.0.1"))
+        .args(args)
+        .arg(format!("https://localhost:{port}{path}"))
+        .output()
+        .unwrap();
+    let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return (0, String::from_utf8_lossy(&out.stderr).into_owned(), raw);
+    }
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head.to_owned(), body.to_owned())
+}
+
+struct Pki {
+    ca: String,
+    server: (String, String),
+    client: (String, String),
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // A name of its own: with an empty one, a leaf's issuer equals its subject to OpenSSL.
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "gopher web test CA");
+    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    Pki {
+        server: leaf(vec!["localhost".into()]),
+        client: leaf(vec!["prometheus".into()]),
+        ca: ca.pem(),
+    }
+}
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn tls_and_basic_auth_from_an_exporter_toolkit_web_config() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write(dir.path(), "ca.pem", &pki.ca);
+    write(dir.path(), "server.crt", &pki.server.0);
+    write(dir.path(), "server.key", &pki.server.1);
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    let agent = secured_agent(
+        dir,
+        &format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  min_version: TLS12\n\
+             basic_auth_users:\n  prometheus: {hash}\n"
+        ),
+        false,
+    );
+    let port = agent.port;
+    let (code, head, body) = curl(
+        port,
+        "/metrics",
+        &["--cacert", &ca, "-u", "prometheus:s3cret"],
+    );
+    assert_eq!(code, 200, "{head}{body}");
+    assert!(body.contains("\ngopher_build_info{"), "{body}");
+    // Wrong password, unknown user, none at all: 401 with a challenge.
+    for creds in [&["-u", "prometheus:wrong"][..], &["-u", "eve:s3cret"], &[]] {
+        let mut args = vec!["--cacert", ca.as_str()];
+        args.extend_from_slice(creds);
+        let (code, head, _) = curl(port, "/metrics", &args);
+        assert_eq!(code, 401, "{creds:?}: {head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: basic"),
+            "{head}"
+        );
+    }
+    // The landing page is behind the password too; liveness is not (kubelet sends none).
+    assert_eq!(curl(port, "/", &["--cacert", &ca]).0, 401);
+    let (code, _, body) = curl(port, "/healthz", &["--cacert", &ca]);
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    // A client that does not trust the certificate, and plain HTTP, get nothing.
+    let (code, err, _) = curl(port, "/metrics", &["-u", "prometheus:s3cret"]);
+    assert_eq!(code, 0, "{err}");
+    let (head, _) = get(port, "GET", "/healthz");
+    assert!(!head.starts_with("HTTP/1.1 200"), "{head}");
+    // Counted.
+    let (_, _, body) = curl(
+        port,
+        "/metrics",
+        &["--cacert", &ca, "-u", "prometheus:s3cret"],
+    );
+    let count = |reason: &str| {
+        body.lines()
+            .find(|l| l.starts_with(&format!("gopher_http_refused_total{{reason=\"{reason}\"}}")))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(count("unauthorized") >= 4.0, "{body}");
+    assert!(count("tls_handshake") >= 1.0, "{body}");
+}
+
+#[test]
+fn client_certificates_when_the_web_config_requires_them() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write(dir.path(), "ca.pem", &pki.ca);
+    write(dir.path(), "server.crt", &pki.server.0);
+    write(dir.path(), "server.key", &pki.server.1);
+    let cert = write(dir.path(), "client.crt", &pki.client.0);
+    let key = write(dir.path(), "client.key", &pki.client.1);
+    let agent = secured_agent(
+        dir,
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  \
+         client_ca_file: ca.pem\n  client_auth_type: RequireAndVerifyClientCert\n",
+        true,
+    );
+    let (code, head, body) = curl(
+        agent.port,
+        "/metrics",
+        &["--cacert", &ca, "--cert", &cert, "--key", &key],
+    );
+    assert_eq!(code, 200, "{head}{body}");
+    let (code, err, _) = curl(agent.port, "/metrics", &["--cacert", &ca]);
+    assert_eq!(code, 0, "served without a client certificate: {err}");
+}

@@ -24,6 +24,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
@@ -59,7 +60,8 @@ pub fn check_config(path: &Path) -> ExitCode {
 }
 
 /// Runs the agent with the configuration file at `path` until SIGTERM or SIGINT.
-pub fn run_agent(path: &Path) -> ExitCode {
+/// `web_config`: node_exporter's `--web.config.file`, over `[web_server] web_config_file`.
+pub fn run_agent(path: &Path, web_config: Option<&Path>) -> ExitCode {
     let cfg = match config::load(path) {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -94,7 +96,8 @@ pub fn run_agent(path: &Path) -> ExitCode {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map(PathBuf::from);
-    match runtime.block_on(run(cfg, base, path.to_owned())) {
+    let web_config = web_config.map(Path::to_path_buf);
+    match runtime.block_on(run(cfg, base, path.to_owned(), web_config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(target: LOG_TARGET, "{e:#}");
@@ -127,7 +130,12 @@ const CONTROL_DRAIN: Duration = Duration::from_secs(2);
 
 // The wiring in start-up and shutdown order, which reads best in one piece.
 #[allow(clippy::too_many_lines)]
-async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Result<()> {
+async fn run(
+    cfg: Config,
+    base: Option<PathBuf>,
+    path: PathBuf,
+    web_config: Option<PathBuf>,
+) -> anyhow::Result<()> {
     // Starts the monotonic clock the store ages records on.
     let _ = clock::mono_ms();
     let metrics = Arc::new(SelfMetrics::new());
@@ -189,17 +197,26 @@ async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Resul
     let trimming = tokio::spawn(crate::mem::trim_every(crate::mem::TRIM_EVERY));
     ctl.start()?;
 
+    let security = match web_config
+        .as_ref()
+        .or(cfg.web_server.web_config_file.as_ref())
+    {
+        None => http::Security::default(),
+        Some(file) => http::Security::from_config(&config::load_web_config(file)?)
+            .with_context(|| format!("web_server.web_config_file {}", file.display()))?,
+    };
     let listener = http::bind(&cfg.web_server.bind_addr, cfg.web_server.port).await?;
     tracing::info!(target: LOG_TARGET,
         addr = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()),
+        tls = security.tls.is_some(),
+        basic_auth = security.users.is_some(),
         "serving /metrics"
     );
     let (shutdown_tx, _shutdown_rx) = watch::channel(false);
-    let web_state = Arc::new(http::WebState::new(
-        Arc::clone(&store),
-        Arc::clone(&metrics),
-        clock::mono_ms,
-    ));
+    let web_state = Arc::new(
+        http::WebState::new(Arc::clone(&store), Arc::clone(&metrics), clock::mono_ms)
+            .secured(security),
+    );
     let web = tokio::spawn(Beating::new(
         tasks::web(
             listener.into_std()?,
@@ -320,9 +337,9 @@ async fn start_control(
     })
     .await?;
     let c = &cfg.control;
-    if !addr.ip().is_loopback() && c.token_file.is_none() && c.tls_client_ca.is_none() {
-        // TLS alone encrypts but authenticates no client: allowed (an operator may rely on
-        // network policy), said out loud.
+    if c.token_file.is_none() && c.tls_client_ca.is_none() {
+        // Only with insecure = true: allowed (an operator may rely on network policy or a
+        // single-user machine), said out loud.
         tracing::warn!(target: LOG_TARGET, %addr, "control channel open to any client that reaches it: no token_file and no tls_client_ca");
     }
     tracing::info!(target: LOG_TARGET,

@@ -35,7 +35,10 @@ pub fn extension_env(cfg: &Config, base: Option<PathBuf>) -> ExtensionEnv {
 }
 
 /// An extension probe's configuration entry as the controller keeps it.
-fn extension(e: &ExtendProbe, tables: Vec<TableMeta>) -> Extension {
+/// `default_user`: `[supervision] probe_user`, for entries without a `user` of their own; an
+/// empty name is the agent's own user.
+fn extension(e: &ExtendProbe, default_user: &str, tables: Vec<TableMeta>) -> Extension {
+    let user = e.user.as_deref().unwrap_or(default_user);
     Extension {
         command: e.command.clone(),
         param: e.param.clone(),
@@ -44,6 +47,7 @@ fn extension(e: &ExtendProbe, tables: Vec<TableMeta>) -> Extension {
         switch: e.switch,
         meta: e.meta.clone(),
         remote_param: e.remote_param,
+        user: (!user.is_empty()).then(|| user.to_owned()),
         tables,
     }
 }
@@ -124,7 +128,7 @@ pub fn plan(cfg: &Config, env: &ExtensionEnv, store: &mut Store) -> anyhow::Resu
     let catalog = Arc::new(catalog);
     for (e, tables) in extensions {
         let names = tables.iter().map(|t| t.name.clone()).collect();
-        let ext = extension(e, tables);
+        let ext = extension(e, &cfg.supervision.probe_user, tables);
         probes.push(Planned {
             probe: build_extension(&e.name, &ext, &e.param, env, Arc::clone(&catalog)),
             definition: Definition {

@@ -12,6 +12,9 @@ use super::switch::OnOff;
 /// Loopback only by default: switching probes is an administrative act, and opening it to the
 /// network is a decision the operator writes down (TLS, a token, or `insecure = true`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8889";
+/// Where the bearer token is kept when `token_file` is not set: created (0600) at first start,
+/// so only root can call the channel (and `gopher ctl` run as root finds it).
+pub const DEFAULT_TOKEN_FILE: &str = "/var/lib/gopher/control.token";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Control {
@@ -22,9 +25,11 @@ pub struct Control {
     pub tls_key: Option<PathBuf>,
     /// When set, clients must present a certificate signed by this CA (mTLS).
     pub tls_client_ca: Option<PathBuf>,
-    /// File whose first line is the bearer token every call must carry.
+    /// File whose first line is the bearer token every call must carry; created (0600) when
+    /// missing. `None` (`token_file = ""`, or left out with mTLS or `insecure = true`): no token.
     pub token_file: Option<PathBuf>,
-    /// Allows a non-loopback listener with neither TLS nor a token.
+    /// Allows a listener with no token (and, off loopback, no TLS): anyone who reaches it may
+    /// switch probes.
     pub insecure: bool,
     /// Where runtime changes are kept so they survive a restart; `None`: not kept.
     pub state_file: Option<PathBuf>,
@@ -40,7 +45,7 @@ impl Default for Control {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
-            token_file: None,
+            token_file: Some(PathBuf::from(DEFAULT_TOKEN_FILE)),
             insecure: false,
             state_file: None,
         }
@@ -97,6 +102,9 @@ pub(super) fn control(
     out.tls_cert = path(rep, "tls_cert");
     out.tls_key = path(rep, "tls_key");
     out.tls_client_ca = path(rep, "tls_client_ca");
+    // Left out: the default file, unless clients are authenticated otherwise (mTLS) or the
+    // operator wrote insecure = true. Empty: no token.
+    let token_set = t.get("token_file").is_some();
     out.token_file = path(rep, "token_file");
     out.state_file = path(rep, "state_file");
     if let Some(node) = t.get("insecure") {
@@ -109,6 +117,9 @@ pub(super) fn control(
                 format!("expected true or false, found {}", other.describe()),
             ),
         }
+    }
+    if !token_set && out.tls_client_ca.is_none() && !out.insecure {
+        out.token_file = Some(PathBuf::from(DEFAULT_TOKEN_FILE));
     }
     if out.tls_cert.is_some() != out.tls_key.is_some() {
         let key = if out.tls_cert.is_some() {
@@ -131,10 +142,38 @@ pub(super) fn control(
             "client certificates need TLS: set tls_cert and tls_key too".to_owned(),
         );
     }
+    unprotected(rep, &t, &out, token_set);
+    out
+}
+
+/// Refuses a channel anyone could use: no token and no client certificates anywhere, or a
+/// non-loopback listener whose token would travel in clear (unless `insecure = true`).
+fn unprotected(rep: &mut Reporter<'_>, t: &TableView<'_>, out: &Control, token_set: bool) {
+    if out.switch.is_on()
+        && out.token_file.is_none()
+        && out.tls_client_ca.is_none()
+        && !out.insecure
+    {
+        let span = t
+            .get("token_file")
+            .map_or_else(|| t.span.clone(), Spanned::span);
+        rep.report(
+            &span,
+            &t.path_of("token_file"),
+            DiagnosticKind::InvalidValue,
+            format!(
+                "no token and no client certificates: every local user could switch probes. \
+                 Leave token_file out (default {DEFAULT_TOKEN_FILE}, created 0600), name a file, \
+                 set tls_client_ca, or write insecure = true to accept that"
+            ),
+        );
+    }
+    // Off loopback, a token sent in clear is no protection: TLS, or a token the operator chose
+    // to send that way, or insecure = true.
     let open = out.switch.is_on()
         && !out.listen.ip().is_loopback()
         && !out.tls()
-        && out.token_file.is_none()
+        && !token_set
         && !out.insecure;
     if open {
         let span = t
@@ -151,5 +190,41 @@ pub(super) fn control(
             ),
         );
     }
-    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::path::Path;
+
+    use super::DEFAULT_TOKEN_FILE;
+
+    fn control(text: &str) -> Result<super::Control, String> {
+        crate::config::parse(text, Path::new("/etc/gopher/probes.toml"))
+            .map(|c| c.control)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_token_is_on_by_default_and_off_only_when_written_down() {
+        let d = control("").unwrap();
+        assert_eq!(d.token_file.as_deref(), Some(Path::new(DEFAULT_TOKEN_FILE)));
+        let own = control("[control]\ntoken_file = \"t\"\n").unwrap();
+        assert_eq!(own.token_file.as_deref(), Some(Path::new("/etc/gopher/t")));
+        let e = control("[control]\ntoken_file = \"\"\n").unwrap_err();
+        assert!(
+            e.contains("control.token_file") && e.contains("insecure = true"),
+            "{e}"
+        );
+        let open = control("[control]\ntoken_file = \"\"\ninsecure = true\n").unwrap();
+        assert_eq!(open.token_file, None);
+        let mtls =
+            control("[control]\ntls_cert = \"c\"\ntls_key = \"k\"\ntls_client_ca = \"ca\"\n")
+                .unwrap();
+        assert_eq!(mtls.token_file, None);
+        // Off loopback, the default token alone (sent in clear) is not enough.
+        let e = control("[control]\nlisten = \"0.0.0.0:8889\"\n").unwrap_err();
+        assert!(e.contains("control.listen"), "{e}");
+        assert!(control("[control]\nlisten = \"0.0.0.0:8889\"\ntoken_file = \"t\"\n").is_ok());
+    }
 }

@@ -23,6 +23,9 @@ pub struct ExtendProbe {
     /// default: arguments can change what a program does (`--config=/elsewhere`), so the
     /// operator opts in per probe.
     pub remote_param: bool,
+    /// The user the command and start check run as (no capabilities); `None`: `[supervision]
+    /// probe_user`; `Some("")`: the agent's own user.
+    pub user: Option<String>,
 }
 
 /// How an `auto` probe's start check answers: probe vocabulary, defined with the probes'
@@ -45,6 +48,7 @@ pub(super) fn extend_probe(
         "switch",
         "meta",
         "remote_param",
+        "user",
     ];
     let t = TableView::of(rep, node, path, &allowed, true)?;
     let name = probe_name(rep, &t);
@@ -111,21 +115,8 @@ pub(super) fn extend_probe(
         Some((m, _)) => Some(base.join(m)),
         None => None,
     };
-    let remote_param = match t.get("remote_param") {
-        None => false,
-        Some(n) => match n.get_ref() {
-            Node::Bool(b) => *b,
-            other => {
-                rep.report(
-                    &n.span(),
-                    &t.path_of("remote_param"),
-                    DiagnosticKind::WrongType,
-                    format!("expected true or false, found {}", other.describe()),
-                );
-                false
-            }
-        },
-    };
+    let remote_param = flag(rep, &t, "remote_param");
+    let user = super::supervision::user_name(rep, &t, "user");
     Some(ExtendProbe {
         name: name?.0,
         command: command?,
@@ -135,5 +126,25 @@ pub(super) fn extend_probe(
         switch: switch?,
         meta,
         remote_param,
+        user,
     })
+}
+
+/// A boolean key, `false` when absent (or wrong, which is reported).
+fn flag(rep: &mut Reporter<'_>, t: &TableView<'_>, key: &str) -> bool {
+    match t.get(key) {
+        None => false,
+        Some(n) => match n.get_ref() {
+            Node::Bool(b) => *b,
+            other => {
+                rep.report(
+                    &n.span(),
+                    &t.path_of(key),
+                    DiagnosticKind::WrongType,
+                    format!("expected true or false, found {}", other.describe()),
+                );
+                false
+            }
+        },
+    }
 }

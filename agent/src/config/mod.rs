@@ -22,6 +22,7 @@ mod node;
 mod probes;
 mod supervision;
 mod switch;
+mod web_config;
 mod web_server;
 
 #[cfg(test)]
@@ -29,7 +30,7 @@ mod tests;
 
 use std::path::Path;
 
-pub use control::{Control, DEFAULT_LISTEN};
+pub use control::{Control, DEFAULT_LISTEN, DEFAULT_TOKEN_FILE};
 pub use egress::Egress;
 pub use error::{ConfigError, Diagnostic, DiagnosticKind};
 pub use extend_probes::{CheckType, ExtendProbe};
@@ -43,6 +44,9 @@ pub use model::{Config, MAX_INTERVAL_SECS, load, parse};
 pub use probes::{NATIVE_PROBES, NativeProbe};
 pub use supervision::Supervision;
 pub use switch::{OnOff, Switch};
+pub use web_config::{
+    ClientAuth, TlsServer, TlsVersion, WebConfig, WebConfigError, load_web_config, parse_web_config,
+};
 pub use web_server::WebServer;
 
 /// Validates a config file without starting anything (`gopher check`); same as [`load`].

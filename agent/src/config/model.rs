@@ -69,7 +69,7 @@ pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
         ingress: ingress::ingress(&mut rep, root.get("ingress")),
         egress: egress::egress(&mut rep, root.get("egress")),
         imdb: imdb::imdb(&mut rep, root.get("imdb")),
-        web_server: web_server::web_server(&mut rep, root.get("web_server")),
+        web_server: web_server::web_server(&mut rep, root.get("web_server"), base),
         kafka: kafka::kafka(&mut rep, root.get("kafka")),
         probes: root
             .tables(&mut rep, "probes")

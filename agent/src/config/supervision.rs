@@ -23,6 +23,9 @@ pub struct Supervision {
     pub stop_grace: Duration,
     pub start_check_interval: Duration,
     pub start_check_timeout: Duration,
+    /// The user extension probes and start checks run as, with no capabilities, unless their
+    /// entry names its own `user`; empty: the agent's own user (root, with its capabilities).
+    pub probe_user: String,
 }
 
 impl Default for Supervision {
@@ -35,6 +38,7 @@ impl Default for Supervision {
             stop_grace: Duration::from_secs(5),
             start_check_interval: Duration::from_secs(10),
             start_check_timeout: Duration::from_secs(5),
+            probe_user: String::new(),
         }
     }
 }
@@ -49,6 +53,7 @@ pub(super) fn supervision(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) 
         "stop_grace",
         "start_check_interval",
         "start_check_timeout",
+        "probe_user",
     ];
     let Some(t) = node.and_then(|n| TableView::of(rep, n, "supervision".into(), &allowed, true))
     else {
@@ -63,6 +68,9 @@ pub(super) fn supervision(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) 
     out.stop_grace = dur(rep, "stop_grace", 0, out.stop_grace);
     out.start_check_interval = dur(rep, "start_check_interval", 1, out.start_check_interval);
     out.start_check_timeout = dur(rep, "start_check_timeout", 1, out.start_check_timeout);
+    if let Some(user) = user_name(rep, &t, "probe_user") {
+        out.probe_user = user;
+    }
     if let Some(n) = t.int_in(rep, "max_quick_failures", 1..=1000, "") {
         out.max_quick_failures = n as u32;
     }
@@ -85,4 +93,30 @@ pub(super) fn supervision(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) 
         );
     }
     out
+}
+
+/// A user name (`probe_user`, an extension probe's `user`): empty, or what useradd accepts
+/// (`[A-Za-z0-9_.][A-Za-z0-9_.-]*`, at most 32 bytes, an optional trailing `$`). Whether the
+/// user exists is checked when a program is started (a checkout may name one the package
+/// creates).
+pub(super) fn user_name(rep: &mut Reporter<'_>, t: &TableView<'_>, key: &str) -> Option<String> {
+    let (name, span) = t.string(rep, key)?;
+    let body = name.strip_suffix('$').unwrap_or(name);
+    let valid = name.is_empty()
+        || (name.len() <= 32
+            && !body.starts_with('-')
+            && !body.is_empty()
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')));
+    if !valid {
+        rep.report(
+            &span,
+            &t.path_of(key),
+            DiagnosticKind::InvalidValue,
+            format!("expected a user name such as \"gopher-probe\" or \"nobody\", found {name:?}"),
+        );
+        return None;
+    }
+    Some(name.to_owned())
 }

@@ -1,6 +1,8 @@
-//! `[web_server]`: where Prometheus scrapes `/metrics`.
+//! `[web_server]`: where Prometheus scrapes `/metrics`, and the exporter-toolkit web
+//! configuration file (TLS, basic auth; [`super::web_config`]) it is served with.
 
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
@@ -11,6 +13,8 @@ use super::node::{Node, TableView};
 pub struct WebServer {
     pub bind_addr: String,
     pub port: u16,
+    /// exporter-toolkit's `--web.config.file`: TLS and basic auth for `/metrics`.
+    pub web_config_file: Option<PathBuf>,
 }
 
 impl Default for WebServer {
@@ -18,15 +22,35 @@ impl Default for WebServer {
         Self {
             bind_addr: "0.0.0.0".to_owned(),
             port: 8888,
+            web_config_file: None,
         }
     }
 }
 
-pub(super) fn web_server(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) -> WebServer {
+pub(super) fn web_server(
+    rep: &mut Reporter<'_>,
+    node: Option<&Spanned<Node>>,
+    base: &Path,
+) -> WebServer {
     let mut out = WebServer::default();
-    if let Some(t) =
-        node.and_then(|n| TableView::of(rep, n, "web_server".into(), &["bind_addr", "port"], true))
-    {
+    let keys = ["bind_addr", "port", "web_config_file"];
+    if let Some(t) = node.and_then(|n| TableView::of(rep, n, "web_server".into(), &keys, true)) {
+        if let Some((file, span)) = t
+            .string(rep, "web_config_file")
+            .filter(|(s, _)| !s.is_empty())
+        {
+            let file = base.join(file);
+            // Checked here too, so that `--check-config` and a reload report a bad file.
+            if let Err(e) = super::web_config::load_web_config(&file) {
+                rep.report(
+                    &span,
+                    &t.path_of("web_config_file"),
+                    DiagnosticKind::InvalidValue,
+                    e.to_string(),
+                );
+            }
+            out.web_config_file = Some(file);
+        }
         if let Some((addr, span)) = t.string(rep, "bind_addr") {
             if addr.parse::<IpAddr>().is_ok() {
                 addr.clone_into(&mut out.bind_addr);

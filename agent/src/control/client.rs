@@ -1,23 +1,41 @@
 //! `gopher ctl`: the control channel from a shell, for people (`--output text`) and scripts
-//! (`--output json`, one object per probe or event).
+//! (`--output json`, one object per probe or event), to one agent or several at once (the
+//! same request to each, concurrently; answers merged in the order the hosts were given).
+//! Where the agents are and how to reach them: [`super::target`]; printing: [`super::print`].
 
-use std::{io::Write as _, path::PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
-use tonic::{
-    Request,
-    metadata::MetadataValue,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
-};
+use tokio::{sync::mpsc, task::JoinSet};
+use tonic::{Request, metadata::MetadataValue, service::interceptor::InterceptedService};
 
 use super::grpc::pb::{self, probe_control_client::ProbeControlClient};
+pub use super::print::Output;
+use super::print::{Answer, error_text, print_answers, print_event};
+use super::target::{self, Plan, Target, Tls, Wanted};
+
+/// Adds the bearer token to every call.
+type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send>;
+type Client = ProbeControlClient<InterceptedService<tonic::transport::Channel, AddToken>>;
 
 #[derive(Debug, clap::Args)]
 pub struct CtlArgs {
-    /// The agent's control address (https:// when it serves TLS).
-    #[arg(long, default_value = "http://127.0.0.1:8889")]
-    pub addr: String,
-    /// File whose first line is the bearer token (control.token_file on the agent).
+    /// The agent's config, for its control address, token file and TLS (default
+    /// /etc/gopher/probes.toml when it exists).
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The agent's control address: host:port, or a URL (https:// when it serves TLS).
+    /// Default: the config's control.listen.
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// Several agents at once, host:port,host:port (repeatable); answers are merged, one
+    /// line per host and probe.
+    #[arg(long, value_name = "HOST:PORT,...")]
+    pub hosts: Vec<String>,
+    /// A file listing agents, one host:port per line (# comments).
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+    /// File whose first line is the bearer token (default: the config's control.token_file).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// CA certificate (PEM) the agent's certificate is checked against.
@@ -28,7 +46,7 @@ pub struct CtlArgs {
     pub cert: Option<PathBuf>,
     #[arg(long, value_name = "FILE", requires = "cert")]
     pub key: Option<PathBuf>,
-    /// Name expected in the agent's certificate (default: the host in --addr).
+    /// Name expected in the agent's certificate (default: the host in the address).
     #[arg(long)]
     pub tls_name: Option<String>,
     #[arg(long, short, value_enum, default_value_t = Output::Text)]
@@ -37,13 +55,7 @@ pub struct CtlArgs {
     pub cmd: CtlCmd,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    Text,
-    Json,
-}
-
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, Clone, clap::Subcommand)]
 pub enum CtlCmd {
     /// Every probe with its state.
     List,
@@ -75,39 +87,114 @@ pub enum CtlCmd {
     },
 }
 
+/// `KEY=VALUE` with VALUE read as a TOML value when it is one (65536, true, "x"), else a string.
+pub fn parse_param(kv: &str) -> anyhow::Result<(String, pb::ParamValue)> {
+    use pb::param_value::Value as V;
+    let (k, v) = kv
+        .split_once('=')
+        .with_context(|| format!("--param {kv:?}: expected KEY=VALUE"))?;
+    let value = match toml::from_str::<toml::Table>(&format!("v = {v}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+    {
+        Some(toml::Value::Integer(i)) => V::IntValue(i),
+        Some(toml::Value::Boolean(b)) => V::BoolValue(b),
+        Some(toml::Value::Float(f)) => V::FloatValue(f),
+        Some(toml::Value::String(s)) => V::StringValue(s),
+        _ => V::StringValue(v.to_owned()),
+    };
+    Ok((k.trim().to_owned(), pb::ParamValue { value: Some(value) }))
+}
+
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
-    let token = args
-        .token_file
-        .as_deref()
-        .map(super::server::read_token)
-        .transpose()?;
-    let channel = connect(&args).await?;
-    let auth = move |mut req: Request<()>| {
-        if let Some(t) = &token
-            && let Ok(v) = MetadataValue::try_from(format!("Bearer {t}"))
-        {
-            req.metadata_mut().insert("authorization", v);
+    let plan = target::plan(&Wanted {
+        config: args.config.as_deref(),
+        addr: args.addr.as_deref(),
+        hosts: &args.hosts,
+        inventory: args.inventory.as_deref(),
+        token_file: args.token_file.as_deref(),
+        tls: Tls {
+            enabled: args.ca.is_some() || args.cert.is_some(),
+            ca: args.ca.clone(),
+            cert_key: args.cert.clone().zip(args.key.clone()),
+            name: args.tls_name.clone(),
+        },
+    })?;
+    if let CtlCmd::Watch { no_initial } = args.cmd {
+        return watch(&plan, !no_initial, args.output).await;
+    }
+    let mut asks = JoinSet::new();
+    for (i, t) in plan.targets.iter().enumerate() {
+        let (t, tls, token, cmd) = (
+            t.clone(),
+            plan.tls.clone(),
+            plan.token.clone(),
+            args.cmd.clone(),
+        );
+        asks.spawn(async move {
+            let probes = async {
+                let mut c = client(&t, &tls, token).await?;
+                ask(&mut c, cmd).await
+            }
+            .await;
+            (
+                i,
+                Answer {
+                    host: t.host,
+                    probes,
+                },
+            )
+        });
+    }
+    let mut answers: Vec<(usize, Answer)> = asks.join_all().await;
+    answers.sort_by_key(|(i, _)| *i);
+    let mut answers: Vec<Answer> = answers.into_iter().map(|(_, a)| a).collect();
+    if !plan.many
+        && let Some(Answer { probes: Err(_), .. }) = answers.first()
+        && let Some(Answer { probes: Err(e), .. }) = answers.pop()
+    {
+        // One agent: its refusal is the command's error (`gopher ctl: NotFound: …`).
+        return Err(e);
+    }
+    print_answers(&answers, args.output, plan.many)?;
+    let failed = answers.iter().filter(|a| a.probes.is_err()).count();
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} agents did not answer", answers.len());
+    }
+    Ok(())
+}
+
+async fn client(t: &Target, tls: &Tls, token: Option<String>) -> anyhow::Result<Client> {
+    let channel = target::connect(t, tls).await?;
+    let header = token
+        .map(|t| MetadataValue::try_from(format!("Bearer {t}")))
+        .transpose()
+        .context("the token has characters a header cannot carry")?;
+    let auth: AddToken = Box::new(move |mut req: Request<()>| {
+        if let Some(v) = &header {
+            req.metadata_mut().insert("authorization", v.clone());
         }
         Ok(req)
-    };
-    let mut client = ProbeControlClient::with_interceptor(channel, auth);
-    let out = args.output;
-    match args.cmd {
+    });
+    Ok(ProbeControlClient::with_interceptor(channel, auth))
+}
+
+/// One request to one agent (every command but `watch`).
+async fn ask(client: &mut Client, cmd: CtlCmd) -> anyhow::Result<Vec<pb::Probe>> {
+    Ok(match cmd {
         CtlCmd::List => {
-            let probes = client
+            client
                 .list_probes(pb::ListProbesRequest {})
                 .await?
                 .into_inner()
-                .probes;
-            print_probes(&probes, out)?;
+                .probes
         }
-        CtlCmd::Get { name } => {
-            let p = client
+        CtlCmd::Get { name } => vec![
+            client
                 .get_probe(pb::GetProbeRequest { name })
                 .await?
-                .into_inner();
-            print_probes(&[p], out)?;
-        }
+                .into_inner(),
+        ],
         CtlCmd::Set {
             name,
             switch,
@@ -143,255 +230,71 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 };
                 s as i32
             });
-            let p = client
-                .set_probe(pb::SetProbeRequest {
-                    name,
-                    switch,
-                    interval_seconds: interval,
-                    params,
-                })
-                .await?
-                .into_inner();
-            print_probes(&[p], out)?;
+            vec![
+                client
+                    .set_probe(pb::SetProbeRequest {
+                        name,
+                        switch,
+                        interval_seconds: interval,
+                        params,
+                    })
+                    .await?
+                    .into_inner(),
+            ]
         }
-        CtlCmd::Reset { name } => {
-            let p = client
+        CtlCmd::Reset { name } => vec![
+            client
                 .reset_probe(pb::ResetProbeRequest { name })
                 .await?
-                .into_inner();
-            print_probes(&[p], out)?;
-        }
-        CtlCmd::Watch { no_initial } => {
-            let mut stream = client
-                .watch_probes(pb::WatchProbesRequest {
-                    initial: !no_initial,
-                })
-                .await?
-                .into_inner();
-            while let Some(e) = stream.message().await? {
-                print_event(&e, out)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn connect(args: &CtlArgs) -> anyhow::Result<Channel> {
-    let mut endpoint = Endpoint::from_shared(args.addr.clone()).with_context(|| {
-        format!(
-            "--addr {:?}: not a URL such as http://127.0.0.1:8889",
-            args.addr
-        )
-    })?;
-    if args.addr.starts_with("https://") || args.ca.is_some() || args.cert.is_some() {
-        let mut tls = ClientTlsConfig::new();
-        if let Some(ca) = &args.ca {
-            let pem = std::fs::read(ca).with_context(|| format!("--ca {}", ca.display()))?;
-            tls = tls.ca_certificate(Certificate::from_pem(pem));
-        }
-        if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
-            let c = std::fs::read(cert).with_context(|| format!("--cert {}", cert.display()))?;
-            let k = std::fs::read(key).with_context(|| format!("--key {}", key.display()))?;
-            tls = tls.identity(Identity::from_pem(c, k));
-        }
-        if let Some(name) = &args.tls_name {
-            tls = tls.domain_name(name.clone());
-        }
-        endpoint = endpoint.tls_config(tls).context("TLS settings")?;
-    }
-    endpoint
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the agent at {}", args.addr))
-}
-
-/// `KEY=VALUE` with VALUE read as a TOML value when it is one (65536, true, "x"), else a string.
-pub fn parse_param(kv: &str) -> anyhow::Result<(String, pb::ParamValue)> {
-    use pb::param_value::Value as V;
-    let (k, v) = kv
-        .split_once('=')
-        .with_context(|| format!("--param {kv:?}: expected KEY=VALUE"))?;
-    let value = match toml::from_str::<toml::Table>(&format!("v = {v}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-    {
-        Some(toml::Value::Integer(i)) => V::IntValue(i),
-        Some(toml::Value::Boolean(b)) => V::BoolValue(b),
-        Some(toml::Value::Float(f)) => V::FloatValue(f),
-        Some(toml::Value::String(s)) => V::StringValue(s),
-        _ => V::StringValue(v.to_owned()),
-    };
-    Ok((k.trim().to_owned(), pb::ParamValue { value: Some(value) }))
-}
-
-fn word<T: Into<i32> + Copy>(raw: i32, names: &[(T, &'static str)]) -> &'static str {
-    names
-        .iter()
-        .find(|(v, _)| (*v).into() == raw)
-        .map_or("unknown", |(_, n)| n)
-}
-
-fn switch_word(raw: i32) -> &'static str {
-    word(
-        raw,
-        &[
-            (pb::Switch::On, "on"),
-            (pb::Switch::Off, "off"),
-            (pb::Switch::Auto, "auto"),
+                .into_inner(),
         ],
-    )
-}
-
-fn state_word(raw: i32) -> &'static str {
-    word(
-        raw,
-        &[
-            (pb::RunState::Stopped, "stopped"),
-            (pb::RunState::Starting, "starting"),
-            (pb::RunState::Running, "running"),
-            (pb::RunState::Failed, "failed"),
-        ],
-    )
-}
-
-fn kind_word(raw: i32) -> &'static str {
-    word(
-        raw,
-        &[
-            (pb::ProbeKind::Native, "native"),
-            (pb::ProbeKind::Extension, "extension"),
-        ],
-    )
-}
-
-fn param_json(v: &pb::ParamValue) -> serde_json::Value {
-    use pb::param_value::Value as V;
-    match &v.value {
-        Some(V::StringValue(s)) => serde_json::Value::from(s.as_str()),
-        Some(V::IntValue(i)) => serde_json::Value::from(*i),
-        Some(V::BoolValue(b)) => serde_json::Value::from(*b),
-        Some(V::FloatValue(f)) => serde_json::Value::from(*f),
-        None => serde_json::Value::Null,
-    }
-}
-
-fn param_text(v: &pb::ParamValue) -> String {
-    use pb::param_value::Value as V;
-    match &v.value {
-        Some(V::StringValue(s)) => format!("{s:?}"),
-        Some(V::IntValue(i)) => i.to_string(),
-        Some(V::BoolValue(b)) => b.to_string(),
-        Some(V::FloatValue(f)) => f.to_string(),
-        None => String::new(),
-    }
-}
-
-pub fn probe_json(p: &pb::Probe) -> serde_json::Value {
-    let params: serde_json::Map<String, serde_json::Value> = p
-        .params
-        .iter()
-        .flat_map(|ps| ps.values.iter())
-        .map(|(k, v)| (k.clone(), param_json(v)))
-        .collect();
-    serde_json::json!({
-        "name": p.name,
-        "kind": kind_word(p.kind),
-        "switch": switch_word(p.switch),
-        "state": state_word(p.state),
-        "reason": p.reason,
-        "interval_seconds": p.interval_seconds,
-        "params": params,
-        "pid": p.pid,
-        "rows": p.rows,
-        "last_error": p.last_error,
-        "command": p.command,
-        "overridden": p.overridden,
-        "tables": p.tables,
+        CtlCmd::Watch { .. } => Vec::new(),
     })
 }
 
-fn print_probes(probes: &[pb::Probe], out: Output) -> anyhow::Result<()> {
-    let mut w = std::io::stdout().lock();
-    match out {
-        Output::Json => {
-            let all: Vec<_> = probes.iter().map(probe_json).collect();
-            serde_json::to_writer_pretty(&mut w, &all)?;
-            writeln!(w)?;
-        }
-        Output::Text => {
-            writeln!(
-                w,
-                "{:<16} {:<9} {:<6} {:<9} {:>8} {:>10} {:>8}  PARAMS / REASON",
-                "NAME", "KIND", "SWITCH", "STATE", "PID", "ROWS", "INTERVAL"
-            )?;
-            for p in probes {
-                let mut params: Vec<String> = p
-                    .params
-                    .iter()
-                    .flat_map(|ps| ps.values.iter())
-                    .map(|(k, v)| format!("{k}={}", param_text(v)))
-                    .collect();
-                params.sort();
-                let mut extra = params.join(" ");
-                if !p.reason.is_empty() {
-                    extra = format!("{extra} ({})", p.reason);
+/// Every agent's changes as they come, each line marked with its host when there are several.
+/// Ends when every stream has ended; an agent that cannot be watched is reported on stderr.
+async fn watch(plan: &Plan, initial: bool, out: Output) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<(String, anyhow::Result<pb::ProbeEvent>)>(256);
+    for t in &plan.targets {
+        let (t, tls, token, tx) = (t.clone(), plan.tls.clone(), plan.token.clone(), tx.clone());
+        tokio::spawn(async move {
+            let streamed = async {
+                let mut c = client(&t, &tls, token).await?;
+                let mut stream = c
+                    .watch_probes(pb::WatchProbesRequest { initial })
+                    .await?
+                    .into_inner();
+                while let Some(e) = stream.message().await? {
+                    if tx.send((t.host.clone(), Ok(e))).await.is_err() {
+                        break;
+                    }
                 }
-                if p.overridden {
-                    extra.push_str(" [runtime]");
-                }
-                writeln!(
-                    w,
-                    "{:<16} {:<9} {:<6} {:<9} {:>8} {:>10} {:>8}  {}",
-                    p.name,
-                    kind_word(p.kind),
-                    switch_word(p.switch),
-                    state_word(p.state),
-                    p.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
-                    p.rows,
-                    if p.interval_seconds == 0 {
-                        "-".to_owned()
-                    } else {
-                        format!("{}s", p.interval_seconds)
-                    },
-                    extra.trim()
-                )?;
+                anyhow::Ok(())
+            }
+            .await;
+            if let Err(e) = streamed {
+                let _ = tx.send((t.host.clone(), Err(e))).await;
+            }
+        });
+    }
+    drop(tx);
+    let mut failed = 0;
+    while let Some((host, event)) = rx.recv().await {
+        match event {
+            Ok(e) => print_event(plan.many.then_some(host.as_str()), &e, out)?,
+            Err(e) if !plan.many => return Err(e),
+            Err(e) => {
+                failed += 1;
+                eprintln!("gopher ctl: {host}: {}", error_text(&e));
             }
         }
     }
-    Ok(())
-}
-
-fn print_event(e: &pb::ProbeEvent, out: Output) -> anyhow::Result<()> {
-    let mut w = std::io::stdout().lock();
-    let Some(p) = &e.probe else {
-        return Ok(());
-    };
-    match out {
-        Output::Json => {
-            let mut v = probe_json(p);
-            if let Some(o) = v.as_object_mut() {
-                o.insert("timestamp_ms".into(), e.timestamp_ms.into());
-                o.insert("removed".into(), e.removed.into());
-            }
-            serde_json::to_writer(&mut w, &v)?;
-            writeln!(w)?;
-        }
-        Output::Text => writeln!(
-            w,
-            "{} {} switch={} state={}{}{}{}",
-            e.timestamp_ms,
-            p.name,
-            switch_word(p.switch),
-            state_word(p.state),
-            p.pid.map_or_else(String::new, |pid| format!(" pid={pid}")),
-            if p.reason.is_empty() {
-                String::new()
-            } else {
-                format!(" reason={:?}", p.reason)
-            },
-            if e.removed { " removed" } else { "" }
-        )?,
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} agents could not be watched",
+            plan.targets.len()
+        );
     }
-    w.flush()?;
     Ok(())
 }

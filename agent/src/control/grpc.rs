@@ -78,9 +78,19 @@ fn invalid(field: &str, message: impl Into<String>) -> Status {
     .into()
 }
 
+/// Probe names are short words; a longer one names no probe and is refused before it is
+/// logged or looked up.
+const MAX_NAME_BYTES: usize = 128;
+
 fn name_of(name: &str) -> Result<&str, Status> {
     if name.is_empty() {
         return Err(invalid("name", "required"));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(invalid(
+            "name",
+            format!("longer than {MAX_NAME_BYTES} bytes"),
+        ));
     }
     Ok(name)
 }
@@ -229,14 +239,16 @@ impl pb::probe_control_server::ProbeControl for Service {
         let r: Result<_, Status> = async {
             let name = name_of(&req.name)?;
             let change = change_from_pb(&req)?;
-            tracing::info!(probe = %name, ?change, "control: set");
+            // `?`: Debug quotes and escapes the client's string, so a newline in it cannot forge a
+            // log line.
+            tracing::info!(probe = ?name, ?change, "control: set");
             Ok(Response::new(view_to_pb(
                 &self.ctl.set(name, &change).await?,
             )))
         }
         .await;
         if let Err(e) = &r {
-            tracing::info!(probe = %req.name, "control: set refused: {}", e.message());
+            tracing::info!(probe = ?req.name, reason = ?e.message(), "control: set refused");
         }
         self.counted("SetProbe", r)
     }
@@ -247,7 +259,7 @@ impl pb::probe_control_server::ProbeControl for Service {
     ) -> Result<Response<pb::Probe>, Status> {
         let r: Result<_, Status> = async {
             let name = name_of(&req.get_ref().name)?;
-            tracing::info!(probe = %name, "control: reset");
+            tracing::info!(probe = ?name, "control: reset");
             Ok(Response::new(view_to_pb(&self.ctl.reset(name).await?)))
         }
         .await;

@@ -6,9 +6,15 @@
 //! reloads) and calls it. Nothing here knows how a probe is built or run.
 //!
 //! - [`grpc`]: the `gopher.control.v1` service (proto/gopher/control/v1/control.proto).
-//! - [`server`]: listening, TLS/mTLS, bearer token, health and reflection.
-//! - [`client`]: `gopher ctl`.
+//! - [`auth`]: who may call: the bearer token (created 0600 at first start), one check for
+//!   every transport.
+//! - [`server`]: listening, TLS/mTLS, health and reflection.
+//! - [`client`]: `gopher ctl`; [`target`]: which agents it asks and how (their config);
+//!   [`print`]: its output.
 
+pub mod auth;
 pub mod client;
 pub mod grpc;
+pub mod print;
 pub mod server;
+pub mod target;

@@ -1,5 +1,6 @@
-//! Serves the control channel: the probe service behind the bearer-token check, gRPC health
-//! checking and reflection, over plain HTTP/2 on loopback or TLS (optionally mTLS).
+//! Serves the control channel: the probe service behind the bearer-token check
+//! ([`super::auth`]), gRPC health checking and reflection, over plain HTTP/2 on loopback or TLS
+//! (optionally mTLS).
 //!
 //! Health answers without a token: it tells no more than a TCP connect would, and load
 //! balancers and Kubernetes probes cannot send one. Reflection needs the token like the service.
@@ -9,86 +10,14 @@ use std::{future::Future, net::SocketAddr, path::Path, sync::Arc};
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_stream::{StreamExt as _, wrappers::TcpListenerStream};
-use tonic::{
-    Request, Status,
-    service::Interceptor,
-    transport::{Certificate, Identity, Server, ServerTlsConfig},
-};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+use super::auth::{TokenCheck, ensure_token};
 use super::grpc::{ProbeControlServer, Service, pb};
-use crate::{
-    config::Control,
-    probes::Controller,
-    telemetry::{CONTROL_REQUESTS, Counter, SelfMetrics},
-};
-
-/// Checks `authorization: Bearer <token>` when a token is configured.
-#[derive(Clone)]
-pub struct TokenCheck {
-    token: Option<Arc<str>>,
-    refused: Counter,
-}
-
-impl TokenCheck {
-    pub fn new(token: Option<String>, metrics: &SelfMetrics) -> Self {
-        Self {
-            token: token.map(Into::into),
-            // The interceptor runs before routing: the method is not known here.
-            refused: metrics.counter(
-                CONTROL_REQUESTS,
-                &[("method", "unknown"), ("code", "unauthenticated")],
-            ),
-        }
-    }
-}
-
-impl Interceptor for TokenCheck {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(want) = &self.token else {
-            return Ok(req);
-        };
-        let got = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match got {
-            Some(got) if same(got.as_bytes(), want.as_bytes()) => Ok(req),
-            Some(_) => {
-                self.refused.inc();
-                Err(Status::unauthenticated("wrong bearer token"))
-            }
-            None => {
-                self.refused.inc();
-                Err(Status::unauthenticated(
-                    "this agent requires `authorization: Bearer <token>`",
-                ))
-            }
-        }
-    }
-}
-
-/// Compares in time independent of where the first difference is.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use crate::{config::Control, probes::Controller, telemetry::SelfMetrics};
 
 fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("control.{what}: reading {}", path.display()))
-}
-
-/// The token from `token_file`: its first line, trimmed; an empty one is refused.
-pub fn read_token(path: &Path) -> anyhow::Result<String> {
-    let text = String::from_utf8(read(path, "token_file")?)
-        .with_context(|| format!("control.token_file: {} is not UTF-8", path.display()))?;
-    let token = text.lines().next().unwrap_or("").trim().to_owned();
-    if token.is_empty() {
-        anyhow::bail!("control.token_file: {} holds no token", path.display());
-    }
-    Ok(token)
 }
 
 fn tls_config(cfg: &Control) -> anyhow::Result<Option<ServerTlsConfig>> {
@@ -115,7 +44,7 @@ pub async fn bind(
     metrics: &Arc<SelfMetrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, Serving)> {
-    let token = cfg.token_file.as_deref().map(read_token).transpose()?;
+    let token = cfg.token_file.as_deref().map(ensure_token).transpose()?;
     let tls = tls_config(cfg)?;
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -160,16 +89,4 @@ pub async fn bind(
             .context("control channel")
     });
     Ok((addr, serving))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_comparison() {
-        assert!(same(b"abc", b"abc"));
-        assert!(!same(b"abc", b"abd"));
-        assert!(!same(b"abc", b"abcd"));
-    }
 }

@@ -17,6 +17,12 @@
 //!   [`RESPONSE_DEADLINE`] (a client reading a trickle).
 //!
 //! Each of these refusals and cuts counts in `gopher_http_refused_total{reason}`.
+//!
+//! # TLS and basic auth
+//!
+//! With `[web_server] web_config_file` (exporter-toolkit's file): the TLS handshake happens in
+//! the connection's task, within [`HEADER_READ_TIMEOUT`]; basic auth answers 401 with
+//! `WWW-Authenticate` to every path but `/healthz` ([`secure`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,12 +34,14 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper::header::{
-    ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER, VARY,
+    ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue,
+    RETRY_AFTER, VARY, WWW_AUTHENTICATE,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -44,6 +52,9 @@ pub use super::scrape::{MAX_SCRAPES, WebState};
 use crate::telemetry::SCRAPES;
 
 mod guard;
+mod secure;
+
+pub use secure::Security;
 
 /// Connections open at once; one more is closed as soon as it is accepted. Each costs a file
 /// and a small task, and idle ones go after [`HEADER_READ_TIMEOUT`].
@@ -115,32 +126,23 @@ pub async fn serve(
             tracing::debug!(%peer, %err, "cannot set TCP_NODELAY on a metrics connection");
         }
         let state = Arc::clone(&state);
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
         connections.spawn(async move {
             let _slot = slot;
             let io =
                 guard::WriteTimeout::new(stream, WRITE_TIMEOUT, state.refused("write_timeout"));
-            let header_timeouts = state.refused("header_timeout");
-            let service = service_fn(move |req| {
-                std::future::ready(Ok::<_, Infallible>(handle(&state, &req)))
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(io), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            match state.security.tls.clone() {
+                None => serve_connection(io, state, stop, peer).await,
+                Some(tls) => {
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(io)).await {
+                        Ok(Ok(io)) => serve_connection(io, state, stop, peer).await,
+                        Ok(Err(err)) => {
+                            state.refused("tls_handshake").inc();
+                            tracing::debug!(%peer, %err, "metrics TLS handshake failed");
+                        }
+                        Err(_) => state.refused("tls_handshake").inc(),
+                    }
                 }
-            };
-            if let Err(err) = result {
-                if err.is_timeout() {
-                    header_timeouts.inc();
-                }
-                tracing::debug!(%peer, %err, "metrics connection ended with an error");
             }
         });
     }
@@ -150,6 +152,59 @@ pub async fn serve(
         connections.abort_all();
     }
     Ok(())
+}
+
+/// One connection, plain or TLS, until it ends or the server stops.
+async fn serve_connection<I>(
+    io: I,
+    state: Arc<WebState>,
+    mut stop: watch::Receiver<()>,
+    peer: std::net::SocketAddr,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let header_timeouts = state.refused("header_timeout");
+    let service = service_fn(move |req| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(respond(&state, &req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = result {
+        if err.is_timeout() {
+            header_timeouts.inc();
+        }
+        tracing::debug!(%peer, %err, "metrics connection ended with an error");
+    }
+}
+
+/// Basic auth first (when configured; `/healthz` is open), then [`handle`].
+async fn respond(state: &Arc<WebState>, req: &Request<Incoming>) -> Response<Body> {
+    if let Some(users) = &state.security.users
+        && req.uri().path() != "/healthz"
+        && !users
+            .allow(req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes))
+            .await
+    {
+        state.refused("unauthorized").inc();
+        let mut resp = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+        resp.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"gopher\", charset=\"UTF-8\""),
+        );
+        return resp;
+    }
+    handle(state, req)
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;

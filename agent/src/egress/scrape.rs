@@ -58,6 +58,8 @@ pub struct WebState {
     pub(super) current: Current,
     /// Slots of the `/metrics` bodies streaming ([`MAX_SCRAPES`]).
     pub(super) scrapes: Arc<Semaphore>,
+    /// TLS and basic auth (web_config_file); none by default.
+    pub(super) security: super::http::Security,
 }
 
 impl WebState {
@@ -72,7 +74,15 @@ impl WebState {
             clock,
             current: Current::default(),
             scrapes: Arc::new(Semaphore::new(MAX_SCRAPES)),
+            security: super::http::Security::default(),
         }
+    }
+
+    /// Serves with TLS and/or basic auth.
+    #[must_use]
+    pub fn secured(mut self, security: super::http::Security) -> Self {
+        self.security = security;
+        self
     }
 
     pub(super) fn refused(&self, reason: &str) -> crate::telemetry::Counter {

@@ -95,10 +95,15 @@ pub struct Definition {
 
 impl Definition {
     /// The start check `auto` runs: the extension's configured one or the native built-in.
-    pub fn start_check(&self) -> Option<(String, CheckType)> {
+    /// The start check's command, kind and user. A native probe's built-in check is a fixed
+    /// command of ours (`pgrep -x haproxy | wc -l`), run by the agent itself (`None`).
+    pub fn start_check(&self) -> Option<(String, CheckType, Option<String>)> {
         match &self.extension {
-            Some(x) => x.start_check.clone().map(|c| (c, x.check_type)),
-            None => self.native_check.map(|(c, k)| (c.to_owned(), k)),
+            Some(x) => x
+                .start_check
+                .clone()
+                .map(|c| (c, x.check_type, x.user.clone())),
+            None => self.native_check.map(|(c, k)| (c.to_owned(), k, None)),
         }
     }
 }
@@ -115,6 +120,8 @@ pub struct Extension {
     pub meta: Option<PathBuf>,
     /// Whether the control channel may change `param`.
     pub remote_param: bool,
+    /// The user the command and start check run as (no capabilities); `None`: the agent's.
+    pub user: Option<String>,
     pub tables: Vec<TableMeta>,
 }
 
@@ -324,7 +331,7 @@ mod tests {
         assert_eq!(s.switch, Switch::Auto);
         assert_eq!(
             def.start_check(),
-            Some(("pgrep -x haproxy | wc -l".to_owned(), CheckType::Count))
+            Some(("pgrep -x haproxy | wc -l".to_owned(), CheckType::Count, None))
         );
         let err = resolve("tcp", &native(None), &current, &auto).unwrap_err();
         assert_eq!(

@@ -47,12 +47,14 @@ pub const NGINX_SESSIONS_SKIPPED: &str = "gopher_nginx_sessions_skipped_total";
 pub const ROW_REFUSALS: [&str; 4] = ["field_count", "bad_value", "record_limit", "ingest_panic"];
 
 /// The reasons of `gopher_http_refused_total`, shown at 0 from the start.
-pub const HTTP_REFUSED_REASONS: [&str; 5] = [
+pub const HTTP_REFUSED_REASONS: [&str; 7] = [
     "connections",
     "scrapes",
     "header_timeout",
     "write_timeout",
     "deadline",
+    "unauthorized",
+    "tls_handshake",
 ];
 
 /// The values of `gopher_probe_state{state}`; exactly one is 1 per probe.
@@ -232,7 +234,7 @@ pub(super) fn declared() -> [Declaration; 36] {
             HTTP_REFUSED,
             Counter,
             &["reason"],
-            "Metrics-endpoint connections closed or requests refused to keep /metrics available: connections (open-connection cap), scrapes (concurrent /metrics cap, answered 503), header_timeout (request headers too slow), write_timeout (client stopped reading), deadline (response took too long).",
+            "Metrics-endpoint connections closed or requests refused to keep /metrics available: connections (open-connection cap), scrapes (concurrent /metrics cap, answered 503), header_timeout (request headers too slow), write_timeout (client stopped reading), deadline (response took too long), unauthorized (basic auth missing or wrong, answered 401), tls_handshake (TLS handshake failed or too slow).",
         ),
         (
             IMDB_RECORDS,

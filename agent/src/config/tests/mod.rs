@@ -106,7 +106,19 @@ fn shipped_probes_toml_is_valid_and_safe() {
         );
         assert!(p.meta.as_ref().is_some_and(|m| m.is_file()), "{}", p.name);
     }
-    assert_eq!(c.supervision, Supervision::default());
+    // Supervision as by default, except that probes run as an unprivileged user.
+    assert_eq!(
+        c.supervision,
+        Supervision {
+            probe_user: "nobody".into(),
+            ..Supervision::default()
+        }
+    );
+    assert!(c.extend_probes.iter().all(|p| p.user.is_none()));
+    assert_eq!(
+        c.control.token_file.as_deref(),
+        Some(Path::new(crate::config::DEFAULT_TOKEN_FILE))
+    );
     assert!(c.meta.dirs.is_empty());
     assert!(c.global.log_directory.is_none());
     assert_eq!(c.imdb, Imdb::default());
@@ -180,7 +192,8 @@ fn full_file_round_trips_every_key() {
         c.web_server,
         WebServer {
             bind_addr: "::1".into(),
-            port: 9100
+            port: 9100,
+            web_config_file: None,
         }
     );
     assert_eq!(c.kafka.switch, OnOff::On);
@@ -214,6 +227,7 @@ fn full_file_round_trips_every_key() {
             switch: Switch::Auto,
             meta: Some(PathBuf::from("/etc/gopher/meta/nginx.meta")),
             remote_param: false,
+            user: None,
         }
     );
 }

@@ -26,6 +26,7 @@ fn supervision_defaults_and_values() {
             stop_grace: Duration::ZERO,
             start_check_interval: Duration::from_secs(1),
             start_check_timeout: Duration::from_secs(2),
+            probe_user: String::new(),
         }
     );
 }
@@ -68,5 +69,29 @@ fn supervision_errors_are_positioned() {
         2,
         "supervision.backoff",
         DiagnosticKind::UnknownKey,
+    );
+}
+
+#[test]
+fn probe_users_are_names_and_entries_may_name_their_own() {
+    let cfg = crate::config::parse(
+        "[supervision]\nprobe_user = \"gopher-probe\"\n\
+         [[extend_probes]]\nname = \"a\"\ncommand = \"x\"\nswitch = \"on\"\nuser = \"\"\n\
+         [[extend_probes]]\nname = \"b\"\ncommand = \"x\"\nswitch = \"on\"\n",
+        std::path::Path::new("p.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.supervision.probe_user, "gopher-probe");
+    assert_eq!(cfg.extend_probes[0].user.as_deref(), Some(""));
+    assert_eq!(cfg.extend_probes[1].user, None);
+    let e = crate::config::parse(
+        "[supervision]\nprobe_user = \"root; rm -rf /\"\n",
+        std::path::Path::new("p.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("supervision.probe_user") && e.contains("user name"),
+        "{e}"
     );
 }

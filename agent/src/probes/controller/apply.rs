@@ -158,7 +158,8 @@ impl Controller {
 
     pub(super) fn spawn_check(&self, name: &str) {
         let manager = &self.inner.manager;
-        let Some((command, kind)) = manager.definition(name).and_then(|d| d.start_check()) else {
+        let Some((command, kind, user)) = manager.definition(name).and_then(|d| d.start_check())
+        else {
             return;
         };
         let env = &self.inner.env;
@@ -172,6 +173,7 @@ impl Controller {
                 interval: env.check_interval,
                 timeout: env.check_timeout,
                 workdir: env.base.clone(),
+                user,
             },
             Arc::clone(&self.inner.metrics),
             rx,

@@ -76,7 +76,7 @@ pub fn build_extension(
         ext.tables.clone(),
         env.stop_grace,
     )
-    .in_dir(env.base.clone());
+    .in_dir_as(env.base.clone(), ext.user.clone());
     probe.set_catalog(catalog);
     Arc::new(probe)
 }

@@ -13,6 +13,7 @@ mod params;
 pub mod process;
 pub mod reader;
 pub mod start_check;
+pub mod user;
 
 pub use params::runtime_param;
 
@@ -71,6 +72,8 @@ pub struct ExtensionProbe {
     stop_grace: Duration,
     /// Where the command runs (the config file's directory, so relative paths in it work).
     workdir: Option<PathBuf>,
+    /// The user it runs as, with no capabilities ([`user`]); `None`: the agent's.
+    user: Option<String>,
 }
 
 impl ExtensionProbe {
@@ -94,13 +97,15 @@ impl ExtensionProbe {
             catalog: OnceLock::new(),
             stop_grace,
             workdir: None,
+            user: None,
         }
     }
 
-    /// Runs the command in `dir` instead of the agent's working directory.
+    /// Runs the command in `dir` instead of the agent's working directory, and as `user` (no
+    /// capabilities) instead of the agent's.
     #[must_use]
-    pub fn in_dir(mut self, dir: Option<PathBuf>) -> Self {
-        self.workdir = dir;
+    pub fn in_dir_as(mut self, dir: Option<PathBuf>, user: Option<String>) -> Self {
+        (self.workdir, self.user) = (dir, user);
         self
     }
 
@@ -144,6 +149,7 @@ impl Probe for ExtensionProbe {
             catalog: self.current_catalog(),
             stop_grace: self.stop_grace,
             workdir: self.workdir.clone(),
+            user: self.user.clone(),
         };
         Box::pin(run(spec, ctx))
     }
@@ -155,6 +161,7 @@ struct Spec {
     catalog: Arc<Catalog>,
     stop_grace: Duration,
     workdir: Option<PathBuf>,
+    user: Option<String>,
 }
 
 async fn stop_requested(stop: &mut watch::Receiver<bool>) {
@@ -167,6 +174,8 @@ async fn run(spec: Spec, mut ctx: ProbeContext) -> anyhow::Result<()> {
     if let Some(dir) = &spec.workdir {
         cmd.current_dir(dir);
     }
+    let user = spec.user.as_deref();
+    user::apply(&mut cmd, user).with_context(|| format!("running as user {user:?}"))?;
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -34,6 +34,8 @@ pub struct StartCheck {
     pub timeout: Duration,
     /// Where the check runs (the config file's directory); `None` = the agent's.
     pub workdir: Option<PathBuf>,
+    /// The user it runs as, with no capabilities; `None` = the agent's.
+    pub user: Option<String>,
 }
 
 #[derive(Debug)]
@@ -98,11 +100,13 @@ pub async fn evaluate(
     kind: CheckType,
     timeout: Duration,
     workdir: Option<&Path>,
+    user: Option<&str>,
 ) -> Result<bool, CheckError> {
     let mut cmd = process::shell(command);
     if let Some(dir) = workdir {
         cmd.current_dir(dir);
     }
+    super::user::apply(&mut cmd, user).map_err(CheckError::Spawn)?;
     cmd.stderr(Stdio::null()).stdout(match kind {
         CheckType::Count => Stdio::piped(),
         CheckType::Exit => Stdio::null(),
@@ -178,7 +182,7 @@ pub fn spawn_auto(
             let outcome = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|s| *s) => return,
-                r = evaluate(&check.command, check.kind, check.timeout, check.workdir.as_deref()) => r,
+                r = evaluate(&check.command, check.kind, check.timeout, check.workdir.as_deref(), check.user.as_deref()) => r,
             };
             match outcome {
                 Ok(now) => {
@@ -254,19 +258,39 @@ mod tests {
 
     #[tokio::test]
     async fn count_and_exit_checks() {
-        assert!(evaluate("echo 2", CheckType::Count, T, None).await.unwrap());
         assert!(
-            !evaluate("echo 0; exit 1", CheckType::Count, T, None)
+            evaluate("echo 2", CheckType::Count, T, None, None)
                 .await
                 .unwrap()
         );
-        assert!(evaluate("yes 1", CheckType::Count, T, None).await.unwrap());
+        assert!(
+            !evaluate("echo 0; exit 1", CheckType::Count, T, None, None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            evaluate("yes 1", CheckType::Count, T, None, None)
+                .await
+                .unwrap()
+        );
         // No output counts as 0 (gala-gopher's atoi), so a vanished service stops its probe.
-        assert!(!evaluate("true", CheckType::Count, T, None).await.unwrap());
-        assert!(evaluate("exit 0", CheckType::Exit, T, None).await.unwrap());
-        assert!(!evaluate("exit 3", CheckType::Exit, T, None).await.unwrap());
+        assert!(
+            !evaluate("true", CheckType::Count, T, None, None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            evaluate("exit 0", CheckType::Exit, T, None, None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !evaluate("exit 3", CheckType::Exit, T, None, None)
+                .await
+                .unwrap()
+        );
         assert_eq!(
-            evaluate("kill -9 $$", CheckType::Exit, T, None)
+            evaluate("kill -9 $$", CheckType::Exit, T, None, None)
                 .await
                 .unwrap_err()
                 .reason(),
@@ -280,9 +304,15 @@ mod tests {
         let pidfile = dir.path().join("pid");
         let cmd = format!("echo $$ > {}; sleep 100", pidfile.display());
         let start = std::time::Instant::now();
-        let e = evaluate(&cmd, CheckType::Exit, Duration::from_millis(300), None)
-            .await
-            .unwrap_err();
+        let e = evaluate(
+            &cmd,
+            CheckType::Exit,
+            Duration::from_millis(300),
+            None,
+            None,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.reason(), "timeout");
         assert!(start.elapsed() < Duration::from_secs(3));
         let pgid: u32 = std::fs::read_to_string(&pidfile)
