@@ -14,8 +14,9 @@ use gopher::{app, control::client};
     about = "Host-resident node agent: eBPF and extension probes exported to Prometheus and Kafka"
 )]
 struct Cli {
-    /// Configuration file to run with.
-    #[arg(long, short, default_value = "/etc/gopher/probes.toml")]
+    /// Configuration file to run with (the packages' path: /etc/gopher-agent, since Debian's
+    /// `gopher` client owns /etc/gopher).
+    #[arg(long, short, default_value = "/etc/gopher-agent/probes.toml")]
     config: PathBuf,
     /// Validate FILE and exit: 0 when valid, 1 with every error (file:line:col: key: why).
     #[arg(long, value_name = "FILE")]
