@@ -218,6 +218,8 @@ fn produce(state: &WebState, render: &Arc<Render>) {
         sync_from_store(&store, &state.metrics);
         store.snapshot()
     };
+    // Outside the store's lock: /proc reads, once per render.
+    crate::telemetry::process::refresh(&state.metrics);
     state.metrics.counter(SCRAPE_RENDERS, &[]).inc();
     let (subscribers, direct) = {
         let mut current = state.current.lock();

@@ -1,7 +1,7 @@
 //! The catalogue of the agent's own metrics: every `gopher_*` family's name, type, labels and
 //! HELP text, declared once here so that the full list lives in one place.
 
-use super::Kind::{self, Counter, Gauge};
+use super::Kind::{self, Counter, FloatCounter, Gauge};
 
 pub const BUILD_INFO: &str = "gopher_build_info";
 pub const PROBE_STATE: &str = "gopher_probe_state";
@@ -37,6 +37,14 @@ pub const TCP_LINKS_AGGREGATED: &str = "gopher_tcp_links_aggregated_total";
 pub const TCP_SOCKETS_EXCLUDED: &str = "gopher_tcp_sockets_excluded_total";
 pub const TCP_NETNS_ERRORS: &str = "gopher_tcp_netns_errors_total";
 pub const TCP_SOCKET_SOURCE: &str = "gopher_tcp_socket_source";
+// The standard process collector's families (names and HELP as the client libraries have them).
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+pub const PROCESS_VIRTUAL: &str = "process_virtual_memory_bytes";
+pub const PROCESS_RESIDENT: &str = "process_resident_memory_bytes";
+pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
+pub const PROCESS_THREADS: &str = "process_threads";
 
 /// The reasons the table store refuses a row of a registered table for (`ImdbError::reason`),
 /// whose `gopher_rows_dropped_total` series are shown at 0 before the first drop.
@@ -60,7 +68,7 @@ pub(super) type Declaration = (&'static str, Kind, &'static [&'static str], &'st
 /// Every family, in render order.
 // One flat list of declarations: splitting it would scatter the catalogue.
 #[allow(clippy::too_many_lines)]
-pub(super) fn declared() -> [Declaration; 34] {
+pub(super) fn declared() -> [Declaration; 41] {
     [
         (
             CONTROL_REQUESTS,
@@ -77,8 +85,8 @@ pub(super) fn declared() -> [Declaration; 34] {
         (
             BUILD_INFO,
             Gauge,
-            &["version"],
-            "Always 1; the label carries the agent's version.",
+            &["version", "revision"],
+            "Always 1; the labels carry the agent's version and the git revision it was built from (unknown when built outside a git checkout).",
         ),
         (
             PROBE_STATE,
@@ -260,6 +268,43 @@ pub(super) fn declared() -> [Declaration; 34] {
             Gauge,
             &[],
             "Kafka messages in the producer queue (waiting or in flight), sampled every egress interval.",
+        ),
+        (
+            PROCESS_CPU,
+            FloatCounter,
+            &[],
+            "Total user and system CPU time spent in seconds.",
+        ),
+        (
+            PROCESS_OPEN_FDS,
+            Gauge,
+            &[],
+            "Number of open file descriptors.",
+        ),
+        (
+            PROCESS_MAX_FDS,
+            Gauge,
+            &[],
+            "Maximum number of open file descriptors.",
+        ),
+        (PROCESS_VIRTUAL, Gauge, &[], "Virtual memory size in bytes."),
+        (
+            PROCESS_RESIDENT,
+            Gauge,
+            &[],
+            "Resident memory size in bytes.",
+        ),
+        (
+            PROCESS_START_TIME,
+            Gauge,
+            &[],
+            "Start time of the process since unix epoch in seconds.",
+        ),
+        (
+            PROCESS_THREADS,
+            Gauge,
+            &[],
+            "Number of OS threads in the process.",
         ),
     ]
 }

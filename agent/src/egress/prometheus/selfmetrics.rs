@@ -60,12 +60,13 @@ mod tests {
         m.counter(PROBE_RESTARTS, &[("probe", "a\"b\\c\nd")]).add(7);
         m.gauge(SCRAPE_DURATION, &[]).set(0.5);
         let version = env!("CARGO_PKG_VERSION");
+        let revision = env!("GOPHER_REVISION");
         assert_eq!(
             rendered(&m),
             format!(
-                "# HELP gopher_build_info Always 1; the label carries the agent's version.\n\
+                "# HELP gopher_build_info Always 1; the labels carry the agent's version and the git revision it was built from (unknown when built outside a git checkout).\n\
                  # TYPE gopher_build_info gauge\n\
-                 gopher_build_info{{version=\"{version}\"}} 1\n\
+                 gopher_build_info{{version=\"{version}\",revision=\"{revision}\"}} 1\n\
                  # HELP gopher_probe_restarts_total Times the supervisor restarted the probe after it ended on its own (exit, crash, error).\n\
                  # TYPE gopher_probe_restarts_total counter\n\
                  gopher_probe_restarts_total{{probe=\"a\\\"b\\\\c\\nd\"}} 7\n\
