@@ -2,7 +2,12 @@
 //! agent, read through the reference parser and checked against `/proc/<agent pid>` and `git`,
 //! read independently here.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_precision_loss)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_precision_loss,
+    clippy::float_cmp
+)]
 
 mod common;
 
@@ -42,9 +47,9 @@ fn process_metrics_match_proc_and_build_info_names_the_revision() {
         .trim()
         .parse()
         .unwrap();
-    let start = btime + fields[22 - 3].parse::<f64>().unwrap() / clock_ticks();
+    let started_at = btime + fields[22 - 3].parse::<f64>().unwrap() / clock_ticks();
     assert!(
-        (value(&samples, "process_start_time_seconds") - start).abs() < 0.02,
+        (value(&samples, "process_start_time_seconds") - started_at).abs() < 0.02,
         "{samples:?}"
     );
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
