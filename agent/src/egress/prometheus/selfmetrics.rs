@@ -3,17 +3,24 @@
 
 use std::fmt::Write as _;
 
-use super::{write_f64, write_help, write_label_value};
+use super::{Format, om_header, write_f64, write_help_as, write_label_value};
 use crate::telemetry::{Sample, SelfMetrics};
 
 impl SelfMetrics {
     /// Appends every family that has at least one series, in declaration order, in the
     /// Prometheus text exposition format.
     pub fn render(&self, out: &mut String) {
+        self.render_format(out, Format::Text);
+    }
+
+    /// [`SelfMetrics::render`] in the given format (OpenMetrics: counters' family names
+    /// without `_total`, the samples keep it).
+    pub fn render_format(&self, out: &mut String, format: Format) {
         self.visit(|family| {
-            let _ = write!(out, "# HELP {} ", family.name());
-            write_help(out, family.help());
-            let _ = writeln!(out, "\n# TYPE {} {}", family.name(), family.kind().as_str());
+            let (name, ty) = om_header(family.name(), family.kind().as_str(), format);
+            let _ = write!(out, "# HELP {name} ");
+            write_help_as(out, family.help(), format);
+            let _ = writeln!(out, "\n# TYPE {name} {ty}");
             for (values, sample) in family.series() {
                 out.push_str(family.name());
                 if !values.is_empty() {
