@@ -17,10 +17,11 @@ type Series = (String, String, String, BTreeMap<String, String>);
 
 fn scrape_openmetrics(agent: &Agent, gzip: bool) -> Vec<Series> {
     let mut cmd = Command::new("python3");
-    cmd.arg(support("scrape_openmetrics.py")).arg(agent.url());
+    cmd.arg(support("scrape.py")).arg(agent.url());
     if gzip {
         cmd.arg("gzip");
     }
+    cmd.arg("openmetrics");
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{}", output_text(&out));
     String::from_utf8_lossy(&out.stdout)

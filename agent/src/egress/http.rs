@@ -236,7 +236,9 @@ fn metrics(state: &Arc<WebState>, req: &Request<Incoming>, head: bool) -> Respon
         CONTENT_TYPE,
         HeaderValue::from_static(format.content_type()),
     );
-    headers.insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
+    headers.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+    // The format follows Accept (text or OpenMetrics).
+    headers.append(VARY, HeaderValue::from_static("Accept"));
     if gzip {
         headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
