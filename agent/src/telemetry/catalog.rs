@@ -37,6 +37,8 @@ pub const TCP_LINKS_AGGREGATED: &str = "gopher_tcp_links_aggregated_total";
 pub const TCP_SOCKETS_EXCLUDED: &str = "gopher_tcp_sockets_excluded_total";
 pub const TCP_NETNS_ERRORS: &str = "gopher_tcp_netns_errors_total";
 pub const TCP_SOCKET_SOURCE: &str = "gopher_tcp_socket_source";
+pub const EBPF_RUN_SECONDS: &str = "gopher_ebpf_program_run_seconds_total";
+pub const EBPF_RUNS: &str = "gopher_ebpf_program_runs_total";
 // The standard process collector's families (names and HELP as the client libraries have them).
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
 pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
@@ -68,7 +70,7 @@ pub(super) type Declaration = (&'static str, Kind, &'static [&'static str], &'st
 /// Every family, in render order.
 // One flat list of declarations: splitting it would scatter the catalogue.
 #[allow(clippy::too_many_lines)]
-pub(super) fn declared() -> [Declaration; 41] {
+pub(super) fn declared() -> [Declaration; 43] {
     [
         (
             CONTROL_REQUESTS,
@@ -268,6 +270,18 @@ pub(super) fn declared() -> [Declaration; 41] {
             Gauge,
             &[],
             "Kafka messages in the producer queue (waiting or in flight), sampled every egress interval.",
+        ),
+        (
+            EBPF_RUN_SECONDS,
+            FloatCounter,
+            &["probe", "program"],
+            "Seconds the probe's eBPF program ran in the kernel (bpf_prog_info run_time_ns); counted only while kernel.bpf_stats_enabled=1, else 0.",
+        ),
+        (
+            EBPF_RUNS,
+            Counter,
+            &["probe", "program"],
+            "Times the probe's eBPF program ran (bpf_prog_info run_cnt); counted only while kernel.bpf_stats_enabled=1, else 0.",
         ),
         (
             PROCESS_CPU,
