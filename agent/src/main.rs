@@ -25,18 +25,29 @@ struct Cli {
     command: Option<Command>,
 }
 
+// Parsed once per run: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Talk to a running agent over its control channel: list, get, set, reset, watch.
     Ctl(client::CtlArgs),
+    /// Preflight for `--config`: privileges, kernel, cgroup2, BTF, ports, Kafka brokers,
+    /// extension probe commands; one line per problem, exit 1 when there is any.
+    Check {
+        /// Configuration file to check the host for (default: the agent's `--config`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     // Before any thread starts: the arena limit applies to arenas made from here on.
     gopher::mem::tune();
     let cli = Cli::parse();
-    if let Some(Command::Ctl(args)) = cli.command {
-        return ctl(args);
+    match cli.command {
+        Some(Command::Ctl(args)) => return ctl(args),
+        Some(Command::Check { config }) => return app::check(&config.unwrap_or(cli.config)),
+        None => {}
     }
     if let Some(path) = cli.check_config {
         return app::check_config(&path);

@@ -8,6 +8,8 @@
 //! Nothing runs per packet or per send/recv call.
 
 mod bpf;
+/// Where the programs attach; `gopher check` looks for it too.
+pub use bpf::cgroup2_root;
 #[allow(dead_code, reason = "its users, the tracing programs, land next")]
 mod btf;
 mod closed;
