@@ -44,6 +44,13 @@ fn lines(out: &Output) -> Vec<String> {
         .collect()
 }
 
+/// Runs a `check` that must find problems (exit 1): its lines.
+fn failed(cmd: &mut Command) -> Vec<String> {
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    lines(&out)
+}
+
 #[test]
 fn check_passes_here_and_names_each_problem() {
     if !require(is_root(), "root (the tcp probe's privileges)") {
@@ -71,13 +78,7 @@ fn check_passes_here_and_names_each_problem() {
              [[extend_probes]]\nname = \"ghost\"\ncommand = \"./ghost_probe.py\"\nswitch = \"on\"\n"
         ),
     );
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
-    let said = lines(&out);
+    let said = failed(Command::new(BIN).args(["check", "--config"]).arg(&path));
     assert_eq!(said.len(), 3, "{said:?}");
     assert!(
         said[0].starts_with(&format!(
@@ -109,14 +110,12 @@ fn check_as_a_user_without_privileges_names_them() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = tcp_config(dir.path(), free_port(), "");
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
-    let said = lines(&out);
+    let said = failed(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+            .args(["check", "--config"])
+            .arg(&path),
+    );
     assert_eq!(said.len(), 1, "{said:?}");
     for cap in ["CAP_BPF", "CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_PERFMON"] {
         assert!(said[0].contains(cap), "{said:?}");
@@ -151,14 +150,12 @@ fn check_in_a_namespace_without_cgroup2_names_it() {
         "umount -l {} && exec \"$0\" check --config \"$1\"",
         cgroup2.join(" ")
     );
-    let out = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script, BIN])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     assert_eq!(
-        lines(&out),
+        failed(
+            Command::new("unshare")
+                .args(["-m", "--propagation", "private", "sh", "-c", &script, BIN])
+                .arg(&path)
+        ),
         [
             "cgroup2: no cgroup2 filesystem in /proc/mounts: the tcp probe attaches to the cgroup v2 root (mount it, e.g. on /sys/fs/cgroup)"
         ]
