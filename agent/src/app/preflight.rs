@@ -231,9 +231,14 @@ mod tests {
             command_runs("no-such-program-x1", None).unwrap_err(),
             "command no-such-program-x1 not found in PATH"
         );
+        let plain = tempfile::NamedTempFile::new().unwrap();
+        std::fs::set_permissions(plain.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let name = plain.path().display().to_string();
         assert_eq!(
-            command_runs("/etc/hostname", None).unwrap_err(),
-            "command /etc/hostname is not an executable file"
+            command_runs(&name, None).unwrap_err(),
+            format!("command {name} is not an executable file")
         );
+        std::fs::set_permissions(plain.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(command_runs(&name, None).is_ok());
     }
 }
