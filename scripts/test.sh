@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/test-deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 if [ "${CI:-}" = "true" ] || [ "${CI:-}" = "1" ]; then
   export GOPHER_STRICT_TESTS=1

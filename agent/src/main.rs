@@ -14,8 +14,9 @@ use gopher::{app, control::client};
     about = "Host-resident node agent: eBPF and extension probes exported to Prometheus and Kafka"
 )]
 struct Cli {
-    /// Configuration file to run with.
-    #[arg(long, short, default_value = "/etc/gopher/probes.toml")]
+    /// Configuration file to run with (the packages' path: /etc/gopher-agent, since Debian's
+    /// `gopher` client owns /etc/gopher).
+    #[arg(long, short, default_value = "/etc/gopher-agent/probes.toml")]
     config: PathBuf,
     /// Validate FILE and exit: 0 when valid, 1 with every error (file:line:col: key: why).
     #[arg(long, value_name = "FILE")]
@@ -28,18 +29,29 @@ struct Cli {
     command: Option<Command>,
 }
 
+// Parsed once per run: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Talk to a running agent over its control channel: list, get, set, reset, watch.
     Ctl(client::CtlArgs),
+    /// Preflight for `--config`: privileges, kernel, cgroup2, BTF, ports, Kafka brokers,
+    /// extension probe commands; one line per problem, exit 1 when there is any.
+    Check {
+        /// Configuration file to check the host for (default: the agent's `--config`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     // Before any thread starts: the arena limit applies to arenas made from here on.
     gopher::mem::tune();
     let cli = Cli::parse();
-    if let Some(Command::Ctl(args)) = cli.command {
-        return ctl(args);
+    match cli.command {
+        Some(Command::Ctl(args)) => return ctl(args),
+        Some(Command::Check { config }) => return app::check(&config.unwrap_or(cli.config)),
+        None => {}
     }
     if let Some(path) = cli.check_config {
         return app::check_config(&path);

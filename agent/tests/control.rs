@@ -37,7 +37,7 @@ use tonic_reflection::pb::v1::{
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Sends the agent's default token (`/var/lib/gopher/control.token`, created by the agent at
+/// Sends the agent's default token (`/var/lib/gopher-agent/control.token`, created by the agent at
 /// its first start and readable by root, as the tests are) unless the request carries its own
 /// `authorization`: the control channel refuses calls without a token by default.
 #[derive(Clone)]

@@ -5,7 +5,7 @@
 //! stopped and started again) and the agent's `gopher_kafka_*` counters must account for every
 //! message. Counts are of consumed messages, never of high watermarks.
 //!
-//! Needs `tansu` (scripts/setup.sh installs it into ~/.cache/gopher/tansu; `GOPHER_TANSU` names
+//! Needs `tansu` (scripts/test-deps.sh installs it into ~/.cache/gopher/tansu; `GOPHER_TANSU` names
 //! another binary) and `python3 -c 'import confluent_kafka'`; skips loudly without them.
 // Counters are compared exactly on purpose: they must be exact.
 #![allow(
@@ -39,7 +39,7 @@ const META_TOPIC: &str = "gala_gopher_metadata";
 // ---------------------------------------------------------------------------------------------
 // The broker.
 
-/// The tansu binary: `GOPHER_TANSU`, else the one scripts/setup.sh installs, else `PATH`.
+/// The tansu binary: `GOPHER_TANSU`, else the one scripts/test-deps.sh installs, else `PATH`.
 fn tansu_bin() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("GOPHER_TANSU") {
         return Some(PathBuf::from(p));
@@ -71,10 +71,10 @@ fn kafka_available() -> Option<PathBuf> {
     let bin = tansu_bin();
     let ok = require(
         bin.is_some(),
-        "the tansu broker (scripts/setup.sh installs it into ~/.cache/gopher/tansu)",
+        "the tansu broker (scripts/test-deps.sh installs it into ~/.cache/gopher/tansu)",
     ) && require(
         python_kafka(),
-        "python3 confluent-kafka (scripts/setup.sh pip-installs it)",
+        "python3 confluent-kafka (scripts/test-deps.sh pip-installs it)",
     );
     if ok { bin } else { None }
 }

@@ -89,7 +89,7 @@ fn kubernetes_validate(path: &Path) -> (bool, String) {
 fn daemonset_is_valid_and_its_config_checks() {
     if !require(
         have("python3", &["-m", "kubernetes_validate", "--version"]),
-        "kubernetes-validate (scripts/setup.sh pip-installs it)",
+        "kubernetes-validate (scripts/test-deps.sh pip-installs it)",
     ) {
         return;
     }
@@ -135,7 +135,7 @@ fn daemonset_is_valid_and_its_config_checks() {
         .map(|m| m["mountPath"].as_str().unwrap())
         .collect();
     for needed in [
-        "/etc/gopher",
+        "/etc/gopher-agent",
         "/sys/fs/cgroup",
         "/sys/fs/bpf",
         "/sys/kernel",
@@ -146,7 +146,7 @@ fn daemonset_is_valid_and_its_config_checks() {
     let caps = &container["securityContext"]["capabilities"];
     assert_eq!(caps["drop"][0], "ALL");
     // The same capabilities as the systemd unit's bounding set.
-    let unit = std::fs::read_to_string(packaging("systemd/gopher.service")).unwrap();
+    let unit = std::fs::read_to_string(packaging("systemd/gopher-agent.service")).unwrap();
     let mut unit_caps: Vec<String> = unit
         .lines()
         .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))

@@ -2,10 +2,11 @@
 //! binary, installed with dpkg on this machine, its config validated by the installed agent, and
 //! purged; the .rpm is built with cargo-generate-rpm and read back with rpm; the systemd unit
 //! passes `systemd-analyze verify`; the Ansible role installs and configures the agent on
-//! localhost.
+//! localhost; and the .deb installs beside Debian's own `gopher` package (a Gopher-protocol
+//! client, downloaded from the Debian mirror) with no path in common (`debian.rs`).
 //!
 //! dpkg changes the host, so these tests guard it: they refuse (fail, or skip outside CI) to run
-//! where a `gopher` package is installed that they did not install themselves (a marker file
+//! where a `gopher-agent` package is installed that they did not install themselves (a marker file
 //! records theirs), and every install is purged by a guard, also when an assertion fails.
 //! Nothing is enabled or started: the unit is enabled by the package's maintainer scripts only
 //! as symlinks (no systemd runs here; the scripts skip systemctl then), and purge removes them.
@@ -13,6 +14,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+// The crate root names its submodules from tests/: this one lives beside it in packaging/.
+#[path = "packaging/debian.rs"]
+mod debian;
 
 use std::{
     path::{Path, PathBuf},
@@ -25,26 +29,26 @@ use common::{have, is_root, output_text, require};
 /// dpkg's database is one per host: the tests that install take turns.
 static DPKG: Mutex<()> = Mutex::new(());
 
-/// Written before our install, removed after our purge: a `gopher` package found installed with
+/// Written before our install, removed after our purge: a `gopher-agent` package found installed with
 /// this marker present is a leftover of an interrupted run, which may be purged.
 const MARKER: &str = "/var/lib/gopher-packaging-test";
 
 /// Every path the package installs (files; their directories are checked via the purge).
 const PACKAGE_FILES: [&str; 13] = [
-    "/usr/bin/gopher",
-    "/etc/gopher/probes.toml",
-    "/usr/lib/systemd/system/gopher.service",
-    "/usr/share/gopher/extend_probes/nginx_probe.py",
-    "/usr/share/gopher/extend_probes/nginx.meta.toml",
-    "/usr/share/gopher/extend_probes/redis_probe.py",
-    "/usr/share/gopher/extend_probes/redis.meta.toml",
-    "/usr/share/gopher/extend_probes/haproxy_probe.py",
-    "/usr/share/gopher/extend_probes/haproxy.meta.toml",
-    "/usr/share/doc/gopher/README.md",
-    "/usr/share/doc/gopher/config.md",
-    "/usr/share/doc/gopher/copyright",
+    "/usr/bin/gopher-agent",
+    "/etc/gopher-agent/probes.toml",
+    "/usr/lib/systemd/system/gopher-agent.service",
+    "/usr/share/gopher-agent/extend_probes/nginx_probe.py",
+    "/usr/share/gopher-agent/extend_probes/nginx.meta.toml",
+    "/usr/share/gopher-agent/extend_probes/redis_probe.py",
+    "/usr/share/gopher-agent/extend_probes/redis.meta.toml",
+    "/usr/share/gopher-agent/extend_probes/haproxy_probe.py",
+    "/usr/share/gopher-agent/extend_probes/haproxy.meta.toml",
+    "/usr/share/doc/gopher-agent/README.md",
+    "/usr/share/doc/gopher-agent/config.md",
+    "/usr/share/doc/gopher-agent/copyright",
     // Created by deb-systemd-helper in postinst (enable), removed on purge.
-    "/etc/systemd/system/multi-user.target.wants/gopher.service",
+    "/etc/systemd/system/multi-user.target.wants/gopher-agent.service",
 ];
 
 fn workspace() -> PathBuf {
@@ -98,7 +102,7 @@ fn build_deb(out: &Path) -> PathBuf {
         .arg(&deb)
         .arg(unpacked.path()));
     assert_eq!(
-        build_id(&unpacked.path().join("usr/bin/gopher")),
+        build_id(&unpacked.path().join("usr/bin/gopher-agent")),
         build_id(&bin)
     );
     deb
@@ -113,8 +117,11 @@ fn build_id(elf: &Path) -> String {
         .to_owned()
 }
 
+/// The .deb's package name (agent/Cargo.toml: not `gopher`, which is Debian's Gopher client).
+const PACKAGE: &str = "gopher-agent";
+
 fn installed() -> bool {
-    run(Command::new("dpkg-query").args(["-W", "-f=${Status}", "gopher"]))
+    run(Command::new("dpkg-query").args(["-W", "-f=${Status}", PACKAGE]))
         .stdout
         .starts_with(b"install ok installed")
 }
@@ -128,18 +135,18 @@ impl Installed {
         if !require(is_root(), "root (dpkg installs the package)")
             || !require(
                 have("dpkg", &["--version"]) && have("cargo", &["deb", "--version"]),
-                "dpkg and cargo-deb (scripts/setup.sh installs cargo-deb)",
+                "dpkg and cargo-deb (scripts/test-deps.sh installs cargo-deb)",
             )
         {
             return None;
         }
-        if installed() || Path::new("/etc/gopher").exists() {
+        if installed() || Path::new("/etc/gopher-agent").exists() {
             if Path::new(MARKER).exists() {
                 purge();
             } else {
                 require(
                     false,
-                    "a host without a gopher package or /etc/gopher of its own (not touching it)",
+                    "a host without a gopher-agent package or /etc/gopher-agent of its own (not touching it)",
                 );
                 return None;
             }
@@ -160,20 +167,20 @@ impl Drop for Installed {
 }
 
 fn purge() {
-    let out = run(Command::new("dpkg").args(["--purge", "gopher"]));
+    let out = run(Command::new("dpkg").args(["--purge", PACKAGE]));
     assert!(out.status.success(), "dpkg --purge: {}", output_text(&out));
-    let _ = std::fs::remove_file("/var/cache/gopher.deb");
+    let _ = std::fs::remove_file("/var/cache/gopher-agent.deb");
     let _ = std::fs::remove_file(MARKER);
 }
 
-/// `/usr/bin/gopher --check-config FILE` of the installed agent.
+/// `/usr/bin/gopher-agent --check-config FILE` of the installed agent.
 fn check_config(file: &str) -> String {
-    ok(Command::new("/usr/bin/gopher").args(["--check-config", file]))
+    ok(Command::new("/usr/bin/gopher-agent").args(["--check-config", file]))
 }
 
 #[test]
 fn packaged_config_is_the_default_with_installed_paths() {
-    // packaging/probes.toml is what /etc/gopher/probes.toml becomes; it must not drift from the
+    // packaging/probes.toml is what /etc/gopher-agent/probes.toml becomes; it must not drift from the
     // documented default: the only difference allowed is where the extension probes live.
     let repo = std::fs::read_to_string(workspace().join("probes.toml")).unwrap();
     let packaged = std::fs::read_to_string(workspace().join("packaging/probes.toml")).unwrap();
@@ -185,11 +192,11 @@ fn packaged_config_is_the_default_with_installed_paths() {
                 "probe_user = \"gopher-probe\"".to_owned()
             } else if l == "state_file = \"\"" {
                 // The package keeps runtime changes in its StateDirectory.
-                "state_file = \"/var/lib/gopher/state.toml\"".to_owned()
+                "state_file = \"/var/lib/gopher-agent/state.toml\"".to_owned()
             } else if l.starts_with("command = ") || l.starts_with("meta = ") {
                 l.replace(
                     "\"packaging/extend_probes/",
-                    "\"/usr/share/gopher/extend_probes/",
+                    "\"/usr/share/gopher-agent/extend_probes/",
                 )
             } else {
                 l.to_owned()
@@ -199,7 +206,9 @@ fn packaged_config_is_the_default_with_installed_paths() {
         .collect();
     assert_eq!(packaged, expected);
     assert_eq!(
-        packaged.matches("/usr/share/gopher/extend_probes/").count(),
+        packaged
+            .matches("/usr/share/gopher-agent/extend_probes/")
+            .count(),
         6
     );
 }
@@ -208,7 +217,7 @@ fn packaged_config_is_the_default_with_installed_paths() {
 /// them to exist), checked by systemd's own verifier. Returns what it said.
 fn analyze_verify(unit_text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
-    let unit = dir.path().join("gopher.service");
+    let unit = dir.path().join("gopher-agent.service");
     std::fs::write(&unit, unit_text).unwrap();
     let out = run(Command::new("systemd-analyze").arg("verify").arg(&unit));
     (out.status.success(), output_text(&out))
@@ -223,8 +232,9 @@ fn systemd_unit_verifies_and_is_hardened() {
         return;
     }
     let shipped =
-        std::fs::read_to_string(workspace().join("packaging/systemd/gopher.service")).unwrap();
-    let unit = shipped.replace("/usr/bin/gopher", env!("CARGO_BIN_EXE_gopher"));
+        std::fs::read_to_string(workspace().join("packaging/systemd/gopher-agent.service"))
+            .unwrap();
+    let unit = shipped.replace("/usr/bin/gopher-agent", env!("CARGO_BIN_EXE_gopher"));
     let (success, said) = analyze_verify(&unit);
     assert!(
         success && said.trim().is_empty(),
@@ -274,7 +284,7 @@ fn systemd_unit_verifies_and_is_hardened() {
 
     // systemd's own exposure score (0 = locked down, 10 = unprotected): the hardening holds.
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gopher.service");
+    let path = dir.path().join("gopher-agent.service");
     std::fs::write(&path, &unit).unwrap();
     let out = run(Command::new("systemd-analyze")
         .args(["security", "--offline=true", "--no-pager"])
@@ -282,7 +292,7 @@ fn systemd_unit_verifies_and_is_hardened() {
     let said = output_text(&out);
     let score: f64 = said
         .lines()
-        .find_map(|l| l.split("exposure level for gopher.service: ").nth(1))
+        .find_map(|l| l.split("exposure level for gopher-agent.service: ").nth(1))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in:\n{said}"));
@@ -297,13 +307,13 @@ fn installed_modes_user_and_token() {
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
             & 0o7777
     };
-    assert_eq!(mode("/etc/gopher/probes.toml"), 0o640);
+    assert_eq!(mode("/etc/gopher-agent/probes.toml"), 0o640);
     assert_eq!(mode("/usr/bin/gopher"), 0o755);
     let probe_user = ok(Command::new("getent").args(["passwd", "gopher-probe"]));
     let uid: u32 = probe_user.split(':').nth(2).unwrap().parse().unwrap();
     assert!(uid > 0 && uid < 1000, "a system user: {probe_user}");
     assert!(
-        std::fs::read_to_string("/etc/gopher/probes.toml")
+        std::fs::read_to_string("/etc/gopher-agent/probes.toml")
             .unwrap()
             .contains("\nprobe_user = \"gopher-probe\"\n")
     );
@@ -350,7 +360,7 @@ fn deb_installs_validates_and_purges_cleanly() {
     let deb = build_deb(out.path());
 
     let info = ok(Command::new("dpkg-deb").arg("-I").arg(&deb));
-    assert!(info.contains("Package: gopher"), "{info}");
+    assert!(info.contains("Package: gopher-agent\n"), "{info}");
     // librdkafka's TLS links the system OpenSSL: $auto must have found it.
     assert!(info.contains("libssl3"), "{info}");
     let ctrl = tempfile::tempdir().unwrap();
@@ -360,7 +370,7 @@ fn deb_installs_validates_and_purges_cleanly() {
         .arg(ctrl.path()));
     assert_eq!(
         std::fs::read_to_string(ctrl.path().join("conffiles")).unwrap(),
-        "/etc/gopher/probes.toml\n"
+        "/etc/gopher-agent/probes.toml\n"
     );
 
     let guard = Installed::mark();
@@ -369,7 +379,7 @@ fn deb_installs_validates_and_purges_cleanly() {
     for f in PACKAGE_FILES {
         assert!(Path::new(f).symlink_metadata().is_ok(), "{f} not installed");
     }
-    let listed = ok(Command::new("dpkg").args(["-L", "gopher"]));
+    let listed = ok(Command::new("dpkg").args(["-L", PACKAGE]));
     for f in &PACKAGE_FILES[..PACKAGE_FILES.len() - 1] {
         assert!(
             listed.lines().any(|l| l == *f),
@@ -380,26 +390,26 @@ fn deb_installs_validates_and_purges_cleanly() {
     installed_modes_user_and_token();
 
     // The installed agent vouches for the installed config, meta files included: the paths in
-    // /etc/gopher/probes.toml resolve on the installed system.
+    // /etc/gopher-agent/probes.toml resolve on the installed system.
     assert_eq!(
-        check_config("/etc/gopher/probes.toml"),
-        "/etc/gopher/probes.toml: OK\n"
+        check_config("/etc/gopher-agent/probes.toml"),
+        "/etc/gopher-agent/probes.toml: OK\n"
     );
-    let version = ok(Command::new("/usr/bin/gopher").arg("--version"));
+    let version = ok(Command::new("/usr/bin/gopher-agent").arg("--version"));
     assert_eq!(
         version.trim(),
         format!("gopher {}", env!("CARGO_PKG_VERSION"))
     );
     for probe in ["nginx", "redis", "haproxy"] {
-        let help = ok(
-            Command::new(format!("/usr/share/gopher/extend_probes/{probe}_probe.py")).arg("--help"),
-        );
+        let help = ok(Command::new(format!(
+            "/usr/share/gopher-agent/extend_probes/{probe}_probe.py"
+        ))
+        .arg("--help"));
         assert!(help.contains("--interval"), "{probe}: {help}");
     }
     // The unit as installed, with the installed binary.
-    let out =
-        run(Command::new("systemd-analyze")
-            .args(["verify", "/usr/lib/systemd/system/gopher.service"]));
+    let out = run(Command::new("systemd-analyze")
+        .args(["verify", "/usr/lib/systemd/system/gopher-agent.service"]));
     assert!(
         out.status.success() && output_text(&out).trim().is_empty(),
         "{}",
@@ -407,21 +417,22 @@ fn deb_installs_validates_and_purges_cleanly() {
     );
 
     // A local edit to the conffile survives `remove` and goes with `purge`.
-    let edited = std::fs::read_to_string("/etc/gopher/probes.toml").unwrap() + "# local edit\n";
-    std::fs::write("/etc/gopher/probes.toml", &edited).unwrap();
-    ok(Command::new("dpkg").args(["--remove", "gopher"]));
-    assert!(!Path::new("/usr/bin/gopher").exists());
+    let edited =
+        std::fs::read_to_string("/etc/gopher-agent/probes.toml").unwrap() + "# local edit\n";
+    std::fs::write("/etc/gopher-agent/probes.toml", &edited).unwrap();
+    ok(Command::new("dpkg").args(["--remove", PACKAGE]));
+    assert!(!Path::new("/usr/bin/gopher-agent").exists());
     assert_eq!(
-        std::fs::read_to_string("/etc/gopher/probes.toml").unwrap(),
+        std::fs::read_to_string("/etc/gopher-agent/probes.toml").unwrap(),
         edited
     );
     drop(guard);
     assert!(!installed());
-    for f in
-        PACKAGE_FILES
-            .iter()
-            .chain(&["/etc/gopher", "/usr/share/gopher", "/usr/share/doc/gopher"])
-    {
+    for f in PACKAGE_FILES.iter().chain(&[
+        "/etc/gopher-agent",
+        "/usr/share/gopher-agent",
+        "/usr/share/doc/gopher-agent",
+    ]) {
         assert!(
             Path::new(f).symlink_metadata().is_err(),
             "{f} left after purge"
@@ -438,10 +449,10 @@ fn deb_installs_validates_and_purges_cleanly() {
         let left = ok(Command::new("find").args([dir, "-name", "*gopher*"]));
         assert!(left.is_empty(), "left in {dir}: {left}");
     }
-    let state = run(Command::new("dpkg-query").args(["-W", "gopher"]));
+    let state = run(Command::new("dpkg-query").args(["-W", PACKAGE]));
     assert!(
         !state.status.success(),
-        "dpkg still knows gopher: {}",
+        "dpkg still knows {PACKAGE}: {}",
         output_text(&state)
     );
 }
@@ -450,13 +461,13 @@ fn deb_installs_validates_and_purges_cleanly() {
 fn rpm_has_the_files_config_and_scripts() {
     if !require(
         have("rpm", &["--version"]) && have("cargo", &["generate-rpm", "--version"]),
-        "rpm and cargo-generate-rpm (scripts/setup.sh installs both)",
+        "rpm and cargo-generate-rpm (scripts/test-deps.sh installs both)",
     ) {
         return;
     }
     release_binary();
     let out = tempfile::tempdir().unwrap();
-    let rpm = out.path().join("gopher.rpm");
+    let rpm = out.path().join("gopher-agent.rpm");
     ok(Command::new("cargo")
         .current_dir(workspace())
         .args(["generate-rpm", "-p", "agent", "-o"])
@@ -466,10 +477,10 @@ fn rpm_has_the_files_config_and_scripts() {
     for f in &PACKAGE_FILES[..PACKAGE_FILES.len() - 2] {
         assert!(files.iter().any(|l| l == f), "rpm lacks {f}: {files:?}");
     }
-    assert_eq!(query("-c").trim(), "/etc/gopher/probes.toml");
+    assert_eq!(query("-c").trim(), "/etc/gopher-agent/probes.toml");
     let scripts = query("--scripts");
     assert!(
-        scripts.contains("systemctl --no-reload disable --now gopher.service"),
+        scripts.contains("systemctl --no-reload disable --now gopher-agent.service"),
         "{scripts}"
     );
     // The probes' user is created before the files land; the config is not world-readable.
@@ -481,13 +492,14 @@ fn rpm_has_the_files_config_and_scripts() {
     assert!(
         modes
             .lines()
-            .any(|l| l == "-rw-r----- /etc/gopher/probes.toml"),
+            .any(|l| l == "-rw-r----- /etc/gopher-agent/probes.toml"),
         "{modes}"
     );
     let requires = query("--requires");
     assert!(requires.contains("procps-ng"), "{requires}");
     assert!(requires.contains("libssl.so.3"), "{requires}");
     let info = query("-i");
+    assert!(info.contains("Name        : gopher-agent\n"), "{info}");
     assert!(
         info.contains(&format!("Version     : {}", env!("CARGO_PKG_VERSION"))),
         "{info}"
@@ -498,11 +510,11 @@ fn rpm_has_the_files_config_and_scripts() {
         .current_dir(extract.path())
         .arg("-c")
         .arg(format!(
-            "rpm2cpio '{}' | cpio -idm --quiet ./etc/gopher/probes.toml",
+            "rpm2cpio '{}' | cpio -idm --quiet ./etc/gopher-agent/probes.toml",
             rpm.display()
         )));
     assert_eq!(
-        std::fs::read(extract.path().join("etc/gopher/probes.toml")).unwrap(),
+        std::fs::read(extract.path().join("etc/gopher-agent/probes.toml")).unwrap(),
         std::fs::read(workspace().join("packaging/probes.toml")).unwrap()
     );
 }
@@ -558,13 +570,13 @@ fn ansible_role_installs_configures_and_is_idempotent() {
     );
     assert!(success, "{said}");
     assert!(installed());
-    let config = std::fs::read_to_string("/etc/gopher/probes.toml").unwrap();
+    let config = std::fs::read_to_string("/etc/gopher-agent/probes.toml").unwrap();
     assert!(config.contains("\nport = 9311\n"), "{config}");
     assert!(config.contains("\nlog_level = \"debug\"\n"), "{config}");
     assert!(config.contains("Ansible managed"), "{config}");
     assert_eq!(
-        check_config("/etc/gopher/probes.toml"),
-        "/etc/gopher/probes.toml: OK\n"
+        check_config("/etc/gopher-agent/probes.toml"),
+        "/etc/gopher-agent/probes.toml: OK\n"
     );
     assert!(
         said.contains("RUNNING HANDLER [gopher : Restart gopher]"),
@@ -592,12 +604,12 @@ fn ansible_role_installs_configures_and_is_idempotent() {
         "{said}"
     );
     assert!(
-        std::fs::read_to_string("/etc/gopher/probes.toml")
+        std::fs::read_to_string("/etc/gopher-agent/probes.toml")
             .unwrap()
             .contains("\nport = 9312\n")
     );
 
-    // A value the agent refuses never reaches /etc/gopher: validation keeps the working file.
+    // A value the agent refuses never reaches /etc/gopher-agent: validation keeps the working file.
     let (success, said) = playbook(&deb, &[("gopher_port", "70000")]);
     assert!(!success, "{said}");
     assert!(
@@ -605,7 +617,7 @@ fn ansible_role_installs_configures_and_is_idempotent() {
         "{said}"
     );
     assert!(
-        std::fs::read_to_string("/etc/gopher/probes.toml")
+        std::fs::read_to_string("/etc/gopher-agent/probes.toml")
             .unwrap()
             .contains("\nport = 9312\n")
     );

@@ -318,6 +318,12 @@ async fn http_scrape_passes_promtool() {
         body = rest.to_owned();
     }
     assert!(body.contains("gopher_scrape_duration_seconds "), "{body}");
+    // The process collector's families, read at the scrape, pass the same lints.
+    assert!(
+        body.contains("# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total "),
+        "{body}"
+    );
+    assert!(body.contains("\nprocess_open_fds "), "{body}");
     assert!(
         body.contains("gala_gopher_tcp_link_tx_bytes_total{"),
         "{body}"

@@ -484,7 +484,7 @@ fn agent_metrics_match_proc() {
             .args(["-c", "import prometheus_client"])
             .status()
             .is_ok_and(|s| s.success()),
-        "python3 with prometheus_client (scripts/setup.sh installs it)",
+        "python3 with prometheus_client (scripts/test-deps.sh installs it)",
     ) {
         return;
     }
@@ -542,7 +542,7 @@ fn promtool_clean(exposition: &str) {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !require(have, "promtool (scripts/setup.sh installs it)") {
+    if !require(have, "promtool (scripts/test-deps.sh installs it)") {
         return;
     }
     let mut child = std::process::Command::new("promtool")

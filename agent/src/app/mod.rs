@@ -15,6 +15,7 @@
 mod enrich;
 pub mod ingest;
 pub mod plan;
+pub mod preflight;
 mod signals;
 
 use std::{
@@ -59,6 +60,52 @@ pub fn check_config(path: &Path) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// `gopher check`: the preflight ([`preflight`]) for the configuration at `path`; 0 when the
+/// host is ready, 1 with one line per problem.
+pub fn check(path: &Path) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let problems = preflight::problems(&preflight::Checks {
+        cfg: &cfg,
+        base: path.parent().filter(|p| !p.as_os_str().is_empty()),
+        ports: true,
+    });
+    if problems.is_empty() {
+        println!("{}: ready", path.display());
+        return ExitCode::SUCCESS;
+    }
+    for p in &problems {
+        println!("{p}");
+    }
+    ExitCode::FAILURE
+}
+
+/// Logs the preflight's problems as warnings, from a thread of its own (a broker that does not
+/// answer must not delay the start). The ports are left to the agent's own binds.
+fn log_preflight(cfg: &Config, base: Option<PathBuf>) {
+    let cfg = cfg.clone();
+    let spawned = std::thread::Builder::new()
+        .name("preflight".into())
+        .spawn(move || {
+            let checks = preflight::Checks {
+                cfg: &cfg,
+                base: base.as_deref(),
+                ports: false,
+            };
+            for p in preflight::problems(&checks) {
+                tracing::warn!(target: LOG_TARGET, "preflight: {p}");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::debug!(target: LOG_TARGET, "preflight not run: {e}");
+    }
+}
+
 /// Runs the agent with the configuration file at `path` until SIGTERM or SIGINT.
 /// `web_config`: node_exporter's `--web.config.file`, over `[web_server] web_config_file`.
 pub fn run_agent(path: &Path, web_config: Option<&Path>) -> ExitCode {
@@ -97,6 +144,7 @@ pub fn run_agent(path: &Path, web_config: Option<&Path>) -> ExitCode {
         .filter(|p| !p.as_os_str().is_empty())
         .map(PathBuf::from);
     let web_config = web_config.map(Path::to_path_buf);
+    log_preflight(&cfg, base.clone());
     match runtime.block_on(run(cfg, base, path.to_owned(), web_config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

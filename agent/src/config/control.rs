@@ -14,7 +14,7 @@ use super::switch::OnOff;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8889";
 /// Where the bearer token is kept when `token_file` is not set: created (0600) at first start,
 /// so only root can call the channel (and `gopher ctl` run as root finds it).
-pub const DEFAULT_TOKEN_FILE: &str = "/var/lib/gopher/control.token";
+pub const DEFAULT_TOKEN_FILE: &str = "/var/lib/gopher-agent/control.token";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Control {

@@ -21,7 +21,7 @@ type Client = ProbeControlClient<InterceptedService<tonic::transport::Channel, A
 #[derive(Debug, clap::Args)]
 pub struct CtlArgs {
     /// The agent's config, for its control address, token file and TLS (default
-    /// /etc/gopher/probes.toml when it exists).
+    /// /etc/gopher-agent/probes.toml when it exists).
     #[arg(long, short, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The agent's control address: host:port, or a URL (https:// when it serves TLS).

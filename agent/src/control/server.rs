@@ -53,11 +53,24 @@ pub async fn bind(
     let auth = TokenCheck::new(token, metrics);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ProbeControlServer<Service>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: v1, and v1alpha, the only one many clients speak (Python's
+    // grpcio-reflection, older grpcurl). Each lists the same services, both reflections included.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+    };
+    let reflection = reflection_builder()
         .build_v1()
-        .context("building the reflection service")?;
+        .context("building the reflection service (v1)")?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .context("building the reflection service (v1alpha)")?;
     let mut builder = Server::builder();
     if let Some(tls) = tls {
         builder = builder
@@ -71,7 +84,12 @@ pub async fn bind(
             auth.clone(),
         ))
         .add_service(tonic::service::interceptor::InterceptedService::new(
-            reflection, auth,
+            reflection,
+            auth.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            reflection_v1alpha,
+            auth,
         ));
     // Small answers must not wait for the client's delayed ACK (~40 ms) behind Nagle: tonic
     // sets TCP_NODELAY only on connections it accepts itself.

@@ -15,7 +15,7 @@ use crate::config::{self, Control};
 
 /// Where the packages install the agent's config; read when `--config` is not given (and
 /// skipped when absent, e.g. in a checkout).
-pub const DEFAULT_CONFIG: &str = "/etc/gopher/probes.toml";
+pub const DEFAULT_CONFIG: &str = "/etc/gopher-agent/probes.toml";
 
 /// How long connecting to one agent may take before it is reported as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -34,7 +34,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper::header::{
-    ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue,
+    ACCEPT, ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue,
     RETRY_AFTER, VARY, WWW_AUTHENTICATE,
 };
 use hyper::server::conn::http1;
@@ -257,6 +257,12 @@ fn handle(state: &Arc<WebState>, req: &Request<Incoming>) -> Response<Body> {
 /// `/metrics`: the headers, and unless `head` the body of a (shared) render.
 fn metrics(state: &Arc<WebState>, req: &Request<Incoming>, head: bool) -> Response<Body> {
     let gzip = accepts_gzip(req.headers().get_all(ACCEPT_ENCODING));
+    let format = prometheus::Format::negotiate(
+        req.headers()
+            .get_all(ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
     let body = if head {
         empty()
     } else {
@@ -275,7 +281,7 @@ fn metrics(state: &Arc<WebState>, req: &Request<Incoming>, head: bool) -> Respon
             .metrics
             .counter(SCRAPES, &[("encoding", encoding)])
             .inc();
-        let (_, rx) = scrape::join_or_start(state, gzip);
+        let (_, rx) = scrape::join_or_start_as(state, gzip, format);
         let cut = state.refused("deadline");
         StreamBody::new(guard::ScrapeBody::new(rx, RESPONSE_DEADLINE, cut, slot)).boxed()
     };
@@ -283,9 +289,11 @@ fn metrics(state: &Arc<WebState>, req: &Request<Incoming>, head: bool) -> Respon
     let headers = resp.headers_mut();
     headers.insert(
         CONTENT_TYPE,
-        HeaderValue::from_static(prometheus::CONTENT_TYPE),
+        HeaderValue::from_static(format.content_type()),
     );
     headers.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+    // The format follows Accept (text or OpenMetrics).
+    headers.append(VARY, HeaderValue::from_static("Accept"));
     if gzip {
         headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }

@@ -1,5 +1,11 @@
 //! Renders an imdb [`Snapshot`] (plus the agent's self-metrics) in the Prometheus text
-//! exposition format 0.0.4.
+//! exposition format 0.0.4, or in OpenMetrics 1.0 when the scraper asks for it ([`Format`]).
+//!
+//! OpenMetrics differs only in what is written once per family, never per sample (so both
+//! cost the same): a counter family is named without its `_total` (`# TYPE x counter`, samples
+//! `x_total`), `untyped` is spelt `unknown`, HELP escapes double quotes too, and the body ends
+//! with `# EOF`. A family whose OpenMetrics name would clash with another's (a gauge `x` beside
+//! a counter `x_total`) is left out there and counted like other clashes.
 //!
 //! Naming follows gala-gopher: every counter, gauge or histogram field becomes the family
 //! `gala_gopher_<table>_<field>`, with one sample per record labelled by the record's `key` and
@@ -34,14 +40,17 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io;
 
+mod openmetrics;
 pub(crate) mod selfmetrics;
+
+pub use openmetrics::{Format, OPENMETRICS_CONTENT_TYPE};
+pub(crate) use openmetrics::{om_header, write_help_as};
 
 use crate::imdb::{FieldMeta, FieldType, Snapshot, TableSnapshot, ValueRef, number};
 use crate::telemetry::{FAMILIES_SKIPPED, SelfMetrics};
 
 /// The Content-Type of what [`render`] produces.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
 const RESERVED_SUFFIXES: [&str; 4] = ["_total", "_count", "_sum", "_bucket"];
 
 /// [`render_to`] hands its text to the writer in pieces of about this size, so a large store is
@@ -63,16 +72,29 @@ pub fn render_to(
     selfmetrics: &SelfMetrics,
     w: &mut impl io::Write,
 ) -> io::Result<()> {
+    render_format_to(snapshot, selfmetrics, Format::Text, w)
+}
+
+/// [`render_to`] in the given format.
+pub fn render_format_to(
+    snapshot: &Snapshot,
+    selfmetrics: &SelfMetrics,
+    format: Format,
+    w: &mut impl io::Write,
+) -> io::Result<()> {
     let mut out = String::with_capacity(CHUNK_BYTES + 4096);
     let mut taken = HashSet::new();
     let mut skipped = 0_u32;
     for table in &snapshot.tables {
-        skipped += render_table(table, &mut taken, &mut out, w)?;
+        skipped += render_table(table, format, &mut taken, &mut out, w)?;
     }
     selfmetrics
         .gauge(FAMILIES_SKIPPED, &[])
         .set(f64::from(skipped));
-    selfmetrics.render(&mut out);
+    selfmetrics.render_format(&mut out, format);
+    if format == Format::OpenMetrics {
+        out.push_str("# EOF\n");
+    }
     w.write_all(out.as_bytes())
 }
 
@@ -87,6 +109,7 @@ fn flush_full(out: &mut String, w: &mut impl io::Write) -> io::Result<()> {
 /// Returns how many families were skipped for clashing names.
 fn render_table(
     table: &TableSnapshot,
+    format: Format,
     taken: &mut HashSet<String>,
     out: &mut String,
     w: &mut impl io::Write,
@@ -128,14 +151,15 @@ fn render_table(
             continue;
         }
         let family = Family::new(&meta.name, field);
-        let names = family.names();
+        let names = family.names(format);
         if names.iter().any(|n| taken.contains(n)) || (field.ty == FieldType::Histogram && has_le) {
             skipped += 1;
             continue;
         }
         taken.extend(names);
 
-        let _ = write!(out, "# HELP {} ", family.name);
+        let (header, ty) = family.header(format);
+        let _ = write!(out, "# HELP {header} ");
         if field.description.trim().is_empty() {
             let _ = write!(
                 out,
@@ -143,9 +167,9 @@ fn render_table(
                 field.name, meta.name
             );
         } else {
-            write_help(out, &field.description);
+            write_help_as(out, &field.description, format);
         }
-        let _ = writeln!(out, "\n# TYPE {} {}", family.name, family.ty);
+        let _ = writeln!(out, "\n# TYPE {header} {ty}");
         // Labels are written again for each family rather than kept for the whole table:
         // memory stays bounded by one chunk whatever the store's size.
         for record in &table.records {
@@ -238,13 +262,25 @@ impl Family {
         }
     }
 
-    /// The family name and every sample name it produces.
-    fn names(&self) -> Vec<String> {
+    /// The family name and every sample name it produces (in OpenMetrics also a counter's
+    /// name without `_total`, which is its family name there).
+    fn names(&self, format: Format) -> Vec<String> {
         let mut names = vec![self.name.clone()];
         if self.histogram {
             names.extend(["_bucket", "_sum", "_count"].map(|s| format!("{}{s}", self.name)));
         }
+        if format == Format::OpenMetrics {
+            let (header, _) = self.header(format);
+            if header != self.name {
+                names.push(header.to_owned());
+            }
+        }
         names
+    }
+
+    /// The name and type of the HELP/TYPE lines.
+    fn header(&self, format: Format) -> (&str, &'static str) {
+        om_header(&self.name, self.ty, format)
     }
 }
 
@@ -327,7 +363,7 @@ mod tests {
     use super::*;
     use crate::imdb::TableMeta;
 
-    fn field(name: &str, ty: FieldType, description: &str) -> FieldMeta {
+    pub(super) fn field(name: &str, ty: FieldType, description: &str) -> FieldMeta {
         FieldMeta {
             name: name.into(),
             ty,
@@ -335,7 +371,7 @@ mod tests {
         }
     }
 
-    fn table(name: &str, fields: Vec<FieldMeta>, rows: &[&[&str]]) -> TableSnapshot {
+    pub(super) fn table(name: &str, fields: Vec<FieldMeta>, rows: &[&[&str]]) -> TableSnapshot {
         let rows: Vec<Vec<_>> = rows
             .iter()
             .map(|r| {

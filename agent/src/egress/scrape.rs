@@ -20,6 +20,9 @@
 //!   pieces, inflating them on its own blocking thread and skipping what it already had, so
 //!   no client can stall the render for the others. Late plain joiners inflate the same way.
 //!
+//! Scrapes join only a render of the exposition format they negotiated (text or OpenMetrics:
+//! one joinable render per format).
+//!
 //! No cache: every scrape sees records at least as fresh as its arrival.
 //! `gopher_scrape_renders_total` counts renders, `gopher_scrapes_total{encoding}` the answers.
 //! A body that cannot be completed ends with an error, so that the client sees a cut
@@ -34,7 +37,7 @@ use flate2::Compression;
 use flate2::write::{GzDecoder, GzEncoder};
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use super::prometheus;
+use super::prometheus::{self, Format};
 use super::store_counts::sync_from_store;
 use tokio::sync::Semaphore;
 
@@ -111,8 +114,27 @@ pub(super) struct Current(Mutex<Renders>);
 
 #[derive(Default)]
 pub(super) struct Renders {
-    joinable: Option<Arc<Render>>,
+    /// Per format ([`slot`]).
+    joinable: [Option<Arc<Render>>; 2],
     direct: usize,
+}
+
+/// The index of a format's joinable render.
+fn slot(format: Format) -> usize {
+    match format {
+        Format::Text => 0,
+        Format::OpenMetrics => 1,
+    }
+}
+
+impl Renders {
+    /// Makes `render` no longer joinable, if it still was.
+    fn unjoin(&mut self, render: &Arc<Render>) {
+        let joinable = &mut self.joinable[slot(render.format)];
+        if joinable.as_ref().is_some_and(|r| Arc::ptr_eq(r, render)) {
+            *joinable = None;
+        }
+    }
 }
 
 impl Current {
@@ -131,6 +153,7 @@ struct Subscriber {
 pub(super) struct Render {
     state: Mutex<RenderState>,
     grew: Condvar,
+    format: Format,
 }
 
 #[derive(Default)]
@@ -181,14 +204,24 @@ impl Render {
 }
 
 /// Joins the render in progress, or starts one on the blocking pool; the body arrives on the
-/// returned channel. Call on the runtime.
+/// returned channel. Call on the runtime. (Text format: the tests' shorthand.)
+#[cfg(test)]
 pub(super) fn join_or_start(
     state: &Arc<WebState>,
     gzip: bool,
 ) -> (Arc<Render>, mpsc::Receiver<Chunk>) {
+    join_or_start_as(state, gzip, Format::Text)
+}
+
+/// [`join_or_start`] for a scrape that negotiated `format`: it joins only a render of it.
+pub(super) fn join_or_start_as(
+    state: &Arc<WebState>,
+    gzip: bool,
+    format: Format,
+) -> (Arc<Render>, mpsc::Receiver<Chunk>) {
     let (tx, rx) = mpsc::channel(STREAM_AHEAD);
     let mut current = state.current.lock();
-    if let Some(render) = current.joinable.as_ref() {
+    if let Some(render) = current.joinable[slot(format)].as_ref() {
         let render = Arc::clone(render);
         let mut s = render.lock();
         if !s.shared {
@@ -202,9 +235,12 @@ pub(super) fn join_or_start(
         tokio::task::spawn_blocking(move || replay(&replaying, gzip, &tx, 0));
         return (render, rx);
     }
-    let render = Arc::new(Render::default());
+    let render = Arc::new(Render {
+        format,
+        ..Render::default()
+    });
     render.lock().pending.push(Subscriber { gzip, tx });
-    current.joinable = Some(Arc::clone(&render));
+    current.joinable[slot(format)] = Some(Arc::clone(&render));
     drop(current);
     let (state, producing) = (Arc::clone(state), Arc::clone(&render));
     tokio::task::spawn_blocking(move || produce(&state, &producing));
@@ -228,6 +264,8 @@ fn produce(state: &WebState, render: &Arc<Render>) {
         sync_from_store(&store, &state.metrics);
         store.snapshot()
     };
+    // Outside the store's lock: /proc reads, once per render.
+    crate::telemetry::process::refresh(&state.metrics);
     state.metrics.counter(SCRAPE_RENDERS, &[]).inc();
     let (subscribers, direct) = {
         let mut current = state.current.lock();
@@ -240,13 +278,7 @@ fn produce(state: &WebState, render: &Arc<Render>) {
             // No one can join any more.
             current.direct += 1;
             ending.direct = true;
-            if current
-                .joinable
-                .as_ref()
-                .is_some_and(|r| Arc::ptr_eq(r, render))
-            {
-                current.joinable = None;
-            }
+            current.unjoin(render);
         } else {
             s.shared = true;
         }
@@ -266,11 +298,11 @@ fn produce(state: &WebState, render: &Arc<Render>) {
             };
             let result = if *gzip {
                 let mut gz = GzEncoder::new(out, Compression::fast());
-                prometheus::render_to(&snapshot, &state.metrics, &mut gz)
+                prometheus::render_format_to(&snapshot, &state.metrics, render.format, &mut gz)
                     .and_then(|()| gz.finish())
                     .and_then(Direct::finish)
             } else {
-                prometheus::render_to(&snapshot, &state.metrics, &mut out)
+                prometheus::render_format_to(&snapshot, &state.metrics, render.format, &mut out)
                     .and_then(|()| out.finish())
             };
             if let Err(err) = result
@@ -302,13 +334,7 @@ impl Drop for Ending<'_> {
         let failed = std::thread::panicking();
         {
             let mut current = self.state.current.lock();
-            if current
-                .joinable
-                .as_ref()
-                .is_some_and(|r| Arc::ptr_eq(r, self.render))
-            {
-                current.joinable = None;
-            }
+            current.unjoin(self.render);
             if self.direct {
                 current.direct = current.direct.saturating_sub(1);
             }
@@ -365,7 +391,7 @@ fn shared(
             Compression::fast(),
         ),
     };
-    let result = prometheus::render_to(snapshot, &state.metrics, &mut fanout);
+    let result = prometheus::render_format_to(snapshot, &state.metrics, render.format, &mut fanout);
     let Fanout { plain, gz, .. } = fanout;
     let (last, failed) = match result.and_then(|()| gz.finish()) {
         Ok(mut publisher) => {
@@ -379,16 +405,7 @@ fn shared(
         }
     };
     // No longer joinable before it is complete: a scrape arriving from now on renders anew.
-    {
-        let mut current = state.current.lock();
-        if current
-            .joinable
-            .as_ref()
-            .is_some_and(|r| Arc::ptr_eq(r, render))
-        {
-            current.joinable = None;
-        }
-    }
+    state.current.lock().unjoin(render);
     render.publish(last, true, failed);
     if failed {
         for (tx, _) in plain {

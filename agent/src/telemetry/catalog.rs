@@ -1,7 +1,7 @@
 //! The catalogue of the agent's own metrics: every `gopher_*` family's name, type, labels and
 //! HELP text, declared once here so that the full list lives in one place.
 
-use super::Kind::{self, Counter, Gauge};
+use super::Kind::{self, Counter, FloatCounter, Gauge};
 
 pub const BUILD_INFO: &str = "gopher_build_info";
 pub const PROBE_STATE: &str = "gopher_probe_state";
@@ -39,6 +39,16 @@ pub const TCP_NETNS_ERRORS: &str = "gopher_tcp_netns_errors_total";
 pub const TCP_SOCKET_SOURCE: &str = "gopher_tcp_socket_source";
 pub const NGINX_BINARIES_TRACED: &str = "gopher_nginx_binaries_traced";
 pub const NGINX_SESSIONS_SKIPPED: &str = "gopher_nginx_sessions_skipped_total";
+pub const EBPF_RUN_SECONDS: &str = "gopher_ebpf_program_run_seconds_total";
+pub const EBPF_RUNS: &str = "gopher_ebpf_program_runs_total";
+// The standard process collector's families (names and HELP as the client libraries have them).
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+pub const PROCESS_VIRTUAL: &str = "process_virtual_memory_bytes";
+pub const PROCESS_RESIDENT: &str = "process_resident_memory_bytes";
+pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
+pub const PROCESS_THREADS: &str = "process_threads";
 
 /// The reasons the table store refuses a row of a registered table for (`ImdbError::reason`),
 /// and loses one for (`ingest_panic`: the batch being stored when the ingest task panicked,
@@ -66,7 +76,7 @@ pub(super) type Declaration = (&'static str, Kind, &'static [&'static str], &'st
 /// Every family, in render order.
 // One flat list of declarations: splitting it would scatter the catalogue.
 #[allow(clippy::too_many_lines)]
-pub(super) fn declared() -> [Declaration; 36] {
+pub(super) fn declared() -> [Declaration; 45] {
     [
         (
             CONTROL_REQUESTS,
@@ -83,8 +93,8 @@ pub(super) fn declared() -> [Declaration; 36] {
         (
             BUILD_INFO,
             Gauge,
-            &["version"],
-            "Always 1; the label carries the agent's version.",
+            &["version", "revision"],
+            "Always 1; the labels carry the agent's version and the git revision it was built from (unknown when built outside a git checkout).",
         ),
         (
             PROBE_STATE,
@@ -278,6 +288,55 @@ pub(super) fn declared() -> [Declaration; 36] {
             Gauge,
             &[],
             "Kafka messages in the producer queue (waiting or in flight), sampled every egress interval.",
+        ),
+        (
+            EBPF_RUN_SECONDS,
+            FloatCounter,
+            &["probe", "program"],
+            "Seconds the probe's eBPF program ran in the kernel (bpf_prog_info run_time_ns); counted only while kernel.bpf_stats_enabled=1, else 0.",
+        ),
+        (
+            EBPF_RUNS,
+            Counter,
+            &["probe", "program"],
+            "Times the probe's eBPF program ran (bpf_prog_info run_cnt); counted only while kernel.bpf_stats_enabled=1, else 0.",
+        ),
+        (
+            PROCESS_CPU,
+            FloatCounter,
+            &[],
+            "Total user and system CPU time spent in seconds.",
+        ),
+        (
+            PROCESS_OPEN_FDS,
+            Gauge,
+            &[],
+            "Number of open file descriptors.",
+        ),
+        (
+            PROCESS_MAX_FDS,
+            Gauge,
+            &[],
+            "Maximum number of open file descriptors.",
+        ),
+        (PROCESS_VIRTUAL, Gauge, &[], "Virtual memory size in bytes."),
+        (
+            PROCESS_RESIDENT,
+            Gauge,
+            &[],
+            "Resident memory size in bytes.",
+        ),
+        (
+            PROCESS_START_TIME,
+            Gauge,
+            &[],
+            "Start time of the process since unix epoch in seconds.",
+        ),
+        (
+            PROCESS_THREADS,
+            Gauge,
+            &[],
+            "Number of OS threads in the process.",
         ),
     ]
 }

@@ -12,6 +12,7 @@
 //! `egress::store_counts::sync_from_store`, which keeps the imdb free of metrics code.
 
 mod catalog;
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,13 +24,16 @@ pub use catalog::*;
 pub enum Kind {
     Counter,
     Gauge,
+    /// A counter of fractional values mirrored from elsewhere (CPU seconds from /proc): set,
+    /// never incremented; its samples are [`Sample::Gauge`] (a float) under the counter type.
+    FloatCounter,
 }
 
 impl Kind {
     /// The family's type as the exposition formats spell it.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Counter => "counter",
+            Self::Counter | Self::FloatCounter => "counter",
             Self::Gauge => "gauge",
         }
     }
@@ -101,7 +105,7 @@ impl Family {
             let bits = cell.load(Ordering::Relaxed);
             let sample = match self.kind {
                 Kind::Counter => Sample::Counter(bits),
-                Kind::Gauge => Sample::Gauge(f64::from_bits(bits)),
+                Kind::Gauge | Kind::FloatCounter => Sample::Gauge(f64::from_bits(bits)),
             };
             (&values[..], sample)
         })
@@ -112,6 +116,7 @@ impl Family {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Sample {
     Counter(u64),
+    /// A float: a gauge's value, or a [`Kind::FloatCounter`]'s.
     Gauge(f64),
 }
 
@@ -143,7 +148,14 @@ impl SelfMetrics {
             families: Mutex::new(families),
         };
         metrics
-            .gauge(BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))])
+            .gauge(
+                BUILD_INFO,
+                &[
+                    ("version", env!("CARGO_PKG_VERSION")),
+                    // Set by build.rs: `git rev-parse`, GOPHER_REVISION, or "unknown".
+                    ("revision", env!("GOPHER_REVISION")),
+                ],
+            )
             .set(1.0);
         metrics
     }
@@ -157,6 +169,12 @@ impl SelfMetrics {
     /// The gauge series `name{labels}`; see [`SelfMetrics::counter`].
     pub fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Gauge {
         Gauge(self.cell(name, Kind::Gauge, labels))
+    }
+
+    /// The float counter series `name{labels}` (a [`Gauge`] handle: set to the count kept
+    /// elsewhere, which only grows); see [`SelfMetrics::counter`].
+    pub fn float_counter(&self, name: &str, labels: &[(&str, &str)]) -> Gauge {
+        Gauge(self.cell(name, Kind::FloatCounter, labels))
     }
 
     /// Unknown families, wrong kinds and wrong label sets are programming errors: they fail
@@ -359,7 +377,11 @@ mod tests {
         assert_eq!(
             seen,
             [
-                (BUILD_INFO, vec![version], Sample::Gauge(1.0)),
+                (
+                    BUILD_INFO,
+                    vec![version, env!("GOPHER_REVISION").to_owned()],
+                    Sample::Gauge(1.0)
+                ),
                 (PROBE_ROWS, vec!["tcp".to_owned()], Sample::Counter(5)),
                 (SCRAPE_DURATION, vec![], Sample::Gauge(0.5)),
             ]

@@ -3,17 +3,24 @@
 
 use std::fmt::Write as _;
 
-use super::{write_f64, write_help, write_label_value};
+use super::{Format, om_header, write_f64, write_help_as, write_label_value};
 use crate::telemetry::{Sample, SelfMetrics};
 
 impl SelfMetrics {
     /// Appends every family that has at least one series, in declaration order, in the
     /// Prometheus text exposition format.
     pub fn render(&self, out: &mut String) {
+        self.render_format(out, Format::Text);
+    }
+
+    /// [`SelfMetrics::render`] in the given format (OpenMetrics: counters' family names
+    /// without `_total`, the samples keep it).
+    pub fn render_format(&self, out: &mut String, format: Format) {
         self.visit(|family| {
-            let _ = write!(out, "# HELP {} ", family.name());
-            write_help(out, family.help());
-            let _ = writeln!(out, "\n# TYPE {} {}", family.name(), family.kind().as_str());
+            let (name, ty) = om_header(family.name(), family.kind().as_str(), format);
+            let _ = write!(out, "# HELP {name} ");
+            write_help_as(out, family.help(), format);
+            let _ = writeln!(out, "\n# TYPE {name} {ty}");
             for (values, sample) in family.series() {
                 out.push_str(family.name());
                 if !values.is_empty() {
@@ -60,12 +67,13 @@ mod tests {
         m.counter(PROBE_RESTARTS, &[("probe", "a\"b\\c\nd")]).add(7);
         m.gauge(SCRAPE_DURATION, &[]).set(0.5);
         let version = env!("CARGO_PKG_VERSION");
+        let revision = env!("GOPHER_REVISION");
         assert_eq!(
             rendered(&m),
             format!(
-                "# HELP gopher_build_info Always 1; the label carries the agent's version.\n\
+                "# HELP gopher_build_info Always 1; the labels carry the agent's version and the git revision it was built from (unknown when built outside a git checkout).\n\
                  # TYPE gopher_build_info gauge\n\
-                 gopher_build_info{{version=\"{version}\"}} 1\n\
+                 gopher_build_info{{version=\"{version}\",revision=\"{revision}\"}} 1\n\
                  # HELP gopher_probe_restarts_total Times the supervisor restarted the probe after it ended on its own (exit, crash, error).\n\
                  # TYPE gopher_probe_restarts_total counter\n\
                  gopher_probe_restarts_total{{probe=\"a\\\"b\\\\c\\nd\"}} 7\n\

@@ -116,7 +116,7 @@ async fn a_lone_plain_scrape_is_rendered_directly_and_stops_when_the_client_goes
     let first = rx.recv().await.unwrap().unwrap();
     assert!(first.starts_with(b"# HELP gala_gopher_t_g "));
     assert!(
-        state.current.lock().joinable.is_none(),
+        state.current.lock().joinable.iter().all(Option::is_none),
         "a direct render is not joinable"
     );
     assert!(
@@ -193,6 +193,9 @@ async fn a_render_that_panics_cuts_its_scrapes_and_the_next_one_renders_anew() {
             "cut, not a short body that looks whole"
         );
         tokio::task::block_in_place(|| render.wait_done());
-        assert!(state.current.lock().joinable.is_none(), "not left joinable");
+        assert!(
+            state.current.lock().joinable.iter().all(Option::is_none),
+            "not left joinable"
+        );
     }
 }

@@ -141,6 +141,20 @@ impl Programs {
             .unwrap_or_default()
     }
 
+    /// Each loaded program's name, time spent running and run count, from the kernel's
+    /// `bpf_prog_info`. The kernel counts only while stats are enabled
+    /// (`sysctl kernel.bpf_stats_enabled=1`, or a process holding a `BPF_ENABLE_STATS` fd);
+    /// otherwise both stay 0. A program the object holds but did not load is left out.
+    pub fn run_stats(&self) -> Vec<(&str, std::time::Duration, u64)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, prog)| {
+                let info = prog.info().ok()?;
+                Some((name, info.run_time(), info.run_count()))
+            })
+            .collect()
+    }
+
     /// Close events the ring buffer had no room for, summed over CPUs.
     pub fn lost(&self) -> u64 {
         self.per_cpu_sum("LOST", 0)

@@ -8,6 +8,8 @@
 //! Nothing runs per packet or per send/recv call.
 
 pub(crate) mod bpf;
+/// Where the programs attach; `gopher check` looks for it too.
+pub use bpf::cgroup2_root;
 #[allow(dead_code, reason = "its users, the tracing programs, land next")]
 pub(crate) mod btf;
 mod closed;
@@ -47,7 +49,8 @@ use super::{ParamError, Probe, ProbeContext, ProbeFuture};
 use crate::{
     imdb::TableMeta,
     telemetry::{
-        EBPF_EVENTS_LOST, EBPF_MAP_FULL, PROBE_COLLECT_SECONDS, PROBE_ROWS, TCP_SOCKET_SOURCE,
+        EBPF_EVENTS_LOST, EBPF_MAP_FULL, EBPF_RUN_SECONDS, EBPF_RUNS, PROBE_COLLECT_SECONDS,
+        PROBE_ROWS, TCP_SOCKET_SOURCE,
     },
 };
 
@@ -100,6 +103,24 @@ impl Probe for TcpProbe {
         let policy = self.policy.clone();
         Box::pin(async move { run(ctx, max_links, connect_hooks, socket_iterator, policy).await })
     }
+}
+
+/// Each program's kernel run time and count (`bpf_prog_info`), as the kernel keeps them:
+/// cumulative since the program was loaded, so set rather than added.
+fn publish_run_stats(metrics: &crate::telemetry::SelfMetrics, programs: &bpf::Programs) {
+    let stats = programs.run_stats();
+    for (name, run_time, _) in &stats {
+        metrics
+            .float_counter(EBPF_RUN_SECONDS, &[("probe", "tcp"), ("program", name)])
+            .set(run_time.as_secs_f64());
+    }
+    metrics.mirror_counters(
+        EBPF_RUNS,
+        stats
+            .into_iter()
+            .map(|(name, _, runs)| (Box::from(["tcp".to_owned(), name.to_owned()]), runs))
+            .collect(),
+    );
 }
 
 async fn run(
@@ -183,6 +204,7 @@ async fn run(
                 let map_full = programs.links_full();
                 links_full.add(map_full.saturating_sub(links_full_seen));
                 links_full_seen = links_full_seen.max(map_full);
+                publish_run_stats(&ctx.metrics, &programs);
                 let rows = if full {
                     Rows::All(state.link_ids())
                 } else {
