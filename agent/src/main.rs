@@ -28,14 +28,23 @@ struct Cli {
 enum Command {
     /// Talk to a running agent over its control channel: list, get, set, reset, watch.
     Ctl(client::CtlArgs),
+    /// Write the probes.toml equivalent of gala-gopher's gala-gopher.conf (to OUT or stdout).
+    Convert {
+        /// gala-gopher's configuration file (libconfig).
+        file: PathBuf,
+        /// Where to write probes.toml; stdout when absent.
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     // Before any thread starts: the arena limit applies to arenas made from here on.
     gopher::mem::tune();
     let cli = Cli::parse();
-    if let Some(Command::Ctl(args)) = cli.command {
-        return ctl(args);
+    match cli.command {
+        Some(Command::Ctl(args)) => return ctl(args),
+        Some(Command::Convert { file, out }) => return app::convert(&file, out.as_deref()),
+        None => {}
     }
     if let Some(path) = cli.check_config {
         return app::check_config(&path);

@@ -29,7 +29,7 @@ use crate::{
     clock,
     config::{self, Config},
     control,
-    egress::{http, kafka},
+    egress::{http, kafka, prometheus::Naming},
     imdb::{Batch, Limits, Store},
     probes::{Controller, Manager, Policy, controller::state_file},
     service::{self, tasks},
@@ -44,7 +44,12 @@ pub(crate) const LOG_TARGET: &str = "gopher";
 /// `gopher --check-config FILE`: 0 when valid, 1 with every error (file:line:col: key: why).
 pub fn check_config(path: &Path) -> ExitCode {
     let errors = match config::load(path) {
-        Ok(cfg) => meta_errors(&cfg),
+        Ok(cfg) => {
+            for w in cfg.gala.iter().flat_map(config::GalaNotes::warnings) {
+                eprintln!("warning: {w}");
+            }
+            meta_errors(&cfg)
+        }
         Err(e) => vec![e],
     };
     if errors.is_empty() {
@@ -55,6 +60,42 @@ pub fn check_config(path: &Path) -> ExitCode {
         eprintln!("{e}");
     }
     ExitCode::FAILURE
+}
+
+/// `gopher convert FILE [OUT]`: writes the `probes.toml` equivalent of gala-gopher's
+/// `gala-gopher.conf` to OUT (or stdout); what is not carried over is said on stderr and in
+/// comments at the top.
+pub fn convert(path: &Path, out: Option<&Path>) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let toml = match config::convert_gala(&text, path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for line in toml.lines().filter_map(|l| l.strip_prefix("# NOTE: ")) {
+        eprintln!("warning: {line}");
+    }
+    let written = if let Some(out) = out {
+        std::fs::write(out, &toml).map_err(|e| format!("{}: {e}", out.display()))
+    } else {
+        print!("{toml}");
+        Ok(())
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs the agent with the configuration file at `path` until SIGTERM or SIGINT.
@@ -69,6 +110,9 @@ pub fn run_agent(path: &Path) -> ExitCode {
     if let Err(e) = service::logging::init(&cfg.global) {
         eprintln!("{e}");
         return ExitCode::FAILURE;
+    }
+    for w in cfg.gala.iter().flat_map(config::GalaNotes::warnings) {
+        tracing::warn!(target: LOG_TARGET, "{w}");
     }
     match service::limits::raise_nofile() {
         Ok((before, after)) if before != after => {
@@ -194,11 +238,17 @@ async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Resul
         "serving /metrics"
     );
     let (shutdown_tx, _shutdown_rx) = watch::channel(false);
-    let web_state = Arc::new(http::WebState::new(
-        Arc::clone(&store),
-        Arc::clone(&metrics),
-        clock::mono_ms,
-    ));
+    let naming = match cfg.web_server.metric_names {
+        config::MetricNames::Gopher => Naming::Gopher,
+        config::MetricNames::GalaGopher => Naming::gala_gopher(),
+    };
+    if let Naming::GalaGopher { machine_id } = &naming {
+        tracing::info!(target: LOG_TARGET, machine_id, "/metrics uses gala-gopher's names");
+    }
+    let web_state = Arc::new(
+        http::WebState::new(Arc::clone(&store), Arc::clone(&metrics), clock::mono_ms)
+            .with_naming(naming),
+    );
     let web = tokio::spawn(Beating::new(
         tasks::web(
             listener.into_std()?,

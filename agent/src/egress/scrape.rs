@@ -58,6 +58,8 @@ pub struct WebState {
     pub(super) current: Current,
     /// Slots of the `/metrics` bodies streaming ([`MAX_SCRAPES`]).
     pub(super) scrapes: Arc<Semaphore>,
+    /// Family and label names (`[web_server] metric_names`).
+    pub naming: prometheus::Naming,
 }
 
 impl WebState {
@@ -72,7 +74,15 @@ impl WebState {
             clock,
             current: Current::default(),
             scrapes: Arc::new(Semaphore::new(MAX_SCRAPES)),
+            naming: prometheus::Naming::Gopher,
         }
+    }
+
+    /// The same state, naming families and labels `naming`'s way.
+    #[must_use]
+    pub fn with_naming(mut self, naming: prometheus::Naming) -> Self {
+        self.naming = naming;
+        self
     }
 
     pub(super) fn refused(&self, reason: &str) -> crate::telemetry::Counter {
@@ -256,11 +266,11 @@ fn produce(state: &WebState, render: &Arc<Render>) {
             };
             let result = if *gzip {
                 let mut gz = GzEncoder::new(out, Compression::fast());
-                prometheus::render_to(&snapshot, &state.metrics, &mut gz)
+                prometheus::render_to(&snapshot, &state.metrics, &state.naming, &mut gz)
                     .and_then(|()| gz.finish())
                     .and_then(Direct::finish)
             } else {
-                prometheus::render_to(&snapshot, &state.metrics, &mut out)
+                prometheus::render_to(&snapshot, &state.metrics, &state.naming, &mut out)
                     .and_then(|()| out.finish())
             };
             if let Err(err) = result
@@ -355,7 +365,7 @@ fn shared(
             Compression::fast(),
         ),
     };
-    let result = prometheus::render_to(snapshot, &state.metrics, &mut fanout);
+    let result = prometheus::render_to(snapshot, &state.metrics, &state.naming, &mut fanout);
     let Fanout { plain, gz, .. } = fanout;
     let (last, failed) = match result.and_then(|()| gz.finish()) {
         Ok(mut publisher) => {

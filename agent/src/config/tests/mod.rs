@@ -171,7 +171,8 @@ fn full_file_round_trips_every_key() {
         c.web_server,
         WebServer {
             bind_addr: "::1".into(),
-            port: 9100
+            port: 9100,
+            metric_names: crate::config::MetricNames::Gopher,
         }
     );
     assert_eq!(c.kafka.switch, OnOff::On);
