@@ -295,3 +295,37 @@ pub(crate) fn to_toml(entries: Vec<Entry>, source: &Path, notes: &GalaNotes) -> 
     }
     out
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_by_extension_then_content() {
+        let gala = "web_server =\n{\n    port = 8888;\n};\n";
+        let toml = "[web_server]\nport = 8888\n";
+        assert!(is_gala_conf(Path::new("/etc/gala-gopher/gala-gopher.conf"), toml));
+        assert!(!is_gala_conf(Path::new("probes.toml"), gala));
+        assert!(is_gala_conf(Path::new("/etc/gopher/config"), gala));
+        assert!(is_gala_conf(Path::new("cfg"), "probes = (\n);"));
+        assert!(!is_gala_conf(Path::new("/etc/gopher/config"), toml));
+        assert!(!is_gala_conf(Path::new("cfg"), "# a comment;\n[kafka]\n"));
+    }
+
+    #[test]
+    fn unknown_probes_and_settings_are_named() {
+        let text = "global = { pin_path = \"/sys/fs/bpf\"; log_level = \"info\"; };\n\
+                    taosdata = { taosdata_ip = \"x\"; };\n\
+                    probes = ( { name = \"example\"; switch = \"on\"; }, \
+                               { name = \"system_tcp\"; switch = \"on\"; } );\n";
+        let config = super::super::parse_gala(text, Path::new("/x/gala-gopher.conf")).unwrap();
+        let notes = config.gala.unwrap();
+        assert_eq!(notes.probes_not_run.len(), 1);
+        assert!(notes.probes_not_run[0].contains("\"example\""));
+        assert_eq!(notes.settings_ignored, ["global.pin_path", "taosdata"]);
+        assert_eq!(config.probes.len(), 1);
+        assert_eq!(config.probes[0].name, "system_tcp");
+        assert_eq!(notes.warnings().len(), 2);
+    }
+}
