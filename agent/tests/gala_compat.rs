@@ -77,7 +77,7 @@ fn manual_conf(port: u16, control: u16) -> String {
         "port = 8888;",
         &format!("bind_addr = \"127.0.0.1\";\n    port = {port};"),
     )
-        .replace("\"/var/log/gala-gopher\"", "\"\"")
+    .replace("\"/var/log/gala-gopher\"", "\"\"")
         + &format!("\ncontrol = {{ listen = \"127.0.0.1:{control}\"; }};\n")
 }
 
@@ -97,8 +97,11 @@ fn the_manuals_gala_gopher_conf_runs_with_native_probes_and_one_warning() {
             "system_inode",
         ]
         .iter()
-        .all(|p| b.contains(&format!("gopher_probe_state{{probe=\"{p}\",state=\"running\"}} 1")))
-            && b.contains("gala_gopher_system_meminfo_")
+        .all(|p| {
+            b.contains(&format!(
+                "gopher_probe_state{{probe=\"{p}\",state=\"running\"}} 1"
+            ))
+        }) && b.contains("gala_gopher_system_meminfo_")
     });
     // The extend probes stay extension probes: "auto" ones wait for their start check.
     for probe in ["dnsmasq", "haproxy", "nginx", "lvs", "redis"] {
@@ -139,7 +142,9 @@ fn gopher_convert_writes_a_probes_toml_that_check_config_accepts() {
     assert!(run.status.success(), "{}", common::output_text(&run));
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(
-        stderr.matches("gopher has no probe for \"example\"").count(),
+        stderr
+            .matches("gopher has no probe for \"example\"")
+            .count(),
         1,
         "{stderr}"
     );
@@ -175,7 +180,10 @@ fn gopher_convert_writes_a_probes_toml_that_check_config_accepts() {
         .collect();
     assert_eq!(extend, ["redis", "dnsmasq", "haproxy", "nginx", "lvs"]);
     let lvs = &parsed["extend_probes"].as_array().unwrap()[4];
-    assert_eq!(lvs["start_check"].as_str(), Some("lsmod | grep ip_vs | wc -l"));
+    assert_eq!(
+        lvs["start_check"].as_str(),
+        Some("lsmod | grep ip_vs | wc -l")
+    );
     assert_eq!(lvs["switch"].as_str(), Some("auto"));
     assert_eq!(parsed["kafka"]["kafka_topic"].as_str(), Some("gala_gopher"));
     assert_eq!(parsed["web_server"]["port"].as_integer(), Some(8888));
@@ -242,7 +250,10 @@ fn expected_machine_id() -> String {
 }
 
 fn promtool_problems(body: &str) -> Vec<String> {
-    common::promtool_says(body).lines().map(str::to_owned).collect()
+    common::promtool_says(body)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
@@ -291,40 +302,25 @@ fn gala_gopher_naming_passes_promtool_but_for_total_and_answers_gala_gopher_quer
     });
     let line = body.lines().find(|l| l.starts_with(&series)).unwrap();
     assert!(
-        line.contains(&format!("comm=\"{comm}\",machine_id=\"{machine_id}\"}} 1000")),
+        line.contains(&format!(
+            "comm=\"{comm}\",machine_id=\"{machine_id}\"}} 1000"
+        )),
         "{line}"
     );
     let table_lines = || body.lines().filter(|l| l.contains("gala_gopher_"));
     for l in table_lines().filter(|l| !l.starts_with('#')) {
         let name = l.split(['{', ' ']).next().unwrap();
-        assert!(!name.ends_with("_total") && !l.contains("process_name="), "{l}");
+        assert!(
+            !name.ends_with("_total") && !l.contains("process_name="),
+            "{l}"
+        );
     }
     // machine_id on every table series; the agent's own gopher_* metrics are left alone.
     for l in table_lines().filter(|l| !l.starts_with('#')) {
         assert!(l.contains(&format!("machine_id=\"{machine_id}\"")), "{l}");
     }
 
-    // promtool: the only complaint is the missing `_total`, once per counter family, and
-    // nothing about anything else.
-    let counters: BTreeSet<String> = body
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .filter(|n| n.starts_with("gala_gopher_") && !n.ends_with("_total"))
-        .map(str::to_owned)
-        .collect();
-    assert!(counters.contains("gala_gopher_tcp_link_rx_bytes"), "{counters:?}");
-    let problems = promtool_problems(&body);
-    let flagged: BTreeSet<String> = problems
-        .iter()
-        .map(|p| {
-            let name = p
-                .strip_suffix(" counter metrics should have \"_total\" suffix")
-                .unwrap_or_else(|| panic!("unexpected promtool problem: {p}"));
-            name.to_owned()
-        })
-        .collect();
-    assert_eq!(flagged, counters);
+    assert_only_the_total_lint(&body);
 
     // A real Prometheus scraping the agent, queried the gala-gopher way.
     let prom = Prometheus::start(&format!("127.0.0.1:{}", agent.port));
@@ -343,7 +339,10 @@ fn gala_gopher_naming_passes_promtool_but_for_total_and_answers_gala_gopher_quer
         ),
         Duration::from_mins(1),
     );
-    assert_eq!(segs[0]["metric"]["machine_id"].as_str(), Some(machine_id.as_str()));
+    assert_eq!(
+        segs[0]["metric"]["machine_id"].as_str(),
+        Some(machine_id.as_str())
+    );
     let memory = prom.wait_for_data(
         &format!("gala_gopher_system_meminfo_mem_total_bytes{{machine_id=\"{machine_id}\"}}"),
         Duration::from_mins(1),
@@ -374,7 +373,10 @@ impl Prometheus {
         let port = free_port();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--log.level=warn")
             .stdin(Stdio::null())
@@ -409,7 +411,10 @@ impl Prometheus {
             if !result.is_empty() {
                 return result;
             }
-            assert!(start.elapsed() < timeout, "no data after {timeout:?} for {expr}");
+            assert!(
+                start.elapsed() < timeout,
+                "no data after {timeout:?} for {expr}"
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
     }
@@ -420,4 +425,31 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// promtool: the only complaint is the missing `_total`, once per counter family, and nothing
+/// about anything else.
+fn assert_only_the_total_lint(body: &str) {
+    let counters: BTreeSet<String> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .filter(|n| n.starts_with("gala_gopher_") && !n.ends_with("_total"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        counters.contains("gala_gopher_tcp_link_rx_bytes"),
+        "{counters:?}"
+    );
+    let problems = promtool_problems(body);
+    let flagged: BTreeSet<String> = problems
+        .iter()
+        .map(|p| {
+            let name = p
+                .strip_suffix(" counter metrics should have \"_total\" suffix")
+                .unwrap_or_else(|| panic!("unexpected promtool problem: {p}"));
+            name.to_owned()
+        })
+        .collect();
+    assert_eq!(flagged, counters);
 }

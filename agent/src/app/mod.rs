@@ -271,6 +271,7 @@ async fn run(cfg: Config, base: Option<PathBuf>, path: PathBuf) -> anyhow::Resul
         fatal_tx,
     )?;
     let control = start_control(&cfg, &ctl, &metrics, shutdown_tx.subscribe()).await?;
+    let _rest = start_rest(&cfg, &ctl, &metrics, shutdown_tx.subscribe()).await?;
 
     // Ready for systemd (Type=notify) once /metrics is served and every sink started.
     let notifier = Arc::new(service::notify::Notifier::from_env());
@@ -385,4 +386,33 @@ async fn start_control(
             tracing::error!(target: LOG_TARGET, "{e:#}");
         }
     })))
+}
+
+/// gala-gopher's REST probe API, when `[rest_api] switch = "on"`: the control channel's token.
+async fn start_rest(
+    cfg: &Config,
+    ctl: &Controller,
+    metrics: &Arc<SelfMetrics>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if !cfg.rest_api.switch.is_on() {
+        return Ok(None);
+    }
+    let token = cfg
+        .control
+        .token_file
+        .as_deref()
+        .map(control::server::read_token)
+        .transpose()?;
+    let auth = control::server::TokenCheck::new(token, metrics);
+    let (addr, task) = control::rest::serve(
+        cfg.rest_api.listen,
+        ctl.clone(),
+        auth,
+        Arc::clone(metrics),
+        shutdown,
+    )
+    .await?;
+    tracing::info!(target: LOG_TARGET, %addr, token = cfg.control.token_file.is_some(), "serving gala-gopher's REST probe API");
+    Ok(Some(task))
 }

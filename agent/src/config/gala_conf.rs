@@ -61,7 +61,7 @@ const SHARED_KEYS: &[(&str, &[&str])] = &[
 
 /// gopher's own sections, which gala-gopher never had: accepted in libconfig form as they are,
 /// so that a gala-gopher.conf can also set what only gopher has (e.g. the control channel).
-const GOPHER_SECTIONS: &[&str] = &["control", "supervision", "meta"];
+const GOPHER_SECTIONS: &[&str] = &["control", "supervision", "meta", "rest_api"];
 
 /// What the translation could not carry over, for one warning each.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -154,7 +154,9 @@ pub(crate) fn translate(root: Vec<Entry>, notes: &mut GalaNotes) -> Vec<Entry> {
                     if keys.contains(&k.get_ref().as_str()) {
                         kept.push((k.clone(), v.clone()));
                     } else {
-                        notes.settings_ignored.push(format!("{name}.{}", k.get_ref()));
+                        notes
+                            .settings_ignored
+                            .push(format!("{name}.{}", k.get_ref()));
                     }
                 }
                 let span = value.span();
@@ -265,8 +267,8 @@ fn extend_probe(
         })
         .cloned()
         .collect();
-    if let Some(program) = text(entries, "command")
-        .and_then(|c| c.split_whitespace().find(|w| w.starts_with('/')))
+    if let Some(program) =
+        text(entries, "command").and_then(|c| c.split_whitespace().find(|w| w.starts_with('/')))
         && !Path::new(program).exists()
     {
         notes.programs_missing.push(format!("{name:?} ({program})"));
@@ -305,7 +307,10 @@ mod tests {
     fn format_by_extension_then_content() {
         let gala = "web_server =\n{\n    port = 8888;\n};\n";
         let toml = "[web_server]\nport = 8888\n";
-        assert!(is_gala_conf(Path::new("/etc/gala-gopher/gala-gopher.conf"), toml));
+        assert!(is_gala_conf(
+            Path::new("/etc/gala-gopher/gala-gopher.conf"),
+            toml
+        ));
         assert!(!is_gala_conf(Path::new("probes.toml"), gala));
         assert!(is_gala_conf(Path::new("/etc/gopher/config"), gala));
         assert!(is_gala_conf(Path::new("cfg"), "probes = (\n);"));

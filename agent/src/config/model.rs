@@ -17,6 +17,7 @@ use super::kafka::Kafka;
 use super::meta::MetaSection;
 use super::node::{self, TableView};
 use super::probes::{NameRegistry, NativeProbe};
+use super::rest_api::{self, RestApi};
 use super::supervision::Supervision;
 use super::web_server::WebServer;
 use super::{control, egress, extend_probes, global, imdb, ingress, kafka, meta, probes};
@@ -37,6 +38,7 @@ pub struct Config {
     pub meta: MetaSection,
     pub supervision: Supervision,
     pub control: Control,
+    pub rest_api: RestApi,
     /// Set when the file was gala-gopher's `gala-gopher.conf`: what was not carried over.
     pub gala: Option<GalaNotes>,
 }
@@ -53,6 +55,7 @@ const SECTIONS: &[&str] = &[
     "meta",
     "supervision",
     "control",
+    "rest_api",
 ];
 
 /// Parses and validates `probes.toml` text; `origin` names the file in diagnostics and anchors
@@ -132,8 +135,11 @@ fn read_root(
         meta: meta::meta(&mut rep, root.get("meta"), base),
         supervision: supervision::supervision(&mut rep, root.get("supervision")),
         control: control::control(&mut rep, root.get("control"), base),
+        rest_api: RestApi::default(),
         gala,
     };
+    let rest_api = rest_api::rest_api(&mut rep, root.get("rest_api"), &config.control);
+    let config = Config { rest_api, ..config };
     rep.finish(config)
 }
 

@@ -37,9 +37,15 @@ impl Default for WebServer {
 
 pub(super) fn web_server(rep: &mut Reporter<'_>, node: Option<&Spanned<Node>>) -> WebServer {
     let mut out = WebServer::default();
-    if let Some(t) =
-        node.and_then(|n| TableView::of(rep, n, "web_server".into(), &["bind_addr", "port", "metric_names"], true))
-    {
+    if let Some(t) = node.and_then(|n| {
+        TableView::of(
+            rep,
+            n,
+            "web_server".into(),
+            &["bind_addr", "port", "metric_names"],
+            true,
+        )
+    }) {
         if let Some((addr, span)) = t.string(rep, "bind_addr") {
             if addr.parse::<IpAddr>().is_ok() {
                 addr.clone_into(&mut out.bind_addr);

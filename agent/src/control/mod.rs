@@ -7,8 +7,10 @@
 //!
 //! - [`grpc`]: the `gopher.control.v1` service (proto/gopher/control/v1/control.proto).
 //! - [`server`]: listening, TLS/mTLS, bearer token, health and reflection.
+//! - [`rest`]: gala-gopher's REST probe API (`GET`/`PUT /<probe>`), same token check.
 //! - [`client`]: `gopher ctl`.
 
 pub mod client;
 pub mod grpc;
+pub mod rest;
 pub mod server;

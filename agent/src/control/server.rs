@@ -42,29 +42,36 @@ impl TokenCheck {
     }
 }
 
-impl Interceptor for TokenCheck {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+impl TokenCheck {
+    /// Checks an `authorization` header's value: the one rule for every control surface
+    /// (the gRPC interceptor below, and the REST probe API in `rest.rs`). A refusal is counted.
+    pub fn check(&self, authorization: Option<&str>) -> Result<(), &'static str> {
         let Some(want) = &self.token else {
-            return Ok(req);
+            return Ok(());
         };
-        let got = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match got {
-            Some(got) if same(got.as_bytes(), want.as_bytes()) => Ok(req),
+        match authorization.and_then(|v| v.strip_prefix("Bearer ")) {
+            Some(got) if same(got.as_bytes(), want.as_bytes()) => Ok(()),
             Some(_) => {
                 self.refused.inc();
-                Err(Status::unauthenticated("wrong bearer token"))
+                Err("wrong bearer token")
             }
             None => {
                 self.refused.inc();
-                Err(Status::unauthenticated(
-                    "this agent requires `authorization: Bearer <token>`",
-                ))
+                Err("this agent requires `authorization: Bearer <token>`")
             }
         }
+    }
+}
+
+impl Interceptor for TokenCheck {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let got = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        self.check(got)
+            .map(|()| req)
+            .map_err(Status::unauthenticated)
     }
 }
 

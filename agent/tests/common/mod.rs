@@ -90,7 +90,11 @@ pub struct Agent {
 impl Agent {
     /// Starts `gopher` with the given config body (the web_server section is added here).
     pub fn start(config: &str) -> Agent {
-        Self::start_file("probes.toml", |port, control| config_body(config, port, control), None)
+        Self::start_file(
+            "probes.toml",
+            |port, control| config_body(config, port, control),
+            None,
+        )
     }
 
     /// Starts `gopher` with the file `name` written by `body(web port, control port)`, whose

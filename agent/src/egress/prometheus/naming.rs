@@ -143,7 +143,10 @@ mod tests {
         assert_eq!(gala.field("tcp_link", "process_name"), "comm");
         assert_eq!(gala.field("tcp_link", "rx_bytes"), "rx_bytes");
         assert_eq!(gala.field("other", "process_name"), "process_name");
-        assert_eq!(Naming::Gopher.field("tcp_link", "process_name"), "process_name");
+        assert_eq!(
+            Naming::Gopher.field("tcp_link", "process_name"),
+            "process_name"
+        );
         assert_eq!(gala.extra_label(|_| false), "machine_id=\"m\"");
         assert_eq!(gala.extra_label(|n| n == "machine_id"), "");
         assert_eq!(Naming::Gopher.extra_label(|_| false), "");
