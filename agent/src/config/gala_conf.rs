@@ -11,6 +11,8 @@
 //! - `extend_probes`: `tcp` (gala-gopher's tcpprobe) becomes the native `tcp` probe; the others
 //!   stay extension probes, command, param, switch and start check as they are;
 //! - `/opt/gala-gopher/meta` (gala-gopher's meta directory), if present, is loaded;
+//! - gala-gopher HEAD's `global.rest_api_on` and `rest_api_server { bind_addr; port; }`
+//!   become `[rest_api]` (`switch`, `listen`);
 //! - gopher's own sections (`control`, `supervision`, `meta`) may be added in libconfig form.
 //!
 //! Nothing is dropped silently: a probe gopher does not have (a built-in probe it lacks, an
@@ -145,13 +147,16 @@ pub(crate) fn translate(root: Vec<Entry>, notes: &mut GalaNotes) -> Vec<Entry> {
     let mut out: Vec<Entry> = Vec::new();
     let mut probes: Vec<Spanned<Node>> = Vec::new();
     let mut extend: Vec<Spanned<Node>> = Vec::new();
+    let mut rest = Rest::default();
     for (key, value) in root {
         let name = key.get_ref().as_str();
         if let Some((_, keys)) = SHARED_KEYS.iter().find(|(s, _)| *s == name) {
             if let Node::Table(entries) = value.get_ref() {
                 let mut kept = Vec::new();
                 for (k, v) in entries {
-                    if keys.contains(&k.get_ref().as_str()) {
+                    if name == "global" && k.get_ref() == "rest_api_on" {
+                        rest.on = Some(v.clone());
+                    } else if keys.contains(&k.get_ref().as_str()) {
                         kept.push((k.clone(), v.clone()));
                     } else {
                         notes
@@ -177,6 +182,17 @@ pub(crate) fn translate(root: Vec<Entry>, notes: &mut GalaNotes) -> Vec<Entry> {
                     native(item, &mut probes, notes);
                 }
             }
+            ("rest_api_server", Node::Table(entries)) => {
+                for (k, v) in entries {
+                    match k.get_ref().as_str() {
+                        "bind_addr" => rest.bind_addr = Some(v.clone()),
+                        "port" => rest.port = Some(v.clone()),
+                        other => notes
+                            .settings_ignored
+                            .push(format!("rest_api_server.{other}")),
+                    }
+                }
+            }
             ("extend_probes", Node::Array(items)) => {
                 for item in items {
                     extend_probe(item, &mut probes, &mut extend, notes);
@@ -184,6 +200,9 @@ pub(crate) fn translate(root: Vec<Entry>, notes: &mut GalaNotes) -> Vec<Entry> {
             }
             _ => notes.settings_ignored.push(name.to_owned()),
         }
+    }
+    if let Some(section) = rest.section() {
+        out.push(section);
     }
     let span = 0..0;
     if !probes.is_empty() {
@@ -204,6 +223,47 @@ pub(crate) fn translate(root: Vec<Entry>, notes: &mut GalaNotes) -> Vec<Entry> {
         ));
     }
     out
+}
+
+/// gala-gopher HEAD's REST server: `global.rest_api_on` and `rest_api_server { bind_addr; port; }`.
+#[derive(Default)]
+struct Rest {
+    on: Option<Spanned<Node>>,
+    bind_addr: Option<Spanned<Node>>,
+    port: Option<Spanned<Node>>,
+}
+
+impl Rest {
+    /// The `[rest_api]` they amount to (values of the wrong type are left to its reader).
+    fn section(self) -> Option<Entry> {
+        let span = self.on.as_ref().map_or(0..0, Spanned::span);
+        let mut entries = Vec::new();
+        if let Some(on) = self.on {
+            let node = match on.get_ref() {
+                Node::Bool(b) => Node::Str(if *b { "on" } else { "off" }.to_owned()),
+                other => other.clone(),
+            };
+            entries.push(entry("switch", &on.span(), node));
+        }
+        if self.bind_addr.is_some() || self.port.is_some() {
+            let ip = match self.bind_addr.as_ref().map(Spanned::get_ref) {
+                Some(Node::Str(s)) => s.clone(),
+                _ => "127.0.0.1".to_owned(),
+            };
+            let port = match self.port.as_ref().map(Spanned::get_ref) {
+                Some(Node::Int(p)) => *p,
+                _ => 9999,
+            };
+            let ip = if ip.contains(':') {
+                format!("[{ip}]")
+            } else {
+                ip
+            };
+            let at = self.port.or(self.bind_addr).map_or(0..0, |n| n.span());
+            entries.push(entry("listen", &at, Node::Str(format!("{ip}:{port}"))));
+        }
+        (!entries.is_empty()).then(|| entry("rest_api", &span, Node::Table(entries)))
+    }
 }
 
 /// A `probes` entry: `{ name; switch; interval; }`.
@@ -332,5 +392,18 @@ mod tests {
         assert_eq!(config.probes.len(), 1);
         assert_eq!(config.probes[0].name, "system_tcp");
         assert_eq!(notes.warnings().len(), 2);
+    }
+
+    #[test]
+    fn head_rest_server_becomes_rest_api() {
+        let text = "global = { rest_api_on = true; };\n\
+                    rest_api_server = { bind_addr = \"127.0.0.1\"; port = 9998; ssl_auth = \"off\"; };\n";
+        let config = super::super::parse_gala(text, Path::new("/x/gala-gopher.conf")).unwrap();
+        assert!(config.rest_api.switch.is_on());
+        assert_eq!(config.rest_api.listen.to_string(), "127.0.0.1:9998");
+        assert_eq!(
+            config.gala.unwrap().settings_ignored,
+            ["rest_api_server.ssl_auth"]
+        );
     }
 }
