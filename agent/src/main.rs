@@ -42,6 +42,13 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Write the probes.toml equivalent of gala-gopher's gala-gopher.conf (to OUT or stdout).
+    Convert {
+        /// gala-gopher's configuration file (libconfig).
+        file: PathBuf,
+        /// Where to write probes.toml; stdout when absent.
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -51,6 +58,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Ctl(args)) => return ctl(args),
         Some(Command::Check { config }) => return app::check(&config.unwrap_or(cli.config)),
+        Some(Command::Convert { file, out }) => return app::convert(&file, out.as_deref()),
         None => {}
     }
     if let Some(path) = cli.check_config {

@@ -32,7 +32,7 @@ use crate::{
     clock,
     config::{self, Config},
     control,
-    egress::{http, kafka},
+    egress::{http, kafka, prometheus::Naming},
     imdb::{Batch, Limits, Store},
     probes::{Controller, Manager, Policy, controller::state_file},
     service::{self, tasks},
@@ -47,7 +47,12 @@ pub(crate) const LOG_TARGET: &str = "gopher";
 /// `gopher --check-config FILE`: 0 when valid, 1 with every error (file:line:col: key: why).
 pub fn check_config(path: &Path) -> ExitCode {
     let errors = match config::load(path) {
-        Ok(cfg) => meta_errors(&cfg),
+        Ok(cfg) => {
+            for w in cfg.gala.iter().flat_map(config::GalaNotes::warnings) {
+                eprintln!("warning: {w}");
+            }
+            meta_errors(&cfg)
+        }
         Err(e) => vec![e],
     };
     if errors.is_empty() {
@@ -58,6 +63,42 @@ pub fn check_config(path: &Path) -> ExitCode {
         eprintln!("{e}");
     }
     ExitCode::FAILURE
+}
+
+/// `gopher convert FILE [OUT]`: writes the `probes.toml` equivalent of gala-gopher's
+/// `gala-gopher.conf` to OUT (or stdout); what is not carried over is said on stderr and in
+/// comments at the top.
+pub fn convert(path: &Path, out: Option<&Path>) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let toml = match config::convert_gala(&text, path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for line in toml.lines().filter_map(|l| l.strip_prefix("# NOTE: ")) {
+        eprintln!("warning: {line}");
+    }
+    let written = if let Some(out) = out {
+        std::fs::write(out, &toml).map_err(|e| format!("{}: {e}", out.display()))
+    } else {
+        print!("{toml}");
+        Ok(())
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `gopher check`: the preflight ([`preflight`]) for the configuration at `path`; 0 when the
@@ -119,6 +160,9 @@ pub fn run_agent(path: &Path, web_config: Option<&Path>) -> ExitCode {
     if let Err(e) = service::logging::init(&cfg.global) {
         eprintln!("{e}");
         return ExitCode::FAILURE;
+    }
+    for w in cfg.gala.iter().flat_map(config::GalaNotes::warnings) {
+        tracing::warn!(target: LOG_TARGET, "{w}");
     }
     match service::limits::raise_nofile() {
         Ok((before, after)) if before != after => {
@@ -261,8 +305,16 @@ async fn run(
         "serving /metrics"
     );
     let (shutdown_tx, _shutdown_rx) = watch::channel(false);
+    let naming = match cfg.web_server.metric_names {
+        config::MetricNames::Gopher => Naming::Gopher,
+        config::MetricNames::GalaGopher => Naming::gala_gopher(),
+    };
+    if let Naming::GalaGopher { machine_id } = &naming {
+        tracing::info!(target: LOG_TARGET, machine_id, "/metrics uses gala-gopher's names");
+    }
     let web_state = Arc::new(
         http::WebState::new(Arc::clone(&store), Arc::clone(&metrics), clock::mono_ms)
+            .with_naming(naming)
             .secured(security),
     );
     let web = tokio::spawn(Beating::new(
@@ -287,6 +339,7 @@ async fn run(
         fatal_tx,
     )?;
     let control = start_control(&cfg, &ctl, &metrics, shutdown_tx.subscribe()).await?;
+    let _rest = start_rest(&cfg, &ctl, &metrics, shutdown_tx.subscribe()).await?;
 
     // Ready for systemd (Type=notify) once /metrics is served and every sink started.
     let notifier = Arc::new(service::notify::Notifier::from_env());
@@ -401,4 +454,33 @@ async fn start_control(
             tracing::error!(target: LOG_TARGET, "{e:#}");
         }
     })))
+}
+
+/// gala-gopher's REST probe API, when `[rest_api] switch = "on"`: the control channel's token.
+async fn start_rest(
+    cfg: &Config,
+    ctl: &Controller,
+    metrics: &Arc<SelfMetrics>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if !cfg.rest_api.switch.is_on() {
+        return Ok(None);
+    }
+    let token = cfg
+        .control
+        .token_file
+        .as_deref()
+        .map(control::auth::ensure_token)
+        .transpose()?;
+    let auth = control::auth::TokenCheck::new(token, metrics);
+    let (addr, task) = control::rest::serve(
+        cfg.rest_api.listen,
+        ctl.clone(),
+        auth,
+        Arc::clone(metrics),
+        shutdown,
+    )
+    .await?;
+    tracing::info!(target: LOG_TARGET, %addr, token = cfg.control.token_file.is_some(), "serving gala-gopher's REST probe API");
+    Ok(Some(task))
 }

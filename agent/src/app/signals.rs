@@ -69,6 +69,7 @@ async fn reload(
         ("kafka", current.kafka != new.kafka),
         ("supervision", current.supervision != new.supervision),
         ("control", current.control != new.control),
+        ("rest_api", current.rest_api != new.rest_api),
     ];
     for (section, changed) in restart_only {
         if changed {

@@ -81,18 +81,8 @@ pub(super) fn control(
     if let Some((i, _)) = t.word(rep, "switch", &["on", "off"]) {
         out.switch = [OnOff::On, OnOff::Off][i];
     }
-    if let Some((addr, span)) = t.string(rep, "listen") {
-        match addr.parse::<SocketAddr>() {
-            Ok(a) => out.listen = a,
-            Err(_) => rep.report(
-                &span,
-                &t.path_of("listen"),
-                DiagnosticKind::InvalidValue,
-                format!(
-                    "expected \"ip:port\" such as \"127.0.0.1:8889\" or \"[::1]:8889\", found {addr:?}"
-                ),
-            ),
-        }
+    if let Some(a) = t.socket_addr(rep, "listen", "\"127.0.0.1:8889\" or \"[::1]:8889\"") {
+        out.listen = a;
     }
     let path = |rep: &mut Reporter<'_>, key: &str| {
         t.string(rep, key)

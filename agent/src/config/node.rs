@@ -368,6 +368,26 @@ impl<'n> TableView<'n> {
     }
 
     /// One of `words`, reporting anything else.
+    /// An `"ip:port"` string; `example` shows the expected form in the refusal.
+    pub(crate) fn socket_addr(
+        &self,
+        rep: &mut Reporter<'_>,
+        key: &str,
+        example: &str,
+    ) -> Option<std::net::SocketAddr> {
+        let (addr, span) = self.string(rep, key)?;
+        if let Ok(a) = addr.parse() {
+            return Some(a);
+        }
+        rep.report(
+            &span,
+            &self.path_of(key),
+            DiagnosticKind::InvalidValue,
+            format!("expected \"ip:port\" such as {example}, found {addr:?}"),
+        );
+        None
+    }
+
     pub(crate) fn word(
         &self,
         rep: &mut Reporter<'_>,

@@ -15,6 +15,18 @@ pub struct WebServer {
     pub port: u16,
     /// exporter-toolkit's `--web.config.file`: TLS and basic auth for `/metrics`.
     pub web_config_file: Option<PathBuf>,
+    /// Which names `/metrics` uses: gopher's own (promtool-clean) or gala-gopher HEAD's.
+    pub metric_names: MetricNames,
+}
+
+/// `metric_names`: the naming of `/metrics` (see `egress::prometheus::naming`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MetricNames {
+    /// `gala_gopher_<table>_<field>`, counters with `_total`, fields as gopher names them.
+    #[default]
+    Gopher,
+    /// gala-gopher HEAD's names for the tables both have, no `_total`, `machine_id` label.
+    GalaGopher,
 }
 
 impl Default for WebServer {
@@ -23,6 +35,7 @@ impl Default for WebServer {
             bind_addr: "0.0.0.0".to_owned(),
             port: 8888,
             web_config_file: None,
+            metric_names: MetricNames::Gopher,
         }
     }
 }
@@ -33,7 +46,7 @@ pub(super) fn web_server(
     base: &Path,
 ) -> WebServer {
     let mut out = WebServer::default();
-    let keys = ["bind_addr", "port", "web_config_file"];
+    let keys = ["bind_addr", "port", "web_config_file", "metric_names"];
     if let Some(t) = node.and_then(|n| TableView::of(rep, n, "web_server".into(), &keys, true)) {
         if let Some((file, span)) = t
             .string(rep, "web_config_file")
@@ -65,6 +78,9 @@ pub(super) fn web_server(
         }
         if let Some(port) = t.int_in(rep, "port", 1..=i64::from(u16::MAX), "") {
             out.port = port as u16;
+        }
+        if let Some((i, _)) = t.word(rep, "metric_names", &["gopher", "gala-gopher"]) {
+            out.metric_names = [MetricNames::Gopher, MetricNames::GalaGopher][i];
         }
     }
     out

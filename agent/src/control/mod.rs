@@ -11,10 +11,12 @@
 //! - [`server`]: listening, TLS/mTLS, health and reflection.
 //! - [`client`]: `gopher ctl`; [`target`]: which agents it asks and how (their config);
 //!   [`print`]: its output.
+//! - [`rest`]: gala-gopher's REST probe API (`GET`/`PUT /<probe>`), the same token check.
 
 pub mod auth;
 pub mod client;
 pub mod grpc;
 pub mod print;
+pub mod rest;
 pub mod server;
 pub mod target;

@@ -28,6 +28,9 @@
 //! that reads back as the same `f64` (a gauge printed as `1.50` is exported as `1.5`, `2.5e3`
 //! as `2500`, a histogram bound `1e-3` as `0.001`).
 //!
+//! `[web_server] metric_names = "gala-gopher"` switches to gala-gopher HEAD's names
+//! ([`naming`]): no `_total`, its field names, a `machine_id` label.
+//!
 //! Other lints (camelCase, abbreviated units such as `_us`) follow from the names in the meta
 //! files and are not rewritten.
 //!
@@ -40,9 +43,11 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io;
 
+pub mod naming;
 mod openmetrics;
 pub(crate) mod selfmetrics;
 
+pub use naming::Naming;
 pub use openmetrics::{Format, OPENMETRICS_CONTENT_TYPE};
 pub(crate) use openmetrics::{om_header, write_help_as};
 
@@ -61,7 +66,7 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 pub fn render(snapshot: &Snapshot, selfmetrics: &SelfMetrics, out: &mut String) {
     let mut bytes = Vec::new();
     // Writing into a Vec cannot fail.
-    let _ = render_to(snapshot, selfmetrics, &mut bytes);
+    let _ = render_to(snapshot, selfmetrics, &Naming::Gopher, &mut bytes);
     out.push_str(&String::from_utf8_lossy(&bytes));
 }
 
@@ -70,15 +75,17 @@ pub fn render(snapshot: &Snapshot, selfmetrics: &SelfMetrics, out: &mut String) 
 pub fn render_to(
     snapshot: &Snapshot,
     selfmetrics: &SelfMetrics,
+    naming: &Naming,
     w: &mut impl io::Write,
 ) -> io::Result<()> {
-    render_format_to(snapshot, selfmetrics, Format::Text, w)
+    render_format_to(snapshot, selfmetrics, naming, Format::Text, w)
 }
 
 /// [`render_to`] in the given format.
 pub fn render_format_to(
     snapshot: &Snapshot,
     selfmetrics: &SelfMetrics,
+    naming: &Naming,
     format: Format,
     w: &mut impl io::Write,
 ) -> io::Result<()> {
@@ -86,7 +93,7 @@ pub fn render_format_to(
     let mut taken = HashSet::new();
     let mut skipped = 0_u32;
     for table in &snapshot.tables {
-        skipped += render_table(table, format, &mut taken, &mut out, w)?;
+        skipped += render_table(table, naming, format, &mut taken, &mut out, w)?;
     }
     selfmetrics
         .gauge(FAMILIES_SKIPPED, &[])
@@ -109,6 +116,7 @@ fn flush_full(out: &mut String, w: &mut impl io::Write) -> io::Result<()> {
 /// Returns how many families were skipped for clashing names.
 fn render_table(
     table: &TableSnapshot,
+    naming: &Naming,
     format: Format,
     taken: &mut HashSet<String>,
     out: &mut String,
@@ -122,6 +130,12 @@ fn render_table(
         .filter(|(_, f)| f.ty.is_label())
         .collect();
     let has_le = label_fields.iter().any(|(_, f)| f.name == "le");
+    // Names chosen once per table: the per-sample loop below is the same in every naming.
+    let label_names: Vec<&str> = label_fields
+        .iter()
+        .map(|(_, f)| naming.field(&meta.name, &f.name))
+        .collect();
+    let extra = naming.extra_label(|n| label_names.contains(&n));
     let metrics: Vec<(usize, &FieldMeta)> = meta
         .fields
         .iter()
@@ -150,7 +164,7 @@ fn render_table(
         if !present[i] {
             continue;
         }
-        let family = Family::new(&meta.name, field);
+        let family = Family::new(&meta.name, field, naming);
         let names = family.names(format);
         if names.iter().any(|n| taken.contains(n)) || (field.ty == FieldType::Histogram && has_le) {
             skipped += 1;
@@ -178,24 +192,7 @@ fn render_table(
             if v.is_empty() {
                 continue;
             }
-            labels.clear();
-            for (j, f) in &label_fields {
-                // An empty label value is the same series as no label (Prometheus data
-                // model): leaving it out keeps bodies small, e.g. the container labels of a
-                // host process's rows.
-                if matches!(values[*j], ValueRef::Empty)
-                    || matches!(values[*j], ValueRef::Str(s) if s.is_empty())
-                {
-                    continue;
-                }
-                if !labels.is_empty() {
-                    labels.push(',');
-                }
-                labels.push_str(&f.name);
-                labels.push_str("=\"");
-                write_label(&mut labels, values[*j]);
-                labels.push('"');
-            }
+            write_labels(&mut labels, &label_fields, &label_names, &values, &extra);
             if let ValueRef::Hist(h) = v {
                 let bucket = format!("{}_bucket", family.name);
                 let mut le = String::new();
@@ -223,6 +220,40 @@ fn render_table(
     Ok(skipped)
 }
 
+/// A record's label set: its key and label fields under their exported names, then `extra`.
+#[inline]
+fn write_labels(
+    labels: &mut String,
+    fields: &[(usize, &FieldMeta)],
+    names: &[&str],
+    values: &[ValueRef<'_>],
+    extra: &str,
+) {
+    labels.clear();
+    for ((j, _), name) in fields.iter().zip(names) {
+        // An empty label value is the same series as no label (Prometheus data model):
+        // leaving it out keeps bodies small, e.g. the container labels of a host process's rows.
+        if matches!(values[*j], ValueRef::Empty)
+            || matches!(values[*j], ValueRef::Str(s) if s.is_empty())
+        {
+            continue;
+        }
+        if !labels.is_empty() {
+            labels.push(',');
+        }
+        labels.push_str(name);
+        labels.push_str("=\"");
+        write_label(labels, values[*j]);
+        labels.push('"');
+    }
+    if !extra.is_empty() {
+        if !labels.is_empty() {
+            labels.push(',');
+        }
+        labels.push_str(extra);
+    }
+}
+
 struct Family {
     name: String,
     ty: &'static str,
@@ -230,11 +261,11 @@ struct Family {
 }
 
 impl Family {
-    fn new(table: &str, field: &FieldMeta) -> Self {
-        let base = format!("gala_gopher_{table}_{}", field.name);
+    fn new(table: &str, field: &FieldMeta, naming: &Naming) -> Self {
+        let base = format!("gala_gopher_{table}_{}", naming.field(table, &field.name));
         let reserved = RESERVED_SUFFIXES.iter().any(|s| base.ends_with(s));
         match field.ty {
-            FieldType::Counter if base.ends_with("_total") => Self {
+            FieldType::Counter if base.ends_with("_total") || !naming.total_suffix() => Self {
                 name: base,
                 ty: "counter",
                 histogram: false,
@@ -526,6 +557,44 @@ mod tests {
             &[],
         );
         assert_eq!(render_tables(vec![t]).0, "");
+    }
+
+    #[test]
+    fn gala_gopher_naming() {
+        let t = table(
+            "tcp_link",
+            vec![
+                field("tgid", FieldType::Key, ""),
+                field("process_name", FieldType::Label, ""),
+                field("rx_bytes", FieldType::Counter, "rx"),
+                field("packets_in", FieldType::Counter, "in"),
+                field("link_count", FieldType::Gauge, "n"),
+            ],
+            &[&["1", "nc", "10", "3", "2"]],
+        );
+        let metrics = SelfMetrics::new();
+        let naming = Naming::GalaGopher {
+            machine_id: "abc-10.0.0.1".into(),
+        };
+        let mut body = Vec::new();
+        render_to(&Snapshot { tables: vec![t] }, &metrics, &naming, &mut body).unwrap();
+        let out = String::from_utf8(body).unwrap();
+        let out = &out[..out.find("# HELP gopher_").unwrap()];
+        let l = "{tgid=\"1\",comm=\"nc\",machine_id=\"abc-10.0.0.1\"}";
+        assert_eq!(
+            out,
+            format!(
+                "# HELP gala_gopher_tcp_link_rx_bytes rx\n\
+                 # TYPE gala_gopher_tcp_link_rx_bytes counter\n\
+                 gala_gopher_tcp_link_rx_bytes{l} 10\n\
+                 # HELP gala_gopher_tcp_link_segs_in in\n\
+                 # TYPE gala_gopher_tcp_link_segs_in counter\n\
+                 gala_gopher_tcp_link_segs_in{l} 3\n\
+                 # HELP gala_gopher_tcp_link_link_count n\n\
+                 # TYPE gala_gopher_tcp_link_link_count untyped\n\
+                 gala_gopher_tcp_link_link_count{l} 2\n"
+            )
+        );
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub struct WebState {
     pub(super) scrapes: Arc<Semaphore>,
     /// TLS and basic auth (web_config_file); none by default.
     pub(super) security: super::http::Security,
+    /// Family and label names (`[web_server] metric_names`).
+    pub naming: prometheus::Naming,
 }
 
 impl WebState {
@@ -78,6 +80,7 @@ impl WebState {
             current: Current::default(),
             scrapes: Arc::new(Semaphore::new(MAX_SCRAPES)),
             security: super::http::Security::default(),
+            naming: prometheus::Naming::Gopher,
         }
     }
 
@@ -85,6 +88,13 @@ impl WebState {
     #[must_use]
     pub fn secured(mut self, security: super::http::Security) -> Self {
         self.security = security;
+        self
+    }
+
+    /// The same state, naming families and labels `naming`'s way.
+    #[must_use]
+    pub fn with_naming(mut self, naming: prometheus::Naming) -> Self {
+        self.naming = naming;
         self
     }
 
@@ -298,11 +308,11 @@ fn produce(state: &WebState, render: &Arc<Render>) {
             };
             let result = if *gzip {
                 let mut gz = GzEncoder::new(out, Compression::fast());
-                prometheus::render_format_to(&snapshot, &state.metrics, render.format, &mut gz)
+                prometheus::render_format_to(&snapshot, &state.metrics, &state.naming, render.format, &mut gz)
                     .and_then(|()| gz.finish())
                     .and_then(Direct::finish)
             } else {
-                prometheus::render_format_to(&snapshot, &state.metrics, render.format, &mut out)
+                prometheus::render_format_to(&snapshot, &state.metrics, &state.naming, render.format, &mut out)
                     .and_then(|()| out.finish())
             };
             if let Err(err) = result
@@ -391,7 +401,7 @@ fn shared(
             Compression::fast(),
         ),
     };
-    let result = prometheus::render_format_to(snapshot, &state.metrics, render.format, &mut fanout);
+    let result = prometheus::render_format_to(snapshot, &state.metrics, &state.naming, render.format, &mut fanout);
     let Fanout { plain, gz, .. } = fanout;
     let (last, failed) = match result.and_then(|()| gz.finish()) {
         Ok(mut publisher) => {

@@ -91,16 +91,34 @@ pub struct Agent {
 impl Agent {
     /// Starts `gopher` with the given config body (the web_server section is added here).
     pub fn start(config: &str) -> Agent {
+        Self::start_file(
+            "probes.toml",
+            |port, control| config_body(config, port, control),
+            None,
+        )
+    }
+
+    /// Starts `gopher` with the file `name` written by `body(web port, control port)`, whose
+    /// stderr (the log) goes to `log` when given.
+    pub fn start_file(
+        name: &str,
+        body: impl FnOnce(u16, u16) -> String,
+        log: Option<&Path>,
+    ) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let control_port = free_port();
-        let path = dir.path().join("probes.toml");
-        std::fs::write(&path, config_body(config, port, control_port)).unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, body(port, control_port)).unwrap();
+        let stderr = log.map_or_else(Stdio::inherit, |l| {
+            Stdio::from(std::fs::File::create(l).unwrap())
+        });
         let child = Command::new(env!("CARGO_BIN_EXE_gopher"))
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let agent = Agent {
@@ -247,6 +265,29 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// What `promtool check metrics` says about `exposition` (stdout and stderr).
+pub fn promtool_says(exposition: &str) -> String {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// A `peer.py` process: a TCP server or client with a pid of its own.

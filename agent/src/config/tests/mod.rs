@@ -194,6 +194,7 @@ fn full_file_round_trips_every_key() {
             bind_addr: "::1".into(),
             port: 9100,
             web_config_file: None,
+            metric_names: crate::config::MetricNames::Gopher,
         }
     );
     assert_eq!(c.kafka.switch, OnOff::On);

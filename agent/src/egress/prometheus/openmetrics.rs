@@ -96,7 +96,7 @@ pub(crate) fn write_help_as(out: &mut String, v: &str, format: Format) {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::super::tests::{field, table};
-    use super::super::{render_format_to, render_to};
+    use super::super::{Naming, render_format_to, render_to};
     use super::*;
     use crate::imdb::{FieldType, Snapshot};
     use crate::telemetry::{PROBE_RESTARTS, SelfMetrics};
@@ -154,6 +154,7 @@ mod tests {
                 tables: vec![t.clone()],
             },
             &metrics,
+            &Naming::Gopher,
             Format::OpenMetrics,
             &mut om,
         )
@@ -173,7 +174,13 @@ mod tests {
 
         // The text format is untouched: same samples, its own headers, no EOF.
         let mut text = Vec::new();
-        render_to(&Snapshot { tables: vec![t] }, &metrics, &mut text).unwrap();
+        render_to(
+            &Snapshot { tables: vec![t] },
+            &metrics,
+            &Naming::Gopher,
+            &mut text,
+        )
+        .unwrap();
         let text = String::from_utf8(text).unwrap();
         assert!(text.contains("# TYPE gala_gopher_t_rx_bytes_total counter\n"));
         assert!(text.contains("# HELP gala_gopher_t_rx_bytes_total Bytes \"received\".\n"));
@@ -205,6 +212,7 @@ mod tests {
                     tables: vec![t.clone()],
                 },
                 &SelfMetrics::new(),
+                &Naming::Gopher,
                 format,
                 &mut out,
             )
