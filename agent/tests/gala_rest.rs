@@ -24,6 +24,14 @@ fn curl(args: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap(), body.to_owned())
 }
 
+const DEFAULT_TOKEN_FILE: &str = "/var/lib/gopher-agent/control.token";
+
+fn curl_with(auth: &str, args: &[&str]) -> (u16, String) {
+    let mut all = vec!["-H", auth];
+    all.extend_from_slice(args);
+    curl(&all)
+}
+
 fn attached_by(agent: &Agent) -> usize {
     common::gopher_programs_attached_by(Some(agent.pid()))
 }
@@ -54,12 +62,16 @@ fn rest_api_switches_probes_with_gala_gophers_bodies() {
     agent.wait_running(Duration::from_secs(30), "tcp");
     wait_attached(&agent, "tcp probe attached at start", |n| n > 0);
     let url = format!("http://127.0.0.1:{rest}/tcp");
+    // The control channel's default token (created 0600 at the agent's first start): root, as
+    // this test, reads it; the REST API takes the same bearer token as gRPC.
+    let token = std::fs::read_to_string(DEFAULT_TOKEN_FILE).unwrap();
+    let auth = format!("Authorization: Bearer {}", token.trim());
 
     // gala-gopher's stop: form-style json=.
-    let (code, body) = curl(&["-X", "PUT", &url, "-d", r#"json={"state":"stopped"}"#]);
+    let (code, body) = curl_with(&auth, &["-X", "PUT", &url, "-d", r#"json={"state":"stopped"}"#]);
     assert_eq!((code, body.as_str()), (200, "New config takes effect"));
     wait_attached(&agent, "detached after stopped", |n| n == 0);
-    let (code, body) = curl(&[&url]);
+    let (code, body) = curl_with(&auth, &[&url]);
     assert_eq!(code, 200);
     let shown: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(shown["state"], "stopped", "{shown}");
@@ -67,7 +79,7 @@ fn rest_api_switches_probes_with_gala_gophers_bodies() {
 
     // gala-gopher's full body: its tcp params are not gopher's: refused, nothing changes.
     let full = r#"json={"cmd":{"probe":["tcp_abnormal","tcp_rtt"]},"snoopers":{"proc_name":[{"comm":"nginx","cmdline":"","debugging_dir":""}]},"params":{"report_period":60,"sample_period":5000},"state":"running"}"#;
-    let (code, body) = curl(&["-X", "PUT", &url, "-d", full]);
+    let (code, body) = curl_with(&auth, &["-X", "PUT", &url, "-d", full]);
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("report_period"), "{body}");
     std::thread::sleep(Duration::from_secs(2));
@@ -76,7 +88,7 @@ fn rest_api_switches_probes_with_gala_gophers_bodies() {
     // Its running body with cmd/snoopers: switched on, the ignored keys named.
     let running =
         r#"json={"cmd":{"probe":["tcp_abnormal"]},"snoopers":{"proc_id":[1]},"state":"running"}"#;
-    let (code, body) = curl(&["-X", "PUT", &url, "-d", running]);
+    let (code, body) = curl_with(&auth, &["-X", "PUT", &url, "-d", running]);
     assert_eq!(code, 200, "{body}");
     assert!(
         body.starts_with("New config takes effect (ignored: "),
@@ -86,7 +98,7 @@ fn rest_api_switches_probes_with_gala_gophers_bodies() {
     wait_attached(&agent, "attached after running", |n| n > 0);
 
     // Plain JSON too, with gopher's own params for the probe.
-    let (code, body) = curl(&[
+    let (code, body) = curl_with(&auth, &[
         "-X",
         "PUT",
         &url,
@@ -96,13 +108,13 @@ fn rest_api_switches_probes_with_gala_gophers_bodies() {
         r#"{"state":"running","params":{"max_links":5000}}"#,
     ]);
     assert_eq!(code, 200, "{body}");
-    let (_, body) = curl(&[&url]);
+    let (_, body) = curl_with(&auth, &[&url]);
     let shown: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(shown["params"]["max_links"], 5000, "{shown}");
     assert_eq!(shown["state"], "running");
 
     // Bad requests, with gala-gopher's codes and a message saying why.
-    let bad = |data: &str| curl(&["-X", "PUT", &url, "-d", data]);
+    let bad = |data: &str| curl_with(&auth, &["-X", "PUT", &url, "-d", data]);
     let (code, body) = bad("state=running");
     assert_eq!(code, 400);
     assert!(body.contains("json="), "{body}");
@@ -115,9 +127,9 @@ fn rest_api_switches_probes_with_gala_gophers_bodies() {
         body.contains("running") && body.contains("stopped"),
         "{body}"
     );
-    let (code, _) = curl(&[&format!("http://127.0.0.1:{rest}/no_such_probe")]);
+    let (code, _) = curl_with(&auth, &[&format!("http://127.0.0.1:{rest}/no_such_probe")]);
     assert_eq!(code, 404);
-    let (code, _) = curl(&[
+    let (code, _) = curl_with(&auth, &[
         "-X",
         "PUT",
         &format!("http://127.0.0.1:{rest}/no_such_probe"),
@@ -125,7 +137,7 @@ fn rest_api_switches_probes_with_gala_gophers_bodies() {
         r#"json={"state":"running"}"#,
     ]);
     assert_eq!(code, 404);
-    let (code, _) = curl(&["-X", "DELETE", &url]);
+    let (code, _) = curl_with(&auth, &["-X", "DELETE", &url]);
     assert_eq!(code, 405);
     assert!(attached_by(&agent) > 0, "bad requests changed nothing");
 }
@@ -179,7 +191,7 @@ fn an_open_rest_listener_without_a_token_is_refused() {
     let path = dir.path().join("probes.toml");
     std::fs::write(
         &path,
-        "[rest_api]\nswitch = \"on\"\nlisten = \"0.0.0.0:9999\"\n",
+        "[control]\ntoken_file = \"\"\n[rest_api]\nswitch = \"on\"\nlisten = \"0.0.0.0:9999\"\n",
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_gopher"))
