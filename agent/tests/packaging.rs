@@ -308,7 +308,7 @@ fn installed_modes_user_and_token() {
             & 0o7777
     };
     assert_eq!(mode("/etc/gopher-agent/probes.toml"), 0o640);
-    assert_eq!(mode("/usr/bin/gopher"), 0o755);
+    assert_eq!(mode("/usr/bin/gopher-agent"), 0o755);
     let probe_user = ok(Command::new("getent").args(["passwd", "gopher-probe"]));
     let uid: u32 = probe_user.split(':').nth(2).unwrap().parse().unwrap();
     assert!(uid > 0 && uid < 1000, "a system user: {probe_user}");
@@ -332,7 +332,7 @@ fn installed_modes_user_and_token() {
         ),
     )
     .unwrap();
-    let mut agent = Command::new("/usr/bin/gopher")
+    let mut agent = Command::new("/usr/bin/gopher-agent")
         .arg("--config")
         .arg(&cfg)
         .stdout(std::process::Stdio::null())
