@@ -224,11 +224,12 @@ fn links_that_predate_the_agent_are_picked_up() {
     expect_row(&agent, "pre-existing server, new bytes", &want("0"), |r| {
         r["rx_bytes"] == 555.0 && r["link_count"] == 1.0
     });
-    let attached = common::gopher_programs_attached;
-    assert!(attached() >= 2, "programs attached while the agent runs");
+    // This agent's own programs: other tests' agents may run beside it.
+    let mine = common::gopher_attached_ids_held_by(agent.pid());
+    assert!(mine.len() >= 2, "programs attached while the agent runs");
     drop(agent);
     assert_eq!(
-        attached(),
+        common::gopher_still_attached(&mine),
         0,
         "programs left attached after the agent stopped"
     );

@@ -363,7 +363,8 @@ pub fn sh(cmd: &str) {
 
 /// gopher programs attached to the cgroup2 root, as bpftool (not the agent) sees them. With
 /// `holder`, only those that process holds (other agents may run on a shared machine).
-pub fn gopher_programs_attached_by(holder: Option<u32>) -> usize {
+/// Ids of the gopher programs attached to the cgroup2 root.
+fn gopher_attached_ids() -> Vec<u64> {
     let cg = std::fs::read_to_string("/proc/mounts")
         .unwrap()
         .lines()
@@ -372,23 +373,21 @@ pub fn gopher_programs_attached_by(holder: Option<u32>) -> usize {
             (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_owned())
         })
         .unwrap();
-    let json = |args: &[&str]| -> Vec<serde_json::Value> {
-        let out = Command::new("bpftool")
-            .arg("-j")
-            .args(args)
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or_default()
-    };
-    let attached: Vec<u64> = json(&["cgroup", "show", &cg])
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show", &cg])
+        .output()
+        .unwrap();
+    let progs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    progs
         .iter()
         .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("gopher_")))
         .filter_map(|p| p["id"].as_u64())
-        .collect();
-    let Some(pid) = holder else {
-        return attached.len();
-    };
-    // The program ids behind the process's fds (program and link fds name them in fdinfo).
+        .collect()
+}
+
+/// The attached gopher programs whose ids the process `pid` holds (program and link fds name
+/// them in fdinfo): one agent's own, whatever other agents run beside the test.
+pub fn gopher_attached_ids_held_by(pid: u32) -> Vec<u64> {
     let held: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
         .map(|dir| {
             dir.flatten()
@@ -402,7 +401,25 @@ pub fn gopher_programs_attached_by(holder: Option<u32>) -> usize {
                 .collect()
         })
         .unwrap_or_default();
-    attached.iter().filter(|id| held.contains(id)).count()
+    gopher_attached_ids()
+        .into_iter()
+        .filter(|id| held.contains(id))
+        .collect()
+}
+
+/// How many of the programs `ids` are still attached (program ids are not reused soon).
+pub fn gopher_still_attached(ids: &[u64]) -> usize {
+    gopher_attached_ids()
+        .iter()
+        .filter(|id| ids.contains(id))
+        .count()
+}
+
+pub fn gopher_programs_attached_by(holder: Option<u32>) -> usize {
+    match holder {
+        None => gopher_attached_ids().len(),
+        Some(pid) => gopher_attached_ids_held_by(pid).len(),
+    }
 }
 
 pub fn gopher_programs_attached() -> usize {
