@@ -6,6 +6,17 @@
 //!   that socket only, the move to CLOSE, where it emits the socket's final counters. Counters of
 //!   live sockets are read by the agent from sock_diag, so nothing here fires per send or recv.
 //!
+//! What a connection costs is counted in program runs (the kernel's `run_cnt`; `bench/run.sh`
+//! reports them per op). A loopback connection whose server closes first, both ends watched,
+//! runs them 18 times: 10 sockops ops every sockops program pays whether it asked or not (RTO
+//! init, receive window init and ECN on both ends, connect, established), 3 state callbacks per
+//! socket (ESTABLISHED → FIN_WAIT1 → FIN_WAIT2 → CLOSE, ESTABLISHED → CLOSE_WAIT → LAST_ACK →
+//! CLOSE) and one `sock_release` per socket. Whether the peer's FIN reached a socket that closed
+//! first is read from the socket itself at CLOSE (`SOCK_DONE`, through BTF): it used to take a
+//! header-parsing callback on every segment that socket received after its close until the FIN
+//! (one more run per connection on churn, one per data segment on a half-closed receiver).
+//! Without BTF that callback is still the fallback.
+//!
 //! Every sockops program runs for every op of every socket in the cgroup (RTO init, receive
 //! window init, ECN, ...), so ops we do not need return at once. A socket whose `LINKS` insert
 //! failed (map full) still has its state callback and still emits its close event, with the owner
@@ -23,7 +34,7 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
     },
     macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -44,6 +55,16 @@ const SOCK_STREAM: u32 = 1;
 const TCPHDR_FIN: u32 = 0x01;
 /// Allow the operation (cgroup programs must say so explicitly).
 const ALLOW: i32 = 1;
+
+/// Offset of `sock.sk_flags` (an unsigned long), set by the agent from the kernel's BTF at load
+/// (frozen `.rodata`: a constant to the verifier, so the load below is a checked BTF access and
+/// the branch not taken is never verified). 0 when unknown (no BTF): sk_flags never sits at 0,
+/// the socket starts with its `sock_common`.
+#[unsafe(no_mangle)]
+static SOCKOPS_SK_FLAGS: u32 = 0;
+/// `enum sock_flags`' `SOCK_DONE` (bit 1 since Linux 2.x): set by `tcp_fin()` only, right after
+/// the peer's FIN moved `rcv_nxt` (so `bytes_received` counts it); cleared by `tcp_disconnect()`.
+const SOCK_DONE: u64 = 1 << 1;
 
 /// Live sockets by cookie. A plain preallocated hash: LRU maps cost twice as much per update,
 /// and every entry has an owner that removes it: the CLOSE callback, or for a connect that never
@@ -191,9 +212,10 @@ fn sockops(ctx: &SockOpsContext) -> u32 {
         BPF_SOCK_OPS_STATE_CB => match ctx.arg(1) {
             TCP_CLOSE => closed(ctx),
             // We closed first. Whether the peer's FIN then reaches this socket (and is counted
-            // in bytes_received) or a later time-wait socket is only visible in the segments,
+            // in bytes_received) or a later time-wait socket is read at CLOSE from the socket
+            // (`fin_received`). Without its offset (no BTF) it is only visible in the segments,
             // so watch the few that still arrive, until the FIN.
-            TCP_FIN_WAIT1 => {
+            TCP_FIN_WAIT1 if sk_flags_offset() == 0 => {
                 add_cb_flags(ctx, BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG);
             }
             _ => {}
@@ -212,6 +234,39 @@ fn sockops(ctx: &SockOpsContext) -> u32 {
         _ => {}
     }
     1
+}
+
+#[inline(always)]
+fn sk_flags_offset() -> usize {
+    // SAFETY: an immutable static; volatile keeps it a `.rodata` load instead of the 0 LLVM
+    // would fold in.
+    unsafe { read_volatile(&raw const SOCKOPS_SK_FLAGS) as usize }
+}
+
+/// Whether the peer's FIN reached this socket (and `bytes_received` counts it), asked at CLOSE
+/// of a socket that closed first.
+#[inline(always)]
+fn fin_received(ctx: &SockOpsContext) -> bool {
+    let off = sk_flags_offset();
+    if off == 0 {
+        // The fallback: the parse flag is set on entering FIN_WAIT1 and cleared when the FIN
+        // arrives.
+        return ctx.cb_flags() & BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG == 0;
+    }
+    // SAFETY: valid bpf_sock_ops; `sk` is the full socket in the state callback (checked).
+    let sk = unsafe { read_volatile(&raw const (*ctx.ops).__bindgen_anon_2.sk) };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: sk is a socket the verifier knows; the helper checks it is a TCP one.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk.cast()) }.cast::<u8>();
+    if tp.is_null() {
+        return false;
+    }
+    // SAFETY: `off` is the BTF offset of `sock.sk_flags` (an unsigned long) in the tcp_sock
+    // that starts with its sock; the verifier checks the access against BTF.
+    let flags = unsafe { read_volatile(tp.cast_const().add(off).cast::<u64>()) };
+    flags & SOCK_DONE != 0
 }
 
 fn cookie(ctx: &SockOpsContext) -> u64 {
@@ -277,10 +332,8 @@ fn closed(ctx: &SockOpsContext) {
     if info.established == 0 {
         return;
     }
-    // The parse flag is set on entering FIN_WAIT1 and cleared when the FIN arrives.
     info.fin_seen = u8::from(
-        matches!(old_state, TCP_FIN_WAIT1 | TCP_FIN_WAIT2)
-            && ctx.cb_flags() & BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG == 0,
+        matches!(old_state, TCP_FIN_WAIT1 | TCP_FIN_WAIT2) && fin_received(ctx),
     );
     let ops = ctx.ops;
     // The verifier only accepts context loads at constant offsets from the context pointer, so

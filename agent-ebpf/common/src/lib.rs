@@ -44,8 +44,9 @@ pub struct LinkInfo {
     pub established: u8,
     /// 1 when `bytes_acked` counts our SYN (active open): not a data byte.
     pub syn_acked: u8,
-    /// In close events: 1 when a segment with FIN arrived on the full socket after we closed
-    /// first; tells whether `bytes_received` at CLOSE counts the peer's FIN. Unused in `LINKS`.
+    /// In close events of a socket that closed first: 1 when the peer's FIN reached the full
+    /// socket (the kernel's `SOCK_DONE`, or without BTF a segment with FIN seen after our close);
+    /// tells whether `bytes_received` at CLOSE counts the peer's FIN. Unused in `LINKS`.
     pub fin_seen: u8,
     pub _pad: [u8; 3],
     pub comm: [u8; 16],

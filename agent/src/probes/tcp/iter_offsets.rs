@@ -1,6 +1,8 @@
 //! Where the socket iterator program reads, resolved from this kernel's BTF and handed to the
 //! program before it loads. Apart from `iter.rs` because the loader (`bpf.rs`) needs them and
-//! `iter.rs` needs the loaded programs.
+//! `iter.rs` needs the loaded programs. The sockops programs take one offset from here too
+//! (`sock.sk_flags`: whether the peer's FIN reached a socket that closed first, read once at
+//! CLOSE instead of watching every segment it receives); without BTF they watch the segments.
 
 use aya::EbpfLoader;
 use gopher_common::SockOffsets;
@@ -14,6 +16,8 @@ pub struct Offsets {
     /// The program reads the inode there (as sock_diag does) rather than through
     /// `socket->file->f_inode`, which costs two more cache misses per idle socket.
     socket_ino: u32,
+    /// `sock.sk_flags` (an unsigned long), for the sockops programs.
+    sk_flags: u32,
 }
 
 pub fn offsets() -> Result<Offsets, BtfError> {
@@ -26,7 +30,22 @@ pub fn offsets() -> Result<Offsets, BtfError> {
     Ok(Offsets {
         sock: btf::sock_offsets(&btf)?,
         socket_ino: inode - socket + btf.offset("inode", "i_ino", 8)?,
+        sk_flags: sk_flags(&btf),
     })
+}
+
+/// `sock.sk_flags`: a member of `struct sock` until Linux 6.x moved it into `sock_common`
+/// (`skc_flags`, which `sk_flags` now names). 0 (unknown) when neither resolves: the sockops
+/// programs then watch the segments instead, and the iterator is not held back for it.
+fn sk_flags(btf: &Btf) -> u32 {
+    btf.offset("sock", "sk_flags", 8)
+        .or_else(|_| btf.offset("sock", "__sk_common.skc_flags", 8))
+        .unwrap_or_else(|e| {
+            tracing::info!(
+                "sock.sk_flags not found in the kernel's BTF ({e}): FINs are watched per segment"
+            );
+            0
+        })
 }
 
 impl Offsets {
@@ -34,5 +53,37 @@ impl Offsets {
     pub fn set<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
         loader.override_global("ITER_OFFSETS", &self.sock, true);
         loader.override_global("ITER_SOCKET_INO", &self.socket_ino, true);
+        loader.override_global("SOCKOPS_SK_FLAGS", &self.sk_flags, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sockops programs read `SOCK_DONE` at this offset: on this kernel it must resolve
+    /// (wherever the kernel keeps it) to the `unsigned long` the kernel's own headers name, and
+    /// its lookup must never hold the iterator's offsets back.
+    #[test]
+    fn sk_flags_resolves_to_the_kernels_socket_flags() {
+        let btf = match Btf::from_sys_fs() {
+            Ok(btf) => btf,
+            Err(e) => {
+                assert!(
+                    std::env::var_os("GOPHER_STRICT_TESTS").is_none(),
+                    "no kernel BTF: {e}"
+                );
+                eprintln!("skipped: no kernel BTF ({e})");
+                return;
+            }
+        };
+        let want = btf
+            .offset("sock", "sk_flags", 8)
+            .or_else(|_| btf.offset("sock_common", "skc_flags", 8))
+            .expect("the kernel's socket flags");
+        assert_eq!(sk_flags(&btf), want);
+        assert_ne!(want, 0);
+        let o = offsets().expect("offsets on a kernel with BTF");
+        assert_eq!(o.sk_flags, want);
     }
 }
