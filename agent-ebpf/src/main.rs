@@ -1,21 +1,27 @@
 //! TCP link accounting with per-connection (never per-packet) hooks.
 //!
-//! * `cgroup/connect4|6` run inside `connect()`: the process context that owns a client socket.
-//! * `cgroup/sock_release` runs inside the last `close()`: the owner of a server socket.
-//! * `sockops` sees the handshake complete (role) and, through the state callback it enables on
-//!   that socket only, the move to CLOSE, where it emits the socket's final counters. Counters of
-//!   live sockets are read by the agent from sock_diag, so nothing here fires per send or recv.
+//! * `sockops` ([`gopher_sockops_owner`]) records a client's owner in the connect callback (the
+//!   connecting process's context) and switches the state callback on for that socket only; it
+//!   sees the handshake complete (role), the close (`close()` or `shutdown()` moves the socket to
+//!   FIN_WAIT1 or LAST_ACK in the closing process's context: the owner of a server socket) and
+//!   the move to CLOSE, where it emits the socket's final counters. Counters of live sockets are
+//!   read by the agent from the socket iterator or sock_diag, so nothing here fires per send or
+//!   recv.
+//! * Kernels that refuse the current-task helpers in sockops get [`gopher_sockops`] plus
+//!   `cgroup/connect4|6` (in `connect()`: a client's owner) and `cgroup/sock_release` (in the last
+//!   `close()`: a server's owner, and the entry of a connect that never completed).
 //!
 //! What a connection costs is counted in program runs (the kernel's `run_cnt`; `bench/run.sh`
-//! reports them per op). A loopback connection whose server closes first, both ends watched,
-//! runs them 18 times: 10 sockops ops every sockops program pays whether it asked or not (RTO
-//! init, receive window init and ECN on both ends, connect, established), 3 state callbacks per
-//! socket (ESTABLISHED → FIN_WAIT1 → FIN_WAIT2 → CLOSE, ESTABLISHED → CLOSE_WAIT → LAST_ACK →
-//! CLOSE) and one `sock_release` per socket. Whether the peer's FIN reached a socket that closed
-//! first is read from the socket itself at CLOSE (`SOCK_DONE`, through BTF): it used to take a
-//! header-parsing callback on every segment that socket received after its close until the FIN
-//! (one more run per connection on churn, one per data segment on a half-closed receiver).
-//! Without BTF that callback is still the fallback.
+//! reports them per op). A loopback connection whose server closes first, both ends watched:
+//! 9 sockops runs every sockops program pays whether it asked or not (client: RTO init, receive
+//! window init, ECN, connect, established; server, on the request socket then the child: ECN,
+//! receive window, RTO init, established) and the state callbacks (client: SYN_SENT →
+//! ESTABLISHED → CLOSE_WAIT → LAST_ACK → CLOSE; server: ESTABLISHED → FIN_WAIT1 → FIN_WAIT2 →
+//! CLOSE): 16. It was 19: a `sock_release` run per socket (now only with the connect hooks), and
+//! a header-parsing callback on every segment a socket that closed first received until the
+//! peer's FIN (one on churn, one per data segment on a half-closed receiver). Whether that FIN
+//! arrived is now read from the socket itself at CLOSE (`SOCK_DONE`, through BTF); without BTF
+//! the parsing callback is still the fallback.
 //!
 //! Every sockops program runs for every op of every socket in the cgroup (RTO init, receive
 //! window init, ECN, ...), so ops we do not need return at once. A socket whose `LINKS` insert
@@ -47,7 +53,7 @@ mod iter;
 
 use gopher_common::{
     LinkClosed, LinkInfo, LinkStats, MAP_FULL_LINKS, MAP_FULL_SLOTS, OWNER_KNOWN, OWNER_NO_ENTRY,
-    ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_SYN_RECV, TCP_SYN_SENT,
+    ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_SYN_RECV, TCP_SYN_SENT,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -111,14 +117,17 @@ fn insert_link(cookie: u64, info: &LinkInfo) -> bool {
     true
 }
 
-/// Marks a server socket that has no `LINKS` entry, so that its close event still says
-/// "server": the RTO callback flag, which costs a program run only when a retransmission timer
-/// fires and is otherwise unused here (the socket itself is the only storage that needs no map).
+/// Marks a server socket, so that its close event still says "server" when it has no `LINKS`
+/// entry (the map was full), and so that the close callbacks know, without a map lookup, that its
+/// owner is still to be recorded: the RTO callback flag, which costs a program run only when a
+/// retransmission timer fires and is otherwise unused here (the socket itself is the only storage
+/// that needs no map).
 const SERVER_MARK: u32 = BPF_SOCK_OPS_RTO_CB_FLAG;
 
-/// The calling process as a socket's owner. A client entry is complete from here on: its state
-/// callback only starts at the handshake, so a CLOSE always finds it established, and an
-/// active open's `bytes_acked` always counts its SYN once the SYN-ACK is in.
+/// The calling process as a socket's owner. A client entry is complete from here on: a CLOSE
+/// that finds it from SYN_SENT (a connect that failed) drops it without an event, any other
+/// finds it established, and an active open's `bytes_acked` always counts its SYN once the
+/// SYN-ACK is in.
 fn current_owner(role: u8) -> LinkInfo {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
@@ -169,54 +178,75 @@ pub fn gopher_sock_release(ctx: SockContext) -> i32 {
     // SAFETY: sock context; helper defined for it.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if let Some(info) = LINKS.get_ptr_mut(&cookie) {
-        // A connect that failed (or is abandoned) never gets a CLOSE callback: the state
-        // callback is only switched on at the handshake. Its entry goes now.
+        // With the connect hooks, a connect that failed (or is abandoned) never gets a CLOSE
+        // callback: the state callback is only switched on at the handshake. Its entry goes now.
         if matches!(state, TCP_SYN_SENT | TCP_CLOSE) {
             let _ = LINKS.remove(&cookie);
             return ALLOW;
         }
         // SAFETY: pointer into a map value, valid while the program runs.
-        let info = unsafe { &mut *info };
-        // A client's owner is the process that connected; keep it.
-        if info.owner != OWNER_KNOWN {
-            let owner = current_owner(info.role);
-            info.tgid = owner.tgid;
-            info.comm = owner.comm;
-            info.owner = OWNER_KNOWN;
-        }
+        set_owner(unsafe { &mut *info });
     }
     ALLOW
 }
 
-/// Records the client's owner itself in the connect callback (process context). Kernels that
-/// refuse the current-task helpers in sockops programs get [`gopher_sockops`] plus the
-/// `connect4|6` programs instead: one program run more per connection.
+/// Makes the calling process the owner of a socket closed in its context (a server socket's);
+/// a client's owner is the process that connected, kept.
+fn set_owner(info: &mut LinkInfo) {
+    if info.owner != OWNER_KNOWN {
+        let owner = current_owner(info.role);
+        info.tgid = owner.tgid;
+        info.comm = owner.comm;
+        info.owner = OWNER_KNOWN;
+    }
+}
+
+/// Records owners itself, in process context: a client's in the connect callback, a server's
+/// when its process closes it (FIN_WAIT1 or LAST_ACK), so that no `sock_release` program runs
+/// for every socket. The state callback is on from the connect, so a connect that fails still
+/// reaches CLOSE and its entry goes then (one run more per connection than switching it on at
+/// the handshake, one less than `sock_release` on both ends). Kernels that refuse the
+/// current-task helpers here get [`gopher_sockops`] plus the `connect4|6` and `sock_release`
+/// programs instead.
 #[sock_ops]
 pub fn gopher_sockops_owner(ctx: SockOpsContext) -> u32 {
     if ctx.op() == BPF_SOCK_OPS_TCP_CONNECT_CB {
         let _ = insert_link(cookie(&ctx), &current_owner(ROLE_CLIENT));
+        add_cb_flags(&ctx, BPF_SOCK_OPS_STATE_CB_FLAG);
+        return 1;
     }
-    sockops(&ctx)
+    sockops(&ctx, true)
 }
 
 #[sock_ops]
 pub fn gopher_sockops(ctx: SockOpsContext) -> u32 {
-    sockops(&ctx)
+    sockops(&ctx, false)
 }
 
+/// `owners`: this program records server owners itself (no `sock_release` program runs).
 #[inline(always)]
-fn sockops(ctx: &SockOpsContext) -> u32 {
+fn sockops(ctx: &SockOpsContext, owners: bool) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(ctx, ROLE_CLIENT),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => established(ctx, ROLE_SERVER),
         BPF_SOCK_OPS_STATE_CB => match ctx.arg(1) {
             TCP_CLOSE => closed(ctx),
-            // We closed first. Whether the peer's FIN then reaches this socket (and is counted
-            // in bytes_received) or a later time-wait socket is read at CLOSE from the socket
-            // (`fin_received`). Without its offset (no BTF) it is only visible in the segments,
-            // so watch the few that still arrive, until the FIN.
-            TCP_FIN_WAIT1 if sk_flags_offset() == 0 => {
-                add_cb_flags(ctx, BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG);
+            new @ (TCP_FIN_WAIT1 | TCP_LAST_ACK) => {
+                // Only `close()` and `shutdown()` move a socket here: the closing process's
+                // context.
+                if owners && ctx.cb_flags() & SERVER_MARK != 0 {
+                    if let Some(info) = LINKS.get_ptr_mut(&cookie(ctx)) {
+                        // SAFETY: pointer into a map value, valid while the program runs.
+                        set_owner(unsafe { &mut *info });
+                    }
+                }
+                // We closed first. Whether the peer's FIN then reaches this socket (and is
+                // counted in bytes_received) or a later time-wait socket is read at CLOSE from
+                // the socket (`fin_received`). Without its offset (no BTF) it is only visible in
+                // the segments, so watch the few that still arrive, until the FIN.
+                if new == TCP_FIN_WAIT1 && sk_flags_offset() == 0 {
+                    add_cb_flags(ctx, BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG);
+                }
             }
             _ => {}
         },
@@ -275,29 +305,32 @@ fn cookie(ctx: &SockOpsContext) -> u64 {
 }
 
 /// Adds to the socket's callback flags: setting them outright would clear flags another sockops
-/// program (a CNI, a tracer) relies on.
+/// program (a CNI, a tracer) relies on. Flags already set cost no helper call.
 fn add_cb_flags(ctx: &SockOpsContext, flags: u32) {
-    let _ = ctx.set_cb_flags((ctx.cb_flags() | flags) as i32);
+    let now = ctx.cb_flags();
+    if now & flags != flags {
+        let _ = ctx.set_cb_flags((now | flags) as i32);
+    }
 }
 
 fn clear_cb_flags(ctx: &SockOpsContext, flags: u32) {
     let _ = ctx.set_cb_flags((ctx.cb_flags() & !flags) as i32);
 }
 
-/// Switches the state callback on (for the CLOSE). A client's entry was made at connect; a
-/// server socket is new here (its cookie too), so it is inserted without a lookup first.
+/// Switches the state callback on (for the CLOSE; a client's may be on from its connect). A
+/// client's entry was made at connect; a server socket is new here (its cookie too), so it is
+/// inserted without a lookup first, and marked (one helper call for both flags).
 fn established(ctx: &SockOpsContext, role: u8) {
-    add_cb_flags(ctx, BPF_SOCK_OPS_STATE_CB_FLAG);
     if role == ROLE_CLIENT {
+        add_cb_flags(ctx, BPF_SOCK_OPS_STATE_CB_FLAG);
         return;
     }
+    add_cb_flags(ctx, BPF_SOCK_OPS_STATE_CB_FLAG | SERVER_MARK);
     // SAFETY: valid bpf_sock_ops (full socket in the established callbacks).
     let syn_acked = u8::from(unsafe { read_volatile(&raw const (*ctx.ops).bytes_acked) } > 0);
     // Softirq context here: the current task is not the owner, so record none.
     let info = link_info(role, 0, syn_acked, 0, [0; 16]);
-    if !insert_link(cookie(ctx), &info) {
-        add_cb_flags(ctx, SERVER_MARK);
-    }
+    let _ = insert_link(cookie(ctx), &info);
 }
 
 fn closed(ctx: &SockOpsContext) {
@@ -329,7 +362,8 @@ fn closed(ctx: &SockOpsContext) {
             [0; 16],
         )
     };
-    if info.established == 0 {
+    // A connect that failed (its callback is on from the connect) never carried data.
+    if info.established == 0 || old_state == TCP_SYN_SENT {
         return;
     }
     info.fin_seen = u8::from(

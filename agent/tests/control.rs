@@ -229,7 +229,9 @@ async fn toggles_apply_for_real_and_are_watched() {
         assert!(began.elapsed() < WAIT, "probes never ran: {list:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(attached_by(&agent) >= 2, "tcp programs attached while on");
+    // The sock_ops program at least (the connect and release hooks only where it cannot record
+    // owners).
+    assert!(attached_by(&agent) >= 1, "tcp programs attached while on");
     let demo = get(&mut c, "demo").await;
     let pid = demo.pid.expect("a running extension probe has a pid");
     assert!(pid_alive(pid));
@@ -275,7 +277,7 @@ async fn toggles_apply_for_real_and_are_watched() {
         .into_inner();
     assert_eq!(on.state, pb::RunState::Running as i32, "{on:?}");
     assert!(
-        attached_by(&agent) >= 2,
+        attached_by(&agent) >= 1,
         "programs not attached after switching tcp on"
     );
     let live_port = traffic(5000);
@@ -301,7 +303,7 @@ async fn toggles_apply_for_real_and_are_watched() {
         tuned.params.unwrap().values["max_links"].value,
         Some(Value::IntValue(32768))
     );
-    assert!(attached_by(&agent) >= 2);
+    assert!(attached_by(&agent) >= 1);
 
     // Extension probe off: its process is gone when the answer comes. On: a new one.
     let off = c

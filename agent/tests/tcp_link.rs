@@ -226,7 +226,9 @@ fn links_that_predate_the_agent_are_picked_up() {
     });
     // This agent's own programs: other tests' agents may run beside it.
     let mine = common::gopher_attached_ids_held_by(agent.pid());
-    assert!(mine.len() >= 2, "programs attached while the agent runs");
+    // The sock_ops program at least (the connect and release hooks only where it cannot
+    // record owners).
+    assert!(!mine.is_empty(), "programs attached while the agent runs");
     drop(agent);
     assert_eq!(
         common::gopher_still_attached(&mine),

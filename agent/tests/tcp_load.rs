@@ -151,14 +151,7 @@ fn a_full_links_map_is_counted_and_its_sockets_still_accounted() {
     }
     let samples = wait_exact(&agent, port, moved);
     drop(listener);
-    let full = samples
-        .iter()
-        .find(|s| {
-            s.name == "gopher_ebpf_map_full_total"
-                && s.label("probe") == "tcp"
-                && s.label("map") == "links"
-        })
-        .map_or(0.0, |s| s.value);
+    let full = common::tcp::links_map_full(&samples);
     assert!(
         full > 0.0,
         "no full-map insert counted with 1,600 sockets in 1,024 slots"

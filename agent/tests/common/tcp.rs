@@ -60,3 +60,16 @@ pub fn ready(agent: &Agent) -> bool {
         .is_empty()
         .not()
 }
+
+/// `LINKS` inserts the tcp probe's eBPF side refused for a full map, as /metrics says (0 while
+/// none were).
+pub fn links_map_full(samples: &[Sample]) -> f64 {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == "gopher_ebpf_map_full_total"
+                && s.label("probe") == "tcp"
+                && s.label("map") == "links"
+        })
+        .map_or(0.0, |s| s.value)
+}

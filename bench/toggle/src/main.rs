@@ -7,7 +7,8 @@
 //! happened without asking the agent:
 //!
 //! * tcp: `bpftool cgroup show <cgroup2 mount>` lists none of the `gopher_` programs the agent had
-//!   attached (off), or at least two new ones (on). Programs of other agents on the host that
+//!   attached (off), or at least one new one (on: the sock_ops program; the connect and release
+//!   hooks too on kernels where it cannot record owners). Programs of other agents on the host that
 //!   were there before are told apart by their IDs.
 //! * extension: the pid the agent reported is gone from `/proc` (off), or the new one is there and
 //!   is not a zombie (on).
@@ -121,7 +122,7 @@ impl Bench {
             // First step: the agent started with tcp on; its programs are the ones that left.
             self.ours = before.difference(&after).copied().collect();
             ensure!(
-                self.ours.len() >= 2,
+                !self.ours.is_empty(),
                 "tcp off: only {} gopher_ programs left {} (before {before:?}, after {after:?})",
                 self.ours.len(),
                 self.cgroup.display()
@@ -132,7 +133,7 @@ impl Bench {
         Ok(d)
     }
 
-    /// tcp on, timed; then at least two new `gopher_` programs must be attached.
+    /// tcp on, timed; then at least one new `gopher_` program must be attached.
     async fn tcp_on(&mut self) -> Result<Duration> {
         let before = gopher_progs(&self.cgroup)?;
         let (d, p) = self.set(&self.tcp.clone(), Switch::On).await?;
@@ -145,7 +146,7 @@ impl Bench {
         let after = gopher_progs(&self.cgroup)?;
         self.ours = after.difference(&before).copied().collect();
         ensure!(
-            self.ours.len() >= 2,
+            !self.ours.is_empty(),
             "tcp on: {} new gopher_ programs on {} (before {before:?}, after {after:?})",
             self.ours.len(),
             self.cgroup.display()

@@ -50,13 +50,9 @@ pub fn load(max_links: u32, connect_hooks: bool) -> anyhow::Result<Programs> {
     let mut ebpf = loader.load(OBJECT).context("loading the tcp eBPF object")?;
     let cg = File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
 
-    let prog: &mut CgroupSock = program(&mut ebpf, "gopher_sock_release")?;
-    prog.load().context("loading gopher_sock_release")?;
-    prog.attach(&cg, CgroupAttachMode::Single)
-        .with_context(|| format!("attaching gopher_sock_release to {}", cgroup.display()))?;
-
-    // Prefer the sockops program that records a client's owner itself; a kernel that refuses
-    // current-task helpers there gets the plain one plus the connect hooks.
+    // Prefer the sockops program that records owners itself; a kernel that refuses current-task
+    // helpers there gets the plain one plus the connect and release hooks (two program runs
+    // more per connection, three with both ends on the host).
     let owner_in_sockops = !connect_hooks && {
         let prog: &mut SockOps = program(&mut ebpf, "gopher_sockops_owner")?;
         match prog.load() {
@@ -75,6 +71,10 @@ pub fn load(max_links: u32, connect_hooks: bool) -> anyhow::Result<Programs> {
         "gopher_sockops"
     };
     if !owner_in_sockops {
+        let prog: &mut CgroupSock = program(&mut ebpf, "gopher_sock_release")?;
+        prog.load().context("loading gopher_sock_release")?;
+        prog.attach(&cg, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching gopher_sock_release to {}", cgroup.display()))?;
         for name in ["gopher_connect4", "gopher_connect6"] {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             prog.load().with_context(|| format!("loading {name}"))?;

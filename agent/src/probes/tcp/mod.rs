@@ -61,7 +61,7 @@ const APPLY_EVERY: Duration = Duration::from_millis(250);
 pub struct TcpProbe {
     /// Capacity of the eBPF map of live sockets.
     pub max_links: u32,
-    /// Record client owners with cgroup connect hooks even where sockops could do it.
+    /// Record owners with cgroup connect and release hooks even where sockops could do it.
     pub connect_hooks: bool,
     /// Read live sockets with the eBPF socket iterator where it loads (else sock_diag).
     pub socket_iterator: bool,

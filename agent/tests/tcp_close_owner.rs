@@ -1,0 +1,113 @@
+//! Owners and entries the eBPF side keeps without a `sock_release` program (real agent, real
+//! eBPF, real sockets): the sock_ops program records a server socket's owner when its process
+//! closes it (FIN_WAIT1 or LAST_ACK, in that process's context), and drops the entry of a
+//! connect that failed when the socket reaches CLOSE. Both used to be `sock_release`'s work,
+//! one program run per socket.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::float_cmp)]
+
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    time::Duration,
+};
+
+use common::{
+    Agent, Peer, is_root, require,
+    tcp::{CONFIG, expect_row, links_map_full, ready},
+};
+
+/// Failed connects in [`failed_connects_leave_no_entry_behind`]: four times the map's slots.
+const FAILED: usize = 4000;
+
+/// A server socket that a forked child serves and closes (the listener stays with its parent):
+/// its row is keyed to the child, the process that closed it, not to the listener's owner the
+/// agent falls back to for server sockets it has no owner for. The socket lives a few
+/// milliseconds, so its owner comes from the eBPF side (a dump that catches it live finds the
+/// child in /proc: the same answer).
+#[test]
+fn a_server_socket_is_keyed_to_the_process_that_closed_it() {
+    if !require(is_root(), "root (eBPF)") {
+        return;
+    }
+    let agent = Agent::start(CONFIG);
+    assert!(ready(&agent));
+    let (c2s, s2c) = (777usize, 555usize);
+    let mut server = Peer::spawn_script(
+        &[],
+        "fork_server.py",
+        &["127.0.0.1", &s2c.to_string(), &c2s.to_string()],
+    );
+    let port: u16 = server
+        .line()
+        .strip_prefix("ready ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client.write_all(&vec![b'c'; c2s]).unwrap();
+    let mut buf = vec![0u8; s2c];
+    client.read_exact(&mut buf).unwrap();
+    let child: u32 = server
+        .line()
+        .strip_prefix("closed ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(child, server.pid());
+    assert_eq!(client.read(&mut buf).unwrap(), 0, "the child closed first");
+    drop(client);
+    let want = [
+        ("role", "0".to_owned()),
+        ("tgid", child.to_string()),
+        ("server_port", port.to_string()),
+        ("client_ip", "127.0.0.1".to_owned()),
+    ];
+    expect_row(&agent, "server row keyed to the closing child", &want, |r| {
+        r["tx_bytes"] == s2c as f64 && r["rx_bytes"] == c2s as f64 && r["link_count"] == 0.0
+    });
+    server.close();
+}
+
+/// Connects that fail (refused: SYN_SENT to CLOSE) leave no entry behind in a `LINKS` map of
+/// 1,024 slots: thousands of them later, nothing was refused for a full map. A leaked entry per
+/// failed connect would fill the map after 1,024 and count every later insert as refused.
+#[test]
+fn failed_connects_leave_no_entry_behind() {
+    if !require(is_root(), "root (eBPF)") {
+        return;
+    }
+    let agent = Agent::start(&format!("{CONFIG}[probes.params]\nmax_links = 1024\n"));
+    assert!(ready(&agent));
+    // A port nobody listens on (bound and released: the kernel does not hand it out again at
+    // once).
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut refused = 0;
+    for _ in 0..FAILED {
+        if TcpStream::connect(("127.0.0.1", port)).is_err() {
+            refused += 1;
+        }
+    }
+    assert!(refused > FAILED / 2, "only {refused} of {FAILED} connects failed");
+    // Two intervals: the map-full counter is read at each collection.
+    std::thread::sleep(Duration::from_secs(3));
+    let samples = agent.scrape().unwrap();
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.name == "gopher_probe_state" && s.label("probe") == "tcp"),
+        "no probe state on /metrics"
+    );
+    let full = links_map_full(&samples);
+    // Other sockets of the host (sibling tests' connections) may take slots meanwhile; leaked
+    // entries would make it about FAILED - 1024.
+    assert!(
+        full < 1000.0,
+        "{full} inserts refused for a full map after {refused} failed connects"
+    );
+}
