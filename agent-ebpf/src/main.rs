@@ -12,13 +12,15 @@
 //!   `close()`: a server's owner, and the entry of a connect that never completed).
 //!
 //! What a connection costs is counted in program runs (the kernel's `run_cnt`; `bench/run.sh`
-//! reports them per op). A loopback connection whose server closes first, both ends watched:
-//! 9 sockops runs every sockops program pays whether it asked or not (client: RTO init, receive
-//! window init, ECN, connect, established; server, on the request socket then the child: ECN,
-//! receive window, RTO init, established) and the state callbacks (client: SYN_SENT →
-//! ESTABLISHED → CLOSE_WAIT → LAST_ACK → CLOSE; server: ESTABLISHED → FIN_WAIT1 → FIN_WAIT2 →
-//! CLOSE): 16. It was 19: a `sock_release` run per socket (now only with the connect hooks), and
-//! a header-parsing callback on every segment a socket that closed first received until the
+//! reports them per op). A loopback connection whose server closes first, both ends watched,
+//! counted per op: 9 ops every sockops program pays whether it asked or not (RTO init, receive
+//! window init and ECN once per end, on the server's request socket; connect; active and passive
+//! established) and 8 state callbacks (client: SYN_SENT → ESTABLISHED → CLOSE_WAIT → LAST_ACK →
+//! CLOSE; server: SYN_RECV → ESTABLISHED, which the kernel moves right after the passive
+//! established callback switched it on, → FIN_WAIT1 → FIN_WAIT2 → CLOSE): 17. It was 19: a
+//! `sock_release` run per socket (now only with the connect hooks; the client's SYN_SENT →
+//! ESTABLISHED callback is what switching the state callback on at connect costs instead), and a
+//! header-parsing callback on every segment a socket that closed first received until the
 //! peer's FIN (one on churn, one per data segment on a half-closed receiver). Whether that FIN
 //! arrived is now read from the socket itself at CLOSE (`SOCK_DONE`, through BTF); without BTF
 //! the parsing callback is still the fallback.
