@@ -6,7 +6,9 @@
     clippy::missing_panics_doc
 )]
 
+pub mod kafka;
 pub mod nginx;
+pub mod outputs;
 pub mod tcp;
 
 use std::{
