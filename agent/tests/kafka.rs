@@ -3,7 +3,8 @@
 //! (Python confluent-kafka, `support/kafka_client.py`) reading what arrived. Records are checked
 //! field by field against the rows the probes produced; faults are real (the broker process is
 //! stopped and started again) and the agent's `gopher_kafka_*` counters must account for every
-//! message. Counts are of consumed messages, never of high watermarks.
+//! message. Counts are of consumed messages, never of high watermarks. Broker and consumer are in
+//! `common/kafka.rs` (the load-balancer tests use them too).
 //!
 //! Needs `tansu` (scripts/test-deps.sh installs it into ~/.cache/gopher/tansu; `GOPHER_TANSU` names
 //! another binary) and `python3 -c 'import confluent_kafka'`; skips loudly without them.

@@ -9,6 +9,7 @@
 pub mod kafka;
 pub mod nginx;
 pub mod outputs;
+pub mod pki;
 pub mod tcp;
 
 use std::{
