@@ -1,7 +1,8 @@
 //! gala-gopher's REST probe API (`[rest_api]`) driven with gala-gopher's own request bodies
 //! (`curl -X PUT http://host:9999/tcp -d json='{…}'`): switches checked with bpftool (the
 //! tcp probe's eBPF programs held by this agent's pid), as `control.rs` checks gRPC toggles;
-//! bad bodies get gala-gopher's status codes; the control channel's bearer token applies.
+//! bad bodies get gala-gopher's status codes; the control channel's bearer token applies; with
+//! `tls_cert`/`tls_key`/`tls_client_ca` it is HTTPS with client certificates (curl as client).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -68,7 +69,10 @@ fn rest_api_switches_probes_with_gala_gophers_bodies() {
     let auth = format!("Authorization: Bearer {}", token.trim());
 
     // gala-gopher's stop: form-style json=.
-    let (code, body) = curl_with(&auth, &["-X", "PUT", &url, "-d", r#"json={"state":"stopped"}"#]);
+    let (code, body) = curl_with(
+        &auth,
+        &["-X", "PUT", &url, "-d", r#"json={"state":"stopped"}"#],
+    );
     assert_eq!((code, body.as_str()), (200, "New config takes effect"));
     wait_attached(&agent, "detached after stopped", |n| n == 0);
     let (code, body) = curl_with(&auth, &[&url]);
@@ -98,15 +102,18 @@ fn rest_api_switches_probes_with_gala_gophers_bodies() {
     wait_attached(&agent, "attached after running", |n| n > 0);
 
     // Plain JSON too, with gopher's own params for the probe.
-    let (code, body) = curl_with(&auth, &[
-        "-X",
-        "PUT",
-        &url,
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        r#"{"state":"running","params":{"max_links":5000}}"#,
-    ]);
+    let (code, body) = curl_with(
+        &auth,
+        &[
+            "-X",
+            "PUT",
+            &url,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"state":"running","params":{"max_links":5000}}"#,
+        ],
+    );
     assert_eq!(code, 200, "{body}");
     let (_, body) = curl_with(&auth, &[&url]);
     let shown: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -129,13 +136,16 @@ fn rest_api_switches_probes_with_gala_gophers_bodies() {
     );
     let (code, _) = curl_with(&auth, &[&format!("http://127.0.0.1:{rest}/no_such_probe")]);
     assert_eq!(code, 404);
-    let (code, _) = curl_with(&auth, &[
-        "-X",
-        "PUT",
-        &format!("http://127.0.0.1:{rest}/no_such_probe"),
-        "-d",
-        r#"json={"state":"running"}"#,
-    ]);
+    let (code, _) = curl_with(
+        &auth,
+        &[
+            "-X",
+            "PUT",
+            &format!("http://127.0.0.1:{rest}/no_such_probe"),
+            "-d",
+            r#"json={"state":"running"}"#,
+        ],
+    );
     assert_eq!(code, 404);
     let (code, _) = curl_with(&auth, &["-X", "DELETE", &url]);
     assert_eq!(code, 405);
@@ -205,4 +215,79 @@ fn an_open_rest_listener_without_a_token_is_refused() {
         said.contains("rest_api.listen") && said.contains("token_file"),
         "{said}"
     );
+}
+
+#[test]
+fn rest_api_over_tls_with_client_certificates() {
+    if !require(is_root(), "root (eBPF)") {
+        return;
+    }
+    let pki = common::pki::pki();
+    let dir = tempfile::tempdir().unwrap();
+    let w = |name: &str, text: &str| common::pki::write(dir.path(), name, text);
+    let (ca, cert, key) = (
+        w("ca.pem", &pki.ca),
+        w("server.crt", &pki.server.0),
+        w("server.key", &pki.server.1),
+    );
+    let (client, client_key) = (
+        w("client.crt", &pki.client.0),
+        w("client.key", &pki.client.1),
+    );
+    let (rogue, rogue_key) = (w("rogue.crt", &pki.rogue.0), w("rogue.key", &pki.rogue.1));
+    let token = w("token", "s3cret\n");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let (rest, control) = (free_port(), free_port());
+    let agent = Agent::start(&format!(
+        "[control]\nlisten = \"127.0.0.1:{control}\"\ntoken_file = \"{token}\"\n\
+         [rest_api]\nswitch = \"on\"\nlisten = \"127.0.0.1:{rest}\"\n\
+         tls_cert = \"{cert}\"\ntls_key = \"{key}\"\ntls_client_ca = \"{ca}\"\n{TCP}"
+    ));
+    agent.wait_running(Duration::from_secs(30), "tcp");
+    wait_attached(&agent, "tcp probe attached at start", |n| n > 0);
+    let url = format!("https://localhost:{rest}/tcp");
+    let resolve = format!("localhost:{rest}:127.0.0.1");
+    let tls = |id: Option<(&str, &str)>, more: &[&str]| {
+        let mut args = vec!["--resolve", resolve.as_str(), "--cacert", ca.as_str()];
+        if let Some((c, k)) = id {
+            args.extend(["--cert", c, "--key", k]);
+        }
+        args.extend_from_slice(more);
+        curl(&args)
+    };
+    let me = Some((client.as_str(), client_key.as_str()));
+    let auth = "Authorization: Bearer s3cret";
+    // gala-gopher's body over TLS, with a trusted client certificate and the token.
+    let stop = r#"json={"state":"stopped"}"#;
+    let (code, body) = tls(me, &["-H", auth, "-X", "PUT", &url, "-d", stop]);
+    assert_eq!((code, body.as_str()), (200, "New config takes effect"));
+    wait_attached(&agent, "detached over TLS", |n| n == 0);
+    let (code, body) = tls(me, &["-H", auth, &url]);
+    assert_eq!(code, 200, "{body}");
+    let shown: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(shown["state"], "stopped", "{shown}");
+    // TLS does not replace the token.
+    let (code, _) = tls(
+        me,
+        &["-X", "PUT", &url, "-d", r#"json={"state":"running"}"#],
+    );
+    assert_eq!(code, 401);
+    // No client certificate, one from another CA, plain HTTP: no answer at all.
+    let rogue_id = Some((rogue.as_str(), rogue_key.as_str()));
+    for id in [None, rogue_id] {
+        let (code, body) = tls(id, &["-H", auth, &url]);
+        assert_eq!(code, 0, "{id:?}: {body}");
+    }
+    let (code, _) = curl(&["-H", auth, &format!("http://127.0.0.1:{rest}/tcp")]);
+    assert_ne!(code, 200);
+    assert_eq!(attached_by(&agent), 0, "refused calls changed nothing");
+    // Refused handshakes are counted.
+    agent.wait_for(Duration::from_secs(10), "TLS refusals counted", |s| {
+        s.iter().any(|x| {
+            x.name == "gopher_control_requests_total"
+                && x.label("method") == "rest_tls"
+                && x.label("code") == "tls_handshake"
+                && x.value >= 2.0
+        })
+    });
 }

@@ -5,6 +5,9 @@
 //! parser, field by field, and follow sessions as they open and close. Other nginx instances on
 //! the machine (other tests) are left out by the test's own ports.
 //!
+//! Sessions already open when the agent starts (or restarts) are counted exactly from the
+//! probe's first rows, not once they reconnect.
+//!
 //! An unsupported binary (a process named nginx that is not nginx) fails the probe with the
 //! reason, on the probe's failure series, while the agent and its other probes keep running.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
@@ -173,6 +176,72 @@ fn http_and_stream_sessions_per_client_front_and_backend() {
     drop((a_http, b_http, b_stream, a_stream));
     wait_rows(&agent, table, &ports, &Rows::new(), "every session closed");
     wait_held(&hb, &sb, (0, 0));
+}
+
+/// The first rows of ours the agent shows: polled until the probe has sent its first interval.
+fn first_rows(agent: &Agent, table: &str, ports: &[u16]) -> Rows {
+    let start = Instant::now();
+    while start.elapsed() < WAIT {
+        if let Ok(s) = agent.scrape() {
+            let r = rows(&s, table, ports);
+            if !r.is_empty() {
+                return r;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no {table} rows within {WAIT:?}");
+}
+
+#[test]
+fn sessions_open_before_the_agent_starts_are_counted_from_its_first_rows() {
+    let Some(nginx) = setup() else {
+        return;
+    };
+    let (hb, sb, http, stream) = (&nginx.hb, &nginx.sb, nginx.http, nginx.stream);
+    let ports = [http, stream];
+    let table = "nginx_statistic";
+    let (a, b) = (Ipv4Addr::new(127, 1, 0, 4), Ipv4Addr::new(127, 1, 0, 5));
+    // Every session is open, and proxied to its backend, before any agent runs.
+    let mut a_http: Vec<_> = (0..3).map(|_| http_session(a, http)).collect();
+    let mut b_stream: Vec<_> = (0..2).map(|_| stream_session(b, stream)).collect();
+    let a_stream = stream_session(a, stream);
+    wait_held(hb, sb, (3, 3));
+    let expect = |n: [f64; 3]| -> Rows {
+        [
+            row("127.1.0.4", http, hb.port, true, n[0]),
+            row("127.1.0.5", stream, sb.port, false, n[1]),
+            row("127.1.0.4", stream, sb.port, false, n[2]),
+        ]
+        .into_iter()
+        .filter(|r| r.1 > 0.0)
+        .collect()
+    };
+    let config = "[[probes]]\nname = \"nginx_link\"\nswitch = \"on\"\ninterval = 1\n";
+    let agent = Agent::start(config);
+    assert_eq!(
+        first_rows(&agent, table, &ports),
+        expect([3.0, 2.0, 1.0]),
+        "first rows of an agent started after the sessions"
+    );
+    // An agent restart (a new map, nothing recorded): the same, at once.
+    drop(agent);
+    let agent = Agent::start(config);
+    assert_eq!(
+        first_rows(&agent, table, &ports),
+        expect([3.0, 2.0, 1.0]),
+        "first rows after an agent restart"
+    );
+    // Closing sessions found that way brings the counts down (ngx_close_connection).
+    drop(a_http.pop());
+    drop(b_stream.pop());
+    wait_rows(&agent, table, &ports, &expect([2.0, 1.0, 1.0]), "some closed");
+    // New sessions add to them.
+    a_http.push(http_session(a, http));
+    wait_rows(&agent, table, &ports, &expect([3.0, 1.0, 1.0]), "one more");
+    drop((a_http, b_stream, a_stream));
+    wait_rows(&agent, table, &ports, &Rows::new(), "every session closed");
+    wait_held(hb, sb, (0, 0));
 }
 
 #[test]

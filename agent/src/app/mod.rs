@@ -473,14 +473,22 @@ async fn start_rest(
         .map(control::auth::ensure_token)
         .transpose()?;
     let auth = control::auth::TokenCheck::new(token, metrics);
+    let tls = cfg
+        .rest_api
+        .tls()
+        .as_ref()
+        .map(crate::egress::http::tls_acceptor)
+        .transpose()
+        .context("rest_api: tls_cert/tls_key/tls_client_ca")?;
     let (addr, task) = control::rest::serve(
         cfg.rest_api.listen,
+        tls,
         ctl.clone(),
         auth,
         Arc::clone(metrics),
         shutdown,
     )
     .await?;
-    tracing::info!(target: LOG_TARGET, %addr, token = cfg.control.token_file.is_some(), "serving gala-gopher's REST probe API");
+    tracing::info!(target: LOG_TARGET, %addr, tls = cfg.rest_api.tls_cert.is_some(), token = cfg.control.token_file.is_some(), "serving gala-gopher's REST probe API");
     Ok(Some(task))
 }

@@ -84,14 +84,8 @@ pub(super) fn control(
     if let Some(a) = t.socket_addr(rep, "listen", "\"127.0.0.1:8889\" or \"[::1]:8889\"") {
         out.listen = a;
     }
-    let path = |rep: &mut Reporter<'_>, key: &str| {
-        t.string(rep, key)
-            .filter(|(s, _)| !s.is_empty())
-            .map(|(s, _)| base.join(s))
-    };
-    out.tls_cert = path(rep, "tls_cert");
-    out.tls_key = path(rep, "tls_key");
-    out.tls_client_ca = path(rep, "tls_client_ca");
+    let path = |rep: &mut Reporter<'_>, key: &str| file(rep, &t, base, key);
+    (out.tls_cert, out.tls_key, out.tls_client_ca) = tls_files(rep, &t, base);
     // Left out: the default file, unless clients are authenticated otherwise (mTLS) or the
     // operator wrote insecure = true. Empty: no token.
     let token_set = t.get("token_file").is_some();
@@ -111,20 +105,41 @@ pub(super) fn control(
     if !token_set && out.tls_client_ca.is_none() && !out.insecure {
         out.token_file = Some(PathBuf::from(DEFAULT_TOKEN_FILE));
     }
-    if out.tls_cert.is_some() != out.tls_key.is_some() {
-        let key = if out.tls_cert.is_some() {
+    unprotected(rep, &t, &out, token_set);
+    out
+}
+
+/// A path key of `t`, relative to the config file's directory; empty is unset.
+fn file(rep: &mut Reporter<'_>, t: &TableView<'_>, base: &Path, key: &str) -> Option<PathBuf> {
+    t.string(rep, key)
+        .filter(|(s, _)| !s.is_empty())
+        .map(|(s, _)| base.join(s))
+}
+
+/// `tls_cert`, `tls_key` and `tls_client_ca` of a listener's table (`[control]` and
+/// `[rest_api]` spell them alike): certificate and key go together, a client CA needs both.
+pub(super) fn tls_files(
+    rep: &mut Reporter<'_>,
+    t: &TableView<'_>,
+    base: &Path,
+) -> (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>) {
+    let cert = file(rep, t, base, "tls_cert");
+    let key = file(rep, t, base, "tls_key");
+    let ca = file(rep, t, base, "tls_client_ca");
+    if cert.is_some() != key.is_some() {
+        let missing = if cert.is_some() {
             "tls_key"
         } else {
             "tls_cert"
         };
         rep.report(
             &t.span,
-            &t.path_of(key),
+            &t.path_of(missing),
             DiagnosticKind::InvalidValue,
             "tls_cert and tls_key go together: set both or neither".to_owned(),
         );
     }
-    if out.tls_client_ca.is_some() && out.tls_cert.is_none() {
+    if ca.is_some() && cert.is_none() {
         rep.report(
             &t.span,
             &t.path_of("tls_client_ca"),
@@ -132,8 +147,32 @@ pub(super) fn control(
             "client certificates need TLS: set tls_cert and tls_key too".to_owned(),
         );
     }
-    unprotected(rep, &t, &out, token_set);
-    out
+    (cert, key, ca)
+}
+
+/// Refuses `listen` off loopback when `open` (nothing protects it there): the one wording for
+/// every control listener; `fix` says what protects this one.
+pub(super) fn refuse_open_listen(
+    rep: &mut Reporter<'_>,
+    t: &TableView<'_>,
+    listen: SocketAddr,
+    open: bool,
+    fix: &str,
+) {
+    if !open || listen.ip().is_loopback() {
+        return;
+    }
+    let span = t
+        .get("listen")
+        .map_or_else(|| t.span.clone(), Spanned::span);
+    rep.report(
+        &span,
+        &t.path_of("listen"),
+        DiagnosticKind::InvalidValue,
+        format!(
+            "{listen} is not a loopback address: anyone who reaches it could switch probes. {fix}"
+        ),
+    );
 }
 
 /// Refuses a channel anyone could use: no token and no client certificates anywhere, or a
@@ -160,26 +199,13 @@ fn unprotected(rep: &mut Reporter<'_>, t: &TableView<'_>, out: &Control, token_s
     }
     // Off loopback, a token sent in clear is no protection: TLS, or a token the operator chose
     // to send that way, or insecure = true.
-    let open = out.switch.is_on()
-        && !out.listen.ip().is_loopback()
-        && !out.tls()
-        && !token_set
-        && !out.insecure;
-    if open {
-        let span = t
-            .get("listen")
-            .map_or_else(|| t.span.clone(), Spanned::span);
-        rep.report(
-            &span,
-            &t.path_of("listen"),
-            DiagnosticKind::InvalidValue,
-            format!(
-                "{} is not a loopback address: anyone who reaches it could switch probes. Set \
-                 tls_cert/tls_key and/or token_file, or write insecure = true to accept that",
-                out.listen
-            ),
-        );
-    }
+    refuse_open_listen(
+        rep,
+        t,
+        out.listen,
+        out.switch.is_on() && !out.tls() && !token_set && !out.insecure,
+        "Set tls_cert/tls_key and/or token_file, or write insecure = true to accept that",
+    );
 }
 
 #[cfg(test)]

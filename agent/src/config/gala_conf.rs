@@ -12,7 +12,8 @@
 //!   stay extension probes, command, param, switch and start check as they are;
 //! - `/opt/gala-gopher/meta` (gala-gopher's meta directory), if present, is loaded;
 //! - gala-gopher HEAD's `global.rest_api_on` and `rest_api_server { bind_addr; port; }`
-//!   become `[rest_api]` (`switch`, `listen`);
+//!   become `[rest_api]` (`switch`, `listen`), and with `ssl_auth = "on"` its `cert_file`,
+//!   `private_key`, `ca_file` become `tls_cert`, `tls_key`, `tls_client_ca`;
 //! - gopher's own sections (`control`, `supervision`, `meta`) may be added in libconfig form.
 //!
 //! Nothing is dropped silently: a probe gopher does not have (a built-in probe it lacks, an
@@ -187,6 +188,10 @@ pub(crate) fn translate(root: Vec<Entry>, notes: &mut GalaNotes) -> Vec<Entry> {
                     match k.get_ref().as_str() {
                         "bind_addr" => rest.bind_addr = Some(v.clone()),
                         "port" => rest.port = Some(v.clone()),
+                        "ssl_auth" => rest.ssl_auth = Some(v.clone()),
+                        "cert_file" => rest.cert_file = Some(v.clone()),
+                        "private_key" => rest.private_key = Some(v.clone()),
+                        "ca_file" => rest.ca_file = Some(v.clone()),
                         other => notes
                             .settings_ignored
                             .push(format!("rest_api_server.{other}")),
@@ -201,7 +206,7 @@ pub(crate) fn translate(root: Vec<Entry>, notes: &mut GalaNotes) -> Vec<Entry> {
             _ => notes.settings_ignored.push(name.to_owned()),
         }
     }
-    if let Some(section) = rest.section() {
+    if let Some(section) = rest.section(notes) {
         out.push(section);
     }
     let span = 0..0;
@@ -225,19 +230,61 @@ pub(crate) fn translate(root: Vec<Entry>, notes: &mut GalaNotes) -> Vec<Entry> {
     out
 }
 
-/// gala-gopher HEAD's REST server: `global.rest_api_on` and `rest_api_server { bind_addr; port; }`.
+/// gala-gopher HEAD's REST server: `global.rest_api_on` and `rest_api_server { bind_addr; port;
+/// ssl_auth; private_key; cert_file; ca_file; }`.
 #[derive(Default)]
 struct Rest {
     on: Option<Spanned<Node>>,
     bind_addr: Option<Spanned<Node>>,
     port: Option<Spanned<Node>>,
+    ssl_auth: Option<Spanned<Node>>,
+    cert_file: Option<Spanned<Node>>,
+    private_key: Option<Spanned<Node>>,
+    ca_file: Option<Spanned<Node>>,
 }
 
 impl Rest {
+    /// `ssl_auth = "on"`: the files become `tls_cert`, `tls_key`, `tls_client_ca` (read, and
+    /// checked, as `[rest_api]`'s); "on" without a certificate and key is named in the warning,
+    /// since the API then serves plain HTTP.
+    fn tls_entries(&self, entries: &mut Vec<Entry>, notes: &mut GalaNotes) {
+        let on = match self.ssl_auth.as_ref().map(Spanned::get_ref) {
+            Some(Node::Str(s)) => s == "on",
+            Some(Node::Bool(b)) => *b,
+            _ => false,
+        };
+        let given = |n: &Option<Spanned<Node>>| {
+            n.as_ref()
+                .filter(|n| !matches!(n.get_ref(), Node::Str(s) if s.is_empty()))
+                .cloned()
+        };
+        if !on {
+            return;
+        }
+        let (cert, key) = (given(&self.cert_file), given(&self.private_key));
+        if cert.is_none() && key.is_none() {
+            notes.settings_ignored.push(
+                "rest_api_server.ssl_auth (on, but no cert_file and private_key: plain HTTP)"
+                    .to_owned(),
+            );
+            return;
+        }
+        for (name, node) in [
+            ("tls_cert", cert),
+            ("tls_key", key),
+            ("tls_client_ca", given(&self.ca_file)),
+        ] {
+            if let Some(node) = node {
+                entries.push(entry(name, &node.span(), node.get_ref().clone()));
+            }
+        }
+    }
+
     /// The `[rest_api]` they amount to (values of the wrong type are left to its reader).
-    fn section(self) -> Option<Entry> {
+    fn section(self, notes: &mut GalaNotes) -> Option<Entry> {
         let span = self.on.as_ref().map_or(0..0, Spanned::span);
         let mut entries = Vec::new();
+        self.tls_entries(&mut entries, notes);
         if let Some(on) = self.on {
             let node = match on.get_ref() {
                 Node::Bool(b) => Node::Str(if *b { "on" } else { "off" }.to_owned()),
@@ -397,13 +444,28 @@ mod tests {
     #[test]
     fn head_rest_server_becomes_rest_api() {
         let text = "global = { rest_api_on = true; };\n\
-                    rest_api_server = { bind_addr = \"127.0.0.1\"; port = 9998; ssl_auth = \"off\"; };\n";
+                    rest_api_server = { bind_addr = \"127.0.0.1\"; port = 9998; ssl_auth = \"off\"; \
+                    private_key = \"\"; cert_file = \"\"; ca_file = \"\"; };\n";
         let config = super::super::parse_gala(text, Path::new("/x/gala-gopher.conf")).unwrap();
         assert!(config.rest_api.switch.is_on());
         assert_eq!(config.rest_api.listen.to_string(), "127.0.0.1:9998");
-        assert_eq!(
-            config.gala.unwrap().settings_ignored,
-            ["rest_api_server.ssl_auth"]
+        assert_eq!(config.rest_api.tls(), None);
+        assert!(config.gala.unwrap().settings_ignored.is_empty());
+        // ssl_auth on: the same files, as [rest_api]'s TLS.
+        let text = "global = { rest_api_on = true; };\n\
+                    rest_api_server = { port = 9998; ssl_auth = \"on\"; private_key = \"k.pem\"; \
+                    cert_file = \"c.pem\"; ca_file = \"/ca.pem\"; };\n";
+        let config = super::super::parse_gala(text, Path::new("/x/gala-gopher.conf")).unwrap();
+        let tls = config.rest_api.tls().unwrap();
+        assert_eq!(tls.cert_file, Path::new("/x/c.pem"));
+        assert_eq!(tls.key_file, Path::new("/x/k.pem"));
+        assert_eq!(tls.client_ca_file.as_deref(), Some(Path::new("/ca.pem")));
+        let text = "rest_api_server = { ssl_auth = \"on\"; cert_file = \"\"; };\n";
+        let config = super::super::parse_gala(text, Path::new("/x/gala-gopher.conf")).unwrap();
+        assert_eq!(config.rest_api.tls(), None);
+        assert!(
+            config.gala.unwrap().settings_ignored[0].contains("plain HTTP"),
+            "named"
         );
     }
 }

@@ -138,7 +138,7 @@ fn read_root(
         rest_api: RestApi::default(),
         gala,
     };
-    let rest_api = rest_api::rest_api(&mut rep, root.get("rest_api"), &config.control);
+    let rest_api = rest_api::rest_api(&mut rep, root.get("rest_api"), &config.control, base);
     let config = Config { rest_api, ..config };
     rep.finish(config)
 }

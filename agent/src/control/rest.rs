@@ -26,6 +26,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use super::auth::TokenCheck;
 use crate::probes::Controller;
@@ -40,9 +41,11 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Reply = Response<Full<Bytes>>;
 
-/// Binds `listen` (a taken port fails the start) and serves until `shutdown` turns true.
+/// Binds `listen` (a taken port fails the start) and serves, over TLS when `tls` is given,
+/// until `shutdown` turns true.
 pub async fn serve(
     listen: SocketAddr,
+    tls: Option<TlsAcceptor>,
     ctl: Controller,
     auth: TokenCheck,
     metrics: Arc<SelfMetrics>,
@@ -66,32 +69,61 @@ pub async fn serve(
                 _ = shutdown.wait_for(|s| *s) => return,
             };
             let (ctl, auth, metrics) = (ctl.clone(), Arc::clone(&auth), Arc::clone(&metrics));
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let (ctl, auth, metrics) =
-                        (ctl.clone(), Arc::clone(&auth), Arc::clone(&metrics));
-                    async move {
-                        let method = if req.method() == Method::PUT {
-                            "rest_put"
-                        } else {
-                            "rest_get"
-                        };
-                        let r = handle(&ctl, &auth, req).await;
-                        count(&metrics, method, r.status());
-                        Ok::<_, std::convert::Infallible>(r)
+                let Some(tls) = tls else {
+                    return connection(io, ctl, auth, metrics).await;
+                };
+                match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(io)).await {
+                    Ok(Ok(io)) => connection(io, ctl, auth, metrics).await,
+                    Ok(Err(e)) => {
+                        count_tls_refused(&metrics);
+                        tracing::debug!("rest_api: TLS handshake: {e}");
                     }
-                });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .serve_connection(TokioIo::new(io), service);
-                if let Err(e) = conn.await {
-                    tracing::debug!("rest_api: connection: {e}");
+                    Err(_) => count_tls_refused(&metrics),
                 }
             });
         }
     });
     Ok((addr, task))
+}
+
+/// A failed or too slow TLS handshake: `gopher_control_requests_total{method="rest_tls",
+/// code="tls_handshake"}` (no request was read, so no method of its own).
+fn count_tls_refused(metrics: &SelfMetrics) {
+    metrics
+        .counter(
+            CONTROL_REQUESTS,
+            &[("method", "rest_tls"), ("code", "tls_handshake")],
+        )
+        .inc();
+}
+
+/// One connection, plain or TLS, until it ends.
+async fn connection<I>(io: I, ctl: Controller, auth: Arc<TokenCheck>, metrics: Arc<SelfMetrics>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let (ctl, auth, metrics) = (ctl.clone(), Arc::clone(&auth), Arc::clone(&metrics));
+        async move {
+            let method = if req.method() == Method::PUT {
+                "rest_put"
+            } else {
+                "rest_get"
+            };
+            let r = handle(&ctl, &auth, req).await;
+            count(&metrics, method, r.status());
+            Ok::<_, std::convert::Infallible>(r)
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    if let Err(e) = conn.await {
+        tracing::debug!("rest_api: connection: {e}");
+    }
 }
 
 /// Every answer counts in `gopher_control_requests_total{method="rest_get"|"rest_put",code}`,

@@ -54,7 +54,7 @@ use crate::telemetry::SCRAPES;
 mod guard;
 mod secure;
 
-pub use secure::Security;
+pub use secure::{Security, acceptor as tls_acceptor};
 
 /// Connections open at once; one more is closed as soon as it is accepted. Each costs a file
 /// and a small task, and idle ones go after [`HEADER_READ_TIMEOUT`].

@@ -6,7 +6,10 @@
     clippy::missing_panics_doc
 )]
 
+pub mod kafka;
 pub mod nginx;
+pub mod outputs;
+pub mod pki;
 pub mod tcp;
 
 use std::{

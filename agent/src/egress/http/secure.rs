@@ -68,7 +68,8 @@ fn certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-fn acceptor(t: &TlsServer) -> anyhow::Result<TlsAcceptor> {
+/// The TLS acceptor for `t`; also the REST API's (`[rest_api] tls_cert`).
+pub fn acceptor(t: &TlsServer) -> anyhow::Result<TlsAcceptor> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
         (TlsVersion::Tls12, &rustls::version::TLS12),

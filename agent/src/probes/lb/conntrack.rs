@@ -51,6 +51,8 @@ const CTA_PROTOINFO_TCP_STATE: u16 = 1;
 
 /// `IPS_DST_NAT`: the original destination was rewritten (DNAT, REDIRECT, IPVS with conntrack).
 pub const IPS_DST_NAT: u32 = 1 << 5;
+/// `IPS_SEEN_REPLY`: a packet went the reply way (the server answered).
+pub const IPS_SEEN_REPLY: u32 = 1 << 1;
 /// `IPS_DYING`: being removed; no longer a live link.
 const IPS_DYING: u32 = 1 << 9;
 /// TCP conntrack states TIME_WAIT (7) and CLOSE (8): the connection is over, only the entry's

@@ -10,10 +10,14 @@
 //! address when DNAT sits in front). Our dnsmasq's own upstream queries are not counted (their
 //! replies come from the upstream server).
 //!
+//! Only entries that saw a reply count (`IPS_SEEN_REPLY`): a datagram dnsmasq dropped without
+//! answering is no client it serves.
+//!
 //! Not exact when conntrack does not track dnsmasq's namespace: the kernel tracks a namespace
 //! only once some rule there uses conntrack or NAT (every Docker or Kubernetes node does;
 //! a bare host with no firewall does not), and a UDP query stays "live" for conntrack's UDP
-//! timeout after its answer (`net.netfilter.nf_conntrack_udp_timeout`, 30 s by default).
+//! timeout after its answer (`net.netfilter.nf_conntrack_udp_timeout`, 30 s by default; an
+//! ASSURED flow, one source port reused for several queries, `_stream`, 120 s): docs/config.md.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -120,7 +124,9 @@ impl Snapshot for Dnsmasq {
                 continue;
             };
             let result = conntrack::dump(fd, |e| {
-                if !e.live() {
+                // Answered queries only: a datagram dnsmasq dropped (malformed, refused by
+                // its own rules) leaves an entry that never saw a reply.
+                if !e.live() || e.status & conntrack::IPS_SEEN_REPLY == 0 {
                     return;
                 }
                 let answered_by = procs.iter().find(|(_, listens)| {

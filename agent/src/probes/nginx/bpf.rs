@@ -27,6 +27,8 @@ pub struct Programs {
     ebpf: Ebpf,
     /// Links per binary (device, inode).
     attached: HashMap<(u64, u64), Vec<(&'static str, UProbeLinkId)>>,
+    /// Connections found already open (`backfill.rs`) that did not fit in `PEERS`.
+    backfill_full: u64,
 }
 
 impl Programs {
@@ -43,6 +45,7 @@ impl Programs {
         Ok(Self {
             ebpf,
             attached: HashMap::new(),
+            backfill_full: 0,
         })
     }
 
@@ -109,11 +112,20 @@ impl Programs {
         Ok(peers.keys().filter_map(Result::ok).collect())
     }
 
-    pub fn forget(&mut self, dead: &[NginxPeer]) {
-        let Some(map) = self.ebpf.map_mut("PEERS") else {
+    /// Adds upstream connections found already open, as if the uprobe had seen them made.
+    pub fn record(&mut self, found: &[NginxPeer]) {
+        let Some(mut peers) = self.peers_mut() else {
             return;
         };
-        let Ok(mut peers) = BpfHashMap::<&mut MapData, NginxPeer, u8>::try_from(map) else {
+        let refused = found
+            .iter()
+            .filter(|peer| peers.insert(*peer, 0, 0).is_err())
+            .count();
+        self.backfill_full += refused as u64;
+    }
+
+    pub fn forget(&mut self, dead: &[NginxPeer]) {
+        let Some(mut peers) = self.peers_mut() else {
             return;
         };
         for peer in dead {
@@ -121,15 +133,24 @@ impl Programs {
         }
     }
 
+    fn peers_mut(&mut self) -> Option<BpfHashMap<&mut MapData, NginxPeer, u8>> {
+        BpfHashMap::try_from(self.ebpf.map_mut("PEERS")?).ok()
+    }
+
     /// Inserts refused because `slot` (`NGX_FULL_*`) was full, summed over CPUs.
     pub fn full(&self, slot: u32) -> u64 {
+        let mine = if slot == gopher_common::NGX_FULL_PEERS {
+            self.backfill_full
+        } else {
+            0
+        };
         let Some(map) = self.ebpf.map("NGX_FULL") else {
-            return 0;
+            return mine;
         };
         let Ok(arr) = PerCpuArray::<&MapData, u64>::try_from(map) else {
-            return 0;
+            return mine;
         };
-        arr.get(&slot, 0).map_or(0, |v| v.iter().sum())
+        mine + arr.get(&slot, 0).map_or(0, |v| v.iter().sum::<u64>())
     }
 }
 

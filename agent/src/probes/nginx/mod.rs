@@ -12,10 +12,15 @@
 //! runs, its binary is checked (`binary.rs`: nginx 1.9.0 to 1.x, 64-bit) and traced. An
 //! unsupported binary stops this probe with the reason; the other probes are not affected.
 //!
-//! Not seen: sessions whose upstream connection was made before the probe attached (they are
-//! counted once they reconnect, which a keepalive or retry does through the same function) and
-//! UDP or unix-socket upstreams (counted in `gopher_nginx_sessions_skipped_total`).
+//! Sessions already open when the probe attaches (or the agent restarts) are counted from the
+//! first interval: each nginx process, when first seen after its binary is traced, has its live
+//! upstream connections read from its epoll registrations (`backfill.rs`) into the same map.
+//!
+//! Not seen: UDP or unix-socket upstreams (counted in `gopher_nginx_sessions_skipped_total`),
+//! and, for nginx running another event method than epoll, sessions open before the probe
+//! attached (counted once they reconnect).
 
+mod backfill;
 mod binary;
 mod bpf;
 mod params;
@@ -140,6 +145,8 @@ async fn run(settings: Settings, mut ctx: ProbeContext) -> anyhow::Result<()> {
     });
     let mut programs: Option<bpf::Programs> = None;
     let mut resolver = sessions::Resolver::default();
+    // Processes whose already-open connections were read (`backfill.rs`).
+    let mut walked = HashSet::new();
     ctx.state.running();
     let mut tick = tokio::time::interval(ctx.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -153,7 +160,7 @@ async fn run(settings: Settings, mut ctx: ProbeContext) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 let links = tokio::task::block_in_place(|| {
-                    interval(&settings, &mut programs, &mut resolver)
+                    interval(&settings, &mut programs, &mut resolver, &mut walked)
                 })?;
                 traced.set(programs.as_ref().map_or(0.0, |p| p.traced() as f64));
                 if let Some(p) = &programs {
@@ -194,9 +201,11 @@ fn interval(
     settings: &Settings,
     programs: &mut Option<bpf::Programs>,
     resolver: &mut sessions::Resolver,
+    walked: &mut HashSet<u32>,
 ) -> anyhow::Result<Option<sessions::Census>> {
     let running = binary::running(&settings.process_name);
     if running.is_empty() {
+        walked.clear();
         if programs.take().is_some() {
             tracing::info!("nginx probe: no nginx process any more; uprobes detached");
         }
@@ -224,6 +233,21 @@ fn interval(
             shown.display(),
             bin.pids.len()
         );
+    }
+    // After the uprobes: a connection made meanwhile is recorded by both, which is harmless.
+    let pids: HashSet<u32> = running.values().flat_map(|b| b.pids.iter().copied()).collect();
+    walked.retain(|pid| pids.contains(pid));
+    for pid in &pids {
+        if walked.insert(*pid) {
+            let found = backfill::upstreams(*pid);
+            if !found.is_empty() {
+                tracing::debug!(
+                    "nginx probe: {} upstream connections already open in pid {pid}",
+                    found.len()
+                );
+                p.record(&found);
+            }
+        }
     }
     let namespaces: HashSet<u64> = running
         .values()

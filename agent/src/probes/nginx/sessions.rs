@@ -202,10 +202,10 @@ impl Resolver {
 }
 
 /// The connection is freed or its process gone: it will never serve a session again.
-struct Gone;
+pub struct Gone;
 
 /// `(is_l7, client fd, upstream fd)` when the upstream connection serves a session now.
-fn session(peer: &NginxPeer) -> Result<Option<(bool, i32, i32)>, Gone> {
+pub fn session(peer: &NginxPeer) -> Result<Option<(bool, i32, i32)>, Gone> {
     let mut conn = [0u8; 32];
     read_mem(peer.tgid, peer.conn, &mut conn).map_err(|_| Gone)?;
     let data = u64_at(&conn, 0);
