@@ -143,6 +143,9 @@ mod tests {
         };
         assert_eq!(gala.field("tcp_link", "process_name"), "comm");
         assert_eq!(gala.field("tcp_link", "rx_bytes"), "rx_bytes");
+        // gala-gopher HEAD's srtt is a histogram: gopher's is too, and the mean keeps `rtt`.
+        assert_eq!(gala.field("tcp_link", "srtt"), "srtt");
+        assert_eq!(gala.field("tcp_link", "rtt"), "rtt");
         assert_eq!(gala.field("other", "process_name"), "process_name");
         assert_eq!(
             Naming::Gopher.field("tcp_link", "process_name"),
