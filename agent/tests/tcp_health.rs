@@ -29,6 +29,15 @@ use common::{
     tcp::{CONFIG, WAIT, buckets, expect_row, ready, row},
 };
 
+/// The agent with the tcp probe running; None (a skip) where eBPF cannot run.
+fn start() -> Option<Agent> {
+    if !require(is_root(), "root (eBPF)") {
+        return None;
+    }
+    let agent = Agent::start(CONFIG);
+    require(ready(&agent), "tcp probe running").then_some(agent)
+}
+
 /// Closes `s` with a RST instead of a FIN (`SO_LINGER` on, 0 seconds).
 fn abort(s: TcpStream) {
     let linger = libc::linger {
@@ -115,13 +124,9 @@ fn check_srtt(samples: &[common::Sample], want: &[(&str, String)], open: f64) {
 
 #[test]
 fn resets_on_each_end_and_srtt_histogram() {
-    if !require(is_root(), "root (eBPF)") {
+    let Some(agent) = start() else {
         return;
-    }
-    let agent = Agent::start(CONFIG);
-    if !require(ready(&agent), "tcp probe running") {
-        return;
-    }
+    };
     // 1. The client aborts: RSTs sent on the client's link, received on the server's. Three
     //    connections live long enough to be read by a dump (the histogram is checked on
     //    them), two more reset at once (closed before any dump saw them), one closed cleanly.
@@ -191,4 +196,58 @@ fn resets_on_each_end_and_srtt_histogram() {
         .find(|s| s.name == "gopher_tcp_resets_unattributed_total")
         .map(|s| s.value);
     assert!(unattributed.is_some(), "self-metric declared");
+}
+
+/// A known-slow path without netem: a connection whose receiver never reads nor answers, fed
+/// one byte every 50 ms, is acknowledged only by the delayed-ACK timer (40 ms at least on
+/// Linux) once the receiver's first quick ACKs are spent, so its sender's smoothed RTT climbs
+/// to tens of milliseconds; a ping-pong connection on the same link stays at loopback speed.
+/// The link's histogram must put them in different buckets.
+#[test]
+fn srtt_histogram_tells_a_delayed_ack_connection_from_a_fast_one() {
+    let Some(agent) = start() else {
+        return;
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut fast = connect(&listener, 1);
+    let (client, server) = &mut fast[0];
+    let mut byte = [0u8; 1];
+    for _ in 0..20 {
+        client.write_all(b"p").unwrap();
+        server.read_exact(&mut byte).unwrap();
+        server.write_all(b"q").unwrap();
+        client.read_exact(&mut byte).unwrap();
+    }
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.set_nodelay(true).unwrap();
+    let (_unread, _) = listener.accept().unwrap();
+    for _ in 0..80 {
+        slow.write_all(b"z").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let want = keys("1", port);
+    let le = |s: &[common::Sample], bound: f64| {
+        buckets(s, "srtt", &want)
+            .iter()
+            .find(|b| b.0 == bound)
+            .map(|b| b.1)
+    };
+    let samples = agent.wait_for(WAIT, "one fast and one slow connection", |s| {
+        le(s, 10_000.0) == Some(1.0) && le(s, f64::INFINITY) == Some(2.0)
+    });
+    check_srtt(&samples, &want, 2.0);
+    eprintln!(
+        "client srtt buckets: {:?}",
+        buckets(&samples, "srtt", &want)
+    );
+    // The slow one is a delayed-ACK round trip: tens of ms, under a quarter second.
+    assert_eq!(
+        le(&samples, 250_000.0),
+        Some(2.0),
+        "{:?}",
+        buckets(&samples, "srtt", &want)
+    );
+    let r = row(&samples, &want).unwrap();
+    assert!(r["srtt_sum"] > 10_000.0, "{r:?}");
 }
