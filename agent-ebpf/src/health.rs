@@ -71,14 +71,14 @@ static SOCKETS: LruHashMap<u64, ConnectKey> = LruHashMap::with_max_entries(1, 0)
 static HEALTH_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
 #[inline(always)]
-fn off(field: *const u32) -> usize {
+pub(crate) fn off(field: *const u32) -> usize {
     // SAFETY: `field` points into an immutable static; volatile keeps it a `.rodata` load.
     unsafe { read_volatile(field) as usize }
 }
 
 /// A kernel field at `base + at`; zero when it cannot be read.
 #[inline(always)]
-fn read<T: Copy + Default>(base: u64, at: usize) -> T {
+pub(crate) fn read<T: Copy + Default>(base: u64, at: usize) -> T {
     // SAFETY: a probe read: a bad address yields an error, never a fault.
     unsafe { bpf_probe_read_kernel((base as usize + at) as *const T) }.unwrap_or_default()
 }

@@ -29,9 +29,10 @@ const AF_INET: u16 = 2;
 const TCP_LISTEN_U8: u8 = TCP_LISTEN as u8;
 
 /// Set by the agent at load time (`EbpfLoader::set_global`). Its own global, not shared with
-/// the sockops programs': every program sees one frozen copy either way.
+/// the sockops programs': every program sees one frozen copy either way. The tcp probe's reset
+/// programs (`resets.rs`) read it too: the same loader sets it for both.
 #[unsafe(no_mangle)]
-static ITER_OFFSETS: SockOffsets = SockOffsets::ZERO;
+pub(crate) static ITER_OFFSETS: SockOffsets = SockOffsets::ZERO;
 
 /// From a `struct socket` to its inode's `i_ino` (they share a `struct socket_alloc`): the
 /// inode sock_diag reports, one cache line away instead of two more through the file.

@@ -52,10 +52,12 @@ use core::ptr::read_volatile;
 
 mod health;
 mod iter;
+mod resets;
 
 use gopher_common::{
-    LinkClosed, LinkInfo, LinkStats, MAP_FULL_LINKS, MAP_FULL_SLOTS, OWNER_KNOWN, OWNER_NO_ENTRY,
-    ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_SYN_RECV, TCP_SYN_SENT,
+    EVENT_CLOSE, LinkClosed, LinkInfo, LinkStats, MAP_FULL_LINKS, MAP_FULL_SLOTS, OWNER_KNOWN,
+    OWNER_NO_ENTRY, ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK,
+    TCP_SYN_RECV, TCP_SYN_SENT,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -144,7 +146,8 @@ fn link_info(role: u8, owner: u8, syn_acked: u8, tgid: u32, comm: [u8; 16]) -> L
         established: 1,
         syn_acked,
         fin_seen: 0,
-        _pad: [0; 3],
+        rst: 0,
+        _pad: [0; 2],
         comm,
     }
 }
@@ -420,7 +423,7 @@ fn closed(ctx: &SockOpsContext) {
         remote_port,
         old_state,
         all_acked,
-        _pad: 0,
+        kind: EVENT_CLOSE,
         local_ip,
         remote_ip,
     };

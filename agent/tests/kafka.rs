@@ -380,6 +380,9 @@ fn tcp_link_rows_match_real_traffic() {
         "lost_packets",
         "rtt",
         "start_time",
+        "send_rsts",
+        "receive_rsts",
+        "srtt",
         // Container and pod labels (empty here: both ends are host processes).
         "container_id",
         "container_name",
@@ -428,6 +431,16 @@ fn tcp_link_rows_match_real_traffic() {
         for number in ["retran_packets", "lost_packets", "rtt"] {
             field(&row, number).parse::<f64>().unwrap();
         }
+        assert_eq!(
+            (field(&row, "send_rsts"), field(&row, "receive_rsts")),
+            ("0", "0")
+        );
+        // The histogram's text form: cumulative `le=count` pairs, `+Inf=` the open connections.
+        let srtt = field(&row, "srtt");
+        assert!(
+            srtt.starts_with("50=") && srtt.contains(" +Inf=1 sum="),
+            "srtt {srtt:?}"
+        );
         // When the link's counters started: after the agent did (this link is newer).
         let start: i64 = field(&row, "start_time").parse().unwrap();
         assert!(

@@ -33,7 +33,7 @@ pub const OWNER_NO_ENTRY: u8 = 2;
 
 /// What the agent knows about one live TCP socket, keyed by socket cookie in `LINKS`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct LinkInfo {
     /// Process (tgid) that connected (client) or that closed the socket (server).
     pub tgid: u32,
@@ -48,9 +48,23 @@ pub struct LinkInfo {
     /// socket (the kernel's `SOCK_DONE`, or without BTF a segment with FIN seen after our close);
     /// tells whether `bytes_received` at CLOSE counts the peer's FIN. Unused in `LINKS`.
     pub fin_seen: u8,
-    pub _pad: [u8; 3],
+    /// [`RST_SENT`] / [`RST_RECEIVED`]: the connection was reset (set by the reset
+    /// tracepoints while the socket still had its `LINKS` entry; carried by its close event).
+    pub rst: u8,
+    pub _pad: [u8; 2],
     pub comm: [u8; 16],
 }
+
+/// `LinkInfo::rst` bits: this end reset the connection (an abort: `SO_LINGER` 0, close with
+/// unread data), or the peer's RST reset it.
+pub const RST_SENT: u8 = 1;
+pub const RST_RECEIVED: u8 = 2;
+
+/// `LinkClosed::kind`: a socket's close (its final counters), or a reset of a socket that had
+/// no `LINKS` entry any more (the kernel sends an abort's RST after the move to CLOSE) or never
+/// had one; the agent gives the reset to the link that socket was (or is) counted in.
+pub const EVENT_CLOSE: u32 = 0;
+pub const EVENT_RESET: u32 = 1;
 
 /// Final counters of a socket, read from `struct bpf_sock_ops` (stable ABI) when it reaches CLOSE.
 #[repr(C)]
@@ -67,9 +81,10 @@ pub struct LinkStats {
     pub snd_cwnd: u32,
 }
 
-/// Ring-buffer event: one per TCP socket that was established and has now closed.
+/// Ring-buffer event: one per TCP socket that was established and has now closed (or, with
+/// [`EVENT_RESET`], one per reset the close event could not carry).
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct LinkClosed {
     pub cookie: u64,
     pub netns_cookie: u64,
@@ -84,7 +99,8 @@ pub struct LinkClosed {
     pub old_state: u32,
     /// 1 when everything we sent, FIN included, was acknowledged (snd_una == snd_nxt).
     pub all_acked: u32,
-    pub _pad: u32,
+    /// [`EVENT_CLOSE`], or [`EVENT_RESET`]: then only `cookie` and `info.rst` are set.
+    pub kind: u32,
     /// Network byte order; IPv4 in the first word.
     pub local_ip: [u32; 4],
     pub remote_ip: [u32; 4],

@@ -35,6 +35,7 @@ pub const CONFIG_RELOADS: &str = "gopher_config_reloads_total";
 pub const PROBE_COLLECT_SECONDS: &str = "gopher_probe_collect_seconds";
 pub const TCP_LINKS_AGGREGATED: &str = "gopher_tcp_links_aggregated_total";
 pub const TCP_SOCKETS_EXCLUDED: &str = "gopher_tcp_sockets_excluded_total";
+pub const TCP_RESETS_UNATTRIBUTED: &str = "gopher_tcp_resets_unattributed_total";
 pub const TCP_NETNS_ERRORS: &str = "gopher_tcp_netns_errors_total";
 pub const TCP_SOCKET_SOURCE: &str = "gopher_tcp_socket_source";
 pub const NGINX_BINARIES_TRACED: &str = "gopher_nginx_binaries_traced";
@@ -76,7 +77,7 @@ pub(super) type Declaration = (&'static str, Kind, &'static [&'static str], &'st
 /// Every family, in render order.
 // One flat list of declarations: splitting it would scatter the catalogue.
 #[allow(clippy::too_many_lines)]
-pub(super) fn declared() -> [Declaration; 45] {
+pub(super) fn declared() -> [Declaration; 46] {
     [
         (
             CONTROL_REQUESTS,
@@ -167,6 +168,12 @@ pub(super) fn declared() -> [Declaration; 45] {
             Counter,
             &[],
             "TCP sockets folded into an aggregate tcp_link row (client_ip 0.0.0.0 or ::) because the probe's max_series links existed.",
+        ),
+        (
+            TCP_RESETS_UNATTRIBUTED,
+            Counter,
+            &[],
+            "TCP connection resets not counted in any tcp_link row's send_rsts/receive_rsts: the reset socket was never seen by the probe (closed before a dump and without an eBPF entry).",
         ),
         (
             TCP_SOCKETS_EXCLUDED,

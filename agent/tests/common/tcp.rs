@@ -25,6 +25,11 @@ pub fn row(samples: &[Sample], want: &[(&str, String)]) -> Option<BTreeMap<Strin
         let Some(field) = s.name.strip_prefix("gala_gopher_tcp_link_") else {
             continue;
         };
+        // A histogram's buckets (`srtt`) are one series each, told apart by `le`: see
+        // [`buckets`]. Its `_sum` and `_count` are fields like the others.
+        if field.ends_with("_bucket") {
+            continue;
+        }
         if !want.iter().all(|(k, v)| s.label(k) == v) {
             continue;
         }
@@ -35,6 +40,19 @@ pub fn row(samples: &[Sample], want: &[(&str, String)]) -> Option<BTreeMap<Strin
         fields.insert(field.trim_end_matches("_total").to_owned(), s.value);
     }
     (!fields.is_empty()).then_some(fields)
+}
+
+/// The `field` histogram's cumulative buckets (`le`, count) of the one row matching `want`,
+/// in increasing `le` (`+Inf` last).
+pub fn buckets(samples: &[Sample], field: &str, want: &[(&str, String)]) -> Vec<(f64, f64)> {
+    let name = format!("gala_gopher_tcp_link_{field}_bucket");
+    let mut out: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|s| s.name == name && want.iter().all(|(k, v)| s.label(k) == v))
+        .map(|s| (s.label("le").parse::<f64>().unwrap(), s.value))
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
 }
 
 pub fn expect_row(

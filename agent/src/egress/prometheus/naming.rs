@@ -4,8 +4,9 @@
 //! Prometheus mode) look for `gala_gopher_tcp_link_rx_bytes{machine_id="…",comm="…"}`. In this
 //! mode the encoder writes, for the tables gopher shares with gala-gopher:
 //! - field names as gala-gopher HEAD's meta files spell them ([`RENAMES`]; e.g. `tcp_link`'s
-//!   `process_name` is `comm`, `packets_in` is `segs_in`, `lost_packets` is `lost_out`, `rtt`
-//!   is `srtt`), others unchanged;
+//!   `process_name` is `comm`, `packets_in` is `segs_in`, `lost_packets` is `lost_out`; its
+//!   `srtt` is a histogram as in gala-gopher HEAD, so the mean gauge keeps gopher's `rtt`),
+//!   others unchanged;
 //! - counters without the `_total` suffix gopher adds (gala-gopher never adds one). They stay
 //!   typed `counter`, so that rate() keeps its meaning: this is the one thing promtool reports
 //!   in this mode ("counter metrics should have "_total" suffix"), once per such family;
@@ -33,13 +34,13 @@ pub enum Naming {
 /// `(table, gopher's field name, gala-gopher HEAD's)`: only where they differ. From
 /// gala-gopher's `tcpprobe/tcp_link.meta` (table `tcp_metric`, entity `tcp_link`), whose keys
 /// are tgid, comm, role, client_ip, server_ip, server_port, protocol, … and whose metrics
-/// include rx_bytes, tx_bytes, segs_in, segs_out, retran_packets, lost_out and srtt.
+/// include rx_bytes, tx_bytes, segs_in, segs_out, retran_packets, lost_out, send_rsts,
+/// receive_rsts and the histogram srtt (gopher's own field names match those three).
 pub const RENAMES: &[(&str, &str, &str)] = &[
     ("tcp_link", "process_name", "comm"),
     ("tcp_link", "packets_in", "segs_in"),
     ("tcp_link", "packets_out", "segs_out"),
     ("tcp_link", "lost_packets", "lost_out"),
-    ("tcp_link", "rtt", "srtt"),
 ];
 
 impl Naming {
@@ -142,6 +143,9 @@ mod tests {
         };
         assert_eq!(gala.field("tcp_link", "process_name"), "comm");
         assert_eq!(gala.field("tcp_link", "rx_bytes"), "rx_bytes");
+        // gala-gopher HEAD's srtt is a histogram: gopher's is too, and the mean keeps `rtt`.
+        assert_eq!(gala.field("tcp_link", "srtt"), "srtt");
+        assert_eq!(gala.field("tcp_link", "rtt"), "rtt");
         assert_eq!(gala.field("other", "process_name"), "process_name");
         assert_eq!(
             Naming::Gopher.field("tcp_link", "process_name"),

@@ -9,7 +9,7 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{CgroupSock, CgroupSockAddr, SockOps, links::CgroupAttachMode},
+    programs::{CgroupSock, CgroupSockAddr, RawTracePoint, SockOps, links::CgroupAttachMode},
 };
 use gopher_common::LinkInfo;
 
@@ -87,11 +87,34 @@ pub fn load(max_links: u32, connect_hooks: bool) -> anyhow::Result<Programs> {
     let prog: &mut SockOps = program(&mut ebpf, sockops)?;
     prog.attach(&cg, CgroupAttachMode::Single)
         .with_context(|| format!("attaching {sockops} to {}", cgroup.display()))?;
+    // The reset programs read socket fields at the iterator's offsets: without them the
+    // links have no reset counts (they stay 0), the rest works.
+    if offsets.is_ok()
+        && let Err(e) = attach_resets(&mut ebpf)
+    {
+        tracing::warn!("tcp_link send_rsts/receive_rsts unavailable: {e:#}");
+    }
     Ok(Programs {
         ebpf,
         cgroup,
         iter_offsets: offsets.err(),
     })
+}
+
+/// The raw tracepoints behind `send_rsts` / `receive_rsts` (`agent-ebpf/src/resets.rs`).
+const RESET_TRACEPOINTS: [(&str, &str); 2] = [
+    ("gopher_link_rst_in", "tcp_receive_reset"),
+    ("gopher_link_rst_out", "tcp_send_reset"),
+];
+
+fn attach_resets(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    for (name, tracepoint) in RESET_TRACEPOINTS {
+        let prog: &mut RawTracePoint = program(ebpf, name)?;
+        prog.load().with_context(|| format!("loading {name}"))?;
+        prog.attach(tracepoint)
+            .with_context(|| format!("attaching {name} to the raw tracepoint {tracepoint}"))?;
+    }
+    Ok(())
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>

@@ -14,7 +14,7 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use gopher_common::{LinkClosed, LinkInfo, OWNER_KNOWN, OWNER_NO_ENTRY};
+use gopher_common::{EVENT_RESET, LinkClosed, LinkInfo, OWNER_KNOWN, OWNER_NO_ENTRY};
 // TCP states, shared with the eBPF programs.
 use gopher_common::{
     TCP_CLOSE_WAIT as CLOSE_WAIT, TCP_CLOSING as CLOSING, TCP_FIN_WAIT1 as FIN_WAIT1,
@@ -32,7 +32,7 @@ use super::{
     links::{Delta, Links, ROLE_CLIENT, ROLE_SERVER, Seen},
     netns::Namespaces,
     normalize,
-    owners::{self, Owner},
+    owners::{self, Owner, comm_str, shrink},
     policy::Policy,
     seqspace::{fin_adjusted, fresh_base},
     to_row,
@@ -74,6 +74,7 @@ struct Metrics {
     excluded: Counter,
     netns_open: Counter,
     netns_dump: Counter,
+    resets_unattributed: Counter,
 }
 
 pub struct Collector {
@@ -130,6 +131,7 @@ impl Collector {
                 excluded: metrics.counter(telemetry::TCP_SOCKETS_EXCLUDED, &[]),
                 netns_open: metrics.counter(telemetry::TCP_NETNS_ERRORS, &[("reason", "open")]),
                 netns_dump: metrics.counter(telemetry::TCP_NETNS_ERRORS, &[("reason", "dump")]),
+                resets_unattributed: metrics.counter(telemetry::TCP_RESETS_UNATTRIBUTED, &[]),
             },
             lost_seen: 0,
             aggregated_seen: 0,
@@ -158,11 +160,19 @@ impl Collector {
         let (mut events, now) = (std::mem::take(&mut self.events), Instant::now());
         closed.take_into(&mut events);
         for ev in &events {
-            if !self.primed && ev.info.owner == OWNER_NO_ENTRY && !self.links.is_tracked(ev.cookie)
-            {
+            // A close (its socket's reset bits ride along), or a reset alone: one sent after its
+            // socket's close, or of a socket without an eBPF entry.
+            let close = ev.kind != EVENT_RESET;
+            let unprimed = !self.primed && ev.info.owner == OWNER_NO_ENTRY;
+            if close && unprimed && !self.links.is_tracked(ev.cookie) {
                 continue;
             }
-            self.closed_event(ev, now);
+            if close {
+                self.closed_event(ev, now);
+            }
+            if ev.info.rst != 0 && !self.links.reset(ev.cookie, ev.info.rst, now) {
+                self.metrics.resets_unattributed.inc();
+            }
         }
         self.events = events;
     }
@@ -584,16 +594,4 @@ impl Collector {
     pub fn rows_of(&self, ids: &[u32]) -> Vec<Row> {
         self.links.rows_of(ids).into_iter().map(to_row).collect()
     }
-}
-
-/// Gives a map's room back once it holds far fewer entries than it has room for.
-fn shrink<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
-    if m.capacity() > 256 && m.len() * 4 < m.capacity() {
-        m.shrink_to_fit();
-    }
-}
-
-fn comm_str(raw: &[u8; 16]) -> String {
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    String::from_utf8_lossy(&raw[..end]).into_owned()
 }

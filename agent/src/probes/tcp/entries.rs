@@ -1,5 +1,5 @@
 //! The link state's entries: one per socket (its last reading, 48 bytes) and one per link
-//! (its totals, 112 bytes), and the arithmetic that moves a reading's difference into a link.
+//! (its totals, 128 bytes), and the arithmetic that moves a reading's difference into a link.
 
 use super::{diag::Counters, key::Key, table::Keyed};
 
@@ -65,7 +65,7 @@ fn lost16(n: u32) -> u16 {
     u16::try_from(n).unwrap_or(u16::MAX)
 }
 
-/// One link's totals (112 bytes).
+/// One link's totals (128 bytes).
 #[derive(Debug, Clone, Copy)]
 pub struct Link {
     pub key: Key,
@@ -76,6 +76,9 @@ pub struct Link {
     pub retrans: u64,
     /// Sum of the live sockets' smoothed RTTs; with none live, the last one's to leave.
     pub srtt: u64,
+    /// Connections reset by this end, and by the peer (counted at their close).
+    pub send_rsts: u64,
+    pub receive_rsts: u64,
     pub live: u32,
     pub lost: u32,
     /// Seconds since `Links::start` of the last change, and of creation.
@@ -121,10 +124,14 @@ impl Link {
         s.srtt = c.srtt_us;
         s.lost = lost16(c.lost);
         if live {
-            self.srtt += u64::from(s.srtt);
-            self.lost += u32::from(s.lost);
+            self.join_gauges(s);
         }
         true
+    }
+
+    fn join_gauges(&mut self, s: &Sock) {
+        self.srtt += u64::from(s.srtt);
+        self.lost += u32::from(s.lost);
     }
 
     fn leave_gauges(&mut self, s: &Sock) {
@@ -138,8 +145,7 @@ impl Link {
             self.lost = 0;
         }
         self.live += 1;
-        self.srtt += u64::from(s.srtt);
-        self.lost += u32::from(s.lost);
+        self.join_gauges(s);
     }
 
     /// A live socket left (closed, or vanished); `last_srtt` is its final RTT when known.
@@ -154,4 +160,4 @@ impl Link {
 }
 
 // The sizes the memory budget counts on.
-const _: () = assert!(size_of::<Sock>() == 48 && size_of::<Link>() == 112);
+const _: () = assert!(size_of::<Sock>() == 48 && size_of::<Link>() == 128);

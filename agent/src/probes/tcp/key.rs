@@ -98,6 +98,12 @@ impl Key {
     }
 }
 
+/// Upper bounds (µs, inclusive) of the `srtt` histogram's buckets; above the last, `+Inf`.
+/// From loopback and same-rack (tens of µs) to intercontinental (a quarter second).
+pub const SRTT_BOUNDS_US: [u32; 12] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+];
+
 /// A finished row, ready to become `tcp_link` values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkRow {
@@ -113,6 +119,13 @@ pub struct LinkRow {
     pub rtt_us: u64,
     /// Wall time (ms since the Unix epoch) this link's counters started from zero.
     pub start_ms: u64,
+    pub send_rsts: u64,
+    pub receive_rsts: u64,
+    /// Live sockets per `srtt` bucket (`entries::SRTT_BOUNDS_US`, then above them all); None
+    /// with none live.
+    pub srtt_hist: Option<[u32; SRTT_BOUNDS_US.len() + 1]>,
+    /// Sum of the live sockets' smoothed RTTs, µs.
+    pub srtt_sum_us: u64,
 }
 
 /// What changed since the previous [`Links::take_delta`]: rows whose values moved, and links

@@ -26,7 +26,10 @@ use super::{diag::Counters, policy::Policy, table::Table};
 use super::key::octets;
 pub use super::key::{Delta, Key, LinkKey, LinkRow, ROLE_CLIENT, ROLE_SERVER};
 
-use super::entries::{AGGREGATE, DIRTY, EXCLUDED, Link, PINNED, Sock, VANISHED};
+use super::{
+    entries::{AGGREGATE, DIRTY, EXCLUDED, Link, PINNED, Sock, VANISHED},
+    srtt_hist::{Live, SrttHists},
+};
 
 /// Whether a dumped socket was known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,12 +47,23 @@ const TOMBSTONE_DUMPS: u64 = 3;
 /// Dumps a vanished socket is remembered for, awaiting a late close event.
 const VANISHED_DUMPS: u8 = 20;
 
+/// A closed socket: the dump epoch (mod 2^32) of its close and its link ([`NO_LINK`]: none).
+#[derive(Debug, Clone, Copy)]
+struct Tomb {
+    epoch: u32,
+    link: u32,
+}
+
+const NO_LINK: u32 = u32::MAX;
+
 pub struct Links {
     policy: Policy,
     socks: Table<Sock>,
     table: Table<Link>,
-    /// Cookies whose close was applied, with the dump epoch, so a racing dump cannot revive them.
-    closed: HashMap<u64, u64>,
+    /// Cookies whose close was applied, so that a racing dump cannot revive them, and a reset
+    /// sent after the close finds its link.
+    closed: HashMap<u64, Tomb>,
+    hists: SrttHists,
     /// tgid → (process name, links of that tgid).
     names: HashMap<u32, (Box<str>, u32)>,
     dirty: Vec<u32>,
@@ -64,6 +78,11 @@ pub struct Links {
     pub excluded: u64,
 }
 
+/// A link's live sockets and their RTT sum (the `srtt` histogram's count and sum).
+fn live(l: &Link) -> Live {
+    (l.live, if l.live > 0 { l.srtt } else { 0 })
+}
+
 fn secs(start: Instant, now: Instant) -> u32 {
     u32::try_from(now.saturating_duration_since(start).as_secs()).unwrap_or(u32::MAX)
 }
@@ -75,6 +94,7 @@ impl Links {
             socks: Table::default(),
             table: Table::default(),
             closed: HashMap::default(),
+            hists: SrttHists::default(),
             names: HashMap::default(),
             dirty: Vec::new(),
             removed: Vec::new(),
@@ -114,6 +134,7 @@ impl Links {
         self.socks.heap_bytes()
             + self.table.heap_bytes()
             + self.closed.capacity() * 17
+            + self.hists.heap_bytes()
             + self.names.capacity() * 41
             + self.dirty.capacity() * 4
     }
@@ -149,12 +170,17 @@ impl Links {
         }
         let mut s = *s;
         let l = self.table.get_mut(s.link);
-        if s.flags & VANISHED != 0 {
+        let (before, was) = (live(l), s.srtt);
+        let back = s.flags & VANISHED != 0;
+        if back {
             // Back after a gap long enough to be taken as gone: count only what is new.
             s.flags &= !VANISHED;
             l.join(&s);
         }
         l.absorb(&mut s, c, true);
+        let after = live(l);
+        let out = (!back).then_some(was);
+        self.hists.change(s.link, before, after, out, Some(s.srtt));
         *self.socks.get_mut(si) = s;
         self.touch(s.link, now);
         Seen::Tracked
@@ -224,6 +250,8 @@ impl Links {
             segs_out: 0,
             retrans: 0,
             srtt: 0,
+            send_rsts: 0,
+            receive_rsts: 0,
             live: 0,
             lost: 0,
             changed_s: now,
@@ -265,8 +293,11 @@ impl Links {
         };
         s.link = li;
         let l = self.table.get_mut(li);
+        let before = live(l);
         l.join(&s);
         l.absorb(&mut s, c, true);
+        let after = live(l);
+        self.hists.change(li, before, after, None, Some(s.srtt));
         self.socks.insert(s);
         self.touch(li, now);
     }
@@ -278,14 +309,22 @@ impl Links {
             return self.closed.contains_key(&cookie);
         };
         let mut s = self.socks.remove(si);
-        self.closed.insert(cookie, self.epoch);
-        if s.flags & EXCLUDED != 0 {
+        let link = if s.flags & EXCLUDED == 0 {
+            s.link
+        } else {
+            NO_LINK
+        };
+        self.tomb(cookie, link);
+        if link == NO_LINK {
             return true;
         }
         let l = self.table.get_mut(s.link);
         if s.flags & VANISHED == 0 {
+            let (before, was) = (live(l), s.srtt);
             l.absorb(&mut s, c, true);
             l.leave(&s, c.srtt_us);
+            let after = live(l);
+            self.hists.change(s.link, before, after, Some(was), None);
         } else {
             l.absorb(&mut s, c, false);
             if l.live == 0 && c.srtt_us != 0 {
@@ -306,10 +345,11 @@ impl Links {
         base: &Counters,
         now: Instant,
     ) {
-        self.closed.insert(cookie, self.epoch);
         let Some(li) = self.link_for(key, comm, now) else {
+            self.tomb(cookie, NO_LINK);
             return;
         };
+        self.tomb(cookie, li);
         let mut s = Sock::new(cookie, base, li, 0);
         let l = self.table.get_mut(li);
         l.absorb(&mut s, c, false);
@@ -317,6 +357,43 @@ impl Links {
             l.srtt = u64::from(c.srtt_us);
         }
         self.touch(li, now);
+    }
+
+    fn tomb(&mut self, cookie: u64, link: u32) {
+        let epoch = self.epoch as u32;
+        self.closed.insert(cookie, Tomb { epoch, link });
+    }
+
+    /// A reset of the socket `cookie` (`gopher_common::RST_*` bits), counted on the link the
+    /// socket is (live) or was (closed since the last few dumps) counted in. Returns false when
+    /// no link is known for it (a socket never seen: the reset is not attributable).
+    pub fn reset(&mut self, cookie: u64, bits: u8, now: Instant) -> bool {
+        let li = if let Some(si) = self.socks.find(&cookie) {
+            let s = self.socks.get(si);
+            if s.flags & EXCLUDED != 0 {
+                return true;
+            }
+            s.link
+        } else if let Some(t) = self.closed.get(&cookie) {
+            if t.link == NO_LINK {
+                return true;
+            }
+            t.link
+        } else {
+            return false;
+        };
+        if !self.table.contains_index(li) {
+            return false;
+        }
+        let l = self.table.get_mut(li);
+        if bits & gopher_common::RST_SENT != 0 {
+            l.send_rsts += 1;
+        }
+        if bits & gopher_common::RST_RECEIVED != 0 {
+            l.receive_rsts += 1;
+        }
+        self.touch(li, now);
+        true
     }
 
     /// Ends a dump. A socket absent from this many dumps in a row closed without an event (it
@@ -346,7 +423,10 @@ impl Links {
                 if age < MISSES_BEFORE_GONE {
                     continue;
                 }
+                let before = live(l);
                 l.leave(&s, 0);
+                let after = live(l);
+                self.hists.change(s.link, before, after, Some(s.srtt), None);
                 s.flags |= VANISHED;
                 *self.socks.get_mut(si) = s;
                 self.touch(s.link, now);
@@ -356,12 +436,14 @@ impl Links {
             }
             self.table.get_mut(s.link).flags |= PINNED;
         }
-        let epoch = self.epoch;
-        self.closed.retain(|_, at| epoch - *at < TOMBSTONE_DUMPS);
+        let epoch = self.epoch as u32;
+        self.closed
+            .retain(|_, t| u64::from(epoch.wrapping_sub(t.epoch)) < TOMBSTONE_DUMPS);
         if self.closed.capacity() > 1024 && self.closed.len() * 4 < self.closed.capacity() {
             self.closed.shrink_to_fit();
         }
         self.socks.compact();
+        self.hists.shrink();
     }
 
     /// Forgets links with no live socket and no change for `idle` (never when `None`).
@@ -394,7 +476,8 @@ impl Links {
         self.table.compact();
     }
 
-    fn row(&self, l: &Link) -> LinkRow {
+    fn row(&self, li: u32) -> LinkRow {
+        let l = self.table.get(li);
         LinkRow {
             key: l.key.link_key(),
             process_name: self
@@ -416,6 +499,10 @@ impl Links {
                 l.srtt
             },
             start_ms: self.start_wall_ms + u64::from(l.created_s) * 1000,
+            send_rsts: l.send_rsts,
+            receive_rsts: l.receive_rsts,
+            srtt_hist: self.hists.get(li, live(l)),
+            srtt_sum_us: if l.live > 0 { l.srtt } else { 0 },
         }
     }
 
@@ -440,8 +527,7 @@ impl Links {
             }
             l.flags &= !DIRTY;
             if rows {
-                let l = *l;
-                changed.push(self.row(&l));
+                changed.push(self.row(li));
             }
         }
         // Keep the list's room for the next interval, unless a burst made it large.
@@ -470,7 +556,7 @@ impl Links {
     pub fn rows_of(&self, ids: &[u32]) -> Vec<LinkRow> {
         ids.iter()
             .filter(|&&li| self.table.contains_index(li))
-            .map(|&li| self.row(self.table.get(li)))
+            .map(|&li| self.row(li))
             .collect()
     }
 }

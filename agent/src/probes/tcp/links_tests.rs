@@ -376,3 +376,95 @@ fn state_per_link_stays_small() {
     println!("link state: {per_link} bytes per link");
     assert!(per_link <= 200, "{per_link} bytes per link");
 }
+
+fn rtt(us: u32) -> Counters {
+    Counters {
+        srtt_us: us,
+        ..Counters::default()
+    }
+}
+
+/// Per-bucket counts of the one row's `srtt` histogram, and its sum.
+fn hist(t: &T) -> (Option<[u32; 13]>, u64) {
+    let r = t.rows();
+    assert_eq!(r.len(), 1, "{r:?}");
+    (r[0].srtt_hist, r[0].srtt_sum_us)
+}
+
+#[test]
+fn srtt_histogram_follows_each_live_socket() {
+    let mut t = t();
+    // 50 is in the first bucket (bounds are inclusive), 51 in the second, 300 ms above all.
+    t.dump(
+        &[
+            (1, key(80), rtt(50)),
+            (2, key(80), rtt(51)),
+            (3, key(80), rtt(300_000)),
+        ],
+        &[],
+    );
+    let mut want = [0; 13];
+    want[0] = 1;
+    want[1] = 1;
+    want[12] = 1;
+    assert_eq!(hist(&t), (Some(want), 300_101));
+    // A socket's new reading moves it between buckets; the others stay.
+    t.dump(
+        &[
+            (1, key(80), rtt(2_000)),
+            (2, key(80), rtt(51)),
+            (3, key(80), rtt(300_000)),
+        ],
+        &[],
+    );
+    want[0] = 0;
+    want[5] = 1;
+    assert_eq!(hist(&t), (Some(want), 302_051));
+    // Closed and vanished sockets leave it: counts always sum to link_count.
+    t.close(3, key(80), rtt(280_000));
+    t.dump(&[(1, key(80), rtt(2_000))], &[]);
+    t.dump(&[(1, key(80), rtt(2_000))], &[]);
+    let mut one = [0; 13];
+    one[5] = 1;
+    assert_eq!(hist(&t), (Some(one), 2_000));
+    assert_eq!(t.rows()[0].link_count, 1);
+    // No live socket: no histogram (the mean gauge keeps the last one's RTT).
+    t.close(1, key(80), rtt(1_900));
+    assert_eq!(hist(&t), (None, 0));
+    assert_eq!(t.rows()[0].rtt_us, 1_900);
+    // A socket joining the empty link starts from empty buckets.
+    t.dump(&[(4, key(80), rtt(10))], &[]);
+    let mut first = [0; 13];
+    first[0] = 1;
+    assert_eq!(hist(&t), (Some(first), 10));
+}
+
+#[test]
+fn resets_count_on_the_live_or_just_closed_sockets_link() {
+    use gopher_common::{RST_RECEIVED, RST_SENT};
+    let mut t = t();
+    let now = t.at(0);
+    t.dump(&[(1, key(80), tx(10)), (2, key(81), tx(10))], &[]);
+    // Live socket: its link.
+    assert!(t.l.reset(1, RST_RECEIVED, now));
+    // Closed (tracked, then closed): the tombstone still knows the link.
+    t.close(2, key(81), tx(10));
+    assert!(t.l.reset(2, RST_SENT, now));
+    // Closed without ever being seen live.
+    t.close(3, key(81), tx(5));
+    assert!(t.l.reset(3, RST_SENT | RST_RECEIVED, now));
+    // Unknown socket: not attributable.
+    assert!(!t.l.reset(99, RST_SENT, now));
+    let r = t.rows();
+    let by_port = |p: u16| r.iter().find(|x| x.key.server_port == p).unwrap();
+    assert_eq!((by_port(80).send_rsts, by_port(80).receive_rsts), (0, 1));
+    assert_eq!((by_port(81).send_rsts, by_port(81).receive_rsts), (2, 1));
+    // A tombstone lasts a few dumps; the counts stay.
+    for _ in 0..5 {
+        t.dump(&[(1, key(80), tx(10))], &[]);
+    }
+    assert!(!t.l.reset(2, RST_SENT, now));
+    let r = t.rows();
+    let p81 = r.iter().find(|x| x.key.server_port == 81).unwrap();
+    assert_eq!((p81.send_rsts, p81.receive_rsts), (2, 1));
+}

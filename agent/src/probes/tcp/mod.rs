@@ -29,6 +29,7 @@ pub mod policy;
 mod scan_bench;
 mod schema;
 mod seqspace;
+mod srtt_hist;
 mod table;
 
 use std::time::Duration;
@@ -277,6 +278,12 @@ mod tests {
             lost_packets: 0,
             rtt_us: 0,
             start_ms: 0,
+            send_rsts: 1,
+            receive_rsts: 2,
+            // One open connection at 40 µs: the store takes the histogram as it takes a
+            // parsed one.
+            srtt_hist: Some([1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            srtt_sum_us: 40,
         }
     }
 
@@ -324,6 +331,16 @@ mod tests {
                 "curl",
                 "1",
                 "5"
+            ]
+        );
+        // The last three: the reset counters and the histogram's text form.
+        assert_eq!(
+            row[row.len() - 3..],
+            [
+                "1",
+                "2",
+                "50=1 100=1 250=1 500=1 1000=1 2500=1 5000=1 10000=1 25000=1 50000=1 \
+                 100000=1 250000=1 +Inf=1 sum=40"
             ]
         );
         assert_eq!(

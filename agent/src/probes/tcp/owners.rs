@@ -199,6 +199,21 @@ fn socket_inode(link: &[u8]) -> Option<u64> {
     std::str::from_utf8(rest).ok()?.parse().ok()
 }
 
+/// Gives a map's room back once it holds far fewer entries than it has room for.
+pub(super) fn shrink<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher>(
+    m: &mut std::collections::HashMap<K, V, S>,
+) {
+    if m.capacity() > 256 && m.len() * 4 < m.capacity() {
+        m.shrink_to_fit();
+    }
+}
+
+/// A kernel `comm` (NUL-padded) as text.
+pub(super) fn comm_str(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

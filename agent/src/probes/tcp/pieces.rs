@@ -100,6 +100,10 @@ mod tests {
             lost_packets: 0,
             rtt_us: 0,
             start_ms: 0,
+            send_rsts: 0,
+            receive_rsts: 0,
+            srtt_hist: None,
+            srtt_sum_us: 0,
         }
     }
 

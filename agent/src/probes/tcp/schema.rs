@@ -5,11 +5,12 @@
 use std::net::IpAddr;
 
 use super::{
+    key::SRTT_BOUNDS_US,
     links::{Key, LinkKey, LinkRow, ROLE_SERVER},
     owners::Owner,
     policy::Policy,
 };
-use crate::imdb::{Batch, FieldMeta, FieldType, Row, TableMeta, Value};
+use crate::imdb::{Batch, FieldMeta, FieldType, Histogram, Row, TableMeta, Value};
 
 pub const TABLE: &str = "tcp_link";
 
@@ -82,6 +83,22 @@ const FIELDS: &[(&str, FieldType, &str)] = &[
         "when this link's counters started from 0, ms since the Unix epoch (Kafka only; a \
          new value means the counters restarted: agent restart, probe rebuild, link forgotten)",
     ),
+    (
+        "send_rsts",
+        FieldType::Counter,
+        "connections this end reset (an abort: SO_LINGER 0, close with unread data)",
+    ),
+    (
+        "receive_rsts",
+        FieldType::Counter,
+        "connections the peer reset",
+    ),
+    (
+        "srtt",
+        FieldType::Histogram,
+        "smoothed round-trip times of the open connections, microseconds (one observation per \
+         connection, as last read; a snapshot, not cumulative)",
+    ),
 ];
 
 /// The table's definition; its record cap in the store is the probe's own bound on rows
@@ -149,10 +166,35 @@ pub(crate) fn to_row(r: LinkRow) -> Row {
         Value::from(r.lost_packets),
         Value::from(r.rtt_us),
         Value::from(r.start_ms),
+        Value::from(r.send_rsts),
+        Value::from(r.receive_rsts),
+        r.srtt_hist.map_or(Value::Empty, |h| {
+            Value::from(srtt_histogram(&h, r.srtt_sum_us))
+        }),
     ]);
     Row {
         table: TABLE.to_owned(),
         values,
+    }
+}
+
+/// The `srtt` value of a link with live sockets: cumulative counts per bound of
+/// [`SRTT_BOUNDS_US`], the `+Inf` count (its live sockets) and their sum (µs).
+fn srtt_histogram(per_bucket: &[u32; SRTT_BOUNDS_US.len() + 1], sum_us: u64) -> Histogram {
+    let mut total = 0_u64;
+    let buckets = SRTT_BOUNDS_US
+        .iter()
+        .zip(per_bucket)
+        .map(|(&le, &n)| {
+            total += u64::from(n);
+            (f64::from(le), total)
+        })
+        .collect();
+    Histogram {
+        buckets,
+        count: total + u64::from(per_bucket[SRTT_BOUNDS_US.len()]),
+        #[allow(clippy::cast_precision_loss, reason = "µs sums stay far below 2^53")]
+        sum: sum_us as f64,
     }
 }
 
