@@ -56,8 +56,8 @@ mod resets;
 
 use gopher_common::{
     EVENT_CLOSE, LinkClosed, LinkInfo, LinkStats, MAP_FULL_LINKS, MAP_FULL_SLOTS, OWNER_KNOWN,
-    OWNER_NO_ENTRY, ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK,
-    TCP_SYN_RECV, TCP_SYN_SENT,
+    OWNER_NO_ENTRY, ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED,
+    TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_SYN_RECV, TCP_SYN_SENT,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -75,6 +75,11 @@ static SOCKOPS_SK_FLAGS: u32 = 0;
 /// `enum sock_flags`' `SOCK_DONE` (bit 1 since Linux 2.x): set by `tcp_fin()` only, right after
 /// the peer's FIN moved `rcv_nxt` (so `bytes_received` counts it); cleared by `tcp_disconnect()`.
 const SOCK_DONE: u64 = 1 << 1;
+/// Offset of `sock.sk_shutdown` (a u8), from BTF like [`SOCKOPS_SK_FLAGS`]; 0 when unknown.
+#[unsafe(no_mangle)]
+static SOCKOPS_SK_SHUTDOWN: u32 = 0;
+/// `RCV_SHUTDOWN | SEND_SHUTDOWN`.
+const SHUTDOWN_MASK: u8 = 3;
 
 /// Live sockets by cookie. A plain preallocated hash: LRU maps cost twice as much per update,
 /// and every entry has an owner that removes it: the CLOSE callback, or for a connect that never
@@ -207,7 +212,7 @@ fn set_owner(info: &mut LinkInfo) {
 }
 
 /// Records owners itself, in process context: a client's in the connect callback, a server's
-/// when its process closes it (FIN_WAIT1 or LAST_ACK), so that no `sock_release` program runs
+/// when its process closes it (FIN_WAIT1 or LAST_ACK, or CLOSE when it aborts the connection), so that no `sock_release` program runs
 /// for every socket. The state callback is on from the connect, so a connect that fails still
 /// reaches CLOSE and its entry goes then (one run more per connection than switching it on at
 /// the handshake, one less than `sock_release` on both ends). Kernels that refuse the
@@ -235,7 +240,7 @@ fn sockops(ctx: &SockOpsContext, owners: bool) -> u32 {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(ctx, ROLE_CLIENT),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => established(ctx, ROLE_SERVER),
         BPF_SOCK_OPS_STATE_CB => match ctx.arg(1) {
-            TCP_CLOSE => closed(ctx),
+            TCP_CLOSE => closed(ctx, owners),
             new @ (TCP_FIN_WAIT1 | TCP_LAST_ACK) => {
                 // Only `close()` and `shutdown()` move a socket here: the closing process's
                 // context.
@@ -288,20 +293,50 @@ fn fin_received(ctx: &SockOpsContext) -> bool {
         // arrives.
         return ctx.cb_flags() & BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG == 0;
     }
-    // SAFETY: valid bpf_sock_ops; `sk` is the full socket in the state callback (checked).
-    let sk = unsafe { read_volatile(&raw const (*ctx.ops).__bindgen_anon_2.sk) };
-    if sk.is_null() {
-        return false;
-    }
-    // SAFETY: sk is a socket the verifier knows; the helper checks it is a TCP one.
-    let tp = unsafe { bpf_skc_to_tcp_sock(sk.cast()) }.cast::<u8>();
+    let tp = tcp_sock(ctx);
     if tp.is_null() {
         return false;
     }
     // SAFETY: `off` is the BTF offset of `sock.sk_flags` (an unsigned long) in the tcp_sock
     // that starts with its sock; the verifier checks the access against BTF.
-    let flags = unsafe { read_volatile(tp.cast_const().add(off).cast::<u64>()) };
+    let flags = unsafe { read_volatile(tp.add(off).cast::<u64>()) };
     flags & SOCK_DONE != 0
+}
+
+/// The full socket of a state callback as bytes to read BTF-checked fields from; null if none.
+#[inline(always)]
+fn tcp_sock(ctx: &SockOpsContext) -> *const u8 {
+    // SAFETY: valid bpf_sock_ops; `sk` is the full socket in the state callback (checked).
+    let sk = unsafe { read_volatile(&raw const (*ctx.ops).__bindgen_anon_2.sk) };
+    if sk.is_null() {
+        return core::ptr::null();
+    }
+    // SAFETY: sk is a socket the verifier knows; the helper checks it is a TCP one.
+    unsafe { bpf_skc_to_tcp_sock(sk.cast()) }.cast::<u8>()
+}
+
+/// Whether this move to CLOSE is the socket's own process closing it with a reset (`close()`
+/// with unread data, `SO_LINGER` 0): `__tcp_close` sets both shutdown bits before it moves an
+/// established socket to CLOSE, while a received reset or a timeout (`tcp_done`) sets them only
+/// after the move, so only the process's own close finds them set here.
+#[inline(always)]
+fn aborted_by_its_process(ctx: &SockOpsContext, old_state: u32) -> bool {
+    if !matches!(old_state, TCP_ESTABLISHED | TCP_CLOSE_WAIT) {
+        return false;
+    }
+    // SAFETY: an immutable static; volatile keeps it a `.rodata` load (see sk_flags_offset).
+    let off = unsafe { read_volatile(&raw const SOCKOPS_SK_SHUTDOWN) } as usize;
+    if off == 0 {
+        return false;
+    }
+    let tp = tcp_sock(ctx);
+    if tp.is_null() {
+        return false;
+    }
+    // SAFETY: `off` is the BTF offset of `sock.sk_shutdown` (a u8) in the tcp_sock that starts
+    // with its sock; the verifier checks the access against BTF.
+    let shutdown = unsafe { read_volatile(tp.add(off)) };
+    shutdown & SHUTDOWN_MASK == SHUTDOWN_MASK
 }
 
 fn cookie(ctx: &SockOpsContext) -> u64 {
@@ -338,14 +373,19 @@ fn established(ctx: &SockOpsContext, role: u8) {
     let _ = insert_link(cookie(ctx), &info);
 }
 
-fn closed(ctx: &SockOpsContext) {
+fn closed(ctx: &SockOpsContext, owners: bool) {
     let cookie = cookie(ctx);
     let old_state = ctx.arg(0);
     let mut info = if let Some(info) = LINKS.get_ptr(&cookie) {
         // SAFETY: pointer into a map value, valid while the program runs.
-        let info = unsafe { *info };
+        let mut info = unsafe { *info };
         // Cookies are unique per boot, but the entry must go with the socket.
         let _ = LINKS.remove(&cookie);
+        // A server socket its process aborts (unread data, `SO_LINGER` 0) goes straight to
+        // CLOSE, in that process's context: its owner is recorded here, as at FIN_WAIT1.
+        if owners && info.role == ROLE_SERVER && aborted_by_its_process(ctx, old_state) {
+            set_owner(&mut info);
+        }
         info
     } else {
         // No entry: the map was full when this socket started (counted then), or an earlier

@@ -18,6 +18,9 @@ pub struct Offsets {
     socket_ino: u32,
     /// `sock.sk_flags` (an unsigned long), for the sockops programs.
     sk_flags: u32,
+    /// `sock.sk_shutdown` (a u8), for the sockops programs: tells a server socket's abort by
+    /// its own process (owner recorded then) from a received reset; 0 when unknown.
+    sk_shutdown: u32,
 }
 
 pub fn offsets() -> Result<Offsets, BtfError> {
@@ -31,6 +34,13 @@ pub fn offsets() -> Result<Offsets, BtfError> {
         sock: btf::sock_offsets(&btf)?,
         socket_ino: inode - socket + btf.offset("inode", "i_ino", 8)?,
         sk_flags: sk_flags(&btf),
+        sk_shutdown: btf.offset("sock", "sk_shutdown", 1).unwrap_or_else(|e| {
+            tracing::info!(
+                "sock.sk_shutdown not found in the kernel's BTF ({e}): a server socket its \
+                 process aborts takes its owner from its listener"
+            );
+            0
+        }),
     })
 }
 
@@ -54,6 +64,7 @@ impl Offsets {
         loader.override_global("ITER_OFFSETS", &self.sock, true);
         loader.override_global("ITER_SOCKET_INO", &self.socket_ino, true);
         loader.override_global("SOCKOPS_SK_FLAGS", &self.sk_flags, true);
+        loader.override_global("SOCKOPS_SK_SHUTDOWN", &self.sk_shutdown, true);
     }
 }
 
@@ -85,5 +96,7 @@ mod tests {
         assert_ne!(want, 0);
         let o = offsets().expect("offsets on a kernel with BTF");
         assert_eq!(o.sk_flags, want);
+        assert_eq!(o.sk_shutdown, btf.offset("sock", "sk_shutdown", 1).expect("sk_shutdown"));
+        assert_ne!(o.sk_shutdown, 0);
     }
 }
