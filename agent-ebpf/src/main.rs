@@ -33,6 +33,7 @@ use core::ptr::read_volatile;
 
 mod health;
 mod iter;
+mod listen;
 
 use gopher_common::{
     LinkClosed, LinkInfo, LinkStats, MAP_FULL_LINKS, MAP_FULL_SLOTS, OWNER_KNOWN, OWNER_NO_ENTRY,
