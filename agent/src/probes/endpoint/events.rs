@@ -86,7 +86,10 @@ impl Events {
             prog.attach(&cg, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name} to {}", root.display()))?;
         }
-        let overflows = reason != 0 && attach_drop(&mut ebpf).is_ok();
+        let overflows = reason != 0
+            && attach_drop(&mut ebpf)
+                .inspect_err(|e| tracing::warn!("endpoint probe: {e:#}"))
+                .is_ok();
         Ok(Self {
             ebpf,
             full_seen: [0; 2],

@@ -370,7 +370,7 @@ async fn run(mut ctx: ProbeContext) -> anyhow::Result<()> {
         errors.inc();
         tracing::warn!(
             "endpoint probe: no accept_overflow: this kernel has no TCP_LISTEN_OVERFLOW drop \
-             reason on skb:kfree_skb (Linux 6.15+)"
+             reason on skb:kfree_skb (Linux 6.15+), or its program did not attach"
         );
     }
     ctx.state.running();
