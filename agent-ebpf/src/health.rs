@@ -22,7 +22,9 @@ use aya_ebpf::{
 };
 use core::ptr::read_volatile;
 
-use gopher_common::{ConnectCounts, ConnectKey, ListenerKey, SockOffsets, TCP_SYN_SENT};
+use gopher_common::{
+    ConnectCounts, ConnectKey, ListenerCounts, ListenerKey, SockOffsets, TCP_SYN_SENT,
+};
 
 const AF_INET: u16 = 2;
 const BPF_NOEXIST: u64 = 1;
@@ -44,19 +46,19 @@ const ALLOW: i32 = 1;
 
 /// Set by the agent at load time (its own global: each program sees one frozen copy).
 #[unsafe(no_mangle)]
-static HEALTH_OFFSETS: SockOffsets = SockOffsets::ZERO;
+pub(crate) static HEALTH_OFFSETS: SockOffsets = SockOffsets::ZERO;
 
 /// Offset of `sock.sk_err` (an int), set by the agent at load time.
 #[unsafe(no_mangle)]
 static HEALTH_SK_ERR: u32 = 0;
 
-/// SYN-ACKs retransmitted, per listener; per CPU, so that an event costs no atomic operation
-/// (the agent sums the CPUs).
+/// Listener events (SYN-ACKs retransmitted, passive opens, accept-queue overflows), per
+/// listener; per CPU, so that an event costs no atomic operation (the agent sums the CPUs).
 #[map]
-static SYNACK_RETRANS: PerCpuHashMap<ListenerKey, u64> =
+static LISTENERS: PerCpuHashMap<ListenerKey, ListenerCounts> =
     PerCpuHashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
-/// Client events per process and destination; per CPU like `SYNACK_RETRANS`.
+/// Client events per process and destination; per CPU like `LISTENERS`.
 #[map]
 static CONNECTS: PerCpuHashMap<ConnectKey, ConnectCounts> =
     PerCpuHashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
@@ -66,7 +68,7 @@ static CONNECTS: PerCpuHashMap<ConnectKey, ConnectCounts> =
 #[map]
 static SOCKETS: LruHashMap<u64, ConnectKey> = LruHashMap::with_max_entries(1, 0);
 
-/// Events not counted because a map was full: slot 0 `SYNACK_RETRANS`, slot 1 `CONNECTS`.
+/// Events not counted because a map was full: slot 0 `LISTENERS`, slot 1 `CONNECTS`.
 #[map]
 static HEALTH_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
@@ -87,13 +89,13 @@ pub(crate) fn read<T: Copy + Default>(base: u64, at: usize) -> T {
 pub fn gopher_synack_retrans(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     if sk != 0 {
-        count(&listener(sk));
+        count(&listener(sk), |c| c.retran_synacks += 1);
     }
     0
 }
 
 #[inline(always)]
-fn listener(sk: u64) -> ListenerKey {
+pub(crate) fn listener(sk: u64) -> ListenerKey {
     let o = &raw const HEALTH_OFFSETS;
     // SAFETY: field addresses inside an immutable static.
     let (family_at, port_at, v4_at, v6_at, net_at, cookie_at) = unsafe {
@@ -141,11 +143,12 @@ fn slot<K, V: Default>(map: &PerCpuHashMap<K, V>, key: &K, full: u32) -> Option<
     found
 }
 
+/// Counts an event of the listener `key` in this CPU's slot.
 #[inline(always)]
-fn count(key: &ListenerKey) {
-    if let Some(n) = slot(&SYNACK_RETRANS, key, 0) {
+pub(crate) fn count(key: &ListenerKey, f: impl FnOnce(&mut ListenerCounts)) {
+    if let Some(n) = slot(&LISTENERS, key, 0) {
         // SAFETY: this CPU's value slot, no concurrent writer.
-        unsafe { *n += 1 };
+        f(unsafe { &mut *n });
     }
 }
 

@@ -52,6 +52,7 @@ use core::ptr::read_volatile;
 
 mod health;
 mod iter;
+mod listen;
 mod resets;
 
 use gopher_common::{

@@ -57,12 +57,22 @@ fn table_row(
 
 /// `TcpExt` counters of a namespace, from its own /proc/net/netstat.
 fn tcp_ext(ns: &str) -> BTreeMap<String, f64> {
+    ns_counters(ns, "/proc/net/netstat", "TcpExt:")
+}
+
+/// `Tcp:` counters (RFC 4022 MIB) of a namespace, from its own /proc/net/snmp.
+fn tcp_mib(ns: &str) -> BTreeMap<String, f64> {
+    ns_counters(ns, "/proc/net/snmp", "Tcp:")
+}
+
+/// The counters of the `prefix` lines (names, then values) of `file` as namespace `ns` sees it.
+fn ns_counters(ns: &str, file: &str, prefix: &str) -> BTreeMap<String, f64> {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "cat", "/proc/net/netstat"])
+        .args(["netns", "exec", ns, "cat", file])
         .output()
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
     let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
     names
         .split_whitespace()
@@ -97,6 +107,70 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
+}
+
+/// Namespaces `<tag>a` and `<tag>b` joined by a veth pair, `a` holding `<net>.1/24` and `b`
+/// `<net>.2/24`; then `more` (with `{a}` and `{b}` the namespaces' names).
+fn veth_pair(tag: &str, net: &str, more: &str) -> (Netns, Netns) {
+    let (a, b) = (
+        Netns::new(&format!("{tag}a")),
+        Netns::new(&format!("{tag}b")),
+    );
+    let id = std::process::id() % 100_000;
+    sh(&format!(
+        "ip link add g{tag}a{id} netns {a} type veth peer name g{tag}b{id} netns {b} && \
+         ip -n {a} addr add {net}.1/24 dev g{tag}a{id} && ip -n {b} addr add {net}.2/24 dev g{tag}b{id} && \
+         ip -n {a} link set g{tag}a{id} up && ip -n {b} link set g{tag}b{id} up && {more}",
+        a = a.0,
+        b = b.0,
+        more = more.replace("{a}", &a.0).replace("{b}", &b.0),
+    ));
+    (a, b)
+}
+
+/// `TcpExt` counters of `ns` once its listeners stopped retransmitting SYN-ACKs (they gave up
+/// on their handshakes): counts that stay.
+fn settled(ns: &str) -> BTreeMap<String, f64> {
+    let mut kernel = tcp_ext(ns);
+    loop {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = tcp_ext(ns);
+        if now["TCPSynRetrans"] == kernel["TCPSynRetrans"] {
+            return now;
+        }
+        kernel = now;
+    }
+}
+
+/// `python3 <args>` run in `ns`, once it printed its first line (returned). It runs until its
+/// stdin (returned) closes or it is killed.
+fn python_in<S: AsRef<std::ffi::OsStr>>(
+    ns: &str,
+    args: &[S],
+) -> (std::process::Child, std::process::ChildStdin, String) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "python3"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, stdin, line.trim().to_owned())
+}
+
+/// The agent with the endpoint probe running, when the test can run (`needs` says what for).
+fn endpoint_agent(needs: &str) -> Option<Agent> {
+    if !require(is_root(), needs) {
+        return None;
+    }
+    let agent = Agent::start(CONFIG);
+    agent.wait_running(Duration::from_secs(20), "endpoint");
+    Some(agent)
 }
 
 /// `backlog.py` in a namespace: a listener that never accepts, with clients of its own.
@@ -140,11 +214,9 @@ impl Drop for Backlog {
 
 #[test]
 fn a_listener_that_stops_accepting_shows_its_full_queue_and_exact_drops() {
-    if !require(is_root(), "root (netns, sock_diag in other namespaces)") {
+    let Some(agent) = endpoint_agent("root (netns, sock_diag in other namespaces)") else {
         return;
-    }
-    let agent = Agent::start(CONFIG);
-    agent.wait_running(Duration::from_secs(20), "endpoint");
+    };
     let ns = Netns::new("ep");
     // Backlog 2: the kernel queues 3 handshakes (backlog + 1); the other 3 clients' SYNs are
     // dropped at the full queue, and again at each of their retries, until they close.
@@ -179,6 +251,15 @@ fn a_listener_that_stops_accepting_shows_its_full_queue_and_exact_drops() {
     let r = row(&samples, &want).unwrap();
     assert_eq!((r["accept_queue"], r["accept_queue_limit"]), (3.0, 2.0));
     assert_eq!(tcp_ext(&ns.0)["ListenDrops"], drops, "the count moved on");
+    // The three queued handshakes completed: three passive opens, the namespace's all. Every
+    // drop was of a SYN (loopback completes a handshake inside connect()): none of a completed
+    // handshake.
+    assert_eq!(tcp_mib(&ns.0)["PassiveOpens"], 3.0);
+    assert_eq!(
+        (r["passive_open"], r["accept_overflow"]),
+        (3.0, 0.0),
+        "{r:?}"
+    );
     drop(b);
     // The listener is gone: so is its row.
     agent.wait_for(Duration::from_secs(20), "the row gone", |s| {
@@ -191,22 +272,15 @@ fn a_listener_that_stops_accepting_shows_its_full_queue_and_exact_drops() {
 /// client, so its `TCPSynRetrans` counts exactly those.
 #[test]
 fn synack_retransmissions_are_counted_per_listener_exactly() {
-    if !require(is_root(), "root (netns, veth, nftables, eBPF)") {
+    let Some(agent) = endpoint_agent("root (netns, veth, nftables, eBPF)") else {
         return;
-    }
-    let agent = Agent::start(CONFIG);
-    agent.wait_running(Duration::from_secs(20), "endpoint");
-    let (a, b) = (Netns::new("sa"), Netns::new("sb"));
-    let id = std::process::id() % 100_000;
-    sh(&format!(
-        "ip link add gsa{id} netns {a} type veth peer name gsb{id} netns {b} && \
-         ip -n {a} addr add 10.214.0.1/24 dev gsa{id} && ip -n {b} addr add 10.214.0.2/24 dev gsb{id} && \
-         ip -n {a} link set gsa{id} up && ip -n {b} link set gsb{id} up && \
-         ip netns exec {a} sysctl -qw net.ipv4.tcp_synack_retries=1 && \
+    };
+    let (a, b) = veth_pair(
+        "s",
+        "10.214.0",
+        "ip netns exec {a} sysctl -qw net.ipv4.tcp_synack_retries=1 && \
          ip netns exec {b} sysctl -qw net.ipv4.tcp_syn_retries=1",
-        a = a.0,
-        b = b.0
-    ));
+    );
     sh(&format!(
         "ip netns exec {} nft -f - <<'EOF'\ntable inet gopher_test {{\n chain in {{\n  type filter hook input priority 0;\n  tcp flags & (syn | ack) == syn | ack drop\n }}\n}}\nEOF",
         b.0
@@ -222,16 +296,8 @@ fn synack_retransmissions_are_counted_per_listener_exactly() {
         .unwrap();
     let errno = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert_eq!(errno, "110", "the client's connect times out (ETIMEDOUT)");
-    // The server gives up on the handshake after its last SYN-ACK; wait until its count stays.
-    let mut kernel = tcp_ext(&a.0)["TCPSynRetrans"];
-    loop {
-        std::thread::sleep(Duration::from_secs(2));
-        let now = tcp_ext(&a.0)["TCPSynRetrans"];
-        if now == kernel {
-            break;
-        }
-        kernel = now;
-    }
+    // The server gives up on the handshake after its last SYN-ACK.
+    let kernel = settled(&a.0)["TCPSynRetrans"];
     assert!(kernel >= 1.0, "no SYN-ACK was retransmitted");
     let want = [
         ("tgid", server.child.id().to_string()),
@@ -256,11 +322,9 @@ fn synack_retransmissions_are_counted_per_listener_exactly() {
 /// connection the server resets and one the client resets; exact counts per destination.
 #[test]
 fn connection_failures_by_reason_and_resets_are_counted_exactly() {
-    if !require(is_root(), "root (netns, nftables, eBPF)") {
+    let Some(agent) = endpoint_agent("root (netns, nftables, eBPF)") else {
         return;
-    }
-    let agent = Agent::start(CONFIG);
-    agent.wait_running(Duration::from_secs(20), "endpoint");
+    };
     let ns = Netns::new("cf");
     sh(&format!(
         "ip -n {n} addr add 10.215.0.1/24 dev lo && \
@@ -271,19 +335,8 @@ fn connection_failures_by_reason_and_resets_are_counted_exactly() {
         "ip netns exec {} nft -f - <<'EOF'\ntable inet gopher_test {{\n chain pre {{\n  type filter hook prerouting priority 0;\n  ip daddr 10.215.0.2 drop\n }}\n}}\nEOF",
         ns.0
     ));
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "python3"])
-        .arg(support("failures.py"))
-        .arg("10.215.0.2")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdin = child.stdin.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let script = support("failures.py");
+    let (mut child, stdin, line) = python_in(&ns.0, &[script.as_os_str(), "10.215.0.2".as_ref()]);
     let words: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(words.first(), Some(&"done"), "{line}");
     // ECONNREFUSED three times, ETIMEDOUT, then ECONNRESET at the client.
@@ -332,4 +385,96 @@ fn connection_failures_by_reason_and_resets_are_counted_exactly() {
     agent.wait_for(Duration::from_secs(20), "its rows gone", |s| {
         expect.iter().all(|(k, _)| got(s, k).is_none())
     });
+}
+
+/// A server that accepts N connections on the wildcard address: N passive opens, exactly the
+/// namespace's `PassiveOpens`.
+#[test]
+fn passive_opens_are_counted_exactly_per_listener() {
+    let Some(agent) = endpoint_agent("root (netns, eBPF)") else {
+        return;
+    };
+    let ns = Netns::new("po");
+    let script = "import socket, sys\n\
+        l = socket.socket(); l.bind(('0.0.0.0', 0)); l.listen(16)\n\
+        port = l.getsockname()[1]\n\
+        held = []\n\
+        for _ in range(5):\n \
+            c = socket.create_connection(('127.0.0.1', port)); s, _ = l.accept(); held += [c, s]\n\
+        print(port, flush=True)\n\
+        sys.stdin.read()\n";
+    let (mut child, _stdin, port) = python_in(&ns.0, &["-c", script]);
+    assert_eq!(tcp_mib(&ns.0)["PassiveOpens"], 5.0);
+    let want = [
+        ("tgid", child.id().to_string()),
+        ("s_addr", "0.0.0.0".to_owned()),
+        ("s_port", port),
+        ("netns", ns.inode()),
+    ];
+    let samples = agent.wait_for(Duration::from_secs(20), "5 passive opens", |s| {
+        row(s, &want).is_some_and(|r| r["passive_open"] == 5.0)
+    });
+    let r = row(&samples, &want).unwrap();
+    assert_eq!((r["accept_overflow"], r["sk_drops"]), (0.0, 0.0), "{r:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A handshake whose final ACK arrives when the accept queue is full: the server namespace
+/// drops the ACKs of one client until a second client has filled the queue (backlog 0 holds
+/// one connection), then lets them through; each ACK, answering a retransmitted SYN-ACK, is
+/// refused at the full queue. Checked exactly against the namespace's `ListenOverflows`, with
+/// no SYN refused (`sk_drops` counts each such ACK twice: once as a listen drop, once as a
+/// segment discarded).
+#[test]
+fn accept_queue_overflows_are_counted_exactly_per_listener() {
+    let Some(agent) = endpoint_agent("root (netns, veth, nftables, eBPF)") else {
+        return;
+    };
+    let (a, b) = veth_pair(
+        "o",
+        "10.216.0",
+        "ip -n {b} addr add 10.216.0.3/32 dev lo && \
+         ip netns exec {a} sysctl -qw net.ipv4.tcp_synack_retries=2",
+    );
+    sh(&format!(
+        "ip netns exec {} nft -f - <<'EOF'\ntable inet gopher_test {{\n chain in {{\n  type filter hook input priority 0;\n  ip saddr 10.216.0.3 tcp flags & (syn | ack) == ack drop\n }}\n}}\nEOF",
+        a.0
+    ));
+    let server = Backlog::spawn(&a.0, &["0", "0", "10.216.0.1"]);
+    let script = format!(
+        "import socket, sys\n\
+         late = socket.socket(); late.bind(('10.216.0.3', 0)); late.connect(('10.216.0.1', {p}))\n\
+         first = socket.socket(); first.bind(('10.216.0.2', 0)); first.connect(('10.216.0.1', {p}))\n\
+         print('connected', flush=True)\n\
+         sys.stdin.read()\n",
+        p = server.port
+    );
+    let (mut clients, _stdin, line) = python_in(&b.0, &["-c", &script]);
+    assert_eq!(line, "connected");
+    sh(&format!(
+        "ip netns exec {} nft delete table inet gopher_test",
+        a.0
+    ));
+    // The server retransmits its SYN-ACK until it gives up on the handshake.
+    let kernel = settled(&a.0);
+    let overflows = kernel["ListenOverflows"];
+    assert!(overflows >= 1.0, "no ACK met the full queue: {kernel:?}");
+    assert_eq!(kernel["ListenDrops"], overflows, "{kernel:?}");
+    assert_eq!(tcp_mib(&a.0)["PassiveOpens"], 1.0);
+    let want = [
+        ("tgid", server.child.id().to_string()),
+        ("s_addr", "10.216.0.1".to_owned()),
+        ("s_port", server.port.to_string()),
+        ("netns", a.inode()),
+    ];
+    let samples = agent.wait_for(Duration::from_secs(20), "exact accept overflows", |s| {
+        row(s, &want).is_some_and(|r| r["accept_overflow"] == overflows)
+    });
+    let r = row(&samples, &want).unwrap();
+    assert_eq!(r["passive_open"], 1.0, "{r:?}");
+    assert_eq!(r["accept_queue"], 1.0, "{r:?}");
+    assert_eq!(r["sk_drops"], 2.0 * overflows, "{r:?}");
+    let _ = clients.kill();
+    let _ = clients.wait();
 }

@@ -216,6 +216,20 @@ pub struct ListenerKey {
     pub addr: [u32; 4],
 }
 
+/// Per-connection events of a listening socket, per [`ListenerKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerCounts {
+    /// SYN-ACKs retransmitted (`tcp:tcp_retransmit_synack`).
+    pub retran_synacks: u64,
+    /// Connections created from a completed handshake (a child socket cloned from the
+    /// listener: what `TcpPassiveOpens` counts).
+    pub passive_open: u64,
+    /// Handshake-completing ACKs dropped because the accept queue was full (drop reason
+    /// `TCP_LISTEN_OVERFLOW`).
+    pub accept_overflow: u64,
+}
+
 /// A client socket's counters' key: the connecting process and the destination it asked for.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -312,6 +326,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockOffsets {}
     unsafe impl aya::Pod for super::IterSocket {}
     unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::ListenerCounts {}
     unsafe impl aya::Pod for super::ConnectKey {}
     unsafe impl aya::Pod for super::ConnectCounts {}
 }

@@ -1,5 +1,6 @@
-//! The endpoint probe's eBPF side (`agent-ebpf/src/health.rs`): per-listener counters of rare
-//! TCP events, kept in a kernel map and read once per interval.
+//! The endpoint probe's eBPF side (`agent-ebpf/src/health.rs`, `listen.rs`): per-listener and
+//! per-client counters of per-connection TCP events, kept in kernel maps and read once per
+//! interval.
 //!
 //! The object is the agent's one eBPF object; only the health programs are loaded from it, and
 //! the maps of the others are shrunk to their minimum (aya creates every map of an object).
@@ -13,8 +14,8 @@ use aya::{
     programs::{CgroupSockAddr, RawTracePoint, links::CgroupAttachMode},
 };
 use gopher_common::{
-    ConnectCounts, ConnectKey, HEALTH_CONNECTS, HEALTH_LISTENERS, HEALTH_SOCKETS, ListenerKey,
-    SockOffsets,
+    ConnectCounts, ConnectKey, HEALTH_CONNECTS, HEALTH_LISTENERS, HEALTH_SOCKETS, ListenerCounts,
+    ListenerKey, SockOffsets,
 };
 
 use crate::probes::tcp::{
@@ -25,14 +26,15 @@ use crate::probes::tcp::{
 /// The health programs' maps, declared with one entry in the object (the tcp probe loads them
 /// too and does not use them), sized here.
 const SIZES: [(&str, u32); 3] = [
-    ("SYNACK_RETRANS", HEALTH_LISTENERS),
+    ("LISTENERS", HEALTH_LISTENERS),
     ("CONNECTS", HEALTH_CONNECTS),
     ("SOCKETS", HEALTH_SOCKETS),
 ];
 
 /// The raw tracepoints, by program.
-const TRACEPOINTS: [(&str, &str); 4] = [
+const TRACEPOINTS: [(&str, &str); 5] = [
     ("gopher_synack_retrans", "tcp_retransmit_synack"),
+    ("gopher_listen_passive", "inet_sock_set_state"),
     ("gopher_health_error", "inet_sk_error_report"),
     ("gopher_health_rst_in", "tcp_receive_reset"),
     ("gopher_health_rst_out", "tcp_send_reset"),
@@ -45,6 +47,9 @@ pub struct Events {
     ebpf: Ebpf,
     /// Events lost to a full map, per slot, as last read (the kernel's counts only grow).
     full_seen: [u64; 2],
+    /// Whether accept-queue overflows are counted: the kernel names the drop reason and the
+    /// program attached.
+    pub overflows: bool,
 }
 
 impl Events {
@@ -59,6 +64,12 @@ impl Events {
         }
         loader.override_global("HEALTH_OFFSETS", &offsets, true);
         loader.override_global("HEALTH_SK_ERR", &sk_err, true);
+        // Older kernels have no such reason (or give the drop no socket): no count then.
+        let reason = btf
+            .enum_value("SKB_DROP_REASON_TCP_LISTEN_OVERFLOW")?
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(0);
+        loader.override_global("LISTEN_OVERFLOW_REASON", &reason, true);
         let mut ebpf = loader.load(OBJECT).context("loading the eBPF object")?;
         for (name, tracepoint) in TRACEPOINTS {
             let prog: &mut RawTracePoint = program(&mut ebpf, name)?.try_into()?;
@@ -75,9 +86,14 @@ impl Events {
             prog.attach(&cg, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name} to {}", root.display()))?;
         }
+        let overflows = reason != 0
+            && attach_drop(&mut ebpf)
+                .inspect_err(|e| tracing::warn!("endpoint probe: {e:#}"))
+                .is_ok();
         Ok(Self {
             ebpf,
             full_seen: [0; 2],
+            overflows,
         })
     }
 
@@ -110,22 +126,28 @@ impl Events {
         kept
     }
 
-    /// SYN-ACK retransmissions per listener; forgets listeners `live` says are gone (their
-    /// entries would otherwise fill the map).
-    pub fn synack_retrans(
+    /// Listener events per listener, summed over CPUs; forgets listeners `live` says are gone
+    /// (their entries would otherwise fill the map).
+    pub fn listeners(
         &mut self,
         live: impl Fn(&ListenerKey) -> bool,
-    ) -> HashMap<ListenerKey, u64> {
-        let Some(map) = self.ebpf.map_mut("SYNACK_RETRANS") else {
+    ) -> HashMap<ListenerKey, ListenerCounts> {
+        let Some(map) = self.ebpf.map_mut("LISTENERS") else {
             return HashMap::new();
         };
-        let Ok(mut map) = PerCpuHashMap::<&mut MapData, ListenerKey, u64>::try_from(map) else {
+        let Ok(mut map) = PerCpuHashMap::<&mut MapData, ListenerKey, ListenerCounts>::try_from(map)
+        else {
             return HashMap::new();
         };
-        let all: HashMap<ListenerKey, u64> = map
+        let all: HashMap<ListenerKey, ListenerCounts> = map
             .iter()
             .filter_map(Result::ok)
-            .map(|(k, per_cpu)| (k, per_cpu.iter().sum()))
+            .map(|(k, per_cpu)| {
+                (
+                    k,
+                    per_cpu.iter().fold(ListenerCounts::default(), add_listener),
+                )
+            })
             .collect();
         let (kept, gone): (HashMap<_, _>, HashMap<_, _>) =
             all.into_iter().partition(|(k, _)| live(k));
@@ -163,6 +185,24 @@ fn add(a: ConnectCounts, b: &ConnectCounts) -> ConnectCounts {
         send_rsts: a.send_rsts + b.send_rsts,
         receive_rsts: a.receive_rsts + b.receive_rsts,
     }
+}
+
+fn add_listener(a: ListenerCounts, b: &ListenerCounts) -> ListenerCounts {
+    ListenerCounts {
+        retran_synacks: a.retran_synacks + b.retran_synacks,
+        passive_open: a.passive_open + b.passive_open,
+        accept_overflow: a.accept_overflow + b.accept_overflow,
+    }
+}
+
+/// Attaches the accept-queue overflow counter to `skb:kfree_skb`; refused by a kernel whose
+/// tracepoint has no `rx_sk` argument.
+fn attach_drop(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let prog: &mut RawTracePoint = program(ebpf, "gopher_listen_drop")?.try_into()?;
+    prog.load().context("loading gopher_listen_drop")?;
+    prog.attach("kfree_skb")
+        .context("attaching gopher_listen_drop to the raw tracepoint kfree_skb")?;
+    Ok(())
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {

@@ -8,10 +8,11 @@
 //! process accepts too slowly, before any connection is refused. Owners come from
 //! `/proc/<pid>/fd` (walked only for listeners not seen before, with the tcp probe's back-off for
 //! sockets nobody holds), namespaces from the tcp probe's discovery: one netlink dump per namespace and interval, in
-//! proportion to the number of listeners. What no socket read shows, SYN-ACK retransmissions,
-//! is counted per listener by one eBPF program on a rare event (`events.rs`); nothing runs per
-//! packet of an established connection. Where that program cannot load, the rest goes on
-//! (`retran_synacks` stays 0, the failure is counted in `gopher_probe_errors_total`).
+//! proportion to the number of listeners. What no socket read shows (SYN-ACK retransmissions,
+//! passive opens, handshakes dropped at a full accept queue) is counted per listener by eBPF
+//! programs on per-connection events (`events.rs`); nothing runs per packet of an established
+//! connection. Where they cannot load, the rest goes on (those counters stay 0, the failure is
+//! counted in `gopher_probe_errors_total`).
 //!
 //! Sockets of one owner on the same address and port (`SO_REUSEPORT` groups) are one row: their
 //! queues, limits and drops add up. A counter of a row is the sum over its live sockets, so it
@@ -22,11 +23,11 @@ mod events;
 mod listen;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
 };
 
-use gopher_common::ListenerKey;
+use gopher_common::{ListenerCounts, ListenerKey};
 use serde::{Deserialize, Deserializer};
 
 use super::{
@@ -43,6 +44,7 @@ use crate::{
 };
 
 pub const TABLE: &str = "endpoint_tcp";
+const AF_INET6: u16 = 10;
 pub use connect::TABLE as CONNECT_TABLE;
 
 /// Field order is the row's positional order.
@@ -81,6 +83,19 @@ const FIELDS: &[(&str, FieldType, &str)] = &[
         "retran_synacks",
         FieldType::Counter,
         "SYN-ACKs the listener retransmitted (a handshake's final ACK late or lost)",
+    ),
+    (
+        "passive_open",
+        FieldType::Counter,
+        "connections the listener opened: handshakes completed into a new socket (its share of \
+         TcpPassiveOpens)",
+    ),
+    (
+        "accept_overflow",
+        FieldType::Counter,
+        "handshakes dropped when they completed because the accept queue was full: the final \
+         ACK refused (drop reason TCP_LISTEN_OVERFLOW; the peer retries it at each SYN-ACK \
+         retransmission). SYNs refused at a full queue are only in sk_drops",
     ),
 ];
 
@@ -124,7 +139,7 @@ impl Probe for EndpointProbe {
             meta(
                 TABLE,
                 "TCP listening sockets: accept queue fill and limit, drops, SYN-ACK \
-                 retransmissions",
+                 retransmissions, passive opens, accept-queue overflows",
                 FIELDS,
                 max,
             ),
@@ -182,7 +197,9 @@ type RowKey = (u32, IpAddr, u16, u64);
 #[derive(Default)]
 struct Sums {
     comm: String,
-    synack_retrans: u64,
+    events: ListenerCounts,
+    /// `false` where the kernel cannot count accept-queue overflows (no drop reason for them).
+    overflows: bool,
     accept_queue: u64,
     accept_queue_limit: u64,
     drops: Option<u64>,
@@ -231,7 +248,7 @@ impl State {
             .resolver
             .resolve(unknown.collect::<Vec<_>>().into_iter());
         self.owners.extend(new);
-        let live: std::collections::HashSet<u64> = found.iter().map(|(_, l)| l.inode).collect();
+        let live: HashSet<u64> = found.iter().map(|(_, l)| l.inode).collect();
         self.owners.retain(|i, _| live.contains(i));
         self.resolver.retain(|i| live.contains(&i));
         let keys: HashMap<u64, ListenerKey> = found
@@ -241,9 +258,18 @@ impl State {
                 (l.inode, listener_key(cookie, l))
             })
             .collect();
-        let retrans = self.events.as_mut().map(|e| {
-            let live: std::collections::HashSet<&ListenerKey> = keys.values().collect();
-            e.synack_retrans(|k| live.contains(k))
+        let overflows = self.events.as_ref().is_some_and(|e| e.overflows);
+        let events = self.events.as_mut().map(|e| {
+            let live: std::collections::HashSet<ListenerKey> = keys.values().copied().collect();
+            let counts = e.listeners(|k| owning_listener(&live, k).is_some());
+            let mut by_listener: HashMap<ListenerKey, ListenerCounts> = HashMap::new();
+            for (k, c) in counts {
+                if let Some(l) = owning_listener(&live, &k) {
+                    let sum = by_listener.entry(l).or_default();
+                    *sum = add(*sum, &c);
+                }
+            }
+            by_listener
         });
         let mut rows: BTreeMap<RowKey, Sums> = BTreeMap::new();
         for (netns, l) in found {
@@ -253,9 +279,10 @@ impl State {
             if let Some(o) = owner {
                 s.comm.clone_from(&o.comm);
             }
-            if let (Some(r), Some(k)) = (&retrans, keys.get(&l.inode)) {
-                s.synack_retrans += r.get(k).copied().unwrap_or(0);
+            if let (Some(r), Some(k)) = (&events, keys.get(&l.inode)) {
+                s.events = add(s.events, &r.get(k).copied().unwrap_or_default());
             }
+            s.overflows = overflows;
             s.accept_queue += u64::from(l.accept_queue);
             s.accept_queue_limit += u64::from(l.accept_queue_limit);
             if let Some(d) = l.drops {
@@ -286,8 +313,38 @@ fn to_values(((tgid, addr, port, netns), s): (RowKey, Sums)) -> Vec<Value> {
         Value::from(s.accept_queue),
         Value::from(s.accept_queue_limit),
         s.drops.map_or(Value::Empty, Value::from),
-        Value::from(s.synack_retrans),
+        Value::from(s.events.retran_synacks),
+        Value::from(s.events.passive_open),
+        if s.overflows {
+            Value::from(s.events.accept_overflow)
+        } else {
+            Value::Empty
+        },
     ]
+}
+
+fn add(a: ListenerCounts, b: &ListenerCounts) -> ListenerCounts {
+    ListenerCounts {
+        retran_synacks: a.retran_synacks + b.retran_synacks,
+        passive_open: a.passive_open + b.passive_open,
+        accept_overflow: a.accept_overflow + b.accept_overflow,
+    }
+}
+
+/// The live listener an event's key belongs to: the listener bound to exactly that address, or
+/// else the one bound to the wildcard address of the port (what the kernel's own lookup picks):
+/// an event read from a connection's socket may carry the connection's local address.
+fn owning_listener(live: &HashSet<ListenerKey>, k: &ListenerKey) -> Option<ListenerKey> {
+    if live.contains(k) {
+        return Some(*k);
+    }
+    let wildcard = ListenerKey { addr: [0; 4], ..*k };
+    // An IPv4 connection of a dual-stack IPv6 listener.
+    let dual = ListenerKey {
+        family: AF_INET6,
+        ..wildcard
+    };
+    [wildcard, dual].into_iter().find(|w| live.contains(w))
 }
 
 async fn run(mut ctx: ProbeContext) -> anyhow::Result<()> {
@@ -297,7 +354,7 @@ async fn run(mut ctx: ProbeContext) -> anyhow::Result<()> {
         ctx.metrics
             .counter(EBPF_MAP_FULL, &[("probe", "endpoint"), ("map", map)])
     };
-    let (listeners_full, connects_full) = (full("synack_retrans"), full("connects"));
+    let (listeners_full, connects_full) = (full("listeners"), full("connects"));
     let mut state = State::default();
     match events::Events::load() {
         Ok(e) => state.events = Some(e),
@@ -305,9 +362,16 @@ async fn run(mut ctx: ProbeContext) -> anyhow::Result<()> {
         Err(e) => {
             errors.inc();
             tracing::warn!(
-                "endpoint probe: no retran_synacks and no endpoint_tcp_connect rows, its eBPF programs did not load: {e:#}"
+                "endpoint probe: no retran_synacks, passive_open, accept_overflow and no endpoint_tcp_connect rows, its eBPF programs did not load: {e:#}"
             );
         }
+    }
+    if state.events.as_ref().is_some_and(|e| !e.overflows) {
+        errors.inc();
+        tracing::warn!(
+            "endpoint probe: no accept_overflow: this kernel has no TCP_LISTEN_OVERFLOW drop \
+             reason on skb:kfree_skb (Linux 6.15+), or its program did not attach"
+        );
     }
     ctx.state.running();
     let mut tick = tokio::time::interval(ctx.interval);
@@ -380,6 +444,32 @@ mod tests {
             e.to_string(),
             "probes[endpoint].params.bogus: unknown parameter (known: max_listeners)"
         );
+    }
+
+    #[test]
+    fn an_event_goes_to_its_exact_listener_else_the_wildcard_one() {
+        let key = |family, addr: [u32; 4], port| ListenerKey {
+            netns_cookie: 7,
+            family,
+            port,
+            _pad: 0,
+            addr,
+        };
+        let lo = [u32::from_ne_bytes([127, 0, 0, 1]), 0, 0, 0];
+        let exact = key(2, lo, 80);
+        let any4 = key(2, [0; 4], 80);
+        let any6 = key(AF_INET6, [0; 4], 443);
+        let live: HashSet<ListenerKey> = [exact, any4, any6].into_iter().collect();
+        assert_eq!(owning_listener(&live, &exact), Some(exact));
+        let other = key(2, [u32::from_ne_bytes([10, 0, 0, 1]), 0, 0, 0], 80);
+        assert_eq!(owning_listener(&live, &other), Some(any4));
+        assert_eq!(owning_listener(&live, &key(2, lo, 443)), Some(any6));
+        assert_eq!(owning_listener(&live, &key(2, lo, 8080)), None);
+        let elsewhere = ListenerKey {
+            netns_cookie: 8,
+            ..exact
+        };
+        assert_eq!(owning_listener(&live, &elsewhere), None);
     }
 
     #[test]

@@ -158,6 +158,32 @@ impl Btf {
         Ok(m.offset)
     }
 
+    /// The value of the enumerator `name` (of any enum), as a kernel of another build numbers
+    /// it (`SKB_DROP_REASON_*` values move between versions); `None` when no enum has it.
+    pub fn enum_value(&self, name: &str) -> Result<Option<i64>, BtfError> {
+        for &pos in &self.types {
+            let info = self.rd().u32(pos + 4)?;
+            let (width, k) = match kind(info) {
+                KIND_ENUM => (8, KIND_ENUM),
+                KIND_ENUM64 => (12, KIND_ENUM64),
+                _ => continue,
+            };
+            for m in 0..(info & 0xffff) as usize {
+                let at = pos + 12 + width * m;
+                if self.str_at(self.rd().u32(at)?)? != name {
+                    continue;
+                }
+                let lo = self.rd().u32(at + 4)?;
+                return Ok(Some(if k == KIND_ENUM {
+                    i64::from(lo.cast_signed())
+                } else {
+                    (i64::from(self.rd().u32(at + 8)?) << 32) | i64::from(lo)
+                }));
+            }
+        }
+        Ok(None)
+    }
+
     fn struct_id(&self, name: &str) -> Result<Option<u32>, BtfError> {
         for (i, &pos) in self.types.iter().enumerate() {
             let info = self.rd().u32(pos + 4)?;
@@ -468,6 +494,18 @@ mod tests {
             btf.offset("tcp_sock", "snd_una", 8),
             Err(BtfError::Width { got: 4, .. })
         ));
+    }
+
+    #[test]
+    fn enum_values_come_from_the_kernel() {
+        let Some(btf) = kernel() else { return };
+        // TCP_LISTEN is 10 in every kernel (uapi); the drop reason moves between versions.
+        assert_eq!(btf.enum_value("TCP_LISTEN").unwrap(), Some(10));
+        assert_eq!(
+            btf.enum_value("SKB_DROP_REASON_NOT_SPECIFIED").unwrap(),
+            Some(2)
+        );
+        assert_eq!(btf.enum_value("NO_SUCH_ENUMERATOR").unwrap(), None);
     }
 
     #[test]
