@@ -294,7 +294,7 @@ async fn run(
         .or(cfg.web_server.web_config_file.as_ref())
     {
         None => http::Security::default(),
-        Some(file) => http::Security::from_config(&config::load_web_config(file)?)
+        Some(file) => http::Security::from_config(&config::load_web_config(file)?, &metrics)
             .with_context(|| format!("web_server.web_config_file {}", file.display()))?,
     };
     let listener = http::bind(&cfg.web_server.bind_addr, cfg.web_server.port).await?;
