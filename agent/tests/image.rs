@@ -21,7 +21,7 @@ use std::{
 };
 
 use common::{
-    free_port, have, http_get, is_root,
+    Sample, free_port, have, http_get, is_root,
     kube::{
         have_kubernetes_validate, kubernetes_validate, packaging, yaml_documents, yaml_documents_of,
     },
@@ -364,6 +364,27 @@ fn assert_daemonset_privileges(name: &str, c: &Value) {
     assert_eq!(exe, Path::new("/usr/bin/gopher-agent"));
 }
 
+/// Scrapes `url` until `pred` holds (a minute at most; then fails with the last scrape and the
+/// container's log).
+fn wait_for(
+    url: &str,
+    what: &str,
+    logs: &dyn Fn() -> String,
+    pred: impl Fn(&[Sample]) -> bool,
+) -> Vec<Sample> {
+    let deadline = Instant::now() + Duration::from_mins(1);
+    loop {
+        let last = scrape_url(url);
+        if let Ok(s) = &last
+            && pred(s)
+        {
+            return last.unwrap();
+        }
+        assert!(Instant::now() < deadline, "no {what}: {last:?}\n{}", logs());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 #[test]
 fn the_image_runs_as_the_daemonset_says_and_serves_host_links() {
     if !require(is_root(), "root (buildah, podman, eBPF)")
@@ -436,6 +457,17 @@ fn the_image_runs_as_the_daemonset_says_and_serves_host_links() {
     assert_daemonset_privileges(&name, c);
 
     // Host traffic of this test: its row, with this (host) process as the server's peer.
+    // /healthz answers before the probes start: a link opened before the tcp probe attached
+    // would count from its first reading, not from zero.
+    let url = format!("http://127.0.0.1:{web}/metrics");
+    wait_for(&url, "the tcp probe running", &logs, |s| {
+        s.iter().any(|x| {
+            x.name == "gopher_probe_state"
+                && x.label("probe") == "tcp"
+                && x.label("state") == "running"
+                && x.value == 1.0
+        })
+    });
     let mut client = TcpStream::connect(("127.0.0.1", server)).unwrap();
     let (mut accepted, _) = listener.accept().unwrap();
     client.write_all(b"hello from the host\n").unwrap();
@@ -446,22 +478,9 @@ fn the_image_runs_as_the_daemonset_says_and_serves_host_links() {
         ("server_port", server.to_string()),
         ("tgid", std::process::id().to_string()),
     ];
-    let url = format!("http://127.0.0.1:{web}/metrics");
-    let deadline = Instant::now() + Duration::from_mins(1);
-    let samples = loop {
-        let last = scrape_url(&url);
-        if let Ok(s) = &last
-            && row(s, &want).is_some_and(|r| r["rx_bytes"] == 20.0)
-        {
-            break last.unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no tcp_link row {want:?}: {last:?}\n{}",
-            logs()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let samples = wait_for(&url, "this test's tcp_link row", &logs, |s| {
+        row(s, &want).is_some_and(|r| r["rx_bytes"] == 20.0)
+    });
     eprintln!("row after {:?}", t0.elapsed());
     let info = samples
         .iter()
