@@ -23,6 +23,7 @@ APT_PACKAGES=(
   dnsmasq-base              # lb_links test: a real dnsmasq in a test namespace (dnsmasq_link)
   libnginx-mod-stream       # the nginx link probe test proxies TCP through nginx's stream module
   podman buildah runc busybox-static  # container labels test: an image built from scratch, run by podman
+  mmdebstrap                # the agent's image (scripts/build-image.sh): a Debian root filesystem, no registry
   passwd util-linux         # useradd and setpriv: a real non-root user against the control channel
 )
 apt_install_missing "${APT_PACKAGES[@]}"
@@ -33,6 +34,10 @@ pip_install_missing prometheus_client prometheus-client
 pip_install_missing grpc_reflection grpcio grpcio-reflection
 # Strict schema validation of the Kubernetes manifest (offline: the schemas ship in the wheel).
 pip_install_missing kubernetes_validate kubernetes-validate
+# `kubectl kustomize` renders the kustomize base (agent/tests/image.rs). Any kubectl will do:
+# Debian's kubernetes-client unless one is installed already (it would collide with another
+# package's /usr/bin/kubectl).
+command -v kubectl >/dev/null 2>&1 || apt_install_missing kubernetes-client
 
 # The Kafka tests start a real Kafka-protocol broker: tansu (Apache Kafka and Redpanda are not
 # in the registries). Built once into a cache outside the clone (about 10 minutes cold); the

@@ -14,17 +14,13 @@ use std::{
 };
 
 use common::{
-    Agent, have, is_root, output_text, require,
+    Agent, have, is_root,
+    podman::{Container, have_podman_and_buildah, podman, run},
+    require,
     tcp::{CONFIG, expect_row, ready, row},
 };
 
 const IMAGE: &str = "localhost/gopher-test-echo:1";
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", output_text(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// An image holding only a static busybox, built without any registry.
 fn build_image() {
@@ -39,17 +35,6 @@ fn build_image() {
     run(Command::new("buildah").args(["commit", "-q", &c, IMAGE]));
     run(Command::new("buildah").args(["rm", &c]));
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// Removes the container when the test ends, however it ends.
-struct Container(String);
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = Command::new("podman")
-            .args(["rm", "-f", "-t", "0", &self.0])
-            .output();
-    }
 }
 
 /// A port below the ephemeral range (busy hosts have client connections on any ephemeral port,
@@ -71,7 +56,7 @@ fn static_busybox() -> bool {
 fn a_container_process_row_carries_its_container_labels() {
     if !require(is_root(), "root (eBPF, podman)")
         || !require(
-            have("podman", &["--version"]) && have("buildah", &["--version"]) && static_busybox(),
+            have_podman_and_buildah() && static_busybox(),
             "podman, buildah and a static busybox (busybox-static)",
         )
     {
@@ -80,13 +65,8 @@ fn a_container_process_row_carries_its_container_labels() {
     build_image();
     let port = listen_port();
     let name = format!("gopher-ctr-{}", std::process::id());
-    let mut podman = Command::new("podman");
-    // runc where installed: crun refuses hybrid cgroup hosts (v1 controllers + v2), runc runs
-    // on both. Ulimits within the hard limits of hosts that cap them (this VM: 20,000 files).
-    if have("runc", &["--version"]) {
-        podman.args(["--runtime", "runc"]);
-    }
-    let id = run(podman.args([
+    // Ulimits within the hard limits of hosts that cap them (this VM: 20,000 files).
+    let id = run(podman().args([
         "run",
         "-d",
         "--name",

@@ -1363,29 +1363,7 @@ impl AgentAt {
     }
 
     fn scrape(&self) -> Option<Vec<Sample>> {
-        let out = Command::new("python3")
-            .arg(common::support("scrape.py"))
-            .arg(format!("http://127.0.0.1:{}/metrics", self.port))
-            .output()
-            .ok()?;
-        out.status.success().then(|| {
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(|l| {
-                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                    Sample {
-                        name: v["name"].as_str().unwrap().to_owned(),
-                        labels: v["labels"]
-                            .as_object()
-                            .unwrap()
-                            .iter()
-                            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-                            .collect(),
-                        value: v["value"].as_f64().unwrap_or(f64::NAN),
-                    }
-                })
-                .collect()
-        })
+        common::scrape_url(&format!("http://127.0.0.1:{}/metrics", self.port)).ok()
     }
 
     fn wait_for(&self, what: &str, pred: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {

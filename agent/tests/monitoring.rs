@@ -11,21 +11,17 @@
 mod common;
 
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{Agent, Peer, free_port, have, is_root, output_text, require};
+use common::{
+    Agent, Peer, free_port, have, http_get, is_root,
+    kube::{have_kubernetes_validate, kubernetes_validate, packaging, yaml_documents},
+    output_text, require,
+};
 use serde_json::Value;
-
-fn packaging(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../packaging")
-        .join(path)
-}
 
 fn promtool(args: &[&str]) -> (bool, String) {
     let out = Command::new("promtool").args(args).output().unwrap();
@@ -62,33 +58,10 @@ fn scrape_config_and_alert_rules_pass_promtool() {
     assert!(!ok && said.contains("GopherAgentDown"), "{said}");
 }
 
-/// Every document of a YAML file as JSON (PyYAML: installed with kubernetes-validate).
-fn yaml_documents(path: &Path) -> Vec<Value> {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import sys, json, yaml; json.dump(list(yaml.safe_load_all(open(sys.argv[1]))), sys.stdout)",
-        ])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", output_text(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn kubernetes_validate(path: &Path) -> (bool, String) {
-    let out = Command::new("python3")
-        .args(["-m", "kubernetes_validate", "--strict"])
-        .arg(path)
-        .output()
-        .unwrap();
-    (out.status.success(), output_text(&out))
-}
-
 #[test]
 fn daemonset_is_valid_and_its_config_checks() {
     if !require(
-        have("python3", &["-m", "kubernetes_validate", "--version"]),
+        have_kubernetes_validate(),
         "kubernetes-validate (scripts/test-deps.sh pip-installs it)",
     ) {
         return;
@@ -96,7 +69,8 @@ fn daemonset_is_valid_and_its_config_checks() {
     let manifest = packaging("kubernetes/daemonset.yaml");
     let (ok, said) = kubernetes_validate(&manifest);
     assert!(ok, "{said}");
-    assert_eq!(said.matches(" passed for resource ").count(), 3, "{said}");
+    // Namespace, ConfigMap, ServiceAccount, DaemonSet.
+    assert_eq!(said.matches(" passed for resource ").count(), 4, "{said}");
     // Strict validation does reject an unknown field.
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
@@ -272,18 +246,6 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// A plain HTTP/1.0 GET on 127.0.0.1 (the server closes: the body is what remains).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
 }
 
 /// Every `expr` of the dashboard's panels, and the metric selectors of its `label_values`

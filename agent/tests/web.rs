@@ -356,3 +356,56 @@ fn client_certificates_when_the_web_config_requires_them() {
     let (code, err, _) = curl(agent.port, "/metrics", &["--cacert", &ca]);
     assert_eq!(code, 0, "served without a client certificate: {err}");
 }
+
+#[test]
+fn a_renewed_certificate_is_served_without_a_restart() {
+    let (old, new) = (pki(), pki());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let old_ca = write(&path, "old-ca.pem", &old.ca);
+    let new_ca = write(&path, "new-ca.pem", &new.ca);
+    write(&path, "server.crt", &old.server.0);
+    write(&path, "server.key", &old.server.1);
+    let agent = secured_agent(
+        dir,
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+        false,
+    );
+    let served_by = |ca: &str| curl(agent.port, "/healthz", &["--cacert", ca]).0 == 200;
+    assert!(served_by(&old_ca) && !served_by(&new_ca));
+
+    // Renewed the way certbot and cert-manager do it: new files over the old ones.
+    write(&path, "server.crt", &new.server.0);
+    write(&path, "server.key", &new.server.1);
+    assert!(served_by(&new_ca), "the renewed certificate is served");
+    assert!(!served_by(&old_ca), "the old one is not any more");
+
+    // Half a renewal (a certificate whose key is not there yet), then garbage: the last good
+    // pair stays served; the agent neither stops serving nor exits.
+    write(&path, "server.crt", &old.server.0);
+    assert!(served_by(&new_ca), "a mismatched pair is not taken");
+    write(&path, "server.crt", "not a certificate\n");
+    assert!(served_by(&new_ca), "a broken file is not taken");
+    // Completed: taken.
+    write(&path, "server.crt", &old.server.0);
+    write(&path, "server.key", &old.server.1);
+    assert!(served_by(&old_ca));
+    // Counted: the renewal (one reload per changed pair of files seen at a handshake), the two
+    // refused states, the completed one.
+    let (_, _, body) = curl(agent.port, "/metrics", &["--cacert", &old_ca]);
+    let count = |result: &str| {
+        body.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "gopher_web_tls_reloads_total{{result=\"{result}\"}}"
+                ))
+            })
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert_eq!(
+        (count("ok"), count("error")),
+        (Some(2.0), Some(2.0)),
+        "{body}"
+    );
+}

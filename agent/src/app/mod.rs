@@ -294,7 +294,7 @@ async fn run(
         .or(cfg.web_server.web_config_file.as_ref())
     {
         None => http::Security::default(),
-        Some(file) => http::Security::from_config(&config::load_web_config(file)?)
+        Some(file) => http::Security::from_config(&config::load_web_config(file)?, &metrics)
             .with_context(|| format!("web_server.web_config_file {}", file.display()))?,
     };
     let listener = http::bind(&cfg.web_server.bind_addr, cfg.web_server.port).await?;
@@ -477,7 +477,7 @@ async fn start_rest(
         .rest_api
         .tls()
         .as_ref()
-        .map(crate::egress::http::tls_acceptor)
+        .map(|t| crate::egress::http::tls_acceptor(t, metrics))
         .transpose()
         .context("rest_api: tls_cert/tls_key/tls_client_ca")?;
     let (addr, task) = control::rest::serve(

@@ -32,6 +32,7 @@ pub const KAFKA_DROPPED: &str = "gopher_kafka_dropped_total";
 pub const KAFKA_QUEUE_MESSAGES: &str = "gopher_kafka_queue_messages";
 pub const CONTROL_REQUESTS: &str = "gopher_control_requests_total";
 pub const CONFIG_RELOADS: &str = "gopher_config_reloads_total";
+pub const WEB_TLS_RELOADS: &str = "gopher_web_tls_reloads_total";
 pub const PROBE_COLLECT_SECONDS: &str = "gopher_probe_collect_seconds";
 pub const TCP_LINKS_AGGREGATED: &str = "gopher_tcp_links_aggregated_total";
 pub const TCP_SOCKETS_EXCLUDED: &str = "gopher_tcp_sockets_excluded_total";
@@ -90,6 +91,12 @@ pub(super) fn declared() -> [Declaration; 46] {
             Counter,
             &["result"],
             "Configuration reloads (SIGHUP): ok, or error when the new file was refused and the old one kept.",
+        ),
+        (
+            WEB_TLS_RELOADS,
+            Counter,
+            &["result"],
+            "Metrics-endpoint TLS certificate and key read again because a file changed: ok, or error when they could not be used and the previous ones stayed served.",
         ),
         (
             BUILD_INFO,

@@ -7,9 +7,11 @@
 )]
 
 pub mod kafka;
+pub mod kube;
 pub mod nginx;
 pub mod outputs;
 pub mod pki;
+pub mod podman;
 pub mod tcp;
 
 use std::{
@@ -83,6 +85,48 @@ fn config_body(config: &str, port: u16, control_port: u16) -> String {
     format!("{config}\n[web_server]\nbind_addr = \"127.0.0.1\"\nport = {port}\n{control}")
 }
 
+/// Scrapes `url` through prometheus_client's parser (the reference implementation).
+pub fn scrape_url(url: &str) -> Result<Vec<Sample>, String> {
+    let out = Command::new("python3")
+        .arg(support("scrape.py"))
+        .arg(url)
+        .output()
+        .map_err(|e| format!("running scrape.py: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            Sample {
+                name: v["name"].as_str().unwrap().to_owned(),
+                labels: v["labels"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                    .collect(),
+                value: v["value"].as_f64().unwrap_or(f64::NAN),
+            }
+        })
+        .collect())
+}
+
+/// A plain HTTP/1.0 GET on 127.0.0.1 (the server closes: the body is what remains): the status
+/// and body, or None while nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
 pub struct Agent {
     child: Child,
     pub port: u16,
@@ -154,30 +198,7 @@ impl Agent {
 
     /// Scrapes /metrics through prometheus_client's parser (the reference implementation).
     pub fn scrape(&self) -> Result<Vec<Sample>, String> {
-        let out = Command::new("python3")
-            .arg(support("scrape.py"))
-            .arg(self.url())
-            .output()
-            .map_err(|e| format!("running scrape.py: {e}"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                Sample {
-                    name: v["name"].as_str().unwrap().to_owned(),
-                    labels: v["labels"]
-                        .as_object()
-                        .unwrap()
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-                        .collect(),
-                    value: v["value"].as_f64().unwrap_or(f64::NAN),
-                }
-            })
-            .collect())
+        scrape_url(&self.url())
     }
 
     /// Scrapes until `pred` holds; panics with the last scrape on timeout.

@@ -1,8 +1,11 @@
 //! TLS and basic auth for the metrics endpoint, from the exporter-toolkit web configuration
 //! file (`crate::config::WebConfig`).
 //!
-//! TLS: rustls (ring), the TLS stack the control channel already links; certificate and key
-//! are read at start (a restart picks up a renewed certificate). Basic auth: bcrypt hashes as
+//! TLS: rustls (ring), the TLS stack the control channel already links. Certificate and key are
+//! read at start and again when either file changes (checked at each handshake, as
+//! exporter-toolkit reads them per handshake): a renewed certificate (cert-manager, certbot)
+//! is served from the next connection on, with no restart; a renewal caught half-written, or a
+//! broken one, keeps the last good pair served and is logged. Basic auth: bcrypt hashes as
 //! in exporter-toolkit; a bcrypt check costs tens of milliseconds by design, so it runs on the
 //! blocking pool, two at a time, and a password that verified is remembered for its user (a
 //! scraper pays once, not every 15 s; a flood of wrong passwords waits its turn and does not
@@ -12,8 +15,9 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
+    time::SystemTime,
 };
 
 use anyhow::Context as _;
@@ -22,10 +26,18 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use tokio::sync::Semaphore;
 use tokio_rustls::{
     TlsAcceptor,
-    rustls::{self, RootCertStore, ServerConfig, server::WebPkiClientVerifier},
+    rustls::{
+        self, RootCertStore, ServerConfig,
+        crypto::CryptoProvider,
+        server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+        sign::CertifiedKey,
+    },
 };
 
-use crate::config::{ClientAuth, TlsServer, TlsVersion, WebConfig};
+use crate::{
+    config::{ClientAuth, TlsServer, TlsVersion, WebConfig},
+    telemetry::{Counter, SelfMetrics, WEB_TLS_RELOADS},
+};
 
 /// bcrypt checks running at once (each takes a blocking-pool thread for tens of ms).
 const CONCURRENT_CHECKS: usize = 2;
@@ -40,11 +52,12 @@ pub struct Security {
 }
 
 impl Security {
-    pub fn from_config(cfg: &WebConfig) -> anyhow::Result<Self> {
+    /// `metrics` counts the certificate reloads.
+    pub fn from_config(cfg: &WebConfig, metrics: &SelfMetrics) -> anyhow::Result<Self> {
         let tls = cfg
             .tls
             .as_ref()
-            .map(acceptor)
+            .map(|t| acceptor(t, metrics))
             .transpose()
             .context("web_config_file: tls_server_config")?;
         let users = (!cfg.basic_auth_users.is_empty()).then(|| {
@@ -68,8 +81,9 @@ fn certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-/// The TLS acceptor for `t`; also the REST API's (`[rest_api] tls_cert`).
-pub fn acceptor(t: &TlsServer) -> anyhow::Result<TlsAcceptor> {
+/// The TLS acceptor for `t` (its certificate re-read when the files change); also the REST
+/// API's (`[rest_api] tls_cert`).
+pub fn acceptor(t: &TlsServer, metrics: &SelfMetrics) -> anyhow::Result<TlsAcceptor> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
         (TlsVersion::Tls12, &rustls::version::TLS12),
@@ -91,7 +105,8 @@ pub fn acceptor(t: &TlsServer) -> anyhow::Result<TlsAcceptor> {
                     .add(cert)
                     .with_context(|| format!("client_ca_file {}", ca.display()))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
             let verifier = if auth == ClientAuth::VerifyIfGiven {
                 verifier.allow_unauthenticated()
             } else {
@@ -100,13 +115,104 @@ pub fn acceptor(t: &TlsServer) -> anyhow::Result<TlsAcceptor> {
             builder.with_client_cert_verifier(verifier.build().context("client_ca_file")?)
         }
     };
-    let key = PrivateKeyDer::from_pem_file(&t.key_file)
-        .with_context(|| format!("key_file {}", t.key_file.display()))?;
-    let mut config = builder
-        .with_single_cert(certs(&t.cert_file)?, key)
-        .context("cert_file and key_file")?;
+    let files = CertFiles::load(&t.cert_file, &t.key_file, provider)?.counted(metrics);
+    let mut config = builder.with_cert_resolver(Arc::new(files));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// What identifies a version of a file: a renewal changes at least one of these.
+type Stamp = Option<(SystemTime, u64, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+/// The server certificate and key, read again when either file changes.
+#[derive(Debug)]
+struct CertFiles {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    provider: Arc<CryptoProvider>,
+    /// The stamps last read (good or not: a bad pair is not re-read until it changes) and the
+    /// pair served.
+    current: Mutex<((Stamp, Stamp), Arc<CertifiedKey>)>,
+    /// Reloads that took, and that were refused.
+    reloaded: Counter,
+    refused: Counter,
+}
+
+impl CertFiles {
+    fn load(
+        cert_file: &Path,
+        key_file: &Path,
+        provider: Arc<CryptoProvider>,
+    ) -> anyhow::Result<Self> {
+        let stamps = (stamp(cert_file), stamp(key_file));
+        let pair = read_pair(cert_file, key_file, &provider)?;
+        Ok(Self {
+            cert_file: cert_file.to_owned(),
+            key_file: key_file.to_owned(),
+            provider,
+            current: Mutex::new((stamps, pair)),
+            reloaded: Counter::default(),
+            refused: Counter::default(),
+        })
+    }
+
+    fn counted(self, metrics: &SelfMetrics) -> Self {
+        Self {
+            reloaded: metrics.counter(WEB_TLS_RELOADS, &[("result", "ok")]),
+            refused: metrics.counter(WEB_TLS_RELOADS, &[("result", "error")]),
+            ..self
+        }
+    }
+
+    /// The pair to serve: re-read first if a file changed since the last read.
+    fn get(&self) -> Arc<CertifiedKey> {
+        let stamps = (stamp(&self.cert_file), stamp(&self.key_file));
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.0 != stamps {
+            current.0 = stamps;
+            match read_pair(&self.cert_file, &self.key_file, &self.provider) {
+                Ok(pair) => {
+                    self.reloaded.inc();
+                    tracing::info!(cert_file = %self.cert_file.display(), "metrics TLS certificate reloaded");
+                    current.1 = pair;
+                }
+                Err(err) => {
+                    self.refused.inc();
+                    tracing::warn!(
+                        cert_file = %self.cert_file.display(),
+                        err = format!("{err:#}"),
+                        "metrics TLS certificate or key changed but cannot be used; serving the previous ones"
+                    );
+                }
+            }
+        }
+        Arc::clone(&current.1)
+    }
+}
+
+impl ResolvesServerCert for CertFiles {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+/// A certificate chain and its key, checked to belong together.
+fn read_pair(
+    cert_file: &Path,
+    key_file: &Path,
+    provider: &CryptoProvider,
+) -> anyhow::Result<Arc<CertifiedKey>> {
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .with_context(|| format!("key_file {}", key_file.display()))?;
+    let pair = CertifiedKey::from_der(certs(cert_file)?, key, provider)
+        .context("cert_file and key_file")?;
+    Ok(Arc::new(pair))
 }
 
 /// `basic_auth_users`: who may read the endpoint.
@@ -193,7 +299,10 @@ mod tests {
             tls: None,
             basic_auth_users: [("prom".to_owned(), hash)].into(),
         };
-        let users = Security::from_config(&cfg).unwrap().users.unwrap();
+        let users = Security::from_config(&cfg, &SelfMetrics::new())
+            .unwrap()
+            .users
+            .unwrap();
         assert!(users.allow(Some(&basic("prom", "s3cret"))).await);
         // Again, from the remembered password.
         assert!(users.allow(Some(&basic("prom", "s3cret"))).await);
