@@ -5,9 +5,8 @@
 # target as one test in its closing line; alone: `bash scripts/fuzz.sh [target…]`.
 #
 # GOPHER_FUZZ_SECONDS: seconds per target (default 20). New inputs found during the run go to
-# a scratch directory, not into the committed corpus, unless GOPHER_FUZZ_KEEP=1 (then
-# `cargo fuzz cmin` and a commit, see fuzz/README.md); a crashing input is kept under
-# fuzz/artifacts/<target>/.
+# a scratch directory, not into the committed corpus (fuzz/README.md says how to grow it); a
+# crashing input is kept under fuzz/artifacts/<target>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -51,8 +50,7 @@ failed=0
 for t in "${targets[@]}"; do
   mkdir -p "$scratch/$t" "fuzz/corpus/$t"
   log="$scratch/$t.log"
-  dirs=("$scratch/$t" "fuzz/corpus/$t")
-  [ "${GOPHER_FUZZ_KEEP:-}" != 1 ] || dirs=("fuzz/corpus/$t")
+  dirs=("$scratch/$t" "$PWD/fuzz/corpus/$t")
   # -timeout: one input taking longer is a hang worth reporting; rss: a runaway allocation.
   if fuzz run "$t" "${dirs[@]}" -- \
       -max_total_time="$SECONDS_PER" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
