@@ -65,4 +65,12 @@ if ! cargo generate-rpm --version 2>/dev/null | grep -qw "$CARGO_GENERATE_RPM_VE
   log "installing cargo-generate-rpm $CARGO_GENERATE_RPM_VERSION (about 3 minutes)"
   cargo +"$TOOLCHAIN" install --locked "cargo-generate-rpm@$CARGO_GENERATE_RPM_VERSION"
 fi
+# cargo-fuzz: scripts/fuzz.sh builds the fuzz/ targets with it (libFuzzer and ASan through the
+# pinned nightly). Pinned and built once into ~/.cargo/bin (about 2 minutes); no registry has
+# it prebuilt for this toolchain.
+CARGO_FUZZ_VERSION=0.13.2
+if ! cargo fuzz --version 2>/dev/null | grep -qw "$CARGO_FUZZ_VERSION"; then
+  log "installing cargo-fuzz $CARGO_FUZZ_VERSION (about 2 minutes)"
+  cargo +"$TOOLCHAIN" install --locked "cargo-fuzz@$CARGO_FUZZ_VERSION"
+fi
 log "ready"

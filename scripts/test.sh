@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: unit, property, integration (real eBPF, netns, promtool) and lints.
+# Runs every test: unit, property, integration (real eBPF, netns, promtool), fuzzing (bounded,
+# scripts/fuzz.sh) and lints.
 # Under CI (CI=true) a test that would skip for lack of root, eBPF or a tool fails instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,9 +24,14 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --locked -- --test-threads=1 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# Fuzzing, bounded (GOPHER_FUZZ_SECONDS per target): each target counts as one test below.
+bash scripts/fuzz.sh 2>&1 | tee -a "$log"
+fuzz_status=${PIPESTATUS[0]}
+[ "$status" -ne 0 ] || status=$fuzz_status
 set -e
 # One closing line for the whole suite (cargo's own last line is whichever binary ran last).
 # `#[ignore]`d tests are measurements (bench/scan.sh, the sock_diag cost at 100 k sockets), not
 # skips: a test that cannot run here fails under CI instead (GOPHER_STRICT_TESTS).
-awk '/^test result:/ { p += $4; f += $6; i += $8 } END { if (i) printf "(%d ignored: measurements that bench/ scripts run)\n", i; printf "gopher: %d passed, %d failed\n", p, f }' "$log"
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     /^fuzz: [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 } END { if (i) printf "(%d ignored: measurements that bench/ scripts run)\n", i; printf "gopher: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

@@ -383,16 +383,26 @@ fn extend_probe(
     extend.push(Spanned::new(item.span(), Node::Table(kept)));
 }
 
+/// Ends a comment line with `text`, its control characters escaped: TOML refuses them in
+/// comments, and a newline would end the comment (the notes quote paths from the file).
+fn push_comment(out: &mut String, text: &str) {
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.push('\n');
+}
+
 /// The `probes.toml` text equivalent to a translated tree (`gopher convert`).
 pub(crate) fn to_toml(entries: Vec<Entry>, source: &Path, notes: &GalaNotes) -> String {
-    let mut out = format!(
-        "# probes.toml converted by `gopher convert` from {}\n",
-        source.display()
-    );
+    let mut out = String::from("# probes.toml converted by `gopher convert` from ");
+    push_comment(&mut out, &source.display().to_string());
     for w in notes.warnings() {
         out.push_str("# NOTE: ");
-        out.push_str(&w);
-        out.push('\n');
+        push_comment(&mut out, &w);
     }
     // Section by section, so that they come in the file's order.
     for (key, value) in entries {
@@ -409,6 +419,17 @@ pub(crate) fn to_toml(entries: Vec<Entry>, source: &Path, notes: &GalaNotes) -> 
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Found by the `libconfig` fuzz target: a control character in a quoted path (here in an
+    /// extension probe's command) went verbatim into a `# NOTE:` comment, and the converted
+    /// probes.toml was refused by gopher itself.
+    #[test]
+    fn notes_escape_control_characters() {
+        let conf = "extend_probes = (\n { name = \"x\"; command = \"/nonexistent/a\u{1}b\"; param = \"\"; switch = \"off\"; }\n);\n";
+        let toml = super::super::convert_gala(conf, Path::new("gala-gopher.conf")).unwrap();
+        assert!(toml.contains("/nonexistent/a\\u{1}b"), "{toml}");
+        super::super::parse(&toml, Path::new("probes.toml")).unwrap();
+    }
 
     #[test]
     fn format_by_extension_then_content() {

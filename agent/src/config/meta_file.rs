@@ -280,6 +280,20 @@ fn fields(rep: &mut Reporter<'_>, t: &TableView<'_>, dialect: Dialect) -> Option
             .map(|(d, _)| d.to_owned())
             .unwrap_or_default();
         let Some(name) = name else { continue };
+        // Prometheus reserves label names starting with `__`; the store refuses them too, but
+        // only here can the refusal name the file and line.
+        if ty.is_label() && name.starts_with("__") {
+            let span = f.get("name").map_or_else(|| item.span(), Spanned::span);
+            rep.report(
+                &span,
+                &f.path_of("name"),
+                DiagnosticKind::InvalidValue,
+                format!(
+                    "{name:?}: key and label names starting with \"__\" are reserved by Prometheus"
+                ),
+            );
+            continue;
+        }
         if let Some(first) = lines.get(&name) {
             rep.report(
                 &item.span(),

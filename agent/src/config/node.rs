@@ -210,7 +210,12 @@ pub(crate) fn parse_toml(text: &str, rep: &mut Reporter<'_>) -> Option<Vec<Entry
         Ok(doc) => doc,
         Err(err) => {
             let span = err.span().unwrap_or(0..0);
-            let message = err.message().trim().replace('\n', "; ");
+            // toml_edit leaves some messages empty (a control character in a comment, say):
+            // the place alone would leave the operator guessing.
+            let message = match err.message().trim() {
+                "" => "invalid TOML here (a control character or an unexpected token)".to_owned(),
+                m => m.replace('\n', "; "),
+            };
             rep.report(&span, "", DiagnosticKind::Syntax, message);
             return None;
         }
@@ -470,6 +475,18 @@ mod tests {
             panic!("not a table")
         };
         assert_eq!(&text[inner[0].1.span()], "\"maybe\"");
+    }
+
+    /// Found by the `config_toml` fuzz target: an escape character in a comment gave a
+    /// diagnostic with a place and no message.
+    #[test]
+    fn syntax_errors_always_say_something() {
+        let text = "#!/bin/bash\n#\n# Build script\u{1b}for\n";
+        let mut rep = Reporter::new(std::path::Path::new("t.toml"), text);
+        assert!(parse_toml(text, &mut rep).is_none());
+        let d = &rep.diagnostics[0];
+        assert_eq!((d.line, d.kind), (3, DiagnosticKind::Syntax));
+        assert!(!d.message.is_empty(), "{d}");
     }
 
     #[test]

@@ -225,7 +225,10 @@ impl FieldType {
                 } else if let Ok(v) = text.parse::<i64>() {
                     Value::from(v)
                 } else {
-                    Value::F64(text.parse::<f64>().map_err(|_| "not a number")?)
+                    let v = text.parse::<f64>().map_err(|_| "not a number")?;
+                    // `-0` would be exported as "-0", which reads back as the integer 0:
+                    // one zero, so that the text form is stable (+ 0.0 turns -0.0 into 0.0).
+                    Value::F64(v + 0.0)
                 }
             }
         };
@@ -390,6 +393,19 @@ mod tests {
         let (r, used) = decode(&b).unwrap();
         assert_eq!(used, b.len(), "{v:?}");
         r.to_string()
+    }
+
+    /// Found by the `probe_line` fuzz target: a counter or gauge printed as `-0e0` was
+    /// stored as -0.0 and exported as "-0", whose own reading is the integer 0.
+    #[test]
+    fn negative_zero_is_zero() {
+        for ty in [FieldType::Counter, FieldType::Gauge] {
+            for text in ["-0e0", "-0.0", "-0.000"] {
+                let v = ty.parse_value(text).unwrap();
+                assert_eq!(v.to_string(), "0", "{ty:?} {text}");
+                assert_eq!(ty.parse_value(&v.to_string()).unwrap().to_string(), "0");
+            }
+        }
     }
 
     #[test]

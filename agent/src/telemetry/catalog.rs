@@ -78,7 +78,7 @@ pub(super) type Declaration = (&'static str, Kind, &'static [&'static str], &'st
 /// Every family, in render order.
 // One flat list of declarations: splitting it would scatter the catalogue.
 #[allow(clippy::too_many_lines)]
-pub(super) fn declared() -> [Declaration; 46] {
+pub(super) fn declared() -> [Declaration; 47] {
     [
         (
             CONTROL_REQUESTS,

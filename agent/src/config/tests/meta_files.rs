@@ -356,3 +356,35 @@ proptest::proptest! {
         let _ = parse_meta_libconfig(&text, Path::new("p.meta"));
     }
 }
+
+/// Found by the `meta_toml` / `libconfig` fuzz targets: a key or label field named `__…` was
+/// accepted by the meta readers and then refused by the store (Prometheus reserves such label
+/// names), so the agent failed at start without naming the file and line.
+#[test]
+fn reserved_label_names_are_refused_with_their_place() {
+    let toml = "[[tables]]\nname = \"t\"\nfields = [\n  { name = \"k\", type = \"key\" },\n  { name = \"__l\", type = \"label\" },\n  { name = \"__v\", type = \"gauge\" },\n]\n";
+    let err = parse_meta_toml(toml, Path::new("m.meta.toml")).expect_err("__l must be refused");
+    let d = err.diagnostics();
+    assert_eq!(d.len(), 1, "{err}");
+    assert_eq!(
+        (d[0].line, d[0].key.as_str(), d[0].kind),
+        (5, "tables[0].fields[1].name", DiagnosticKind::InvalidValue)
+    );
+    let conf =
+        "measurements: (\n { name: \"t\",\n   fields: ( { name: \"__k\", type: \"key\" } ) }\n);\n";
+    let err = parse_meta_libconfig(conf, Path::new("t.meta")).expect_err("__k must be refused");
+    let d = err.diagnostics();
+    assert_eq!(
+        (d[0].line, d[0].key.as_str(), d[0].kind),
+        (
+            3,
+            "measurements[0].fields[0].name",
+            DiagnosticKind::InvalidValue
+        )
+    );
+    // What the reader accepts, the store registers.
+    let mut store = crate::imdb::Store::new(crate::imdb::Limits::default());
+    for t in parse_meta_toml(&toml.replace("__l", "l"), Path::new("m.meta.toml")).unwrap() {
+        store.register(t).unwrap();
+    }
+}

@@ -9,7 +9,8 @@
 //!   others unchanged;
 //! - counters without the `_total` suffix gopher adds (gala-gopher never adds one). They stay
 //!   typed `counter`, so that rate() keeps its meaning: this is the one thing promtool reports
-//!   in this mode ("counter metrics should have "_total" suffix"), once per such family;
+//!   in this mode ("counter metrics should have "_total" suffix"), once per such family. In
+//!   OpenMetrics, which requires `_total` on counter samples, they are typed `unknown`;
 //! - a `machine_id` label last on every table series, built like gala-gopher's: the system
 //!   UUID (`/sys/class/dmi/id/product_uuid`, else gala-gopher's `/opt/gala-gopher/machine_id`,
 //!   else systemd's `/etc/machine-id` as it is), a `-`, and the host's first non-loopback IPv4

@@ -62,14 +62,19 @@ impl Format {
 }
 
 /// The family name and type of the HELP/TYPE lines: as given in the text format; in
-/// OpenMetrics a counter is named without `_total` and `untyped` is `unknown`.
+/// OpenMetrics a counter is named without `_total` and `untyped` is `unknown`. A counter
+/// whose samples have no `_total` (gala-gopher naming) is `unknown` there: OpenMetrics
+/// requires the suffix on counter samples, and the name is what dashboards query.
 pub(crate) fn om_header<'a>(
     name: &'a str,
     ty: &'static str,
     format: Format,
 ) -> (&'a str, &'static str) {
     match (format, ty) {
-        (Format::OpenMetrics, "counter") => (name.strip_suffix("_total").unwrap_or(name), ty),
+        (Format::OpenMetrics, "counter") => match name.strip_suffix("_total") {
+            Some(family) => (family, ty),
+            None => (name, "unknown"),
+        },
         (Format::OpenMetrics, "untyped") => (name, "unknown"),
         _ => (name, ty),
     }

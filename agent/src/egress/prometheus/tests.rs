@@ -213,3 +213,38 @@ fn appends_self_metrics() {
     render(&Snapshot::default(), &SelfMetrics::new(), &mut out);
     assert!(out.starts_with("# HELP gopher_build_info "), "{out}");
 }
+
+/// Found by the `exposition` fuzz target: with gala-gopher naming (counters without `_total`)
+/// the OpenMetrics body typed them `counter`, which OpenMetrics readers refuse.
+#[test]
+fn gala_gopher_counters_in_openmetrics_are_unknown() {
+    let t = table(
+        "t",
+        vec![
+            field("k", FieldType::Key, ""),
+            field("rx", FieldType::Counter, "rx"),
+        ],
+        &[&["1", "10"]],
+    );
+    let naming = Naming::GalaGopher {
+        machine_id: "m".into(),
+    };
+    let mut body = Vec::new();
+    let snapshot = Snapshot { tables: vec![t] };
+    render_format_to(
+        &snapshot,
+        &SelfMetrics::new(),
+        &naming,
+        Format::OpenMetrics,
+        &mut body,
+    )
+    .unwrap();
+    let out = String::from_utf8(body).unwrap();
+    assert!(
+        out.starts_with(
+            "# HELP gala_gopher_t_rx rx\n# TYPE gala_gopher_t_rx unknown\n\
+             gala_gopher_t_rx{k=\"1\",machine_id=\"m\"} 10\n"
+        ),
+        "{out}"
+    );
+}
