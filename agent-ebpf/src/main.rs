@@ -412,9 +412,8 @@ fn closed(ctx: &SockOpsContext, owners: bool) {
     if info.established == 0 || old_state == TCP_SYN_SENT {
         return;
     }
-    info.fin_seen = u8::from(
-        matches!(old_state, TCP_FIN_WAIT1 | TCP_FIN_WAIT2) && fin_received(ctx),
-    );
+    info.fin_seen =
+        u8::from(matches!(old_state, TCP_FIN_WAIT1 | TCP_FIN_WAIT2) && fin_received(ctx));
     let ops = ctx.ops;
     // The verifier only accepts context loads at constant offsets from the context pointer, so
     // every field is read on its own (volatile keeps LLVM from merging them into a select).

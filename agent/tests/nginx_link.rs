@@ -235,7 +235,13 @@ fn sessions_open_before_the_agent_starts_are_counted_from_its_first_rows() {
     // Closing sessions found that way brings the counts down (ngx_close_connection).
     drop(a_http.pop());
     drop(b_stream.pop());
-    wait_rows(&agent, table, &ports, &expect([2.0, 1.0, 1.0]), "some closed");
+    wait_rows(
+        &agent,
+        table,
+        &ports,
+        &expect([2.0, 1.0, 1.0]),
+        "some closed",
+    );
     // New sessions add to them.
     a_http.push(http_session(a, http));
     wait_rows(&agent, table, &ports, &expect([3.0, 1.0, 1.0]), "one more");

@@ -64,9 +64,12 @@ fn a_server_socket_is_keyed_to_the_process_that_closed_it() {
         ("server_port", port.to_string()),
         ("client_ip", "127.0.0.1".to_owned()),
     ];
-    expect_row(&agent, "server row keyed to the closing child", &want, |r| {
-        r["tx_bytes"] == s2c as f64 && r["rx_bytes"] == c2s as f64 && r["link_count"] == 0.0
-    });
+    expect_row(
+        &agent,
+        "server row keyed to the closing child",
+        &want,
+        |r| r["tx_bytes"] == s2c as f64 && r["rx_bytes"] == c2s as f64 && r["link_count"] == 0.0,
+    );
     server.close();
 }
 
@@ -93,7 +96,10 @@ fn failed_connects_leave_no_entry_behind() {
             refused += 1;
         }
     }
-    assert!(refused > FAILED / 2, "only {refused} of {FAILED} connects failed");
+    assert!(
+        refused > FAILED / 2,
+        "only {refused} of {FAILED} connects failed"
+    );
     // Two intervals: the map-full counter is read at each collection.
     std::thread::sleep(Duration::from_secs(3));
     let samples = agent.scrape().unwrap();

@@ -54,7 +54,10 @@ async fn supervised_with(
             for (table, rows) in &lost {
                 store.count_lost(table, *rows);
             }
-            tracing::error!(?lost, "rows lost with the batch the ingest task was storing");
+            tracing::error!(
+                ?lost,
+                "rows lost with the batch the ingest task was storing"
+            );
         }
         if let Err(e) = restarts.failed(&format!("panicked: {panic}")).await {
             let _ = fatal.send(e).await;
@@ -162,14 +165,17 @@ mod tests {
         }
         if let Batch::TableDelta { table, upserts, .. } = batch {
             let first = upserts.into_iter().take(1).collect();
-            store.apply(Batch::TableDelta {
-                table,
-                upserts: first,
-                removed: Vec::new(),
-                refresh_rest: false,
-                replace: false,
-                more: false,
-            }, now);
+            store.apply(
+                Batch::TableDelta {
+                    table,
+                    upserts: first,
+                    removed: Vec::new(),
+                    refresh_rest: false,
+                    replace: false,
+                    more: false,
+                },
+                now,
+            );
         }
         panic!("storing failed");
     }

@@ -308,12 +308,24 @@ fn produce(state: &WebState, render: &Arc<Render>) {
             };
             let result = if *gzip {
                 let mut gz = GzEncoder::new(out, Compression::fast());
-                prometheus::render_format_to(&snapshot, &state.metrics, &state.naming, render.format, &mut gz)
-                    .and_then(|()| gz.finish())
-                    .and_then(Direct::finish)
+                prometheus::render_format_to(
+                    &snapshot,
+                    &state.metrics,
+                    &state.naming,
+                    render.format,
+                    &mut gz,
+                )
+                .and_then(|()| gz.finish())
+                .and_then(Direct::finish)
             } else {
-                prometheus::render_format_to(&snapshot, &state.metrics, &state.naming, render.format, &mut out)
-                    .and_then(|()| out.finish())
+                prometheus::render_format_to(
+                    &snapshot,
+                    &state.metrics,
+                    &state.naming,
+                    render.format,
+                    &mut out,
+                )
+                .and_then(|()| out.finish())
             };
             if let Err(err) = result
                 && err.kind() != io::ErrorKind::BrokenPipe
@@ -401,7 +413,13 @@ fn shared(
             Compression::fast(),
         ),
     };
-    let result = prometheus::render_format_to(snapshot, &state.metrics, &state.naming, render.format, &mut fanout);
+    let result = prometheus::render_format_to(
+        snapshot,
+        &state.metrics,
+        &state.naming,
+        render.format,
+        &mut fanout,
+    );
     let Fanout { plain, gz, .. } = fanout;
     let (last, failed) = match result.and_then(|()| gz.finish()) {
         Ok(mut publisher) => {

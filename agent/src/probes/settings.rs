@@ -331,7 +331,11 @@ mod tests {
         assert_eq!(s.switch, Switch::Auto);
         assert_eq!(
             def.start_check(),
-            Some(("pgrep -x haproxy | wc -l".to_owned(), CheckType::Count, None))
+            Some((
+                "pgrep -x haproxy | wc -l".to_owned(),
+                CheckType::Count,
+                None
+            ))
         );
         let err = resolve("tcp", &native(None), &current, &auto).unwrap_err();
         assert_eq!(

@@ -80,7 +80,10 @@ fn shipped_probes_toml_is_valid_and_safe() {
     let native: Vec<&str> = c.probes.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(native[..2], ["tcp", "endpoint"]);
     let systems = crate::probes::system::SYSTEM_PROBES.len();
-    assert_eq!(native[2..systems + 2], *crate::probes::system::SYSTEM_PROBES);
+    assert_eq!(
+        native[2..systems + 2],
+        *crate::probes::system::SYSTEM_PROBES
+    );
     // The load-balancer link probes run while their built-in start checks find their target.
     assert_eq!(
         native[systems + 2..],

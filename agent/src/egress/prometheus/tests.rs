@@ -150,9 +150,7 @@ fn clashing_families_are_skipped_and_counted() {
     );
     let (out, skipped) = render_tables(vec![a, a_b, le]);
     assert_eq!(out.matches("# TYPE").count(), 2, "{out}");
-    assert!(
-        out.contains("gala_gopher_a_b_c 1\n") && out.contains("gala_gopher_a_b_n_total 3\n")
-    );
+    assert!(out.contains("gala_gopher_a_b_c 1\n") && out.contains("gala_gopher_a_b_n_total 3\n"));
     assert!((skipped - 3.0).abs() < f64::EPSILON);
 }
 

@@ -45,8 +45,8 @@ fn registered(pid: u32) -> Vec<u64> {
         return out;
     };
     for entry in dir.flatten() {
-        let is_epoll = fs::read_link(entry.path())
-            .is_ok_and(|l| l.as_os_str() == "anon_inode:[eventpoll]");
+        let is_epoll =
+            fs::read_link(entry.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:[eventpoll]");
         if !is_epoll {
             continue;
         }

@@ -235,7 +235,10 @@ fn interval(
         );
     }
     // After the uprobes: a connection made meanwhile is recorded by both, which is harmless.
-    let pids: HashSet<u32> = running.values().flat_map(|b| b.pids.iter().copied()).collect();
+    let pids: HashSet<u32> = running
+        .values()
+        .flat_map(|b| b.pids.iter().copied())
+        .collect();
     walked.retain(|pid| pids.contains(pid));
     for pid in &pids {
         if walked.insert(*pid) {

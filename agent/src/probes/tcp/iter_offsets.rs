@@ -96,7 +96,10 @@ mod tests {
         assert_ne!(want, 0);
         let o = offsets().expect("offsets on a kernel with BTF");
         assert_eq!(o.sk_flags, want);
-        assert_eq!(o.sk_shutdown, btf.offset("sock", "sk_shutdown", 1).expect("sk_shutdown"));
+        assert_eq!(
+            o.sk_shutdown,
+            btf.offset("sock", "sk_shutdown", 1).expect("sk_shutdown")
+        );
         assert_ne!(o.sk_shutdown, 0);
     }
 }
