@@ -54,7 +54,8 @@ fn rows_on(
         let Some(field) = s.name.strip_prefix("gala_gopher_tcp_link_") else {
             continue;
         };
-        if s.label("server_port") != port.to_string() {
+        // A histogram's buckets (`srtt`) are one series each (told apart by `le`), not rows.
+        if field.ends_with("_bucket") || s.label("server_port") != port.to_string() {
             continue;
         }
         let key: Vec<_> = s.labels.clone().into_iter().collect();
