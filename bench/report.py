@@ -12,13 +12,6 @@ import json
 import statistics
 import sys
 
-IDLE_BEGIN = "<!-- idle-cost: written by bench/idle_cost.py -->"
-IDLE_END = "<!-- /idle-cost -->"
-# Blocks of BENCHMARKS.md other scripts write: (begin marker, end marker), kept in this order.
-OWNED_BLOCKS = [
-    (IDLE_BEGIN, IDLE_END),
-    ("<!-- kafka: written by bench/kafka_bench.py -->", "<!-- /kafka -->"),
-]
 
 MODES = ["off", "on", "bpftrace"]
 LOAD_CPU = 1  # set from --load-cpu
@@ -307,11 +300,14 @@ def report(args):
         old = open(args.out, encoding="utf-8").read()
     except OSError:
         old = ""
-    for begin, end_marker in OWNED_BLOCKS:
-        start, end = old.find(begin), old.find(end_marker)
-        if start != -1 and end != -1:
-            md.append("")
-            md.append(old[start:end + len(end_marker)])
+    # This report is the file's head; every block after it (the first line opening an HTML
+    # comment marker) belongs to another script (idle cost, Kafka, control, host scans, scale,
+    # soak, and any added later) and is kept whole, in its order.
+    start = old.find("\n<!-- ")
+    if start != -1:
+        md.append("")
+        md.append(old[start + 1:].rstrip("\n"))
+        md.append("")
     with open(args.out, "w", encoding="utf-8") as f:
         f.write("\n".join(md))
     print("\n".join(["", "Results", ""] + results + ["", "Measured probe cost", ""] + attributed
