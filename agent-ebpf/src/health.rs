@@ -68,9 +68,10 @@ static CONNECTS: PerCpuHashMap<ConnectKey, ConnectCounts> =
 #[map]
 static SOCKETS: LruHashMap<u64, ConnectKey> = LruHashMap::with_max_entries(1, 0);
 
-/// Events not counted because a map was full: slot 0 `LISTENERS`, slot 1 `CONNECTS`.
+/// Events not counted because a map was full: slot 0 `LISTENERS`, slot 1 `CONNECTS`, slot 2
+/// `REQS` (`listen.rs`).
 #[map]
-static HEALTH_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+static HEALTH_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
 
 #[inline(always)]
 pub(crate) fn off(field: *const u32) -> usize {
@@ -134,13 +135,19 @@ fn slot<K, V: Default>(map: &PerCpuHashMap<K, V>, key: &K, full: u32) -> Option<
         let _ = map.insert(key, &V::default(), BPF_NOEXIST);
         map.get_ptr_mut(key)
     });
-    if found.is_none()
-        && let Some(n) = HEALTH_FULL.get_ptr_mut(full)
-    {
+    if found.is_none() {
+        self::full(full);
+    }
+    found
+}
+
+/// Counts an event lost to a full map in `HEALTH_FULL[slot]`.
+#[inline(always)]
+pub(crate) fn full(slot: u32) {
+    if let Some(n) = HEALTH_FULL.get_ptr_mut(slot) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe { *n += 1 };
     }
-    found
 }
 
 /// Counts an event of the listener `key` in this CPU's slot.

@@ -28,6 +28,20 @@ fn row(samples: &[Sample], want: &[(&str, String)]) -> Option<BTreeMap<String, f
     table_row(samples, "endpoint_tcp", want)
 }
 
+/// The `endpoint_tcp` row of `want` once its `field` is `value` (within 20 s).
+fn row_when(
+    agent: &Agent,
+    want: &[(&str, String)],
+    field: &str,
+    value: f64,
+) -> BTreeMap<String, f64> {
+    let what = format!("{field} = {value}");
+    let samples = agent.wait_for(Duration::from_secs(20), &what, |s| {
+        row(s, want).is_some_and(|r| r[field] == value)
+    });
+    row(&samples, want).unwrap()
+}
+
 /// The fields of the one row of `table` whose labels match `want`.
 fn table_row(
     samples: &[Sample],
@@ -260,6 +274,14 @@ fn a_listener_that_stops_accepting_shows_its_full_queue_and_exact_drops() {
         (3.0, 0.0),
         "{r:?}"
     );
+    // Every listen drop was a SYN refused at the full accept queue.
+    assert_eq!(
+        (r["listendrop"], r["syn_overflow"]),
+        (drops, drops),
+        "{r:?}"
+    );
+    // A SYN refused made no request socket: no handshake started, none failed.
+    assert_eq!(r["passive_open_failed"], 0.0, "{r:?}");
     drop(b);
     // The listener is gone: so is its row.
     agent.wait_for(Duration::from_secs(20), "the row gone", |s| {
@@ -308,7 +330,10 @@ fn synack_retransmissions_are_counted_per_listener_exactly() {
     let samples = agent.wait_for(
         Duration::from_secs(20),
         "exact SYN-ACK retransmissions",
-        |s| row(s, &want).is_some_and(|r| r["retran_synacks"] == kernel),
+        |s| {
+            row(s, &want)
+                .is_some_and(|r| r["retran_synacks"] == kernel && r["passive_open_failed"] == 1.0)
+        },
     );
     let r = row(&samples, &want).unwrap();
     // sk_drops also counts the retransmitted SYNs of the handshake in progress, which
@@ -416,6 +441,11 @@ fn passive_opens_are_counted_exactly_per_listener() {
     });
     let r = row(&samples, &want).unwrap();
     assert_eq!((r["accept_overflow"], r["sk_drops"]), (0.0, 0.0), "{r:?}");
+    assert_eq!((r["listendrop"], r["syn_overflow"]), (0.0, 0.0), "{r:?}");
+    assert_eq!(
+        r["passive_open_failed"], 0.0,
+        "five handshakes, all completed: {r:?}"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -475,6 +505,95 @@ fn accept_queue_overflows_are_counted_exactly_per_listener() {
     assert_eq!(r["passive_open"], 1.0, "{r:?}");
     assert_eq!(r["accept_queue"], 1.0, "{r:?}");
     assert_eq!(r["sk_drops"], 2.0 * overflows, "{r:?}");
+    // One listen drop per overflowed ACK, the namespace's all; no SYN refused.
+    assert_eq!(
+        (r["listendrop"], r["syn_overflow"]),
+        (overflows, 0.0),
+        "{r:?}"
+    );
+    // The late handshake never got into the queue: the server gave up on it.
+    let r = row_when(&agent, &want, "passive_open_failed", 1.0);
+    assert_eq!(r["passive_open"], 1.0, "{r:?}");
     let _ = clients.kill();
     let _ = clients.wait();
+}
+
+/// A listener (backlog 1) whose clients' final ACKs the server's namespace drops: its SYN queue
+/// holds backlog + 1 handshakes that never complete, and, without SYN cookies, every later SYN
+/// (and each retry) is refused at the full SYN queue: `listendrop` and `syn_overflow` are the
+/// namespace's `ListenDrops` (and `TCPReqQFullDrop`) exactly, with no `ListenOverflows`. With
+/// SYN cookies the same SYNs are answered with a cookie: nothing is refused or counted. Either
+/// way the two queued handshakes run out of SYN-ACK retries: two `passive_open_failed`.
+#[test]
+fn syns_refused_at_a_full_syn_queue_are_counted_exactly_with_and_without_syncookies() {
+    let Some(agent) = endpoint_agent("root (netns, veth, nftables, eBPF)") else {
+        return;
+    };
+    for (cookies, net) in [(0, "10.217.0"), (1, "10.218.0")] {
+        let (a, b) = veth_pair(
+            &format!("q{cookies}"),
+            net,
+            &format!(
+                "ip netns exec {{a}} sysctl -qw net.ipv4.tcp_synack_retries=1 \
+                 net.ipv4.tcp_syncookies={cookies} && \
+                 ip netns exec {{b}} sysctl -qw net.ipv4.tcp_syn_retries=1"
+            ),
+        );
+        sh(&format!(
+            "ip netns exec {} nft -f - <<'EOF'\ntable inet gopher_test {{\n chain in {{\n  type filter hook input priority 0;\n  ip saddr {net}.2 tcp flags & (syn | ack) == ack drop\n }}\n}}\nEOF",
+            a.0
+        ));
+        let server = Backlog::spawn(&a.0, &["1", "0", &format!("{net}.1")]);
+        // Six clients at once; each connect() ends (or times out) before the script prints.
+        let script = format!(
+            "import socket, select\n\
+             cs = []\n\
+             for _ in range(6):\n \
+                 c = socket.socket(); c.setblocking(False); c.connect_ex(('{net}.1', {p})); cs.append(c)\n\
+             for c in cs:\n \
+                 select.select([], [c], [], 10)\n\
+             print(','.join(str(c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)) for c in cs))\n",
+            p = server.port
+        );
+        let out = Command::new("ip")
+            .args(["netns", "exec", &b.0, "python3", "-c", &script])
+            .output()
+            .unwrap();
+        let errors = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let kernel = settled(&a.0);
+        let drops = kernel["ListenDrops"];
+        if cookies == 0 {
+            // Two handshakes in the SYN queue (their clients think they connected), four
+            // refused until their clients gave up.
+            assert_eq!(errors, "0,0,110,110,110,110", "what the clients saw");
+            assert!(drops >= 4.0, "{kernel:?}");
+            assert_eq!(kernel["TCPReqQFullDrop"], drops, "{kernel:?}");
+        } else {
+            assert_eq!(errors, "0,0,0,0,0,0", "what the clients saw");
+            assert_eq!(drops, 0.0, "{kernel:?}");
+            assert_eq!(kernel["TCPReqQFullDoCookies"], 4.0, "{kernel:?}");
+        }
+        assert_eq!(kernel["ListenOverflows"], 0.0, "{kernel:?}");
+        assert_eq!(tcp_mib(&a.0)["PassiveOpens"], 0.0);
+        let want = [
+            ("tgid", server.child.id().to_string()),
+            ("s_addr", format!("{net}.1")),
+            ("s_port", server.port.to_string()),
+            ("netns", a.inode()),
+        ];
+        let samples = agent.wait_for(Duration::from_secs(20), "exact listen drops", |s| {
+            row(s, &want).is_some_and(|r| r["listendrop"] == drops && r["sk_drops"] == drops)
+        });
+        let r = row(&samples, &want).unwrap();
+        assert_eq!(
+            (r["syn_overflow"], r["accept_overflow"], r["passive_open"]),
+            (drops, 0.0, 0.0),
+            "cookies {cookies}: {r:?}"
+        );
+        // The two queued handshakes ran out of SYN-ACK retries (their clients' final ACKs
+        // never arrived); handshakes answered with a cookie have no request socket to fail.
+        let r = row_when(&agent, &want, "passive_open_failed", 2.0);
+        assert_eq!(r["passive_open"], 0.0, "cookies {cookies}: {r:?}");
+        assert_eq!(tcp_ext(&a.0)["ListenDrops"], drops, "the count moved on");
+    }
 }

@@ -230,6 +230,24 @@ pub struct ListenerCounts {
     pub accept_overflow: u64,
 }
 
+/// A handshake in progress on a listener (a request socket), as the kernel's request socket,
+/// the child socket made from it and sock_diag all show it. The addresses of an IPv4
+/// handshake on a dual-stack IPv6 listener are not reliable in all three (the request socket
+/// keeps them in its IPv4 fields, under the IPv6 family): only an IPv4 listener's remote
+/// address is part of the key, so two handshakes from one client port of two IPv6 (or mapped)
+/// clients to one port at once are one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ReqKey {
+    pub netns_cookie: u64,
+    /// The client's IPv4 address (network byte order) on an AF_INET listener, else 0.
+    pub remote_v4: u32,
+    /// Host byte order.
+    pub local_port: u16,
+    /// Host byte order.
+    pub remote_port: u16,
+}
+
 /// A client socket's counters' key: the connecting process and the destination it asked for.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -271,6 +289,9 @@ pub const HEALTH_SOCKETS: u32 = 65536;
 /// Listeners the health programs keep counters for; past it, a new listener's events are
 /// counted in slot 0 of `HEALTH_FULL`.
 pub const HEALTH_LISTENERS: u32 = 4096;
+/// Handshakes in progress the endpoint probe follows at once (`REQS`): the sum of the SYN queues
+/// of the node's listeners (each at most its backlog, capped by `net.core.somaxconn`).
+pub const HEALTH_REQS: u32 = 65536;
 
 /// TCP states whose sockets the `iter/tcp` program reports: the link-carrying states (the
 /// agent's `LINK_STATES`: ESTABLISHED, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING) and LISTEN.
@@ -327,6 +348,7 @@ mod pod {
     unsafe impl aya::Pod for super::IterSocket {}
     unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::ListenerCounts {}
+    unsafe impl aya::Pod for super::ReqKey {}
     unsafe impl aya::Pod for super::ConnectKey {}
     unsafe impl aya::Pod for super::ConnectCounts {}
 }

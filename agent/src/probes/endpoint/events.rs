@@ -5,17 +5,17 @@
 //! The object is the agent's one eBPF object; only the health programs are loaded from it, and
 //! the maps of the others are shrunk to their minimum (aya creates every map of an object).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuHashMap},
-    programs::{CgroupSockAddr, RawTracePoint, links::CgroupAttachMode},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap},
+    programs::{CgroupSockAddr, RawTracePoint, SockOps, links::CgroupAttachMode},
 };
 use gopher_common::{
-    ConnectCounts, ConnectKey, HEALTH_CONNECTS, HEALTH_LISTENERS, HEALTH_SOCKETS, ListenerCounts,
-    ListenerKey, SockOffsets,
+    ConnectCounts, ConnectKey, HEALTH_CONNECTS, HEALTH_LISTENERS, HEALTH_REQS, HEALTH_SOCKETS,
+    ListenerCounts, ListenerKey, ReqKey, SockOffsets,
 };
 
 use crate::probes::tcp::{
@@ -25,10 +25,11 @@ use crate::probes::tcp::{
 
 /// The health programs' maps, declared with one entry in the object (the tcp probe loads them
 /// too and does not use them), sized here.
-const SIZES: [(&str, u32); 3] = [
+const SIZES: [(&str, u32); 4] = [
     ("LISTENERS", HEALTH_LISTENERS),
     ("CONNECTS", HEALTH_CONNECTS),
     ("SOCKETS", HEALTH_SOCKETS),
+    ("REQS", HEALTH_REQS),
 ];
 
 /// The raw tracepoints, by program.
@@ -46,10 +47,12 @@ const UNUSED_MAPS: [(&str, u32); 2] = [("LINKS", 1), ("CLOSED", 4096)];
 pub struct Events {
     ebpf: Ebpf,
     /// Events lost to a full map, per slot, as last read (the kernel's counts only grow).
-    full_seen: [u64; 2],
+    full_seen: [u64; 3],
     /// Whether accept-queue overflows are counted: the kernel names the drop reason and the
     /// program attached.
     pub overflows: bool,
+    /// Whether handshakes in progress are followed (their sock_ops program attached).
+    pub reqs: bool,
 }
 
 impl Events {
@@ -90,11 +93,39 @@ impl Events {
             && attach_drop(&mut ebpf)
                 .inspect_err(|e| tracing::warn!("endpoint probe: {e:#}"))
                 .is_ok();
+        let reqs = attach_reqs(&mut ebpf, &cg)
+            .inspect_err(|e| tracing::warn!("endpoint probe: {e:#}"))
+            .is_ok();
         Ok(Self {
             ebpf,
-            full_seen: [0; 2],
+            full_seen: [0; 3],
             overflows,
+            reqs,
         })
+    }
+
+    /// The listeners (as the programs key them) of the handshakes that ended without a
+    /// connection since the last call: handshakes in `REQS` that `pending` (the request sockets
+    /// alive now, read after `REQS`) no longer holds and that no child took out of `REQS` in the
+    /// meantime (the agent's removal is the one that succeeds).
+    pub fn failed_handshakes(
+        &mut self,
+        pending: impl FnOnce() -> HashSet<ReqKey>,
+    ) -> Vec<ListenerKey> {
+        let Some(map) = self.ebpf.map_mut("REQS") else {
+            return Vec::new();
+        };
+        let Ok(mut map) = BpfHashMap::<&mut MapData, ReqKey, ListenerKey>::try_from(map) else {
+            return Vec::new();
+        };
+        let started: Vec<(ReqKey, ListenerKey)> = map.iter().filter_map(Result::ok).collect();
+        let alive = pending();
+        started
+            .into_iter()
+            .filter(|(k, _)| !alive.contains(k))
+            .filter(|(k, _)| map.remove(k).is_ok())
+            .map(|(_, l)| l)
+            .collect()
     }
 
     /// Client events per process and destination, summed over CPUs; forgets processes `live`
@@ -157,8 +188,8 @@ impl Events {
         kept
     }
 
-    /// Events lost to a full map since the last call: `(listeners, connects)`.
-    pub fn newly_full(&mut self) -> (u64, u64) {
+    /// Events lost to a full map since the last call: `[listeners, connects, reqs]`.
+    pub fn newly_full(&mut self) -> [u64; 3] {
         let total = |slot: u32| {
             self.ebpf
                 .map("HEALTH_FULL")
@@ -166,13 +197,10 @@ impl Events {
                 .and_then(|a| a.get(&slot, 0).ok())
                 .map_or(0, |v| v.iter().sum::<u64>())
         };
-        let now = [total(0), total(1)];
-        let new = [
-            now[0].saturating_sub(self.full_seen[0]),
-            now[1].saturating_sub(self.full_seen[1]),
-        ];
-        self.full_seen = [self.full_seen[0].max(now[0]), self.full_seen[1].max(now[1])];
-        (new[0], new[1])
+        let now = [total(0), total(1), total(2)];
+        let new = std::array::from_fn(|i| now[i].saturating_sub(self.full_seen[i]));
+        self.full_seen = std::array::from_fn(|i| self.full_seen[i].max(now[i]));
+        new
     }
 }
 
@@ -202,6 +230,15 @@ fn attach_drop(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     prog.load().context("loading gopher_listen_drop")?;
     prog.attach("kfree_skb")
         .context("attaching gopher_listen_drop to the raw tracepoint kfree_skb")?;
+    Ok(())
+}
+
+/// Attaches the handshake follower (`gopher_listen_reqs`) to the cgroup2 root `cg`.
+fn attach_reqs(ebpf: &mut Ebpf, cg: &std::fs::File) -> anyhow::Result<()> {
+    let prog: &mut SockOps = program(ebpf, "gopher_listen_reqs")?.try_into()?;
+    prog.load().context("loading gopher_listen_reqs")?;
+    prog.attach(cg, CgroupAttachMode::Single)
+        .context("attaching gopher_listen_reqs to the cgroup2 root")?;
     Ok(())
 }
 

@@ -7,7 +7,9 @@
 //! progress it discarded (a retransmitted SYN). Read once per interval: nothing runs per
 //! connection or per packet.
 
-use std::{io, net::IpAddr, os::fd::OwnedFd};
+use std::{collections::HashSet, io, net::IpAddr, os::fd::OwnedFd};
+
+use gopher_common::{ReqKey, TCP_SYN_RECV};
 
 use crate::probes::tcp::diag::{self, INET_DIAG_MSG_LEN, LISTEN_STATES, addr, u32_at};
 
@@ -44,6 +46,37 @@ pub fn dump(fd: &OwnedFd, buf: &mut Vec<u8>, mut f: impl FnMut(Listener)) -> io:
             if let Some(l) = parse(body, family) {
                 f(l);
             }
+        })?;
+    }
+    Ok(())
+}
+
+/// The handshakes in progress (request sockets) of the namespace `fd` lives in, whose cookie
+/// is `netns_cookie`, into `out`, keyed as the eBPF programs key them. sock_diag reports a
+/// request socket as SYN_RECV (asking for SYN_RECV dumps them); a full socket still in SYN_RECV
+/// (a TCP Fast Open child) comes too and only delays nothing: no handshake of `REQS` has its key.
+pub fn pending(
+    fd: &OwnedFd,
+    netns_cookie: u64,
+    buf: &mut Vec<u8>,
+    out: &mut HashSet<ReqKey>,
+) -> io::Result<()> {
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        diag::dump_raw(fd, family, 1 << TCP_SYN_RECV, 0, buf, |body| {
+            if body.len() < INET_DIAG_MSG_LEN || body[0] != family {
+                return;
+            }
+            let id = &body[4..52];
+            out.insert(ReqKey {
+                netns_cookie,
+                remote_v4: if family == libc::AF_INET as u8 {
+                    u32::from_ne_bytes([id[20], id[21], id[22], id[23]])
+                } else {
+                    0
+                },
+                local_port: u16::from_be_bytes([id[0], id[1]]),
+                remote_port: u16::from_be_bytes([id[2], id[3]]),
+            });
         })?;
     }
     Ok(())

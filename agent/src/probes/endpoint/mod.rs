@@ -13,12 +13,17 @@
 //! programs on per-connection events (`events.rs`); nothing runs per packet of an established
 //! connection. Where they cannot load, the rest goes on (those counters stay 0, the failure is
 //! counted in `gopher_probe_errors_total`).
+//! gala-gopher's `listendrop` and `syn_overflow`, which no hook of this kernel sees, are
+//! derived from `sk_drops` and the counted overflows (`drops.rs` says exactly what they hold).
+//! Failed handshakes (`passive_open_failed`) are those the eBPF programs saw start (a request
+//! socket made) that sock_diag no longer shows and that made no child socket.
 //!
 //! Sockets of one owner on the same address and port (`SO_REUSEPORT` groups) are one row: their
 //! queues, limits and drops add up. A counter of a row is the sum over its live sockets, so it
 //! restarts (as a Prometheus counter may) when a listener closes and another opens.
 
 mod connect;
+mod drops;
 mod events;
 mod listen;
 
@@ -95,7 +100,29 @@ const FIELDS: &[(&str, FieldType, &str)] = &[
         FieldType::Counter,
         "handshakes dropped when they completed because the accept queue was full: the final \
          ACK refused (drop reason TCP_LISTEN_OVERFLOW; the peer retries it at each SYN-ACK \
-         retransmission). SYNs refused at a full queue are only in sk_drops",
+         retransmission)",
+    ),
+    (
+        "listendrop",
+        FieldType::Counter,
+        "the listener's listen drops (tcp_listendrop: its share of TcpExtListenDrops): SYNs \
+         refused at a full SYN or accept queue or without memory, and accept_overflow; derived \
+         as sk_drops - accept_overflow, so it also holds what else sk_drops counts (a \
+         retransmitted SYN of a handshake in progress, a RST to the listener)",
+    ),
+    (
+        "syn_overflow",
+        FieldType::Counter,
+        "SYNs the listener refused: at a full SYN queue without SYN cookies, at a full accept \
+         queue (also TcpExtListenOverflows), or without memory; derived as listendrop - \
+         accept_overflow (SYNs answered with a SYN cookie are not refused and not counted)",
+    ),
+    (
+        "passive_open_failed",
+        FieldType::Counter,
+        "handshakes that started on the listener (a SYN queued: a request socket made) and \
+         ended without a connection: SYN-ACK retries exhausted (also after final ACKs refused \
+         at a full accept queue), a RST or ICMP error to the SYN-ACK",
     ),
 ];
 
@@ -139,7 +166,8 @@ impl Probe for EndpointProbe {
             meta(
                 TABLE,
                 "TCP listening sockets: accept queue fill and limit, drops, SYN-ACK \
-                 retransmissions, passive opens, accept-queue overflows",
+                 retransmissions, passive opens and failed ones, accept-queue overflows, \
+                 listen drops, SYNs refused",
                 FIELDS,
                 max,
             ),
@@ -203,6 +231,10 @@ struct Sums {
     accept_queue: u64,
     accept_queue_limit: u64,
     drops: Option<u64>,
+    /// `listendrop` and `syn_overflow`, where `drops` and the overflows are both counted.
+    derived: Option<drops::Derived>,
+    /// Failed handshakes, where they are followed.
+    failed: Option<u64>,
 }
 
 /// What survives from one interval to the next.
@@ -214,6 +246,11 @@ struct State {
     buf: Vec<u8>,
     /// The eBPF counters, where they loaded.
     events: Option<events::Events>,
+    /// Keeps the derived counters from going back (`drops.rs`).
+    ratchet: drops::Ratchet<RowKey>,
+    /// Handshakes that failed, per live listener, since the probe started (or the listener
+    /// appeared).
+    failed: HashMap<ListenerKey, u64>,
 }
 
 impl State {
@@ -271,6 +308,7 @@ impl State {
             }
             by_listener
         });
+        let reqs = self.count_failed(&keys, errors);
         let mut rows: BTreeMap<RowKey, Sums> = BTreeMap::new();
         for (netns, l) in found {
             let owner = self.owners.get(&l.inode);
@@ -282,6 +320,10 @@ impl State {
             if let (Some(r), Some(k)) = (&events, keys.get(&l.inode)) {
                 s.events = add(s.events, &r.get(k).copied().unwrap_or_default());
             }
+            if reqs {
+                let n = keys.get(&l.inode).and_then(|k| self.failed.get(k));
+                s.failed = Some(s.failed.unwrap_or(0) + n.copied().unwrap_or(0));
+            }
             s.overflows = overflows;
             s.accept_queue += u64::from(l.accept_queue);
             s.accept_queue_limit += u64::from(l.accept_queue_limit);
@@ -289,7 +331,43 @@ impl State {
                 s.drops = Some(s.drops.unwrap_or(0) + u64::from(d));
             }
         }
+        for (key, s) in &mut rows {
+            if let (Some(d), true) = (s.drops, s.overflows) {
+                s.derived = Some(self.ratchet.apply(*key, d, s.events.accept_overflow));
+            }
+        }
+        self.ratchet.retain(|k| rows.contains_key(k));
         rows
+    }
+
+    /// Counts the handshakes that failed since the last interval, per live listener (`keys`:
+    /// the live listeners by inode); `false` where handshakes are not followed.
+    fn count_failed(&mut self, keys: &HashMap<u64, ListenerKey>, errors: &Counter) -> bool {
+        if let Some(e) = self.events.as_mut().filter(|e| e.reqs) {
+            let (namespaces, buf) = (&self.namespaces, &mut self.buf);
+            // After `REQS` is read: request sockets alive now.
+            let failed = e.failed_handshakes(|| {
+                let mut alive = HashSet::new();
+                for ns in namespaces.by_inode.values() {
+                    if let Err(e) = listen::pending(&ns.diag, ns.cookie, buf, &mut alive) {
+                        errors.inc();
+                        tracing::warn!(
+                            netns = ns.inode,
+                            "endpoint probe: sock_diag dump of handshakes failed: {e}"
+                        );
+                    }
+                }
+                alive
+            });
+            let live: HashSet<ListenerKey> = keys.values().copied().collect();
+            for k in failed {
+                if let Some(l) = owning_listener(&live, &k) {
+                    *self.failed.entry(l).or_default() += 1;
+                }
+            }
+            self.failed.retain(|k, _| live.contains(k));
+        }
+        self.events.as_ref().is_some_and(|e| e.reqs)
     }
 }
 
@@ -320,6 +398,11 @@ fn to_values(((tgid, addr, port, netns), s): (RowKey, Sums)) -> Vec<Value> {
         } else {
             Value::Empty
         },
+        s.derived
+            .map_or(Value::Empty, |d| Value::from(d.listendrop)),
+        s.derived
+            .map_or(Value::Empty, |d| Value::from(d.syn_overflow)),
+        s.failed.map_or(Value::Empty, Value::from),
     ]
 }
 
@@ -354,7 +437,8 @@ async fn run(mut ctx: ProbeContext) -> anyhow::Result<()> {
         ctx.metrics
             .counter(EBPF_MAP_FULL, &[("probe", "endpoint"), ("map", map)])
     };
-    let (listeners_full, connects_full) = (full("listeners"), full("connects"));
+    let (listeners_full, connects_full, reqs_full) =
+        (full("listeners"), full("connects"), full("reqs"));
     let mut state = State::default();
     match events::Events::load() {
         Ok(e) => state.events = Some(e),
@@ -395,9 +479,10 @@ async fn run(mut ctx: ProbeContext) -> anyhow::Result<()> {
                     (rows, connects)
                 });
                 if let Some(e) = state.events.as_mut() {
-                    let (l, c) = e.newly_full();
+                    let [l, c, r] = e.newly_full();
                     listeners_full.add(l);
                     connects_full.add(c);
+                    reqs_full.add(r);
                 }
                 let upserts: Vec<Vec<Value>> = rows.into_iter().map(to_values).collect();
                 rows_sent.add((upserts.len() + connects.len()) as u64);
