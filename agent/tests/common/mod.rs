@@ -12,6 +12,7 @@ pub mod nginx;
 pub mod outputs;
 pub mod pki;
 pub mod podman;
+pub mod prometheus;
 pub mod tcp;
 
 use std::{
