@@ -637,53 +637,6 @@ async fn get_with(c: &mut Ctl, token: &str) -> pb::Probe {
     c.get_probe(req).await.unwrap().into_inner()
 }
 
-struct Pki {
-    ca: String,
-    server_cert: String,
-    server_key: String,
-    client_cert: String,
-    client_key: String,
-    /// A client certificate from a CA the agent does not trust.
-    rogue_cert: String,
-    rogue_key: String,
-}
-
-fn pki() -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let ca_params = |cn: &str| {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, cn.to_owned());
-        p
-    };
-    let ca =
-        CertifiedIssuer::self_signed(ca_params("gopher test CA"), KeyPair::generate().unwrap())
-            .unwrap();
-    let rogue_ca =
-        CertifiedIssuer::self_signed(ca_params("rogue CA"), KeyPair::generate().unwrap()).unwrap();
-    let leaf = |names: Vec<String>, issuer: &CertifiedIssuer<'_, KeyPair>| {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, issuer)
-            .unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let (server_cert, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()], &ca);
-    let (client_cert, client_key) = leaf(vec!["manager".into()], &ca);
-    let (rogue_cert, rogue_key) = leaf(vec!["manager".into()], &rogue_ca);
-    Pki {
-        ca: ca.pem(),
-        server_cert,
-        server_key,
-        client_cert,
-        client_key,
-        rogue_cert,
-        rogue_key,
-    }
-}
-
 async fn tls_client(
     port: u16,
     ca: &str,
@@ -714,28 +667,24 @@ async fn tls_client(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_on_a_non_loopback_listener() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = pki();
-    let write = |name: &str, text: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, text).unwrap();
-        p.display().to_string()
-    };
+    let pki = common::pki::pki();
+    let write = |name: &str, text: &str| common::pki::write(dir.path(), name, text);
     let (ca, cert, key) = (
         write("ca.pem", &pki.ca),
-        write("server.pem", &pki.server_cert),
-        write("server.key", &pki.server_key),
+        write("server.pem", &pki.server.0),
+        write("server.key", &pki.server.1),
     );
     let port = free_port();
     let agent = Agent::start(&format!(
         "[[probes]]\nname = \"system_meminfo\"\nswitch = \"on\"\n[control]\nlisten = \"0.0.0.0:{port}\"\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\ntls_client_ca = \"{ca}\"\n"
     ));
-    let ok = tls_client(port, &pki.ca, Some((&pki.client_cert, &pki.client_key)))
+    let ok = tls_client(port, &pki.ca, Some((&pki.client.0, &pki.client.1)))
         .await
         .expect("a client with a certificate from the configured CA is served");
     assert!(ok.probes.iter().any(|p| p.name == "system_meminfo"));
     let no_cert = tls_client(port, &pki.ca, None).await;
     assert!(no_cert.is_err(), "served a client without a certificate");
-    let rogue = tls_client(port, &pki.ca, Some((&pki.rogue_cert, &pki.rogue_key))).await;
+    let rogue = tls_client(port, &pki.ca, Some((&pki.rogue.0, &pki.rogue.1))).await;
     assert!(
         rogue.is_err(),
         "served a client with an untrusted certificate"

@@ -1029,41 +1029,25 @@ fn failed_metadata_is_published_again() {
 // the bootstrap goes through TLS too).
 
 /// A test CA, a server certificate for localhost/127.0.0.1 signed by it, and an unrelated
-/// ("rogue") CA, as PEM files in a temporary directory.
+/// ("rogue") CA, as PEM files in a temporary directory (`common::pki`'s, written out).
 struct Pki {
     dir: tempfile::TempDir,
 }
 
 impl Pki {
     fn new() -> Pki {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-        let ca_params = |cn: &str| {
-            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            p.distinguished_name
-                .push(rcgen::DnType::CommonName, cn.to_owned());
-            p
-        };
-        let ca = CertifiedIssuer::self_signed(
-            ca_params("gopher kafka test CA"),
-            KeyPair::generate().unwrap(),
-        )
-        .unwrap();
-        let rogue =
-            CertifiedIssuer::self_signed(ca_params("rogue CA"), KeyPair::generate().unwrap())
-                .unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
+        let certs = common::pki::pki();
         let pki = Pki {
             dir: tempfile::tempdir().unwrap(),
         };
-        std::fs::write(pki.path("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(pki.path("rogue-ca.pem"), rogue.pem()).unwrap();
-        std::fs::write(pki.path("server.pem"), cert.pem()).unwrap();
-        std::fs::write(pki.path("server.key"), key.serialize_pem()).unwrap();
+        for (name, text) in [
+            ("ca.pem", &certs.ca),
+            ("rogue-ca.pem", &certs.rogue_ca),
+            ("server.pem", &certs.server.0),
+            ("server.key", &certs.server.1),
+        ] {
+            common::pki::write(pki.dir.path(), name, text);
+        }
         pki
     }
 
