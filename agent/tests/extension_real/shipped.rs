@@ -346,27 +346,6 @@ fn all_three_tables_pass_promtool() {
     for probe in ["nginx", "redis", "haproxy"] {
         assert_eq!(rejected(&s, probe), 0.0, "{probe}: rows refused");
     }
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(agent.raw().as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && said.trim().is_empty(),
-        "promtool: {said}"
-    );
+    let (ok, said) = common::promtool_check(&agent.raw());
+    assert!(ok && said.trim().is_empty(), "promtool: {said}");
 }
