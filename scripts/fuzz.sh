@@ -18,7 +18,13 @@ export CARGO_TARGET_DIR="${GOPHER_FUZZ_TARGET_DIR:-$PWD/fuzz/target}"
 # librdkafka's configure then links its probes against libzstd.a and needs the ASan runtime
 # too, which it takes from LDFLAGS (without it configure fails, "Argument list too long").
 export LDFLAGS="${LDFLAGS:+$LDFLAGS }-fsanitize=address"
-fuzz() { cargo +"$TOOLCHAIN" fuzz "$@" --fuzz-dir fuzz; }
+# --fuzz-dir right after the subcommand: after a `--` it would go to libFuzzer, which ignores
+# the flag and takes `fuzz` for its first corpus dir (reading fuzz/target, writing finds there).
+fuzz() {
+  local sub=$1
+  shift
+  cargo +"$TOOLCHAIN" fuzz "$sub" --fuzz-dir fuzz "$@"
+}
 
 if ! cargo +"$TOOLCHAIN" fuzz --version >/dev/null 2>&1; then
   echo "fuzz: cargo-fuzz is missing (scripts/test-deps.sh installs it)"

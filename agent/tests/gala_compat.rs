@@ -13,10 +13,10 @@ mod common;
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Agent, free_port, have, is_root, require};
+use common::{Agent, have, is_root, prometheus::Prometheus, require};
 
 const GOPHER: &str = env!("CARGO_BIN_EXE_gopher");
 
@@ -319,7 +319,7 @@ fn gala_gopher_naming_passes_promtool_but_for_total_and_answers_gala_gopher_quer
     );
 
     // A real Prometheus scraping the agent, queried the gala-gopher way.
-    let prom = Prometheus::start(&format!("127.0.0.1:{}", agent.port));
+    let prom = Prometheus::start("gala", &format!("127.0.0.1:{}", agent.port), None);
     let by_machine = prom.wait_for_data(
         &format!(
             "gala_gopher_tcp_link_rx_bytes{{machine_id=\"{machine_id}\",server_port=\"{server_port}\",role=\"0\"}}"
@@ -345,80 +345,4 @@ fn gala_gopher_naming_passes_promtool_but_for_total_and_answers_gala_gopher_quer
     );
     assert_eq!(memory.len(), 1);
     drop(client);
-}
-
-/// A real Prometheus server scraping `target` every second.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(target: &str) -> Prometheus {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n\
-                 scrape_configs:\n  - job_name: gala\n    static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
-        let port = free_port();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        Prometheus {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-
-    /// Queries (curl, URL-encoded) until the result is non-empty; panics after `timeout`.
-    fn wait_for_data(&self, expr: &str, timeout: Duration) -> Vec<serde_json::Value> {
-        let start = Instant::now();
-        loop {
-            let out = Command::new("curl")
-                .args([
-                    "-s",
-                    "--get",
-                    "--data-urlencode",
-                    &format!("query={expr}"),
-                    &format!("http://127.0.0.1:{}/api/v1/query", self.port),
-                ])
-                .output()
-                .unwrap();
-            let v: serde_json::Value =
-                serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-            assert!(v["status"] != "error", "invalid PromQL {expr}: {v}");
-            let result = v["data"]["result"].as_array().cloned().unwrap_or_default();
-            if !result.is_empty() {
-                return result;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "no data after {timeout:?} for {expr}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -11,15 +11,16 @@
 mod common;
 
 use std::{
-    path::Path,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use common::{
     Agent, Peer, free_port, have, http_get, is_root,
     kube::{have_kubernetes_validate, kubernetes_validate, packaging, yaml_documents},
-    output_text, require,
+    output_text,
+    prometheus::Prometheus,
+    require,
 };
 use serde_json::Value;
 
@@ -150,104 +151,6 @@ fn daemonset_is_valid_and_its_config_checks() {
     assert!(config.contains("port = 8888"));
 }
 
-/// A Prometheus server started by hand (no systemd), killed on drop.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    /// Scrapes `target` every second as job "gopher", with `rules` loaded and evaluated every
-    /// second.
-    fn start(target: &str, rules: &Path) -> Prometheus {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 rule_files:\n  - {}\n\
-                 scrape_configs:\n  - job_name: gopher\n    static_configs:\n      - targets: ['{target}']\n",
-                rules.display()
-            ),
-        )
-        .unwrap();
-        let port = free_port();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let prom = Prometheus {
-            child,
-            port,
-            _dir: dir,
-        };
-        let start = Instant::now();
-        while http_get(port, "/-/ready").is_none_or(|(status, _)| status != 200) {
-            assert!(
-                start.elapsed() < Duration::from_mins(1),
-                "prometheus not ready"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        prom
-    }
-
-    /// `/api/v1/query` at the current time: the result array, or Prometheus's error.
-    fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
-        let path = format!("/api/v1/query?query={}", urlencode(expr));
-        let (status, body) = http_get(self.port, &path).ok_or("no answer")?;
-        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
-        if status != 200 || v["status"] != "success" {
-            return Err(format!("{status}: {body}"));
-        }
-        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
-    }
-
-    /// Queries until the result is non-empty; panics with the last answer after `timeout`. An
-    /// invalid expression fails at once: waiting does not fix it.
-    fn wait_for_data(&self, expr: &str, timeout: Duration) -> Vec<Value> {
-        let start = Instant::now();
-        loop {
-            match self.query(expr) {
-                Ok(r) if !r.is_empty() => return r,
-                Ok(_) if start.elapsed() < timeout => {
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Ok(_) => panic!("no data after {timeout:?} for\n  {expr}"),
-                Err(e) => panic!("invalid PromQL\n  {expr}\n{e}"),
-            }
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Every `expr` of the dashboard's panels, and the metric selectors of its `label_values`
 /// variables with the label they read.
 /// `(panel title, expr)` and `(selector, label)` pairs.
@@ -350,7 +253,11 @@ fn every_dashboard_and_alert_query_returns_data_from_a_real_prometheus() {
          [[probes]]\nname = \"endpoint\"\nswitch = \"on\"\ninterval = 1\n"
     ));
     let instance = format!("127.0.0.1:{}", agent.port);
-    let prom = Prometheus::start(&instance, &packaging("prometheus/gopher-alerts.yml"));
+    let prom = Prometheus::start(
+        "gopher",
+        &instance,
+        Some(&packaging("prometheus/gopher-alerts.yml")),
+    );
 
     // Real traffic: a Python server and client (pids of their own) move 1 MB each way and keep
     // the link open while Prometheus scrapes.

@@ -15,7 +15,6 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::Write as _,
     sync::Arc,
     time::Duration,
 };
@@ -545,27 +544,9 @@ fn promtool_clean(exposition: &str) {
     if !require(have, "promtool (scripts/test-deps.sh installs it)") {
         return;
     }
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exposition.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, said) = common::promtool_check(exposition);
     assert!(
-        out.status.success() && said.trim().is_empty(),
+        ok && said.trim().is_empty(),
         "promtool check metrics: {said}"
     );
 }

@@ -13,7 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::Agent;
+use common::{
+    Agent,
+    pki::{pki, write},
+};
 
 const CONFIG: &str = "[[probes]]\nname = \"system_meminfo\"\nswitch = \"on\"\ninterval = 1\n";
 
@@ -237,41 +240,6 @@ fn curl(port: u16, path: &str, args: &[&str]) -> (u32, String, String) {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     (code, head.to_owned(), body.to_owned())
-}
-
-struct Pki {
-    ca: String,
-    server: (String, String),
-    client: (String, String),
-}
-
-fn pki() -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    // A name of its own: with an empty one, a leaf's issuer equals its subject to OpenSSL.
-    p.distinguished_name
-        .push(rcgen::DnType::CommonName, "gopher web test CA");
-    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
-    let leaf = |names: Vec<String>| {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    Pki {
-        server: leaf(vec!["localhost".into()]),
-        client: leaf(vec!["prometheus".into()]),
-        ca: ca.pem(),
-    }
-}
-
-fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_owned()
 }
 
 #[test]

@@ -12,6 +12,7 @@ pub mod nginx;
 pub mod outputs;
 pub mod pki;
 pub mod podman;
+pub mod prometheus;
 pub mod tcp;
 
 use std::{
@@ -293,6 +294,12 @@ impl Drop for Agent {
 
 /// What `promtool check metrics` says about `exposition` (stdout and stderr).
 pub fn promtool_says(exposition: &str) -> String {
+    promtool_check(exposition).1
+}
+
+/// `promtool check metrics` on `exposition`: whether it exited 0, and what it said (stdout and
+/// stderr).
+pub fn promtool_check(exposition: &str) -> (bool, String) {
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -307,11 +314,12 @@ pub fn promtool_says(exposition: &str) -> String {
         .write_all(exposition.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    format!(
+    let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    )
+    );
+    (out.status.success(), said)
 }
 
 /// A `peer.py` process: a TCP server or client with a pid of its own.

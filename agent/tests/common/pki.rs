@@ -1,6 +1,8 @@
 //! A throwaway PKI for the TLS tests: a CA, a server certificate for `localhost` and
 //! `127.0.0.1`, a client certificate it signed and one a rogue CA signed (PEM strings), made
-//! fresh by every test with rcgen, so no key is ever kept in the repository.
+//! fresh by every test with rcgen, so no key is ever kept in the repository. The one PKI of
+//! every TLS test (web endpoint, control channel, Kafka, gala-gopher REST), so that a change
+//! rcgen or a TLS stack asks for is made once.
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
@@ -12,6 +14,8 @@ pub struct Pki {
     pub client: (String, String),
     /// A client a CA the server does not trust signed.
     pub rogue: (String, String),
+    /// That untrusted CA, for a client that must not trust the server.
+    pub rogue_ca: String,
 }
 
 fn ca(cn: &str) -> CertifiedIssuer<'static, KeyPair> {
@@ -40,6 +44,7 @@ pub fn pki() -> Pki {
         client: leaf(&["manager"], &ca),
         rogue: leaf(&["manager"], &rogue_ca),
         ca: ca.pem(),
+        rogue_ca: rogue_ca.pem(),
     }
 }
 

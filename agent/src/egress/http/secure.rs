@@ -23,6 +23,7 @@ use std::{
 use anyhow::Context as _;
 use base64::Engine as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+use subtle::ConstantTimeEq as _;
 use tokio::sync::Semaphore;
 use tokio_rustls::{
     TlsAcceptor,
@@ -234,7 +235,8 @@ impl Users {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&user)
-            .is_some_and(|p| same(p, &password));
+            // In time independent of where the first difference is.
+            .is_some_and(|p| bool::from(p.ct_eq(&password)));
         if known {
             return true;
         }
@@ -275,11 +277,6 @@ fn credentials(header: &[u8]) -> Option<(String, Vec<u8>)> {
     let colon = raw.iter().position(|&b| b == b':')?;
     let user = String::from_utf8(raw[..colon].to_vec()).ok()?;
     Some((user, raw[colon + 1..].to_vec()))
-}
-
-/// Compares in time independent of where the first difference is.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
