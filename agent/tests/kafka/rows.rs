@@ -61,7 +61,8 @@ fn tcp_link_rows_match_real_traffic() {
     let since = now_ms();
     let agent = Agent::start(&agent_config(
         &broker.addr(),
-        "[[probes]]\nname = \"tcp\"\nswitch = \"on\"\ninterval = 1\n",
+        "[[probes]]\nname = \"tcp\"\nswitch = \"on\"\ninterval = 1\n\
+         params = { srtt_histogram = \"all\" }\n",
     ));
     agent.wait_for(WAIT, "tcp probe running", |s| {
         s.iter().any(|x| {
@@ -187,7 +188,8 @@ fn tcp_link_rows_match_real_traffic() {
             (field(&row, "send_rsts"), field(&row, "receive_rsts")),
             ("0", "0")
         );
-        // The histogram's text form: cumulative `le=count` pairs, `+Inf=` the open connections.
+        // The histogram's text form: cumulative `le=count` pairs, `+Inf=` the open connections
+        // (a one-connection link carries it with `srtt_histogram = "all"` only).
         let srtt = field(&row, "srtt");
         assert!(
             srtt.starts_with("50=") && srtt.contains(" +Inf=1 sum="),

@@ -501,7 +501,11 @@ impl Links {
             start_ms: self.start_wall_ms + u64::from(l.created_s) * 1000,
             send_rsts: l.send_rsts,
             receive_rsts: l.receive_rsts,
-            srtt_hist: self.hists.get(li, live(l)),
+            srtt_hist: if self.policy.srtt_histogram.carried(l.live) {
+                self.hists.get(li, live(l))
+            } else {
+                None
+            },
             srtt_sum_us: if l.live > 0 { l.srtt } else { 0 },
         }
     }

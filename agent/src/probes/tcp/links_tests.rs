@@ -1,3 +1,4 @@
+use super::super::policy::SrttHistogram;
 use super::*;
 use std::net::IpAddr;
 
@@ -391,9 +392,16 @@ fn hist(t: &T) -> (Option<[u32; 13]>, u64) {
     (r[0].srtt_hist, r[0].srtt_sum_us)
 }
 
+fn all_links() -> T {
+    T::new(Policy {
+        srtt_histogram: SrttHistogram::All,
+        ..Policy::default()
+    })
+}
+
 #[test]
 fn srtt_histogram_follows_each_live_socket() {
-    let mut t = t();
+    let mut t = all_links();
     // 50 is in the first bucket (bounds are inclusive), 51 in the second, 300 ms above all.
     t.dump(
         &[
@@ -437,6 +445,25 @@ fn srtt_histogram_follows_each_live_socket() {
     let mut first = [0; 13];
     first[0] = 1;
     assert_eq!(hist(&t), (Some(first), 10));
+}
+
+#[test]
+fn by_default_only_links_of_two_or_more_connections_carry_the_srtt_histogram() {
+    let mut t = t();
+    t.dump(&[(1, key(80), rtt(2_000))], &[]);
+    assert_eq!(hist(&t), (None, 2_000));
+    assert_eq!(t.rows()[0].rtt_us, 2_000);
+    t.dump(&[(1, key(80), rtt(2_000)), (2, key(80), rtt(60))], &[]);
+    let mut two = [0; 13];
+    two[1] = 1;
+    two[5] = 1;
+    assert_eq!(hist(&t), (Some(two), 2_060));
+    let mut off = T::new(Policy {
+        srtt_histogram: SrttHistogram::Off,
+        ..Policy::default()
+    });
+    off.dump(&[(1, key(80), rtt(2_000)), (2, key(80), rtt(60))], &[]);
+    assert_eq!(hist(&off).0, None);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::{
     TcpProbe,
-    policy::{Cidr, items, port_range},
+    policy::{Cidr, SrttHistogram, items, port_range},
 };
 use crate::probes::params::{self, ParamError, boolean, expected, int_in};
 
@@ -41,6 +41,8 @@ struct TcpParams {
     include_processes: Option<Vec<String>>,
     #[serde(deserialize_with = "processes")]
     exclude_processes: Option<Vec<String>>,
+    #[serde(deserialize_with = "srtt_histogram")]
+    srtt_histogram: Option<SrttHistogram>,
 }
 
 /// Builds the probe from its `[probes.params]` table.
@@ -65,6 +67,7 @@ pub(super) fn probe(table: &toml::Table) -> Result<TcpProbe, ParamError> {
     set(&mut policy.cidrs.exclude, p.exclude_cidrs);
     set(&mut policy.processes.include, p.include_processes);
     set(&mut policy.processes.exclude, p.exclude_processes);
+    set(&mut policy.srtt_histogram, p.srtt_histogram);
     Ok(probe)
 }
 
@@ -106,6 +109,17 @@ fn prefix_v4<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
 fn prefix_v6<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
     let what = "an integer from 0 to 128 (prefix length)";
     int_in(&value(d)?, 0..=128, what).map(|n| Some(n as u8))
+}
+
+fn srtt_histogram<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SrttHistogram>, D::Error> {
+    let v = value(d)?;
+    let what = "\"shared\", \"all\" or \"off\" (which tcp_link rows carry the srtt histogram)";
+    match v.as_str() {
+        Some("shared") => Ok(Some(SrttHistogram::Shared)),
+        Some("all") => Ok(Some(SrttHistogram::All)),
+        Some("off") => Ok(Some(SrttHistogram::Off)),
+        _ => Err(expected(what, &v)),
+    }
 }
 
 /// Each item of a list key (see [`items`]) through `parse`, refused as `expected <what>`.
@@ -172,7 +186,22 @@ mod tests {
             e.to_string(),
             "probes[tcp].params.bogus: unknown parameter (known: max_links, connect_hooks, socket_iterator, \
              max_series, client_prefix_v4, client_prefix_v6, aggregate_clients, include_ports, \
-             exclude_ports, include_cidrs, exclude_cidrs, include_processes, exclude_processes)"
+             exclude_ports, include_cidrs, exclude_cidrs, include_processes, exclude_processes, srtt_histogram)"
+        );
+    }
+
+    #[test]
+    fn srtt_histogram_defaults_to_shared_links_and_names_its_choices() {
+        assert_eq!(
+            policy(&toml::Table::new()).unwrap().srtt_histogram,
+            SrttHistogram::Shared
+        );
+        let p = policy(&toml::from_str("srtt_histogram = \"all\"").unwrap()).unwrap();
+        assert_eq!(p.srtt_histogram, SrttHistogram::All);
+        assert_eq!(
+            refusal("srtt_histogram = \"some\"").to_string(),
+            "probes[tcp].params.srtt_histogram: expected \"shared\", \"all\" or \"off\" (which \
+             tcp_link rows carry the srtt histogram), found \"some\""
         );
     }
 
