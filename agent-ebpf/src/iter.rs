@@ -4,23 +4,10 @@
 //! The same facts a sock_diag dump with `tcp_info` gives, at a fraction of its kernel cost:
 //! sock_diag builds a netlink message per socket and fills the whole `tcp_info` (rate samples,
 //! pacing, ...) under the socket lock; here the kernel walks the same hash tables and this
-//! program copies a dozen fields into a 96-byte record (the inode for listeners only), and for
-//! a socket whose counters did not move since its last record, only its cookie. Only
+//! program copies a dozen fields into a 96-byte record (the inode for listeners only). Only
 //! full sockets in the states the agent uses are written (`ITER_STATES`): request and
 //! time-wait sockets, and every state a link does not need, are skipped before anything is
 //! read.
-//!
-//! Work follows what changed: the program remembers, in socket-local storage (`ITER_SEEN`),
-//! the counters and state of the last record it wrote for each socket. A socket still at those
-//! values gets a 16-byte [`IterHead`] alone (`ITER_SAME`: "still here, unchanged"), any other
-//! its head and full record (`ITER_FULL`). The agent keeps the socket-gone logic as it was
-//! (absent from a complete walk: gone) and only marks unchanged sockets present. What is
-//! remembered is written only once the record is in the reader's buffer, so a record that did
-//! not fit (and is shown again) is never taken as delivered. Everything that could leave the
-//! agent without a socket's last full record (a new program instance comes with a new, empty
-//! map; a walk the agent could not read to the end; a socket it does not know reported as
-//! unchanged) is answered by a new generation (`ITER_GEN`): every socket in full once more.
-//! Listeners are always written in full.
 //!
 //! Field offsets come from the running kernel's BTF, resolved by the agent and set in the
 //! frozen `.rodata` global [`ITER_OFFSETS`] before load: the verifier reads frozen read-only
@@ -28,24 +15,14 @@
 //! access would be. The agent loads this program only once the offsets are resolved.
 
 use aya_ebpf::{
-    bindings::{BPF_SK_STORAGE_GET_F_CREATE, seq_file},
-    btf_maps::SkStorage,
+    bindings::seq_file,
     helpers::generated::{
-        bpf_get_socket_cookie, bpf_probe_read_kernel, bpf_seq_write, bpf_sk_storage_get,
-        bpf_skc_to_tcp_sock,
+        bpf_get_socket_cookie, bpf_probe_read_kernel, bpf_seq_write, bpf_skc_to_tcp_sock,
     },
-    macros::{btf_map, map},
-    maps::Array,
 };
-use core::{
-    ffi::c_void,
-    ptr::{self, read_volatile},
-};
+use core::{ffi::c_void, ptr::read_volatile};
 
-use gopher_common::{
-    ITER_FULL, ITER_SAME, ITER_STATES, IterHead, IterSeen, IterSocket, LinkStats, SockOffsets,
-    TCP_LISTEN,
-};
+use gopher_common::{ITER_STATES, IterSocket, LinkStats, SockOffsets, TCP_LISTEN};
 
 const AF_INET: u16 = 2;
 #[allow(clippy::cast_possible_truncation, reason = "TCP states are below 16")]
@@ -56,18 +33,6 @@ const TCP_LISTEN_U8: u8 = TCP_LISTEN as u8;
 /// programs (`resets.rs`) read it too: the same loader sets it for both.
 #[unsafe(no_mangle)]
 pub(crate) static ITER_OFFSETS: SockOffsets = SockOffsets::ZERO;
-
-/// Per socket, what the last record written for it said (see [`unchanged`]). A new program
-/// instance (agent start, probe rebuild) comes with a new, empty map: its first walk writes
-/// every socket in full.
-#[btf_map]
-static ITER_SEEN: SkStorage<IterSeen> = SkStorage::new();
-
-/// The agent's generation: a socket whose remembered record is of another generation is
-/// written in full. The agent moves it on when it must see every socket again (a walk it could
-/// not read to the end, a socket it does not know reported as unchanged).
-#[map]
-static ITER_GEN: Array<u32> = Array::with_max_entries(1, 0);
 
 /// From a `struct socket` to its inode's `i_ino` (they share a `struct socket_alloc`): the
 /// inode sock_diag reports, one cache line away instead of two more through the file.
@@ -129,10 +94,11 @@ unsafe fn write_socket(ctx: *const *const u8) {
     let tp = tp.cast_const();
     // SAFETY: every offset is a field of `tcp_sock` (or of the `sock_common` it starts with)
     // of the type read; the verifier checks each against BTF.
-    let (cookie, stats) = unsafe {
-        (
-            bpf_get_socket_cookie(tp.cast_mut().cast()),
-            LinkStats {
+    let mut rec = unsafe {
+        IterSocket {
+            cookie: bpf_get_socket_cookie(tp.cast_mut().cast()),
+            inode: 0,
+            stats: LinkStats {
                 bytes_received: field(tp, off!(bytes_received)),
                 bytes_acked: field(tp, off!(bytes_acked)),
                 segs_in: field(tp, off!(segs_in)),
@@ -142,53 +108,15 @@ unsafe fn write_socket(ctx: *const *const u8) {
                 srtt_us: field::<u32>(tp, off!(srtt_us)) >> 3,
                 snd_cwnd: field(tp, off!(snd_cwnd)),
             },
-        )
-    };
-    // SAFETY: meta is `bpf_iter_meta`, whose first member is the seq_file.
-    let seq: *mut seq_file = unsafe { read_volatile(meta.cast::<*mut seq_file>()) };
-    // Listeners always in full: the agent relearns them every walk, and they are few.
-    let seen = if state == TCP_LISTEN_U8 {
-        ptr::null_mut()
-    } else {
-        // SAFETY: tp is a BTF `tcp_sock`, which begins with the `sock_common` the helper takes.
-        unsafe { remembered(tp) }
-    };
-    let generation = ITER_GEN.get(0).copied().unwrap_or(0);
-    // SAFETY: `seen`, when not NULL, is this socket's storage, valid for this run.
-    if !seen.is_null() && unsafe { unchanged(&*seen, &stats, state, generation) } {
-        let head = IterHead {
-            kind: ITER_SAME,
-            len: 0,
-            cookie,
-        };
-        // SAFETY: a plain-old-data head on the stack.
-        let _ =
-            unsafe { bpf_seq_write(seq, (&raw const head).cast(), size_of::<IterHead>() as u32) };
-        return;
-    }
-    let mut full = Full {
-        head: IterHead {
-            kind: ITER_FULL,
-            len: size_of::<IterSocket>() as u32,
-            cookie,
-        },
-        rec: IterSocket {
-            cookie,
-            inode: 0,
-            stats,
-            // SAFETY: as above.
-            family: unsafe { field(tp, off!(skc_family)) },
+            family: field(tp, off!(skc_family)),
             state,
             _pad: 0,
-            // SAFETY: as above.
-            local_port: unsafe { field(tp, off!(skc_num)) },
-            // SAFETY: as above.
-            remote_port: u16::from_be(unsafe { field(tp, off!(skc_dport)) }),
+            local_port: field(tp, off!(skc_num)),
+            remote_port: u16::from_be(field(tp, off!(skc_dport))),
             local_ip: [0; 4],
             remote_ip: [0; 4],
-        },
+        }
     };
-    let rec = &mut full.rec;
     // SAFETY: as above.
     unsafe {
         if rec.family == AF_INET {
@@ -226,62 +154,8 @@ unsafe fn write_socket(ctx: *const *const u8) {
                 rec.inode = ino;
             }
         }
-        let written = bpf_seq_write(seq, (&raw const full).cast(), size_of::<Full>() as u32);
-        // Remembered only once it is in the reader's buffer: a record that did not fit is
-        // dropped whole and the socket shown again at the next read, which must then write
-        // it in full again.
-        if written == 0 && !seen.is_null() {
-            *seen = IterSeen {
-                stats,
-                generation,
-                state,
-                _pad: [0; 3],
-            };
-        }
+        // SAFETY: meta is `bpf_iter_meta`, whose first member is the seq_file.
+        let seq: *mut seq_file = read_volatile(meta.cast::<*mut seq_file>());
+        let _ = bpf_seq_write(seq, (&raw const rec).cast(), size_of::<IterSocket>() as u32);
     }
-}
-
-/// A full record as written: its head, then the socket.
-#[repr(C)]
-struct Full {
-    head: IterHead,
-    rec: IterSocket,
-}
-
-/// This socket's storage in [`ITER_SEEN`], made on first sight (zero: never written). NULL
-/// when the kernel cannot make it (memory): the socket is then written in full.
-///
-/// # Safety
-/// `tp` is a BTF `tcp_sock` pointer handed out by the verifier.
-#[inline(always)]
-unsafe fn remembered(tp: *const u8) -> *mut IterSeen {
-    // SAFETY: the map is a socket storage map of `IterSeen`; tp is a full socket.
-    unsafe {
-        bpf_sk_storage_get(
-            ptr::from_ref(&ITER_SEEN).cast_mut().cast(),
-            tp.cast_mut().cast(),
-            ptr::null_mut(),
-            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
-        )
-    }
-    .cast::<IterSeen>()
-}
-
-/// Whether the last record written for this socket, in this generation, had these very
-/// counters and this state: everything of a record that can change while a socket lives (its
-/// addresses and ports are fixed once it is in a state the walk reports).
-#[inline(always)]
-fn unchanged(seen: &IterSeen, stats: &LinkStats, state: u8, generation: u32) -> bool {
-    let s = &seen.stats;
-    seen.generation == generation
-        && generation != 0
-        && seen.state == state
-        && s.bytes_received == stats.bytes_received
-        && s.bytes_acked == stats.bytes_acked
-        && s.segs_in == stats.segs_in
-        && s.segs_out == stats.segs_out
-        && s.total_retrans == stats.total_retrans
-        && s.lost_out == stats.lost_out
-        && s.srtt_us == stats.srtt_us
-        && s.snd_cwnd == stats.snd_cwnd
 }

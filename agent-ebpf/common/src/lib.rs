@@ -321,37 +321,6 @@ pub struct IterSocket {
     pub remote_ip: [u32; 4],
 }
 
-/// What precedes every record of the `iter/tcp` program: whether the socket's record follows,
-/// and the socket's cookie. A socket whose counters and state are what the program last wrote
-/// for it (to this program instance's reader) gets this head alone, [`ITER_SAME`] with `len`
-/// 0; otherwise [`ITER_FULL`] and `len` = `size_of::<IterSocket>()` bytes of its record follow.
-/// The length lets the record grow without changing how the stream is cut.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct IterHead {
-    pub kind: u32,
-    /// Bytes of record after this head.
-    pub len: u32,
-    pub cookie: u64,
-}
-
-/// [`IterHead::kind`]: an [`IterSocket`] follows.
-pub const ITER_FULL: u32 = 1;
-/// [`IterHead::kind`]: unchanged since the last record of this socket; nothing follows.
-pub const ITER_SAME: u32 = 2;
-
-/// What the `iter/tcp` program remembers of a socket (in its socket-local storage): the
-/// generation and the counters and state of the last record it wrote for it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct IterSeen {
-    pub stats: LinkStats,
-    /// The agent's generation (`ITER_GEN`) the record was written in (0: never).
-    pub generation: u32,
-    pub state: u8,
-    pub _pad: [u8; 3],
-}
-
 /// One nginx upstream (peer) connection, as the nginx probe's uprobes record it: the process
 /// and the address of its `ngx_connection_t` in that process. The agent reads the rest (which
 /// session it serves, the two sockets) from the process itself, so this is all the kernel keeps.

@@ -2,8 +2,7 @@
 //! sock_diag), streamed chunk by chunk into the link state (`links.rs`), owners for the few new sockets the eBPF side
 //! could not attribute, and the close events from the ring buffer.
 //!
-//! Cost follows the work: a socket already tracked costs a table lookup and a compare (one the
-//! iterator reports unchanged, its cookie and a lookup: `on_same`); only
+//! Cost follows the work: a socket already tracked costs a table lookup and a compare; only
 //! new sockets are looked up in the eBPF map (and, when unattributed, in /proc). Nothing
 //! holds a list of every socket.
 
@@ -28,21 +27,55 @@ use super::{
     data_only,
     diag::{self, Counters, DiagSocket},
     ip_from_words,
-    iter::{self, TcpIter, Walked},
+    iter::{self, TcpIter},
     key,
     links::{Delta, Links, ROLE_CLIENT, ROLE_SERVER, Seen},
     netns::Namespaces,
     normalize,
     owners::{self, Owner, comm_str, shrink},
-    pending::{Metrics, OWNER_PATIENCE, Pending, Waiting},
     policy::Policy,
     seqspace::{fin_adjusted, fresh_base},
     to_row,
 };
-use crate::{clock::wall_ms, imdb::Row, telemetry::SelfMetrics};
+use crate::{
+    clock::wall_ms,
+    imdb::Row,
+    telemetry::{self, Counter, SelfMetrics},
+};
 
+/// Intervals a new socket whose owner is only guessed (not yet accepted, or not found in
+/// /proc) waits for its real owner before it is keyed to the guess for good.
+const OWNER_PATIENCE: u8 = 2;
 /// How often stale `LINKS` entries are looked for.
 const SWEEP_EVERY: Duration = Duration::from_mins(1);
+
+/// A new socket still without a known owner.
+struct Waiting {
+    waited: u8,
+    role: u8,
+    /// The reading its counters count from (fixed at first sight).
+    base: Counters,
+    seen: bool,
+}
+
+/// A new socket of this dump that needs an owner from /proc.
+struct Pending {
+    sock: DiagSocket,
+    netns: u64,
+    role: u8,
+    counters: Counters,
+    base: Counters,
+}
+
+struct Metrics {
+    errors: Counter,
+    lost: Counter,
+    aggregated: Counter,
+    excluded: Counter,
+    netns_open: Counter,
+    netns_dump: Counter,
+    resets_unattributed: Counter,
+}
 
 pub struct Collector {
     links: Links,
@@ -73,12 +106,11 @@ pub struct Collector {
     dumped_ns: HashSet<u64>,
     /// The socket iterator, when it loaded; sock_diag otherwise.
     iter: Option<TcpIter>,
-    /// This walk reported unchanged a socket with no reading here: the next walk must be full.
-    resync: bool,
 }
 
 impl Collector {
     pub fn new(metrics: &Arc<SelfMetrics>, policy: Policy) -> Self {
+        let tcp = [("probe", "tcp")];
         Self {
             links: Links::new(policy, Instant::now(), wall_ms()),
             namespaces: Namespaces::default(),
@@ -92,14 +124,21 @@ impl Collector {
             last_ns_refresh: Instant::now(),
             unseen_at_sweep: HashSet::default(),
             last_sweep: Instant::now(),
-            metrics: Metrics::new(metrics),
+            metrics: Metrics {
+                errors: metrics.counter(telemetry::PROBE_ERRORS, &tcp),
+                lost: metrics.counter(telemetry::EBPF_EVENTS_LOST, &tcp),
+                aggregated: metrics.counter(telemetry::TCP_LINKS_AGGREGATED, &[]),
+                excluded: metrics.counter(telemetry::TCP_SOCKETS_EXCLUDED, &[]),
+                netns_open: metrics.counter(telemetry::TCP_NETNS_ERRORS, &[("reason", "open")]),
+                netns_dump: metrics.counter(telemetry::TCP_NETNS_ERRORS, &[("reason", "dump")]),
+                resets_unattributed: metrics.counter(telemetry::TCP_RESETS_UNATTRIBUTED, &[]),
+            },
             lost_seen: 0,
             aggregated_seen: 0,
             excluded_seen: 0,
             primed: false,
             dumped_ns: HashSet::default(),
             iter: None,
-            resync: false,
         }
     }
 
@@ -187,7 +226,7 @@ impl Collector {
             remote_port,
         );
         let comm = owner.map(|o| o.comm).unwrap_or_default();
-        let base = waited.map_or_else(|| fresh_base(ev.info.syn_acked == 1), |w| w.last.base);
+        let base = waited.map_or_else(|| fresh_base(ev.info.syn_acked == 1), |w| w.base);
         self.links.close_new(ev.cookie, k, &comm, &c, &base, now);
     }
 
@@ -270,15 +309,7 @@ impl Collector {
                 });
             for ns in batch {
                 let first = !self.dumped_ns.contains(&ns.inode);
-                let mut on = |w: Walked<'_>| {
-                    let s = match w {
-                        Walked::Full(s) => s,
-                        Walked::Same(cookie) => {
-                            dumped += 1;
-                            self.on_same(cookie);
-                            return;
-                        }
-                    };
+                let mut on = |s: &DiagSocket| {
                     if u32::from(s.state) == gopher_common::TCP_LISTEN {
                         self.listeners.insert((ns.inode, s.local_port), s.inode);
                     } else {
@@ -288,7 +319,7 @@ impl Collector {
                 };
                 let r = match walks.remove(&ns.inode) {
                     Some(walk) => walk.and_then(|fd| iter::read(fd, &mut buf, &mut on)),
-                    None => diag::dump_sockets(&ns.diag, &mut buf, |s| on(Walked::Full(s))),
+                    None => diag::dump_sockets(&ns.diag, &mut buf, &mut on),
                 };
                 if let Err(e) = r {
                     let source = if self.iter.is_some() {
@@ -305,7 +336,6 @@ impl Collector {
         }
         self.dumped_ns
             .retain(|inode| namespaces.by_inode.contains_key(inode));
-        let broken_any = !broken.is_empty();
         for inode in broken {
             // A socket left mid-dump would answer the next request with stale messages: the
             // next refresh opens a fresh one.
@@ -317,30 +347,7 @@ impl Collector {
         }
         self.namespaces = namespaces;
         self.buf = buf;
-        let resync = std::mem::take(&mut self.resync);
-        if let Some(it) = self.iter.as_mut().filter(|_| resync || broken_any)
-            && let Err(e) = it.force_full()
-        {
-            tracing::warn!("socket iterator: cannot ask for a full walk: {e:#}");
-            self.metrics.errors.inc();
-        }
         (failed, dumped)
-    }
-
-    /// A socket the iterator reports unchanged since its last full record: present, nothing
-    /// more. One still waiting for its owner waits with its last reading; one unknown here (its
-    /// full record was lost to a failed walk, say) makes the next walk a full one.
-    fn on_same(&mut self, cookie: u64) {
-        if self.links.seen_same(cookie) != Seen::New {
-            return;
-        }
-        match self.waiting.get_mut(&cookie) {
-            Some(w) => {
-                w.seen = true;
-                self.pending.push(w.last.clone());
-            }
-            None => self.resync = true,
-        }
     }
 
     /// One dumped socket: updates a tracked one, keys a new one whose owner the eBPF side
@@ -360,7 +367,7 @@ impl Collector {
         }
         let (role, base) = if let Some(w) = self.waiting.get_mut(&s.cookie) {
             w.seen = true;
-            (w.last.role, w.last.base)
+            (w.role, w.base)
         } else {
             let info = bpf.and_then(|m| m.get(&s.cookie, 0).ok());
             let role = info.map_or_else(
@@ -461,17 +468,14 @@ impl Collector {
             let owner = if exact.is_some() {
                 exact
             } else {
-                let w = self
-                    .waiting
-                    .entry(p.sock.cookie)
-                    .or_insert_with(|| Waiting {
-                        waited: 0,
-                        seen: false,
-                        last: p.clone(),
-                    });
+                let w = self.waiting.entry(p.sock.cookie).or_insert(Waiting {
+                    waited: 0,
+                    role: p.role,
+                    base: p.base,
+                    seen: false,
+                });
                 if w.waited < OWNER_PATIENCE {
                     w.waited += 1;
-                    w.last = p;
                     continue;
                 }
                 self.listener_owner(p.netns, p.role, p.sock.local_port)

@@ -13,13 +13,6 @@
 //! in turn (found through the namespace's sock_diag socket, `SIOCGSKNS`, so `netns.rs` keeps
 //! one handle per namespace). The fds are then read on the caller's thread.
 //!
-//! Idle sockets cost a cookie: the program writes a socket's full record only when its counters
-//! or state moved since the last record it wrote for it (or the first time), else a 16-byte
-//! head saying "unchanged" ([`Walked::Same`]), and the collector only marks such a socket
-//! present. [`TcpIter::force_full`] starts a new generation: the next walk writes every socket
-//! in full (at attach, after a walk that could not be read to the end, and when an unchanged
-//! socket turns up that the collector has no reading of).
-//!
 //! Loading can fail (no BTF, a kernel without `bpf_iter_tcp`, a verifier that refuses the
 //! loads): the probe then keeps sock_diag, and says so once.
 
@@ -31,12 +24,8 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
-use aya::{
-    Ebpf,
-    maps::{Array, MapData},
-    programs::Iter,
-};
-use gopher_common::{ITER_FULL, ITER_SAME, IterHead, IterSocket};
+use aya::{Ebpf, programs::Iter};
+use gopher_common::IterSocket;
 
 use super::{
     bpf::Programs,
@@ -49,28 +38,15 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_ITER_CREATE: libc::c_long = 33;
 const BPF_TRACE_ITER: u32 = 28;
 const RECORD: usize = size_of::<IterSocket>();
-const HEAD: usize = size_of::<IterHead>();
 /// Namespaces whose iterators are made (and open) at once.
 pub const OPEN_AT_ONCE: usize = 256;
-/// Read size: about what the kernel's seq_file buffer holds (a page or more of records).
-pub const READ_BUFFER: usize = (HEAD + RECORD) * 512;
-
-/// One socket of a walk.
-#[derive(Debug)]
-pub enum Walked<'a> {
-    /// Its record: new to this generation, or moved since its last one.
-    Full(&'a DiagSocket),
-    /// The cookie of a socket whose counters and state are those of its last full record.
-    Same(u64),
-}
+/// Read size: a whole number of records, about what the kernel's seq_file buffer holds.
+pub const READ_BUFFER: usize = RECORD * 512;
 
 /// The attached iterator: a bpf link from which each dump creates its iterator fds.
 pub struct TcpIter {
     link: OwnedFd,
     own_netns: u64,
-    /// The program's `ITER_GEN`: the generation a remembered record must be of.
-    generation_map: Array<MapData, u32>,
-    generation: u32,
 }
 
 impl TcpIter {
@@ -96,22 +72,10 @@ impl TcpIter {
         let link = link_create(prog_fd).context("attaching gopher_iter_tcp")?;
         let own_netns = std::fs::metadata("/proc/self/ns/net")
             .map_or(0, |m| std::os::unix::fs::MetadataExt::ino(&m));
-        let generation_map = ebpf
-            .take_map("ITER_GEN")
-            .ok_or_else(|| anyhow!("map ITER_GEN missing from the eBPF object"))?
-            .try_into()
-            .context("ITER_GEN has an unexpected type")?;
-        let mut it = Self {
-            link,
-            own_netns,
-            generation_map,
-            generation: 0,
-        };
-        // One walk proves the whole path (iterator creation and reads) before it is chosen;
-        // what it wrote went nowhere, so the first real walk is a new generation.
+        let it = Self { link, own_netns };
+        // One walk proves the whole path (iterator creation and reads) before it is chosen.
         let fd = it.create().context("creating a tcp iterator")?;
         read(fd, &mut Vec::new(), |_| {}).context("reading a tcp iterator")?;
-        it.force_full().context("setting ITER_GEN")?;
         // Parsing the kernel's BTF (for the offsets, and again in aya for the attach point)
         // leaves ~10 MB of freed heap that glibc would keep for good: hand it back.
         #[cfg(target_env = "gnu")]
@@ -120,15 +84,6 @@ impl TcpIter {
             libc::malloc_trim(0);
         }
         Ok(it)
-    }
-
-    /// The next walks write every socket in full once (until each has its record again).
-    pub fn force_full(&mut self) -> anyhow::Result<()> {
-        // 0 is the generation of storage never written.
-        let next = self.generation.wrapping_add(1).max(1);
-        self.generation_map.set(0, next, 0)?;
-        self.generation = next;
-        Ok(())
     }
 
     /// One iterator fd per namespace, created inside it: `(netns inode, sock_diag socket of
@@ -237,7 +192,7 @@ fn bpf(cmd: libc::c_long, attr: *const libc::c_void, size: usize) -> io::Result<
 
 /// Reads an iterator to its end, handing each socket to `f` as its chunk arrives: nothing is
 /// collected, so a walk of any size needs only `buf` (grown to [`READ_BUFFER`]).
-pub fn read(fd: OwnedFd, buf: &mut Vec<u8>, mut f: impl FnMut(Walked<'_>)) -> io::Result<()> {
+pub fn read(fd: OwnedFd, buf: &mut Vec<u8>, mut f: impl FnMut(&DiagSocket)) -> io::Result<()> {
     let mut file = File::from(fd);
     buf.resize(READ_BUFFER, 0);
     let mut held = 0;
@@ -264,40 +219,16 @@ pub fn read(fd: OwnedFd, buf: &mut Vec<u8>, mut f: impl FnMut(Walked<'_>)) -> io
             Err(e) => return Err(e),
         };
         let end = held + n;
-        let used = records(&buf[..end], &mut f)?;
-        // The kernel hands out whole records, but a read may still end inside one.
-        buf.copy_within(used..end, 0);
-        held = end - used;
-    }
-}
-
-/// Hands over every whole record at the start of `bytes`; returns the bytes they took.
-fn records(bytes: &[u8], f: &mut impl FnMut(Walked<'_>)) -> io::Result<usize> {
-    let mut at = 0;
-    while let Some(head) = bytes.get(at..at + HEAD) {
-        // SAFETY: HEAD bytes of a `#[repr(C)]` plain-old-data struct, read unaligned.
-        let head: IterHead = unsafe { std::ptr::read_unaligned(head.as_ptr().cast()) };
-        let len = head.len as usize;
-        let Some(body) = bytes.get(at + HEAD..at + HEAD + len) else {
-            break;
-        };
-        match head.kind {
-            ITER_SAME => f(Walked::Same(head.cookie)),
-            ITER_FULL if len >= RECORD => {
-                // SAFETY: RECORD bytes of a `#[repr(C)]` plain-old-data struct, read unaligned.
-                let rec: IterSocket = unsafe { std::ptr::read_unaligned(body.as_ptr().cast()) };
-                f(Walked::Full(&to_diag(&rec)));
-            }
-            kind => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("iterator record of kind {kind}, {len} bytes"),
-                ));
-            }
+        let whole = end - end % RECORD;
+        for rec in buf[..whole].chunks_exact(RECORD) {
+            // SAFETY: RECORD bytes of a `#[repr(C)]` plain-old-data struct, read unaligned.
+            let rec: IterSocket = unsafe { std::ptr::read_unaligned(rec.as_ptr().cast()) };
+            f(&to_diag(&rec));
         }
-        at += HEAD + len;
+        // The kernel hands out whole records, but a read may still end inside one.
+        buf.copy_within(whole..end, 0);
+        held = end - whole;
     }
-    Ok(at)
 }
 
 fn to_diag(r: &IterSocket) -> DiagSocket {

@@ -40,8 +40,8 @@ fn attached() -> (TcpIter, aya::Ebpf) {
 /// A listener and one connection that moved data both ways, on `ip` (v4 or v6 loopback).
 struct Link {
     listener: TcpListener,
-    client: TcpStream,
-    server: TcpStream,
+    _client: TcpStream,
+    _server: TcpStream,
 }
 
 fn link(ip: &str) -> Link {
@@ -55,8 +55,8 @@ fn link(ip: &str) -> Link {
     client.read_exact(&mut got[..1234]).unwrap();
     Link {
         listener,
-        client,
-        server,
+        _client: client,
+        _server: server,
     }
 }
 
@@ -80,24 +80,18 @@ fn ours(ports: &[u16], mut dump: impl FnMut(&mut dyn FnMut(&DiagSocket))) -> Vec
 
 /// Both sources for the namespace of `diag_fd`; retried while the sockets' own ACKs may still
 /// move a counter between the two dumps.
-fn compare(it: &mut TcpIter, netns: u64, diag_fd: &OwnedFd, ports: &[u16]) -> Vec<DiagSocket> {
+fn compare(it: &TcpIter, netns: u64, diag_fd: &OwnedFd, ports: &[u16]) -> Vec<DiagSocket> {
     let mut buf = Vec::new();
     let mut last = (Vec::new(), Vec::new());
     for _ in 0..5 {
         std::thread::sleep(Duration::from_millis(100));
-        // Every socket in full, as in the first walk after a start.
-        it.force_full().unwrap();
         let from_iter = ours(ports, |f| {
             let (ino, fd) = it
                 .open(&[(netns, diag_fd.as_raw_fd())])
                 .pop()
                 .expect("one iterator");
             assert_eq!(ino, netns);
-            read(fd.expect("iterator fd"), &mut buf, |w| match w {
-                Walked::Full(s) => f(s),
-                Walked::Same(c) => panic!("socket {c} reported unchanged in a full walk"),
-            })
-            .expect("iterator read");
+            read(fd.expect("iterator fd"), &mut buf, f).expect("iterator read");
         });
         let from_diag = ours(ports, |f| {
             diag::dump_sockets(diag_fd, &mut buf, f).expect("sock_diag dump");
@@ -163,82 +157,13 @@ fn iterator_and_sock_diag_agree_on_the_same_sockets_in_this_namespace() {
     if !root() {
         return;
     }
-    let (mut it, _ebpf) = attached();
+    let (it, _ebpf) = attached();
     let v4 = link("127.0.0.1");
     let v6 = link("::1");
     let fd = diag::open().unwrap();
-    let own = it.own_netns;
-    let socks = compare(&mut it, own, &fd, &[v4.port(), v6.port()]);
+    let socks = compare(&it, it.own_netns, &fd, &[v4.port(), v6.port()]);
     check(&socks, &[&v4, &v6]);
     assert!(socks.iter().any(|s| s.local.is_ipv6()));
-}
-
-/// One walk of this namespace: our sockets' full records (by port) and which of `known`
-/// came as "unchanged".
-fn walk(it: &TcpIter, port: u16, known: &[u64]) -> (Vec<DiagSocket>, Vec<u64>) {
-    let (mut full, mut same) = (Vec::new(), Vec::new());
-    let fd = it.create().expect("iterator fd");
-    read(fd, &mut Vec::new(), |w| match w {
-        Walked::Full(s) if s.local_port == port || s.remote_port == port => {
-            if u32::from(s.state) != gopher_common::TCP_LISTEN {
-                full.push(s.clone());
-            }
-        }
-        Walked::Same(c) if known.contains(&c) => same.push(c),
-        _ => {}
-    })
-    .expect("iterator read");
-    full.sort_by_key(|s| s.cookie);
-    same.sort_unstable();
-    (full, same)
-}
-
-#[test]
-fn an_idle_socket_is_a_cookie_until_its_counters_move() {
-    if !root() {
-        return;
-    }
-    let (mut it, _ebpf) = attached();
-    let mut l = link("127.0.0.1");
-    let port = l.port();
-    // The last ACKs may still move a counter: walk until both ends settle.
-    let mut first = Vec::new();
-    for _ in 0..10 {
-        std::thread::sleep(Duration::from_millis(100));
-        let (full, same) = walk(&it, port, &[]);
-        assert!(same.is_empty());
-        let cookies: Vec<u64> = full.iter().map(|s| s.cookie).collect();
-        if cookies.len() == 2 && walk(&it, port, &cookies) == (Vec::new(), cookies.clone()) {
-            first = full;
-            break;
-        }
-    }
-    assert_eq!(first.len(), 2, "both ends, then both unchanged");
-    let cookies: Vec<u64> = first.iter().map(|s| s.cookie).collect();
-    // Idle: the program writes the cookies alone, walk after walk.
-    assert_eq!(walk(&it, port, &cookies), (Vec::new(), cookies.clone()));
-    // Traffic: both ends in full again, with the new counters.
-    l.client.write_all(&[7u8; 100]).unwrap();
-    let mut got = [0u8; 100];
-    l.server.read_exact(&mut got).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    let (full, same) = walk(&it, port, &cookies);
-    assert!(
-        same.is_empty(),
-        "a socket whose counters moved came as unchanged"
-    );
-    assert_eq!(full.len(), 2);
-    let server = full.iter().find(|s| s.local_port == port).unwrap();
-    assert_eq!(server.counters.unwrap().bytes_received, 3100);
-    let client = full.iter().find(|s| s.remote_port == port).unwrap();
-    assert_eq!(client.counters.unwrap().bytes_acked, 3101);
-    assert_eq!(walk(&it, port, &cookies), (Vec::new(), cookies.clone()));
-    // A new generation: every socket in full once, then unchanged again.
-    it.force_full().unwrap();
-    let (full, same) = walk(&it, port, &cookies);
-    assert!(same.is_empty());
-    assert_eq!(full.iter().map(|s| s.cookie).collect::<Vec<_>>(), cookies);
-    assert_eq!(walk(&it, port, &cookies), (Vec::new(), cookies));
 }
 
 /// A namespace made for this test and deleted with it.
@@ -281,7 +206,7 @@ fn iterator_and_sock_diag_agree_in_another_namespace_and_keep_to_it() {
     if !root() {
         return;
     }
-    let (mut it, _ebpf) = attached();
+    let (it, _ebpf) = attached();
     let ns = TestNetns::new();
     let path = ns.path();
     // Sockets live in the namespace they were created in: make them from a thread inside it.
@@ -299,12 +224,11 @@ fn iterator_and_sock_diag_agree_in_another_namespace_and_keep_to_it() {
     namespaces.refresh();
     let diag_fd = &namespaces.by_inode.get(&ino).expect("test namespace").diag;
     let ports = [inner.0.port(), inner.1.port(), outer.port()];
-    let socks = compare(&mut it, ino, diag_fd, &ports);
+    let socks = compare(&it, ino, diag_fd, &ports);
     check(&socks, &[&inner.0, &inner.1]);
     // And this namespace's walk has the outer link but none of the inner ones.
     let own = diag::open().unwrap();
-    let own_netns = it.own_netns;
-    let here = compare(&mut it, own_netns, &own, &ports);
+    let here = compare(&it, it.own_netns, &own, &ports);
     check(&here, &[&outer]);
     let inner_cookies: Vec<u64> = socks.iter().map(|s| s.cookie).collect();
     assert!(
@@ -329,33 +253,10 @@ fn records_split_across_reads_are_reassembled() {
             ..IterSocket::default()
         })
         .collect();
-    // Every third socket unchanged (a head alone), the others in full.
-    let mut bytes = Vec::new();
-    for (i, r) in recs.iter().enumerate() {
-        let same = i % 3 == 1;
-        let head = gopher_common::IterHead {
-            kind: if same {
-                gopher_common::ITER_SAME
-            } else {
-                gopher_common::ITER_FULL
-            },
-            len: if same { 0 } else { RECORD as u32 },
-            cookie: r.cookie,
-        };
-        // SAFETY: plain-old-data values viewed as bytes.
-        unsafe {
-            bytes.extend_from_slice(std::slice::from_raw_parts(
-                (&raw const head).cast::<u8>(),
-                HEAD,
-            ));
-            if !same {
-                bytes.extend_from_slice(std::slice::from_raw_parts(
-                    (&raw const *r).cast::<u8>(),
-                    RECORD,
-                ));
-            }
-        }
-    }
+    // SAFETY: a slice of plain-old-data records viewed as bytes.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(recs.as_ptr().cast::<u8>(), recs.len() * RECORD) }
+            .to_vec();
     let mut fds = [0; 2];
     // SAFETY: pipe writes two fresh fds into the array.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
@@ -369,28 +270,11 @@ fn records_split_across_reads_are_reassembled() {
             std::thread::sleep(Duration::from_millis(1));
         }
     });
-    let (mut got, mut same) = (Vec::new(), Vec::new());
-    read(r, &mut Vec::new(), |w| match w {
-        Walked::Full(s) => got.push(s.clone()),
-        Walked::Same(c) => same.push(c),
-    })
-    .unwrap();
+    let mut got = Vec::new();
+    read(r, &mut Vec::new(), |s| got.push(s.clone())).unwrap();
     writer.join().unwrap();
-    assert_eq!(got.len() + same.len(), recs.len());
-    assert_eq!(
-        same,
-        recs.iter()
-            .skip(1)
-            .step_by(3)
-            .map(|r| r.cookie)
-            .collect::<Vec<_>>()
-    );
-    let full = recs
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| i % 3 != 1)
-        .map(|(_, r)| r);
-    for (g, r) in got.iter().zip(full) {
+    assert_eq!(got.len(), recs.len());
+    for (g, r) in got.iter().zip(&recs) {
         assert_eq!(g.cookie, r.cookie);
         assert_eq!(g.local_port, r.local_port);
         assert_eq!(g.counters.unwrap().bytes_received, r.stats.bytes_received);
@@ -419,23 +303,15 @@ fn the_iterator_reports_the_states_sock_diag_is_asked_for() {
 #[ignore = "measurement; needs many sockets to mean anything"]
 fn walk_cost() {
     const WALKS: usize = 20;
-    const SOURCES: [&str; 3] = [
-        "iterator, every socket in full",
-        "iterator, idle (unchanged)",
-        "sock_diag",
-    ];
-    let (mut it, _ebpf) = attached();
+    let (it, _ebpf) = attached();
     let fd = diag::open().unwrap();
     let mut buf = Vec::new();
-    let mut sums = [(0u64, Duration::ZERO, Duration::ZERO, Duration::ZERO); 3];
+    let mut sums = [(0u64, Duration::ZERO, Duration::ZERO, Duration::ZERO); 2];
     for _ in 0..WALKS {
         for (i, sum) in sums.iter_mut().enumerate() {
             let mut n = 0u64;
-            if i == 0 {
-                it.force_full().unwrap();
-            }
             let (t, cpu) = (std::time::Instant::now(), diag::thread_cpu());
-            if i < 2 {
+            if i == 0 {
                 read(it.create().unwrap(), &mut buf, |_| n += 1).unwrap();
             } else {
                 diag::dump_sockets(&fd, &mut buf, |_| n += 1).unwrap();
@@ -449,11 +325,11 @@ fn walk_cost() {
             );
         }
     }
-    for (source, (n, wall, sys, user)) in SOURCES.iter().zip(sums) {
+    for (source, (n, wall, sys, user)) in ["iterator", "sock_diag"].iter().zip(sums) {
         let per = |d: Duration| d.as_nanos() as f64 / n.max(1) as f64;
         println!(
-            "{source:>31}: {WALKS} walks of {} sockets: per socket wall {:.0} ns, kernel {:.0} \
-             ns, user {:.0} ns",
+            "{source:>9}: {WALKS} walks of {} sockets: per socket wall {:.0} ns, kernel {:.0} ns, \
+             user {:.0} ns",
             n / WALKS as u64,
             per(wall),
             per(sys),

@@ -154,22 +154,14 @@ impl Links {
         self.epoch += 1;
     }
 
-    /// The entry of a tracked socket, else whether the cookie is closed or new.
-    fn sock_of(&self, cookie: u64) -> Result<u32, Seen> {
-        self.socks.find(&cookie).ok_or_else(|| {
-            if self.closed.contains_key(&cookie) {
+    /// A dumped socket's reading (data-only counters). Known sockets are updated here.
+    pub fn update(&mut self, cookie: u64, c: &Counters, now: Instant) -> Seen {
+        let Some(si) = self.socks.find(&cookie) else {
+            return if self.closed.contains_key(&cookie) {
                 Seen::Closed
             } else {
                 Seen::New
-            }
-        })
-    }
-
-    /// A dumped socket's reading (data-only counters). Known sockets are updated here.
-    pub fn update(&mut self, cookie: u64, c: &Counters, now: Instant) -> Seen {
-        let si = match self.sock_of(cookie) {
-            Ok(si) => si,
-            Err(seen) => return seen,
+            };
         };
         let s = self.socks.get_mut(si);
         s.seen = self.epoch as u8;
@@ -191,22 +183,6 @@ impl Links {
         self.hists.change(s.link, before, after, out, Some(s.srtt));
         *self.socks.get_mut(si) = s;
         self.touch(s.link, now);
-        Seen::Tracked
-    }
-
-    /// A dumped socket the iterator reports unchanged since its last full record: marks it
-    /// present and nothing else. [`Seen::New`] when it is not tracked, or tracked as vanished
-    /// (its return must be counted from a full reading): the caller has no reading for it.
-    pub fn seen_same(&mut self, cookie: u64) -> Seen {
-        let si = match self.sock_of(cookie) {
-            Ok(si) => si,
-            Err(seen) => return seen,
-        };
-        let s = self.socks.get_mut(si);
-        if s.flags & VANISHED != 0 {
-            return Seen::New;
-        }
-        s.seen = self.epoch as u8;
         Seen::Tracked
     }
 

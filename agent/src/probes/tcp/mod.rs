@@ -23,7 +23,6 @@ mod links;
 pub(crate) mod netns;
 pub(crate) mod owners;
 mod params;
-mod pending;
 mod pieces;
 pub mod policy;
 #[cfg(test)]
