@@ -49,6 +49,23 @@ const OWNER_PATIENCE: u8 = 2;
 /// How often stale `LINKS` entries are looked for.
 const SWEEP_EVERY: Duration = Duration::from_mins(1);
 
+/// The process name of `tgid`, appended to `out`: its main thread's comm from /proc (the eBPF
+/// side sees the calling thread's name, which for thread pools differs per thread and would
+/// split one process's links over many series); the eBPF name only once the process is gone.
+/// A tgid that already has links keeps the name it was first recorded with (no /proc read).
+fn name_into(links: &Links, tgid: u32, fallback: &[u8; 16], out: &mut String) {
+    if let Some(n) = links.name(tgid) {
+        out.push_str(n);
+        return;
+    }
+    let name = owners::comm(tgid);
+    if name.is_empty() {
+        out.push_str(&comm_str(fallback));
+    } else {
+        out.push_str(&name);
+    }
+}
+
 /// A new socket still without a known owner.
 struct Waiting {
     waited: u8,
@@ -90,6 +107,8 @@ pub struct Collector {
     pending: Vec<Pending>,
     /// Close events being applied, kept between drains for its room (see `closed.rs`).
     events: Vec<LinkClosed>,
+    /// A process name being keyed, kept between sockets for its room.
+    comm: String,
     buf: Vec<u8>,
     last_ns_refresh: Instant,
     /// Cookies in the eBPF `LINKS` map that were not live at the last sweep.
@@ -120,6 +139,7 @@ impl Collector {
             waiting: HashMap::default(),
             pending: Vec::new(),
             events: Vec::new(),
+            comm: String::new(),
             buf: Vec::new(),
             last_ns_refresh: Instant::now(),
             unseen_at_sweep: HashSet::default(),
@@ -208,49 +228,44 @@ impl Collector {
         let remote = normalize(ip_from_words(family, ev.remote_ip));
         let role = ev.info.role;
         let (local_port, remote_port) = (ev.local_port as u16, ev.remote_port as u16);
-        let owner = if ev.info.owner == OWNER_KNOWN {
-            Some(Owner {
-                tgid: ev.info.tgid,
-                comm: self.name_of(ev.info.tgid, &ev.info.comm),
-            })
+        // The name goes into a buffer kept between events: a close is applied thousands of
+        // times a second under churn, and its link's name is known already nearly every time.
+        let mut comm = std::mem::take(&mut self.comm);
+        comm.clear();
+        let tgid = if ev.info.owner == OWNER_KNOWN {
+            name_into(&self.links, ev.info.tgid, &ev.info.comm, &mut comm);
+            ev.info.tgid
+        } else if let Some(o) = self.listener_owner(netns, role, local_port) {
+            comm.push_str(&o.comm);
+            o.tgid
         } else {
-            self.listener_owner(netns, role, local_port)
+            0
+        };
+        // A key holds the owner's tgid only (none: 0).
+        let owner = Owner {
+            tgid,
+            comm: String::new(),
         };
         let k = key(
             netns,
-            owner.as_ref(),
+            Some(&owner),
             role,
             local,
             local_port,
             remote,
             remote_port,
         );
-        let comm = owner.map(|o| o.comm).unwrap_or_default();
         let base = waited.map_or_else(|| fresh_base(ev.info.syn_acked == 1), |w| w.base);
         self.links.close_new(ev.cookie, k, &comm, &c, &base, now);
+        self.comm = comm;
     }
 
-    /// The process name of `tgid`: its main thread's comm from /proc (the eBPF side sees the
-    /// calling thread's name, which for thread pools differs per thread and would split one
-    /// process's links over many series); the eBPF name only once the process is gone.
-    fn name_of(&self, tgid: u32, fallback: &[u8; 16]) -> String {
-        if let Some(n) = self.links.name(tgid) {
-            return n.to_owned();
-        }
-        let name = owners::comm(tgid);
-        if name.is_empty() {
-            comm_str(fallback)
-        } else {
-            name
-        }
-    }
-
-    fn listener_owner(&self, netns: u64, role: u8, port: u16) -> Option<Owner> {
+    fn listener_owner(&self, netns: u64, role: u8, port: u16) -> Option<&Owner> {
         if role != ROLE_SERVER {
             return None;
         }
         let inode = self.listeners.get(&(netns, port))?;
-        self.owners.get(inode).cloned()
+        self.owners.get(inode)
     }
 
     /// Learns new namespaces and closes vanished ones. A namespace that newly cannot be opened
@@ -397,10 +412,16 @@ impl Collector {
                 None => fresh_base(role == ROLE_CLIENT),
             };
             if let Some(i) = info.filter(|i| i.owner == OWNER_KNOWN) {
-                let comm = self.name_of(i.tgid, &i.comm);
-                let owner = Owner { tgid: i.tgid, comm };
+                let mut comm = std::mem::take(&mut self.comm);
+                comm.clear();
+                name_into(&self.links, i.tgid, &i.comm, &mut comm);
+                let owner = Owner {
+                    tgid: i.tgid,
+                    comm: String::new(),
+                };
                 let k = Self::socket_key(netns, s, role, Some(&owner));
-                self.links.track(s.cookie, k, &owner.comm, &c, &base, now);
+                self.links.track(s.cookie, k, &comm, &c, &base, now);
+                self.comm = comm;
                 return;
             }
             (role, base)
@@ -479,6 +500,7 @@ impl Collector {
                     continue;
                 }
                 self.listener_owner(p.netns, p.role, p.sock.local_port)
+                    .cloned()
             };
             self.waiting.remove(&p.sock.cookie);
             let k = Self::socket_key(p.netns, &p.sock, p.role, owner.as_ref());

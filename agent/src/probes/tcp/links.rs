@@ -21,7 +21,7 @@
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::time::{Duration, Instant};
 
-use super::{diag::Counters, policy::Policy, table::Table};
+use super::{cookie_hash::CookieHash, diag::Counters, policy::Policy, table::Table};
 
 use super::key::octets;
 pub use super::key::{Delta, Key, LinkKey, LinkRow, ROLE_CLIENT, ROLE_SERVER};
@@ -61,8 +61,10 @@ pub struct Links {
     socks: Table<Sock>,
     table: Table<Link>,
     /// Cookies whose close was applied, so that a racing dump cannot revive them, and a reset
-    /// sent after the close finds its link.
-    closed: HashMap<u64, Tomb>,
+    /// sent after the close finds its link. Under churn this holds a few dumps' worth of closes
+    /// and is looked up and written at every close: hashed keeping cookie order (see
+    /// `cookie_hash.rs`).
+    closed: std::collections::HashMap<u64, Tomb, CookieHash>,
     hists: SrttHists,
     /// tgid → (process name, links of that tgid).
     names: HashMap<u32, (Box<str>, u32)>,
@@ -93,7 +95,7 @@ impl Links {
             policy,
             socks: Table::default(),
             table: Table::default(),
-            closed: HashMap::default(),
+            closed: std::collections::HashMap::default(),
             hists: SrttHists::default(),
             names: HashMap::default(),
             dirty: Vec::new(),

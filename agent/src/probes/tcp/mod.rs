@@ -14,6 +14,7 @@ pub use bpf::cgroup2_root;
 pub(crate) mod btf;
 mod closed;
 mod collector;
+mod cookie_hash;
 pub(crate) mod diag;
 mod entries;
 mod iter;

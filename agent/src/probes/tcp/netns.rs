@@ -77,6 +77,10 @@ impl Source {
 
 pub struct Namespaces {
     pub by_inode: HashMap<u64, Namespace>,
+    /// Netns cookie → inode of the namespaces opened so far: close events name their namespace
+    /// by cookie, thousands a second under churn, on a node with hundreds of namespaces. An
+    /// entry whose inode left `by_inode` is stale and ignored (then dropped at a refresh).
+    by_cookie: HashMap<u64, u64>,
     /// Namespaces that exist but could not be opened: inode → path tried.
     unreachable: HashMap<u64, PathBuf>,
     /// pid → its namespace inode (0: none readable, e.g. a zombie) and how many more refreshes
@@ -102,6 +106,7 @@ impl Namespaces {
     pub fn with_pin_dirs(pin_dirs: Vec<PathBuf>) -> Self {
         Self {
             by_inode: HashMap::new(),
+            by_cookie: HashMap::new(),
             unreachable: HashMap::new(),
             pids: HashMap::new(),
             pin_dirs,
@@ -174,6 +179,9 @@ impl Namespaces {
         }
         let current = self.discover(full);
         self.by_inode.retain(|ino, _| current.contains_key(ino));
+        let by_inode = &self.by_inode;
+        self.by_cookie
+            .retain(|_, ino| by_inode.contains_key(ino));
         self.unreachable.retain(|ino, _| current.contains_key(ino));
         let mut failures = Vec::new();
         for (ino, source) in current {
@@ -187,6 +195,9 @@ impl Namespaces {
                         tracing::info!(path = %path.display(), netns = ino, "network namespace reachable again");
                     }
                     let cookie = netns_cookie(&diag).unwrap_or(0);
+                    if cookie != 0 {
+                        self.by_cookie.insert(cookie, ino);
+                    }
                     self.by_inode.insert(
                         ino,
                         Namespace {
@@ -240,9 +251,11 @@ impl Namespaces {
     }
 
     pub fn inode_of_cookie(&self, cookie: u64) -> Option<u64> {
+        let ino = *self.by_cookie.get(&cookie)?;
+        // Its namespace may have been dropped since (a failed dump closes its socket).
         self.by_inode
-            .values()
-            .find(|ns| ns.cookie == cookie && cookie != 0)
+            .get(&ino)
+            .filter(|ns| ns.cookie == cookie)
             .map(|ns| ns.inode)
     }
 }
