@@ -180,8 +180,7 @@ impl Namespaces {
         let current = self.discover(full);
         self.by_inode.retain(|ino, _| current.contains_key(ino));
         let by_inode = &self.by_inode;
-        self.by_cookie
-            .retain(|_, ino| by_inode.contains_key(ino));
+        self.by_cookie.retain(|_, ino| by_inode.contains_key(ino));
         self.unreachable.retain(|ino, _| current.contains_key(ino));
         let mut failures = Vec::new();
         for (ino, source) in current {
