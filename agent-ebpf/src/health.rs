@@ -215,8 +215,7 @@ pub fn gopher_health_connect6(ctx: SockAddrContext) -> i32 {
 /// The counters of the client socket `sk`, if its connect() was seen.
 #[inline(always)]
 fn client(sk: u64) -> Option<(u64, *mut ConnectCounts)> {
-    // SAFETY: a field address inside an immutable static.
-    let cookie: u64 = read(sk, off(unsafe { &raw const HEALTH_OFFSETS.skc_cookie }));
+    let cookie: u64 = read(sk, off(&raw const HEALTH_OFFSETS.skc_cookie));
     // SAFETY: a map value, copied out at once.
     let key = unsafe { *SOCKETS.get(&cookie)? };
     Some((cookie, slot(&CONNECTS, &key, 1)?))
@@ -227,8 +226,7 @@ fn client(sk: u64) -> Option<(u64, *mut ConnectCounts)> {
 #[raw_tracepoint(tracepoint = "inet_sk_error_report")]
 pub fn gopher_health_error(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
-    // SAFETY: a field address inside an immutable static.
-    let acked_at = off(unsafe { &raw const HEALTH_OFFSETS.bytes_acked });
+    let acked_at = off(&raw const HEALTH_OFFSETS.bytes_acked);
     if sk == 0 || read::<u64>(sk, acked_at) != 0 {
         return 0;
     }
@@ -260,8 +258,7 @@ pub fn gopher_health_error(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "tcp_receive_reset")]
 pub fn gopher_health_rst_in(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
-    // SAFETY: a field address inside an immutable static.
-    let state: u8 = read(sk, off(unsafe { &raw const HEALTH_OFFSETS.skc_state }));
+    let state: u8 = read(sk, off(&raw const HEALTH_OFFSETS.skc_state));
     if sk == 0 || u32::from(state) == TCP_SYN_SENT {
         return 0;
     }
