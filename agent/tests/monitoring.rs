@@ -251,7 +251,7 @@ fn every_dashboard_and_alert_query_returns_data_from_a_real_prometheus() {
          [kafka]\nswitch = \"on\"\nkafka_broker = \"127.0.0.1:{dead}\"\n\
          message_timeout_ms = 1000\nflush_timeout = 1\n\
          [[probes]]\nname = \"tcp\"\nswitch = \"on\"\ninterval = 1\n\
-         params = { srtt_histogram = \"all\" }\n\
+         params = {{ srtt_histogram = \"all\" }}\n\
          [[probes]]\nname = \"system_tcp\"\nswitch = \"on\"\ninterval = 1\n\
          [[probes]]\nname = \"endpoint\"\nswitch = \"on\"\ninterval = 1\n"
     ));
