@@ -196,6 +196,19 @@ fn links_that_predate_the_agent_are_picked_up() {
     client.write_all(&[1u8; 777]).unwrap();
     let mut buf = [0u8; 777];
     conn.read_exact(&mut buf).unwrap();
+    // A server that closed its listener but keeps its connection (draining): nothing listens on
+    // its port any more, so the agent tells its socket from the client's by the ports (its own
+    // outside the ephemeral range, its peer's inside).
+    let (gone_port, _client2, _conn2) = {
+        let base = 20_000 + u16::try_from(std::process::id() % 5_000).unwrap();
+        let listener = (base..base + 100)
+            .find_map(|p| TcpListener::bind(("127.0.0.1", p)).ok())
+            .expect("a free port below the ephemeral range");
+        let port = listener.local_addr().unwrap().port();
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (conn, _) = listener.accept().unwrap();
+        (port, client, conn)
+    };
 
     let agent = Agent::start(CONFIG);
     assert!(ready(&agent));
@@ -214,6 +227,22 @@ fn links_that_predate_the_agent_are_picked_up() {
     });
     expect_row(&agent, "pre-existing server", &want("0"), |r| {
         r["rx_bytes"] == 0.0 && r["link_count"] == 1.0
+    });
+    let drained = |role: &str| {
+        vec![
+            ("role", role.to_owned()),
+            ("tgid", me.clone()),
+            ("server_port", gone_port.to_string()),
+        ]
+    };
+    expect_row(
+        &agent,
+        "pre-existing server, listener closed",
+        &drained("0"),
+        |r| r["link_count"] == 1.0,
+    );
+    expect_row(&agent, "pre-existing client of it", &drained("1"), |r| {
+        r["link_count"] == 1.0
     });
     client.write_all(&[2u8; 555]).unwrap();
     let mut buf = [0u8; 555];

@@ -157,9 +157,11 @@ pub fn hold(ports: (u16, u16), conns: usize, src_first: u32) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let stop = Arc::new(AtomicBool::new(false));
+    // The listeners stay open with the connections, as a real server's do: the agent tells a
+    // server socket that predates it from a client by the listener on its port.
     let acceptor = {
         let stop = Arc::clone(&stop);
-        thread::spawn(move || accept_all(&listeners, conns, &stop))
+        thread::spawn(move || accept_all(&listeners, conns, &stop).map(|s| (listeners, s)))
     };
     let mut clients = Vec::with_capacity(conns);
     for i in 0..conns {
@@ -173,7 +175,7 @@ pub fn hold(ports: (u16, u16), conns: usize, src_first: u32) -> Result<()> {
             }
         }
     }
-    let servers = match acceptor.join() {
+    let (listeners, servers) = match acceptor.join() {
         Ok(r) => r?,
         Err(_) => bail!("accept thread panicked"),
     };
@@ -189,6 +191,6 @@ pub fn hold(ports: (u16, u16), conns: usize, src_first: u32) -> Result<()> {
     // Idle until killed: no reads, no writes, no timers.
     loop {
         thread::park();
-        std::hint::black_box((&clients, &servers));
+        std::hint::black_box((&clients, &servers, &listeners));
     }
 }

@@ -34,6 +34,7 @@ use super::{
     normalize,
     owners::{self, Owner, comm_str, shrink},
     policy::Policy,
+    role,
     seqspace::{fin_adjusted, fresh_base},
     to_row,
 };
@@ -103,6 +104,8 @@ pub struct Collector {
     resolver: owners::Resolver,
     /// (netns inode, port) → listening socket inode.
     listeners: HashMap<(u64, u16), u64>,
+    /// The ephemeral port range, read at each dump (see `role.rs`).
+    ephemeral: (u16, u16),
     waiting: HashMap<u64, Waiting>,
     pending: Vec<Pending>,
     /// Close events being applied, kept between drains for its room (see `closed.rs`).
@@ -136,6 +139,7 @@ impl Collector {
             owners: HashMap::default(),
             resolver: owners::Resolver::default(),
             listeners: HashMap::default(),
+            ephemeral: role::ephemeral_range(),
             waiting: HashMap::default(),
             pending: Vec::new(),
             events: Vec::new(),
@@ -308,6 +312,7 @@ impl Collector {
         // namespace (and its owner is the listener's, as a last resort): both sources hand a
         // namespace's listeners over before its other sockets.
         self.listeners.clear();
+        self.ephemeral = role::ephemeral_range();
         self.links.begin_dump();
         let mut dumped = 0;
         let all: Vec<_> = namespaces.by_inode.values().collect();
@@ -387,11 +392,8 @@ impl Collector {
             let info = bpf.and_then(|m| m.get(&s.cookie, 0).ok());
             let role = info.map_or_else(
                 || {
-                    if self.listeners.contains_key(&(netns, s.local_port)) {
-                        ROLE_SERVER
-                    } else {
-                        ROLE_CLIENT
-                    }
+                    let listening = self.listeners.contains_key(&(netns, s.local_port));
+                    role::unrecorded(listening, s.local_port, s.remote_port, self.ephemeral)
                 },
                 |i| i.role,
             );
