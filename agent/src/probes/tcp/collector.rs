@@ -36,6 +36,7 @@ use super::{
     policy::Policy,
     role,
     seqspace::{fin_adjusted, fresh_base},
+    sweep::Sweeper,
     to_row,
 };
 use crate::{
@@ -47,8 +48,6 @@ use crate::{
 /// Intervals a new socket whose owner is only guessed (not yet accepted, or not found in
 /// /proc) waits for its real owner before it is keyed to the guess for good.
 const OWNER_PATIENCE: u8 = 2;
-/// How often stale `LINKS` entries are looked for.
-const SWEEP_EVERY: Duration = Duration::from_mins(1);
 
 /// The process name of `tgid`, appended to `out`: its main thread's comm from /proc (the eBPF
 /// side sees the calling thread's name, which for thread pools differs per thread and would
@@ -114,9 +113,7 @@ pub struct Collector {
     comm: String,
     buf: Vec<u8>,
     last_ns_refresh: Instant,
-    /// Cookies in the eBPF `LINKS` map that were not live at the last sweep.
-    unseen_at_sweep: HashSet<u64>,
-    last_sweep: Instant,
+    sweeper: Sweeper,
     metrics: Metrics,
     lost_seen: u64,
     aggregated_seen: u64,
@@ -146,8 +143,7 @@ impl Collector {
             comm: String::new(),
             buf: Vec::new(),
             last_ns_refresh: Instant::now(),
-            unseen_at_sweep: HashSet::default(),
-            last_sweep: Instant::now(),
+            sweeper: Sweeper::default(),
             metrics: Metrics {
                 errors: metrics.counter(telemetry::PROBE_ERRORS, &tcp),
                 lost: metrics.counter(telemetry::EBPF_EVENTS_LOST, &tcp),
@@ -517,34 +513,6 @@ impl Collector {
         shrink(&mut self.waiting);
     }
 
-    /// Drops `LINKS` entries whose socket was not live at two sweeps a minute apart. The eBPF
-    /// side removes entries at CLOSE; what it cannot see is a connect that failed before TCP
-    /// started (fallback connect hooks) or a socket whose callbacks another program switched
-    /// off. A connection still in SYN_SENT after a minute merely loses its eBPF owner record.
-    fn sweep(&mut self, programs: &mut bpf::Programs) {
-        if self.last_sweep.elapsed() < SWEEP_EVERY {
-            return;
-        }
-        self.last_sweep = Instant::now();
-        let unseen: HashSet<u64> = programs
-            .link_cookies()
-            .into_iter()
-            .filter(|c| !self.links.is_tracked(*c) && !self.waiting.contains_key(c))
-            .collect();
-        let stale: Vec<u64> = unseen
-            .intersection(&self.unseen_at_sweep)
-            .copied()
-            .collect();
-        if !stale.is_empty() {
-            let n = programs.forget(&stale);
-            tracing::debug!(
-                removed = n,
-                "swept LINKS entries of sockets gone without CLOSE"
-            );
-        }
-        self.unseen_at_sweep = unseen;
-    }
-
     /// One interval: dump and apply, owners, closes, ageing; returns what changed (the changed
     /// rows only when `rows`: a caller about to send every row needs none).
     pub fn collect(
@@ -570,7 +538,10 @@ impl Collector {
         self.primed = true;
         self.links.end_dump(&failed, now);
         if failed.is_empty() {
-            self.sweep(programs);
+            let (links, waiting) = (&self.links, &self.waiting);
+            self.sweeper.sweep(programs, |c| {
+                links.is_tracked(c) || waiting.contains_key(&c)
+            });
         }
         self.links.prune(now, idle);
 

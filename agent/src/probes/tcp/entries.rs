@@ -93,6 +93,8 @@ pub const DIRTY: u8 = 1;
 pub const PINNED: u8 = 2;
 /// Made by the series cap (not counted against it).
 pub const AGGREGATE: u8 = 4;
+/// In `Links::idle`: its last socket left, so `prune` looks at it.
+pub const IDLE_LISTED: u8 = 8;
 
 impl Keyed for Link {
     type Key = Key;

@@ -495,3 +495,40 @@ fn resets_count_on_the_live_or_just_closed_sockets_link() {
     let p81 = r.iter().find(|x| x.key.server_port == 81).unwrap();
     assert_eq!((p81.send_rsts, p81.receive_rsts), (2, 1));
 }
+
+#[test]
+fn sockets_listed_in_another_order_or_fewer_are_still_found() {
+    let mut t = t();
+    let all: Vec<_> = (1..=6u64).map(|i| (i, key(80), tx(i))).collect();
+    t.dump(&all, &[]);
+    assert_eq!(t.one(), (21, 6));
+    // Reversed, with two gone in between and every counter moved: each found once.
+    let mut next: Vec<_> = all
+        .iter()
+        .filter(|s| s.0 != 2 && s.0 != 5)
+        .map(|&(c, k, _)| (c, k, tx(c * 10)))
+        .collect();
+    next.reverse();
+    t.dump(&next, &[]);
+    t.dump(&next, &[]);
+    assert_eq!(t.l.sizes().0, 6, "missing twice is not yet gone");
+    assert_eq!(t.one().0, 10 + 30 + 40 + 60 + 2 + 5);
+}
+
+#[test]
+fn only_links_whose_last_socket_left_are_pruned_and_a_returning_one_is_kept() {
+    let mut t = t();
+    t.dump(&[(1, key(80), tx(1)), (2, key(81), tx(1))], &[]);
+    t.close(1, key(80), tx(1));
+    // Port 80's link is idle, then takes a socket again before the window passes.
+    t.dump(&[(2, key(81), tx(1)), (3, key(80), tx(1))], &[]);
+    t.l.prune(t.at(100), Some(Duration::from_secs(5)));
+    assert_eq!(t.rows().len(), 2);
+    // Both lose their sockets; only then, and after the window, are they forgotten.
+    t.close(2, key(81), tx(1));
+    t.close(3, key(80), tx(1));
+    t.l.prune(t.at(0), Some(Duration::from_secs(5)));
+    assert_eq!(t.rows().len(), 2);
+    t.l.prune(t.at(100), Some(Duration::from_secs(5)));
+    assert!(t.rows().is_empty());
+}

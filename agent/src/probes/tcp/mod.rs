@@ -32,7 +32,9 @@ mod scan_bench;
 mod schema;
 mod seqspace;
 mod srtt_hist;
+mod sweep;
 mod table;
+mod walk;
 
 use std::time::Duration;
 

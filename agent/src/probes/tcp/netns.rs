@@ -20,8 +20,8 @@
 //! and count), kept in [`Namespaces::unreachable`] so that the caller knows its dump is
 //! incomplete, and retried at the next full re-walk.
 
+use rustc_hash::FxHashMap as HashMap;
 use std::{
-    collections::HashMap,
     fs::{File, OpenOptions},
     io,
     os::{
@@ -105,10 +105,10 @@ fn ns_inode(path: &Path) -> io::Result<u64> {
 impl Namespaces {
     pub fn with_pin_dirs(pin_dirs: Vec<PathBuf>) -> Self {
         Self {
-            by_inode: HashMap::new(),
-            by_cookie: HashMap::new(),
-            unreachable: HashMap::new(),
-            pids: HashMap::new(),
+            by_inode: HashMap::default(),
+            by_cookie: HashMap::default(),
+            unreachable: HashMap::default(),
+            pids: HashMap::default(),
             pin_dirs,
             last_full: None,
             stats: 0,
@@ -138,7 +138,7 @@ impl Namespaces {
         } else {
             YOUNG_REFRESHES + 1
         };
-        let mut found: HashMap<u64, Source> = HashMap::new();
+        let mut found: HashMap<u64, Source> = HashMap::default();
         if let Ok(own) = ns_inode(Path::new("/proc/self/ns/net")) {
             found.insert(own, Source::Path(PathBuf::from("/proc/self/ns/net")));
         }
