@@ -129,6 +129,43 @@ impl TableSnapshot {
         }
     }
 
+    /// [`Self::values`], and where each value sits in the record (`places`, meta order; `u32::MAX`
+    /// for none), so that a sink reading the same record again, field by field, decodes only
+    /// that field ([`Self::value_at`]) instead of the whole record.
+    pub fn values_placed<'a>(
+        &self,
+        record: &'a Record,
+        out: &mut Vec<ValueRef<'a>>,
+        places: &mut Vec<u32>,
+    ) {
+        out.clear();
+        out.resize(self.layout.len(), ValueRef::Empty);
+        places.clear();
+        places.resize(self.layout.len(), u32::MAX);
+        let mut at = 2;
+        for &i in self.layout.iter() {
+            let Some((v, used)) = record.data.get(at..).and_then(value::decode) else {
+                break;
+            };
+            if let (Some(slot), Some(place), Ok(at)) =
+                (out.get_mut(i), places.get_mut(i), u32::try_from(at))
+            {
+                *slot = v;
+                *place = at;
+            }
+            at += used;
+        }
+    }
+
+    /// The value at `place` of `record`, a place [`Self::values_placed`] gave for it.
+    pub fn value_at(record: &Record, place: u32) -> ValueRef<'_> {
+        usize::try_from(place)
+            .ok()
+            .and_then(|at| record.data.get(at..))
+            .and_then(value::decode)
+            .map_or(ValueRef::Empty, |(v, _)| v)
+    }
+
     /// Every record's values as the text a sink writes (for tests and diagnostics).
     pub fn texts(&self) -> Vec<Vec<String>> {
         let mut buf = Vec::new();
