@@ -51,7 +51,7 @@ pub use naming::Naming;
 pub use openmetrics::{Format, OPENMETRICS_CONTENT_TYPE};
 pub(crate) use openmetrics::{om_header, write_help_as};
 
-use crate::imdb::{FieldMeta, FieldType, Snapshot, TableSnapshot, ValueRef, number};
+use crate::imdb::{Column, FieldMeta, FieldType, Snapshot, TableSnapshot, ValueRef, number};
 use crate::telemetry::{FAMILIES_SKIPPED, SelfMetrics};
 
 /// The Content-Type of what [`render`] produces.
@@ -145,9 +145,8 @@ fn render_table(
     if metrics.is_empty() {
         return Ok(0);
     }
-    // One pass over the records: each one's label set as text, and where each metric value
-    // sits in it. Every family reuses them: decoding the whole record and writing its labels
-    // again for every sample was most of the render's time (see `Rows`).
+    // One pass over the records: each one's label set as text, and each metric field's values
+    // in a column. Every family reads them sequentially (see `Rows`).
     let rows = Rows::new(table, &label_fields, &label_names, &extra, &metrics);
 
     let mut skipped = 0;
@@ -189,8 +188,7 @@ fn render_table(
                 name.push_str(suffix);
             }
         }
-        for (r, record) in table.records.iter().enumerate() {
-            let v = TableSnapshot::value_at(record, rows.place(r, m));
+        for (r, v) in rows.columns[m].iter().enumerate() {
             if v.is_empty() {
                 continue;
             }
@@ -215,20 +213,18 @@ fn render_table(
 }
 
 /// What every family of a table reads from its records, gathered in one pass: each record's
-/// label set as text, where each metric field's value sits in the record, and which metric
-/// fields have a value in some record. Holding the label sets costs their text once per record
-/// for the render's duration (~150 bytes a `tcp_link` row: ~15 MB at 100 k links, freed
-/// when the render ends), against decoding and formatting them again for each of the row's
-/// ~10 samples: at 100 k links that made the render ~2x slower (the pre-`imdb::value` encoder
-/// kept them too).
+/// label set as text, and each metric field's values in a [`Column`] (with whether it has any).
+/// Decoding every record and writing its labels again for each of its ~10 samples was most of
+/// the render's time (at 100 k `tcp_link` links the render was ~2x slower than with the label
+/// sets kept, as the encoder before `imdb::value` did), and so was visiting every record again
+/// for each family. Held for the render's duration: ~150 bytes of labels and ~25 of values a
+/// `tcp_link` row (~18 MB at 100 k links), freed when the render ends.
 struct Rows {
     /// The label sets, back to back; record `r`'s ends at `ends[r]`.
     labels: String,
     ends: Vec<usize>,
-    /// Record `r`'s place of metric `m` at `places[r * metrics + m]`.
-    places: Vec<u32>,
-    metrics: usize,
     /// Per metric field.
+    columns: Vec<Column>,
     present: Vec<bool>,
 }
 
@@ -240,20 +236,18 @@ impl Rows {
         extra: &str,
         metrics: &[(usize, &FieldMeta)],
     ) -> Self {
-        let n = table.records.len();
         let mut rows = Self {
             labels: String::new(),
-            ends: Vec::with_capacity(n),
-            places: Vec::with_capacity(n * metrics.len()),
-            metrics: metrics.len(),
+            ends: Vec::with_capacity(table.records.len()),
+            columns: vec![Column::default(); metrics.len()],
             present: vec![false; metrics.len()],
         };
-        let (mut values, mut places, mut one) = (Vec::new(), Vec::new(), String::new());
+        let (mut values, mut one) = (Vec::new(), String::new());
         for record in &table.records {
-            table.values_placed(record, &mut values, &mut places);
+            table.values(record, &mut values);
             for (m, &(i, _)) in metrics.iter().enumerate() {
                 rows.present[m] |= !values[i].is_empty();
-                rows.places.push(places[i]);
+                rows.columns[m].push(values[i]);
             }
             write_labels(&mut one, label_fields, label_names, &values, extra);
             rows.labels.push_str(&one);
@@ -265,10 +259,6 @@ impl Rows {
     fn labels(&self, r: usize) -> &str {
         let start = r.checked_sub(1).map_or(0, |p| self.ends[p]);
         &self.labels[start..self.ends[r]]
-    }
-
-    fn place(&self, r: usize, m: usize) -> u32 {
-        self.places[r * self.metrics + m]
     }
 }
 
