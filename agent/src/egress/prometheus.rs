@@ -150,7 +150,7 @@ fn render_table(
     let rows = Rows::new(table, &label_fields, &metrics);
 
     let mut skipped = 0;
-    let (mut values, mut labels) = (Vec::with_capacity(label_fields.len()), String::new());
+    let mut labels = String::new();
     let (mut le, mut bucket, mut sum, mut count_name) =
         (String::new(), String::new(), String::new(), String::new());
     for (m, &(_, field)) in metrics.iter().enumerate() {
@@ -191,12 +191,13 @@ fn render_table(
         }
         let mut label_values = rows.labels.iter();
         for v in rows.columns[m].iter() {
-            values.clear();
-            values.extend(label_values.by_ref().take(label_fields.len()));
+            let record_labels = label_values.by_ref().take(label_fields.len());
             if v.is_empty() {
+                record_labels.for_each(drop);
                 continue;
             }
-            write_labels(&mut labels, &label_names, &values, &extra);
+            // Straight from the column: no copy of the values in between.
+            write_labels(&mut labels, &label_names, record_labels, &extra);
             let labels = labels.as_str();
             if let ValueRef::Hist(h) = v {
                 for (bound, n) in h.buckets() {
@@ -262,9 +263,14 @@ impl Rows {
 
 /// A record's label set: its key and label fields under their exported names, then `extra`.
 #[inline]
-fn write_labels(labels: &mut String, names: &[&str], values: &[ValueRef<'_>], extra: &str) {
+fn write_labels<'v>(
+    labels: &mut String,
+    names: &[&str],
+    values: impl Iterator<Item = ValueRef<'v>>,
+    extra: &str,
+) {
     labels.clear();
-    for (name, &value) in names.iter().zip(values) {
+    for (name, value) in names.iter().zip(values) {
         // An empty label value is the same series as no label (Prometheus data model):
         // leaving it out keeps bodies small, e.g. the container labels of a host process's rows.
         if matches!(value, ValueRef::Empty) || matches!(value, ValueRef::Str(s) if s.is_empty()) {
