@@ -20,6 +20,10 @@
 //!   pieces, inflating them on its own blocking thread and skipping what it already had, so
 //!   no client can stall the render for the others. Late plain joiners inflate the same way.
 //!
+//! In both, gzip is deflated on a second thread while the text is rendered (`pipe`): deflate
+//! costs about what the render does, so a gzip scrape takes about the longer of the two, not
+//! their sum.
+//!
 //! Scrapes join only a render of the exposition format they negotiated (text or OpenMetrics:
 //! one joinable render per format).
 //!
