@@ -20,6 +20,10 @@
 //!   pieces, inflating them on its own blocking thread and skipping what it already had, so
 //!   no client can stall the render for the others. Late plain joiners inflate the same way.
 //!
+//! In both, gzip is deflated on a second thread while the text is rendered (`pipe`): deflate
+//! costs about what the render does, so a gzip scrape takes about the longer of the two, not
+//! their sum.
+//!
 //! Scrapes join only a render of the exposition format they negotiated (text or OpenMetrics:
 //! one joinable render per format).
 //!
@@ -39,6 +43,11 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::prometheus::{self, Format};
 use super::store_counts::sync_from_store;
+
+mod direct;
+mod pipe;
+
+use direct::Direct;
 use tokio::sync::Semaphore;
 
 use crate::imdb::Store;
@@ -307,15 +316,15 @@ fn produce(state: &WebState, render: &Arc<Render>) {
                 buf: Vec::with_capacity(piece + PIECE_BYTES),
             };
             let result = if *gzip {
-                let mut gz = GzEncoder::new(out, Compression::fast());
-                prometheus::render_format_to(
-                    &snapshot,
-                    &state.metrics,
-                    &state.naming,
-                    render.format,
-                    &mut gz,
-                )
-                .and_then(|()| gz.finish())
+                pipe::compress_alongside(GzEncoder::new(out, Compression::fast()), |pipe| {
+                    prometheus::render_format_to(
+                        &snapshot,
+                        &state.metrics,
+                        &state.naming,
+                        render.format,
+                        pipe,
+                    )
+                })
                 .and_then(Direct::finish)
             } else {
                 prometheus::render_format_to(
@@ -402,26 +411,32 @@ fn shared(
             plain.push((sub.tx, 0));
         }
     }
-    let mut fanout = Fanout {
-        render,
-        plain,
-        gz: GzEncoder::new(
-            Publisher {
-                render,
-                buf: Vec::with_capacity(PIECE_BYTES * 2),
-            },
-            Compression::fast(),
-        ),
-    };
-    let result = prometheus::render_format_to(
-        snapshot,
-        &state.metrics,
-        &state.naming,
-        render.format,
-        &mut fanout,
+    let gz = GzEncoder::new(
+        Publisher {
+            render,
+            buf: Vec::with_capacity(PIECE_BYTES * 2),
+        },
+        Compression::fast(),
     );
-    let Fanout { plain, gz, .. } = fanout;
-    let (last, failed) = match result.and_then(|()| gz.finish()) {
+    let mut left = Vec::new();
+    let result = pipe::compress_alongside(gz, |pipe| {
+        let mut fanout = Fanout {
+            render,
+            plain,
+            gz: pipe,
+        };
+        let rendered = prometheus::render_format_to(
+            snapshot,
+            &state.metrics,
+            &state.naming,
+            render.format,
+            &mut fanout,
+        );
+        left = fanout.plain;
+        rendered
+    });
+    let plain = left;
+    let (last, failed) = match result {
         Ok(mut publisher) => {
             let rest = std::mem::take(&mut publisher.buf);
             ((!rest.is_empty()).then(|| Bytes::from(rest)), false)
@@ -442,54 +457,16 @@ fn shared(
     }
 }
 
-/// A direct render's sink: the body goes to its one client in pieces as it comes.
-struct Direct<'a> {
-    tx: &'a mpsc::Sender<Chunk>,
-    /// Bytes gathered before they are sent.
-    piece: usize,
-    buf: Vec<u8>,
-}
-
-impl Direct<'_> {
-    fn send(&mut self) -> io::Result<()> {
-        let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(self.piece + PIECE_BYTES));
-        self.tx
-            .blocking_send(Ok(Bytes::from(piece)))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "scraper went away"))
-    }
-
-    /// Sends what is left.
-    fn finish(mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        self.send()
-    }
-}
-
-impl io::Write for Direct<'_> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= self.piece {
-            self.send()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A shared render's sink: the text to the plain scrapes that keep up, compressed for the rest.
-struct Fanout<'a> {
+/// A shared render's sink: the text to the plain scrapes that keep up, and to `gz`, which
+/// compresses it for the rest.
+struct Fanout<'a, G> {
     render: &'a Arc<Render>,
     /// Plain scrapes fed directly, with the text bytes each has had.
     plain: Vec<(mpsc::Sender<Chunk>, usize)>,
-    gz: GzEncoder<Publisher<'a>>,
+    gz: G,
 }
 
-impl io::Write for Fanout<'_> {
+impl<G: io::Write> io::Write for Fanout<'_, G> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.gz.write_all(data)?;
         if !self.plain.is_empty() {

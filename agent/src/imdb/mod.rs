@@ -15,7 +15,7 @@ pub mod value;
 pub use error::ImdbError;
 pub use histogram::Histogram;
 pub use meta::{FieldMeta, FieldType, TableMeta};
-pub use row::{Batch, Record, Row, Snapshot, TableSnapshot};
+pub use row::{Batch, Column, Record, Row, Snapshot, TableSnapshot};
 pub use store::{
     Limits, OTHER_TABLE, REASON_EXPIRED, REASON_INGEST_PANIC, Store, UNKNOWN_TABLE_NAMES,
 };

@@ -193,3 +193,69 @@ pub(super) fn key_of(data: &[u8]) -> &[u8] {
         .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
     data.get(2..2 + len).unwrap_or_default()
 }
+
+/// One field's values across records, packed back to back in the store's form (a few bytes a
+/// number) and read back in the order pushed. A sink that reads a table field by field (the
+/// exposition format: one family after another) gathers them in one pass over the records, and
+/// then reads each field's values sequentially instead of visiting every record again: a
+/// record's bytes are a pointer away, and at 100 k records each visit is a cache miss.
+#[derive(Debug, Clone, Default)]
+pub struct Column {
+    bytes: Vec<u8>,
+}
+
+impl Column {
+    pub fn push(&mut self, v: ValueRef<'_>) {
+        value::encode(v, &mut self.bytes);
+    }
+
+    /// The values in the order pushed.
+    pub fn iter(&self) -> impl Iterator<Item = ValueRef<'_>> {
+        value::decode_all(&self.bytes)
+    }
+
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::imdb::FieldType;
+
+    #[test]
+    fn a_column_gives_back_what_was_pushed_in_order() {
+        let values = [
+            Value::Empty,
+            Value::U64(0),
+            Value::U64(u64::MAX),
+            Value::I64(-5),
+            Value::F64(1.5),
+            Value::F64(f64::NEG_INFINITY),
+            FieldType::Histogram
+                .parse_value("0.001=2 +Inf=3 sum=0.5")
+                .unwrap(),
+            Value::U64(7),
+        ];
+        let mut column = Column::default();
+        assert!(column.is_empty());
+        for v in &values {
+            column.push(v.as_ref());
+        }
+        let back: Vec<String> = column.iter().map(|v| v.to_string()).collect();
+        let want: Vec<String> = values.iter().map(ToString::to_string).collect();
+        assert_eq!(back, want);
+        assert!(
+            column.len() < 8 * values.len() + 40,
+            "{} bytes",
+            column.len()
+        );
+    }
+}

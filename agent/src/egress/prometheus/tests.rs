@@ -246,3 +246,103 @@ fn gala_gopher_counters_in_openmetrics_are_unknown() {
         "{out}"
     );
 }
+
+/// Every family of a table reads its records' label sets from one pass over them: a table with
+/// label fields between its metrics, escapes, empty labels and values, and text many chunks
+/// long renders exactly as written out here, family by family.
+#[test]
+fn many_rows_render_family_by_family_with_each_rows_labels() {
+    use std::fmt::Write as _;
+
+    let rows: Vec<Vec<String>> = (0..5000_u32)
+        .map(|i| {
+            let comm = match i % 3 {
+                0 => format!("p\"{i}\\x\ny"),
+                1 => String::new(),
+                _ => "plain".to_owned(),
+            };
+            vec![
+                i.to_string(),
+                (f64::from(i) / 4.0).to_string(),
+                comm,
+                if i % 7 == 0 {
+                    String::new()
+                } else {
+                    (i * 10).to_string()
+                },
+                if i % 2 == 0 {
+                    format!("0.5={} +Inf={} sum=1.5", i % 3, i % 3 + 1)
+                } else {
+                    String::new()
+                },
+                format!("10.0.{}.{}", i / 256, i % 256),
+            ]
+        })
+        .collect();
+    let refs: Vec<Vec<&str>> = rows
+        .iter()
+        .map(|r| r.iter().map(String::as_str).collect())
+        .collect();
+    let refs: Vec<&[&str]> = refs.iter().map(Vec::as_slice).collect();
+    let t = table(
+        "w",
+        vec![
+            field("k", FieldType::Key, ""),
+            field("a", FieldType::Gauge, ""),
+            field("comm", FieldType::Label, ""),
+            field("n", FieldType::Counter, "n \"count\""),
+            field("h", FieldType::Histogram, "h"),
+            field("ip", FieldType::Key, ""),
+        ],
+        &refs,
+    );
+    let (out, skipped) = render_tables(vec![t]);
+
+    let labels = |r: &[String]| {
+        let escaped = r[2]
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let comm = if r[2].is_empty() {
+            String::new()
+        } else {
+            format!(",comm=\"{escaped}\"")
+        };
+        format!("k=\"{}\"{comm},ip=\"{}\"", r[0], r[5])
+    };
+    let mut want = String::from(
+        "# HELP gala_gopher_w_a Field a of gala-gopher table w.\n# TYPE gala_gopher_w_a gauge\n",
+    );
+    for r in &rows {
+        let _ = writeln!(want, "gala_gopher_w_a{{{}}} {}", labels(r), r[1]);
+    }
+    want += "# HELP gala_gopher_w_n_total n \"count\"\n# TYPE gala_gopher_w_n_total counter\n";
+    for r in rows.iter().filter(|r| !r[3].is_empty()) {
+        let _ = writeln!(want, "gala_gopher_w_n_total{{{}}} {}", labels(r), r[3]);
+    }
+    want += "# HELP gala_gopher_w_h h\n# TYPE gala_gopher_w_h histogram\n";
+    for r in rows.iter().filter(|r| !r[4].is_empty()) {
+        let l = labels(r);
+        let k: u32 = r[0].parse().unwrap();
+        let (le, all) = (k % 3, k % 3 + 1);
+        let _ = writeln!(
+            want,
+            "gala_gopher_w_h_bucket{{{l},le=\"0.5\"}} {le}\ngala_gopher_w_h_bucket{{{l},le=\"+Inf\"}} {all}\n\
+             gala_gopher_w_h_sum{{{l}}} 1.5\ngala_gopher_w_h_count{{{l}}} {all}"
+        );
+    }
+    assert!(out.len() > 10 * CHUNK_BYTES, "{} bytes only", out.len());
+    if out != want {
+        let at = out
+            .bytes()
+            .zip(want.bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        panic!(
+            "differs at byte {at}: {:?} against {:?}",
+            &out[at.saturating_sub(80)..(at + 80).min(out.len())],
+            &want[at.saturating_sub(80)..(at + 80).min(want.len())]
+        );
+    }
+    assert!(skipped.abs() < f64::EPSILON);
+}

@@ -149,7 +149,9 @@ async fn a_lone_gzip_scrape_is_compressed_on_the_way_and_keeps_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrape_during_a_direct_render_starts_a_shared_one() {
-    let state = big_state(20_000);
+    // Text well beyond what a direct render queues ahead of its client (STREAM_AHEAD pieces of
+    // DIRECT_PLAIN_PIECE): it must still be running when the second scrape arrives.
+    let state = big_state(100_000);
     let renders = || state.metrics.counter(SCRAPE_RENDERS, &[]).get();
     // Not read yet: the direct render waits for its client, in progress.
     let (a, mut rx_a) = join_or_start(&state, false);
