@@ -1,34 +1,43 @@
 //! TCP link accounting with per-connection (never per-packet) hooks.
 //!
-//! * `sockops` ([`gopher_sockops_owner`]) records a client's owner in the connect callback (the
+//! Two designs; the agent picks the first that loads (`agent/src/probes/tcp/bpf.rs`):
+//!
+//! * The default with kernel BTF ([`destroy`]): each socket is accounted once, when the kernel
+//!   destroys it (`tp_btf/tcp_destroy_sock`), its final counters read from the `tcp_sock` at
+//!   BTF offsets; owners live in socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`), written by
+//!   `cgroup/connect4|6` (a client's, in `connect()`) and `cgroup/sock_release` (a server's, in
+//!   the last `close()`). No sockops program is attached, so no socket pays for the ops every
+//!   sockops program is called for. A loopback connection, both ends watched: 5 runs (connect
+//!   1, sock_release 2, destroy 2; a reset adds one per end that sees it).
+//! * The sockops fallback (no BTF, or `connect_hooks = true`), below. `sockops`
+//!   ([`gopher_sockops_owner`]) records a client's owner in the connect callback (the
 //!   connecting process's context) and switches the state callback on for that socket only; it
-//!   sees the handshake complete (role), the close (`close()` or `shutdown()` moves the socket to
-//!   FIN_WAIT1 or LAST_ACK in the closing process's context: the owner of a server socket) and
-//!   the move to CLOSE, where it emits the socket's final counters. Counters of live sockets are
-//!   read by the agent from the socket iterator or sock_diag, so nothing here fires per send or
-//!   recv.
-//! * Kernels that refuse the current-task helpers in sockops get [`gopher_sockops`] plus
-//!   `cgroup/connect4|6` (in `connect()`: a client's owner) and `cgroup/sock_release` (in the last
-//!   `close()`: a server's owner, and the entry of a connect that never completed).
+//!   sees the handshake complete (role), the close (`close()` or `shutdown()` moves the socket
+//!   to FIN_WAIT1 or LAST_ACK in the closing process's context: the owner of a server socket)
+//!   and the move to CLOSE, where it emits the socket's final counters. Kernels that refuse the
+//!   current-task helpers in sockops (or `connect_hooks = true`) get [`gopher_sockops`] plus
+//!   `cgroup/connect4|6` (in `connect()`: a client's owner) and `cgroup/sock_release` (in the
+//!   last `close()`: a server's owner, and the entry of a connect that never completed).
+//!
+//! Counters of live sockets are read by the agent from the socket iterator or sock_diag, so
+//! nothing here fires per send or recv.
 //!
 //! What a connection costs is counted in program runs (the kernel's `run_cnt`; `bench/run.sh`
-//! reports them per op). A loopback connection whose server closes first, both ends watched,
-//! counted per op: 9 ops every sockops program pays whether it asked or not (RTO init, receive
-//! window init and ECN once per end, on the server's request socket; connect; active and passive
-//! established) and 8 state callbacks (client: SYN_SENT → ESTABLISHED → CLOSE_WAIT → LAST_ACK →
-//! CLOSE; server: SYN_RECV → ESTABLISHED, which the kernel moves right after the passive
-//! established callback switched it on, → FIN_WAIT1 → FIN_WAIT2 → CLOSE): 17. It was 19: a
-//! `sock_release` run per socket (now only with the connect hooks; the client's SYN_SENT →
-//! ESTABLISHED callback is what switching the state callback on at connect costs instead), and a
-//! header-parsing callback on every segment a socket that closed first received until the
-//! peer's FIN (one on churn, one per data segment on a half-closed receiver). Whether that FIN
-//! arrived is now read from the socket itself at CLOSE (`SOCK_DONE`, through BTF); without BTF
-//! the parsing callback is still the fallback.
+//! reports them per op). With sockops, a loopback connection whose server closes first, both
+//! ends watched, counted per op: 9 ops every sockops program pays whether it asked or not (RTO
+//! init, receive window init and ECN once per end, on the server's request socket; connect;
+//! active and passive established) and 8 state callbacks (client: SYN_SENT → ESTABLISHED →
+//! CLOSE_WAIT → LAST_ACK → CLOSE; server: SYN_RECV → ESTABLISHED, which the kernel moves right
+//! after the passive established callback switched it on, → FIN_WAIT1 → FIN_WAIT2 → CLOSE):
+//! 17, plus a `LINKS` insert, lookup and remove (200–400 ns each). Whether the peer's FIN
+//! arrived is read from the socket itself at CLOSE (`SOCK_DONE`, through BTF); without BTF a
+//! header-parsing callback on the segments after our FIN is the fallback.
 //!
-//! Every sockops program runs for every op of every socket in the cgroup (RTO init, receive
-//! window init, ECN, ...), so ops we do not need return at once. A socket whose `LINKS` insert
-//! failed (map full) still has its state callback and still emits its close event, with the owner
-//! left unknown: its bytes are banked, and the failed insert is counted in `MAP_FULL`.
+//! In the sockops design, every program runs for every op of every socket in the cgroup, so
+//! ops we do not need return at once. A socket whose `LINKS` insert failed (map full) still has
+//! its state callback and still emits its close event, with the owner left unknown: its bytes
+//! are banked, and the failed insert is counted in `MAP_FULL`. The destroy design has no map
+//! that can fill.
 #![no_std]
 #![no_main]
 
@@ -50,6 +59,7 @@ use aya_ebpf::{
 };
 use core::ptr::read_volatile;
 
+mod destroy;
 mod health;
 mod iter;
 mod listen;
@@ -61,11 +71,11 @@ use gopher_common::{
     TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_SYN_RECV, TCP_SYN_SENT,
 };
 
-const IPPROTO_TCP: u32 = 6;
-const SOCK_STREAM: u32 = 1;
+pub(crate) const IPPROTO_TCP: u32 = 6;
+pub(crate) const SOCK_STREAM: u32 = 1;
 const TCPHDR_FIN: u32 = 0x01;
 /// Allow the operation (cgroup programs must say so explicitly).
-const ALLOW: i32 = 1;
+pub(crate) const ALLOW: i32 = 1;
 
 /// Offset of `sock.sk_flags` (an unsigned long), set by the agent from the kernel's BTF at load
 /// (frozen `.rodata`: a constant to the verifier, so the load below is a checked BTF access and
@@ -75,7 +85,7 @@ const ALLOW: i32 = 1;
 static SOCKOPS_SK_FLAGS: u32 = 0;
 /// `enum sock_flags`' `SOCK_DONE` (bit 1 since Linux 2.x): set by `tcp_fin()` only, right after
 /// the peer's FIN moved `rcv_nxt` (so `bytes_received` counts it); cleared by `tcp_disconnect()`.
-const SOCK_DONE: u64 = 1 << 1;
+pub(crate) const SOCK_DONE: u64 = 1 << 1;
 /// Offset of `sock.sk_shutdown` (a u8), from BTF like [`SOCKOPS_SK_FLAGS`]; 0 when unknown.
 #[unsafe(no_mangle)]
 static SOCKOPS_SK_SHUTDOWN: u32 = 0;
@@ -138,7 +148,7 @@ const SERVER_MARK: u32 = BPF_SOCK_OPS_RTO_CB_FLAG;
 /// that finds it from SYN_SENT (a connect that failed) drops it without an event, any other
 /// finds it established, and an active open's `bytes_acked` always counts its SYN once the
 /// SYN-ACK is in.
-fn current_owner(role: u8) -> LinkInfo {
+pub(crate) fn current_owner(role: u8) -> LinkInfo {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     link_info(role, OWNER_KNOWN, u8::from(role == ROLE_CLIENT), tgid, comm)
@@ -153,7 +163,8 @@ fn link_info(role: u8, owner: u8, syn_acked: u8, tgid: u32, comm: [u8; 16]) -> L
         syn_acked,
         fin_seen: 0,
         rst: 0,
-        _pad: [0; 2],
+        born: 1,
+        fin_sent: 0,
         comm,
     }
 }
@@ -278,7 +289,7 @@ fn sockops(ctx: &SockOpsContext, owners: bool) -> u32 {
 }
 
 #[inline(always)]
-fn sk_flags_offset() -> usize {
+pub(crate) fn sk_flags_offset() -> usize {
     // SAFETY: an immutable static; volatile keeps it a `.rodata` load instead of the 0 LLVM
     // would fold in.
     unsafe { read_volatile(&raw const SOCKOPS_SK_FLAGS) as usize }
@@ -400,13 +411,16 @@ fn closed(ctx: &SockOpsContext, owners: bool) {
         } else {
             ROLE_SERVER
         };
-        link_info(
-            role,
-            OWNER_NO_ENTRY,
-            u8::from(role == ROLE_CLIENT),
-            0,
-            [0; 16],
-        )
+        LinkInfo {
+            born: 0,
+            ..link_info(
+                role,
+                OWNER_NO_ENTRY,
+                u8::from(role == ROLE_CLIENT),
+                0,
+                [0; 16],
+            )
+        }
     };
     // A connect that failed (its callback is on from the connect) never carried data.
     if info.established == 0 || old_state == TCP_SYN_SENT {
@@ -467,12 +481,20 @@ fn closed(ctx: &SockOpsContext, owners: bool) {
         local_ip,
         remote_ip,
     };
-    let wakeup = if CLOSED.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+    emit(&event, true);
+}
+
+/// Queues an event in `CLOSED` (counted in `LOST` when it has no room). A close may wake the
+/// agent once enough is waiting; a rare reset event never does (the agent drains on a short
+/// timer anyway).
+#[inline(always)]
+pub(crate) fn emit(event: &LinkClosed, close: bool) {
+    let wakeup = if close && CLOSED.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
-    if CLOSED.output::<LinkClosed>(&event, wakeup).is_err() {
+    if CLOSED.output::<LinkClosed>(event, wakeup).is_err() {
         bump(&LOST, 0);
     }
 }

@@ -1,4 +1,6 @@
-//! Connection resets for `tcp_link` (`send_rsts`, `receive_rsts`): which live link a RST ended.
+//! Connection resets for `tcp_link` (`send_rsts`, `receive_rsts`) with the sockops hooks: which
+//! live link a RST ended. (The default destroy hooks keep the reset in the socket's storage:
+//! `destroy.rs`.)
 //!
 //! Two raw tracepoints, each firing once per reset connection (never per packet of an
 //! established one): `tcp_receive_reset` (the peer's RST ended it) and `tcp_send_reset` with no

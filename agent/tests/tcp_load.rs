@@ -1,5 +1,6 @@
 //! The TCP probe under load, end to end (real agent, real eBPF, real sockets): a `LINKS` map
-//! too small for the live sockets, and a burst of short connections. Every byte the test moves
+//! too small for the live sockets (the sockops hooks; the default hooks have none to fill),
+//! and a burst of short connections. Every byte the test moves
 //! on its own port must show up in `tcp_link`, exactly, after the connections closed.
 // Counters are compared exactly on purpose: they must be exact.
 #![allow(clippy::float_cmp, clippy::unwrap_used, clippy::expect_used)]
@@ -106,16 +107,28 @@ fn read_n(s: &mut TcpStream, n: usize) {
     s.read_exact(&mut buf).unwrap();
 }
 
-/// 800 connections held at once (1,600 sockets, both ends here) against a map of 1,024: the
-/// inserts that do not fit are counted, and the bytes of the sockets without an entry, moved
-/// after they were last dumped live, still arrive through their close events.
+/// 800 connections held at once (1,600 sockets, both ends here) against a map of 1,024, with
+/// the sockops hooks that keep live sockets in that map (`connect_hooks = true`): the inserts
+/// that do not fit are counted, and the bytes of the sockets without an entry, moved after they
+/// were last dumped live, still arrive through their close events.
 #[test]
 fn a_full_links_map_is_counted_and_its_sockets_still_accounted() {
+    held_connections("max_links = 1024\nconnect_hooks = true", true);
+}
+
+/// The same 800 connections with the default hooks, which keep what they know of a socket in
+/// the socket itself: `max_links` bounds nothing there, nothing is refused, every byte counts.
+#[test]
+fn the_default_hooks_have_no_map_to_fill() {
+    held_connections("max_links = 1024", false);
+}
+
+fn held_connections(params: &str, fills: bool) {
     if !require(is_root(), "root (eBPF)") {
         return;
     }
     raise_nofile();
-    let agent = Agent::start(&config("max_links = 1024"));
+    let agent = Agent::start(&config(params));
     agent.wait_running(WAIT, "tcp");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -152,10 +165,14 @@ fn a_full_links_map_is_counted_and_its_sockets_still_accounted() {
     let samples = wait_exact(&agent, port, moved);
     drop(listener);
     let full = common::tcp::links_map_full(&samples);
-    assert!(
-        full > 0.0,
-        "no full-map insert counted with 1,600 sockets in 1,024 slots"
-    );
+    if fills {
+        assert!(
+            full > 0.0,
+            "no full-map insert counted with 1,600 sockets in 1,024 slots"
+        );
+    } else {
+        assert_eq!(full, 0.0, "inserts refused with socket-local storage");
+    }
     assert_eq!(
         self_metric(&samples, "gopher_ebpf_events_lost_total"),
         Some(0.0)

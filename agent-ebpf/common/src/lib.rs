@@ -40,7 +40,8 @@ pub struct LinkInfo {
     pub role: u8,
     pub owner: u8,
     /// 1 when a CLOSE of this socket ends a connection that carried data: set from the start,
-    /// since the CLOSE callback is only switched on at the handshake.
+    /// since the CLOSE callback is only switched on at the handshake. In the destroy hooks'
+    /// socket storage: 1 once the close event was sent (at this end's abort).
     pub established: u8,
     /// 1 when `bytes_acked` counts our SYN (active open): not a data byte.
     pub syn_acked: u8,
@@ -51,7 +52,13 @@ pub struct LinkInfo {
     /// [`RST_SENT`] / [`RST_RECEIVED`]: the connection was reset (set by the reset
     /// tracepoints while the socket still had its `LINKS` entry; carried by its close event).
     pub rst: u8,
-    pub _pad: [u8; 2],
+    /// 1 when this probe saw the socket start (its connect, or its handshake in the sockops
+    /// fallback): all of its counters are new traffic. A close of a socket not born under the
+    /// probe, before the agent's first dump, may carry lifetime totals (see the collector).
+    pub born: u8,
+    /// Storage of the destroy hooks: a reset found the socket in a state past our FIN
+    /// (FIN_WAIT1/2, CLOSING, LAST_ACK).
+    pub fin_sent: u8,
     pub comm: [u8; 16],
 }
 
@@ -95,7 +102,9 @@ pub struct LinkClosed {
     /// Host byte order.
     pub local_port: u32,
     pub remote_port: u32,
-    /// State the socket left for CLOSE (TCP_* numbering).
+    /// State the socket left for CLOSE (TCP_* numbering). From the destroy hook, which runs
+    /// once the socket is in CLOSE: the state equivalent to what it did (LAST_ACK: both FINs,
+    /// FIN_WAIT1: ours only, CLOSE_WAIT: the peer's only, ESTABLISHED: neither).
     pub old_state: u32,
     /// 1 when everything we sent, FIN included, was acknowledged (snd_una == snd_nxt).
     pub all_acked: u32,

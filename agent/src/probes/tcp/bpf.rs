@@ -9,7 +9,9 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{CgroupSock, CgroupSockAddr, RawTracePoint, SockOps, links::CgroupAttachMode},
+    programs::{
+        BtfTracePoint, CgroupSock, CgroupSockAddr, RawTracePoint, SockOps, links::CgroupAttachMode,
+    },
 };
 use gopher_common::LinkInfo;
 
@@ -21,6 +23,79 @@ pub struct Programs {
     pub cgroup: PathBuf,
     /// Why the socket iterator's kernel offsets are unknown (it is then not loaded).
     pub iter_offsets: Option<super::btf::BtfError>,
+    /// Which hooks account the sockets.
+    pub hooks: Hooks,
+}
+
+/// The programs that see sockets start and end (`agent-ebpf/src/main.rs` tells the costs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hooks {
+    /// The default with kernel BTF: `tcp_destroy_sock` plus connect and release hooks, owners
+    /// in socket-local storage (`agent-ebpf/src/destroy.rs`). `LINKS` is unused.
+    Destroy,
+    /// sockops recording owners itself (no BTF tracing programs on this kernel).
+    SockopsOwner,
+    /// sockops plus connect and release hooks (`connect_hooks = true`, or a kernel that
+    /// refuses the current-task helpers in sockops).
+    SockopsConnect,
+}
+
+/// The destroy hooks: cgroup programs first (the verifier is where an older kernel refuses),
+/// everything loaded before anything is attached, so that a refusal leaves nothing attached
+/// for the sockops fallback to double.
+const DESTROY_CGROUP: [&str; 3] = [
+    "gopher_connect4_sk",
+    "gopher_connect6_sk",
+    "gopher_sock_release_sk",
+];
+const DESTROY_TRACEPOINTS: [(&str, &str); 3] = [
+    ("gopher_tcp_destroy", "tcp_destroy_sock"),
+    ("gopher_link_rst_in_sk", "tcp_receive_reset"),
+    ("gopher_link_rst_out_sk", "tcp_send_reset"),
+];
+
+fn load_destroy(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    for name in DESTROY_CGROUP {
+        let prog = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+        match prog {
+            aya::programs::Program::CgroupSockAddr(p) => p.load(),
+            aya::programs::Program::CgroupSock(p) => p.load(),
+            _ => return Err(anyhow!("program {name} has an unexpected type")),
+        }
+        .with_context(|| format!("loading {name}"))?;
+    }
+    for (name, tracepoint) in DESTROY_TRACEPOINTS {
+        let prog: &mut BtfTracePoint = program(ebpf, name)?;
+        prog.load(tracepoint, &btf)
+            .with_context(|| format!("loading {name}"))?;
+    }
+    Ok(())
+}
+
+fn attach_destroy(ebpf: &mut Ebpf, cg: &File) -> anyhow::Result<()> {
+    for name in DESTROY_CGROUP {
+        let prog = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+        match prog {
+            aya::programs::Program::CgroupSockAddr(p) => {
+                p.attach(cg, CgroupAttachMode::Single).map(drop)
+            }
+            aya::programs::Program::CgroupSock(p) => {
+                p.attach(cg, CgroupAttachMode::Single).map(drop)
+            }
+            _ => return Err(anyhow!("program {name} has an unexpected type")),
+        }
+        .with_context(|| format!("attaching {name}"))?;
+    }
+    for (name, _) in DESTROY_TRACEPOINTS {
+        let prog: &mut BtfTracePoint = program(ebpf, name)?;
+        prog.attach().with_context(|| format!("attaching {name}"))?;
+    }
+    Ok(())
 }
 
 /// Finds the cgroup2 mount in /proc/mounts: it is /sys/fs/cgroup on unified hosts and
@@ -38,7 +113,8 @@ fn parse_cgroup2_root(mounts: &str) -> Option<PathBuf> {
     })
 }
 
-/// `connect_hooks` forces the fallback that older kernels get (tests exercise it here).
+/// `connect_hooks` forces the sockops fallback with connect and release hooks, which older
+/// kernels get (tests exercise it here; `max_links` bounds its `LINKS` map).
 pub fn load(max_links: u32, connect_hooks: bool) -> anyhow::Result<Programs> {
     let cgroup = cgroup2_root()?;
     let offsets = super::iter_offsets::offsets();
@@ -49,6 +125,24 @@ pub fn load(max_links: u32, connect_hooks: bool) -> anyhow::Result<Programs> {
     }
     let mut ebpf = loader.load(OBJECT).context("loading the tcp eBPF object")?;
     let cg = File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+
+    // The default: one program run per socket at its end instead of sockops on every op.
+    // It reads the socket at the iterator's BTF offsets; without them, or on a kernel that
+    // refuses a piece, the sockops hooks below.
+    if !connect_hooks && offsets.is_ok() {
+        match load_destroy(&mut ebpf) {
+            Ok(()) => {
+                attach_destroy(&mut ebpf, &cg)?;
+                return Ok(Programs {
+                    ebpf,
+                    cgroup,
+                    iter_offsets: offsets.err(),
+                    hooks: Hooks::Destroy,
+                });
+            }
+            Err(e) => tracing::info!("tcp_destroy_sock hooks unavailable ({e:#}); using sockops"),
+        }
+    }
 
     // Prefer the sockops program that records owners itself; a kernel that refuses current-task
     // helpers there gets the plain one plus the connect and release hooks (two program runs
@@ -98,6 +192,11 @@ pub fn load(max_links: u32, connect_hooks: bool) -> anyhow::Result<Programs> {
         ebpf,
         cgroup,
         iter_offsets: offsets.err(),
+        hooks: if owner_in_sockops {
+            Hooks::SockopsOwner
+        } else {
+            Hooks::SockopsConnect
+        },
     })
 }
 

@@ -14,7 +14,7 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use gopher_common::{EVENT_RESET, LinkClosed, LinkInfo, OWNER_KNOWN, OWNER_NO_ENTRY};
+use gopher_common::{EVENT_RESET, LinkClosed, LinkInfo, OWNER_KNOWN};
 // TCP states, shared with the eBPF programs.
 use gopher_common::{
     TCP_CLOSE_WAIT as CLOSE_WAIT, TCP_CLOSING as CLOSING, TCP_FIN_WAIT1 as FIN_WAIT1,
@@ -169,10 +169,13 @@ impl Collector {
 
     /// Applies every close event written so far (those still in the ring buffer included).
     ///
-    /// A socket without an eBPF entry still reports its close (its entry did not fit in a full
-    /// map), but so does one established under an earlier agent: the callback flags it set
-    /// outlive it. Before the first dump, such a socket was never seen live by this agent and
-    /// its counters would be lifetime totals, so these events are skipped then; afterwards,
+    /// A socket the eBPF side did not see start (`born` 0) still reports its close: its entry
+    /// did not fit in a full map, it was established under an earlier agent (whose sockops
+    /// flags outlive it), or, with the destroy hook, every socket does, server sockets (whose
+    /// start no hook sees) included. Before the first dump such a socket was never seen live by
+    /// this agent and its counters may be lifetime totals, so these events are skipped then
+    /// (a server socket born and closed in the moment before the first dump goes uncounted;
+    /// its client end, when watched, still counts); afterwards,
     /// every older socket is known from the dump (tracked, or waiting for its owner with the
     /// reading it counts from) and one that is not was born since.
     pub fn drain(&mut self, closed: &ClosedEvents) {
@@ -183,7 +186,7 @@ impl Collector {
             // A close (its socket's reset bits ride along), or a reset alone: one sent after its
             // socket's close, or of a socket without an eBPF entry.
             let close = ev.kind != EVENT_RESET;
-            let unprimed = !self.primed && ev.info.owner == OWNER_NO_ENTRY;
+            let unprimed = !self.primed && ev.info.born == 0;
             if close && unprimed && !self.links.is_tracked(ev.cookie) {
                 continue;
             }

@@ -21,6 +21,11 @@ pub struct Offsets {
     /// `sock.sk_shutdown` (a u8), for the sockops programs: tells a server socket's abort by
     /// its own process (owner recorded then) from a received reset; 0 when unknown.
     sk_shutdown: u32,
+    /// `sock.sk_err` (an int), for the destroy hook: a socket that timed out sent no FIN.
+    sk_err: u32,
+    /// `inet_sock.inet_sport` (a u16), for the destroy hook: the local port, which `skc_num`
+    /// no longer holds once the socket released its port.
+    inet_sport: u32,
 }
 
 pub fn offsets() -> Result<Offsets, BtfError> {
@@ -38,6 +43,14 @@ pub fn offsets() -> Result<Offsets, BtfError> {
             tracing::info!(
                 "sock.sk_shutdown not found in the kernel's BTF ({e}): a server socket its \
                  process aborts takes its owner from its listener"
+            );
+            0
+        }),
+        inet_sport: btf.offset("inet_sock", "inet_sport", 2)?,
+        sk_err: btf.offset("sock", "sk_err", 4).unwrap_or_else(|e| {
+            tracing::info!(
+                "sock.sk_err not found in the kernel's BTF ({e}): a link that timed out after \
+                 all was acknowledged may count its FIN as a byte"
             );
             0
         }),
@@ -65,6 +78,8 @@ impl Offsets {
         loader.override_global("ITER_SOCKET_INO", &self.socket_ino, true);
         loader.override_global("SOCKOPS_SK_FLAGS", &self.sk_flags, true);
         loader.override_global("SOCKOPS_SK_SHUTDOWN", &self.sk_shutdown, true);
+        loader.override_global("DESTROY_SK_ERR", &self.sk_err, true);
+        loader.override_global("DESTROY_SPORT", &self.inet_sport, true);
     }
 }
 

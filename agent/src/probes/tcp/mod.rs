@@ -66,7 +66,8 @@ const APPLY_EVERY: Duration = Duration::from_millis(250);
 pub struct TcpProbe {
     /// Capacity of the eBPF map of live sockets.
     pub max_links: u32,
-    /// Record owners with cgroup connect and release hooks even where sockops could do it.
+    /// Use the sockops hooks with cgroup connect and release hooks for owners instead of the
+    /// default destroy hooks (which kernels without BTF cannot load).
     pub connect_hooks: bool,
     /// Read live sockets with the eBPF socket iterator where it loads (else sock_diag).
     pub socket_iterator: bool,
@@ -138,7 +139,11 @@ async fn run(
     let mut programs = bpf::load(max_links, connect_hooks)?;
     let lost = ctx.metrics.counter(EBPF_EVENTS_LOST, &[("probe", "tcp")]);
     let closed = ClosedEvents::start(programs.take_closed()?, lost)?;
-    tracing::info!(cgroup = %programs.cgroup.display(), "tcp probe attached");
+    tracing::info!(
+        cgroup = %programs.cgroup.display(),
+        hooks = ?programs.hooks,
+        "tcp probe attached"
+    );
     let mut state = Collector::new(&ctx.metrics, policy);
     let source = if socket_iterator {
         match iter::TcpIter::load(&mut programs) {

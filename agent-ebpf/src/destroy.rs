@@ -1,0 +1,379 @@
+//! The default hooks: each TCP socket is accounted once, when the kernel destroys it, and
+//! its owner is kept in socket-local storage. No sockops program is attached, so sockets pay
+//! nothing for ops nobody asked for, and nothing runs per state change.
+//!
+//! * `cgroup/connect4|6` ([`gopher_connect4_sk`]): a client's owner, in the connecting
+//!   process's context, into the socket's storage (created here: `born`, role client).
+//! * `cgroup/sock_release` ([`gopher_sock_release_sk`]): the process doing the last `close()`
+//!   of a socket that has no owner yet (a server socket: the owner that closed it).
+//! * `tp_btf/tcp_destroy_sock` ([`gopher_tcp_destroy`]): fires exactly once per full TCP
+//!   socket (`tcp_v4_destroy_sock`, IPv6 included), after its last state change, before its
+//!   storage is freed. A socket that was ever established emits its final counters, read from
+//!   the `tcp_sock` at the BTF offsets the agent resolved (`ITER_OFFSETS`), in a
+//!   [`LinkClosed`] event whose `old_state` is the state equivalent to what it did (see
+//!   [`equivalent_state`]).
+//! * `tp_btf/tcp_receive_reset|tcp_send_reset`: a reset is a bit in the storage (created if
+//!   need be), carried by the close event; the socket's state at the reset tells whether we
+//!   had sent a FIN. This end's abort sends its close event at the RST, final by then, since
+//!   `tcp_disconnect()` zeroes the counters before the socket is destroyed; its storage then
+//!   says so (`established`) and the destroy sends nothing more.
+//!
+//! A loopback connection costs five runs: connect 1, sock_release 2, destroy 2. Storage dies
+//! with its socket: nothing to remove, nothing that can fill up.
+
+use aya_ebpf::{
+    EbpfContext,
+    btf_maps::SkStorage,
+    helpers::generated::{bpf_get_socket_cookie, bpf_sk_storage_get, bpf_skc_to_tcp_sock},
+    macros::{btf_map, btf_tracepoint, cgroup_sock, cgroup_sock_addr},
+    programs::{BtfTracePointContext, SockAddrContext, SockContext},
+};
+use core::{ffi::c_void, ptr::read_volatile};
+
+use gopher_common::{
+    EVENT_CLOSE, EVENT_RESET, LinkClosed, LinkInfo, LinkStats, OWNER_KNOWN, OWNER_NO_ENTRY,
+    ROLE_CLIENT, ROLE_SERVER, RST_RECEIVED, RST_SENT, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED,
+    TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_LISTEN, TCP_SYN_SENT,
+};
+
+use crate::{
+    ALLOW, IPPROTO_TCP, SOCK_DONE, SOCK_STREAM, current_owner, emit,
+    health::{off, read},
+    iter::ITER_OFFSETS,
+};
+
+const AF_INET: u16 = 2;
+const BPF_SK_STORAGE_GET_F_CREATE: u64 = 1;
+
+/// Offset of `sock.sk_err` (an int), set by the agent from BTF: a socket that timed out
+/// (`tcp_write_err`) ended without our FIN. 0 when unknown.
+#[unsafe(no_mangle)]
+static DESTROY_SK_ERR: u32 = 0;
+/// Offset of `inet_sock.inet_sport` (a u16, network byte order), set by the agent from BTF:
+/// the local port. `skc_num` is no use at the end: moving to CLOSE releases the port
+/// (`inet_put_port` zeroes it).
+#[unsafe(no_mangle)]
+static DESTROY_SPORT: u32 = 0;
+
+/// What this probe knows of a socket, for its lifetime. Zeroed at creation: role server,
+/// owner unknown, not born under this probe.
+#[btf_map]
+static SK_LINKS: SkStorage<LinkInfo> = SkStorage::new();
+
+/// The socket's storage; created (zeroed) if `create`. Null when none (or it cannot be made).
+///
+/// # Safety
+/// `sk` is what the program type's `bpf_sk_storage_get` accepts: a `struct sock` BTF pointer
+/// (tracing), the socket of a `bpf_sock_addr`, or a `cgroup/sock` context.
+#[inline(always)]
+unsafe fn storage(sk: *mut c_void, create: bool) -> *mut LinkInfo {
+    let flags = if create {
+        BPF_SK_STORAGE_GET_F_CREATE
+    } else {
+        0
+    };
+    let map = core::ptr::from_ref(&SK_LINKS).cast_mut().cast();
+    // SAFETY: see the function's contract; a null value asks for a zeroed one.
+    unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), flags) }.cast()
+}
+
+fn connect(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: the kernel hands us a valid bpf_sock_addr for the program's lifetime.
+    let (ty, proto, sk) = unsafe {
+        let a = &*ctx.sock_addr;
+        (a.type_, a.protocol, a.__bindgen_anon_1.sk)
+    };
+    if ty == SOCK_STREAM && proto == IPPROTO_TCP && !sk.is_null() {
+        // SAFETY: the sock_addr's socket, as the helper takes it here.
+        let info = unsafe { storage(sk.cast(), true) };
+        if !info.is_null() {
+            // SAFETY: this socket's storage, valid while the program runs.
+            // `established` stays 0 here: in this storage it says the close event went out.
+            unsafe {
+                *info = LinkInfo {
+                    established: 0,
+                    ..current_owner(ROLE_CLIENT)
+                };
+            };
+        }
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn gopher_connect4_sk(ctx: SockAddrContext) -> i32 {
+    connect(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn gopher_connect6_sk(ctx: SockAddrContext) -> i32 {
+    connect(&ctx)
+}
+
+/// The last `close()` of a socket, in the closing process's context: a socket without an
+/// owner yet (not `connect()`ed: a server socket) gets this process. Listeners are skipped.
+#[cgroup_sock(sock_release)]
+pub fn gopher_sock_release_sk(ctx: SockContext) -> i32 {
+    // SAFETY: valid bpf_sock for the program's lifetime.
+    let (proto, state) = unsafe { ((*ctx.sock).protocol, (*ctx.sock).state) };
+    if proto != IPPROTO_TCP || state == TCP_LISTEN {
+        return ALLOW;
+    }
+    // SAFETY: a cgroup/sock context is what the helper takes in these programs.
+    let info = unsafe { storage(ctx.as_ptr(), true) };
+    if !info.is_null() {
+        // SAFETY: this socket's storage, valid while the program runs.
+        let info = unsafe { &mut *info };
+        if info.owner != OWNER_KNOWN {
+            let owner = current_owner(info.role);
+            info.tgid = owner.tgid;
+            info.comm = owner.comm;
+            info.owner = OWNER_KNOWN;
+        }
+    }
+    ALLOW
+}
+
+macro_rules! off {
+    ($field:ident) => {
+        off(&raw const ITER_OFFSETS.$field)
+    };
+}
+
+/// A field of the `tcp_sock` at `tp + at` (the verifier checks it against BTF).
+///
+/// # Safety
+/// `tp` is a `tcp_sock` BTF pointer and `at` the offset of a field of type `T` in it.
+#[inline(always)]
+unsafe fn field<T: Copy>(tp: *const u8, at: usize) -> T {
+    // SAFETY: see the function's contract.
+    unsafe { read_volatile(tp.add(at).cast::<T>()) }
+}
+
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn gopher_tcp_destroy(ctx: BtfTracePointContext) -> i32 {
+    let sk: *mut c_void = ctx.arg(0);
+    if !sk.is_null() {
+        // SAFETY: the tracepoint's socket, a BTF pointer.
+        unsafe { destroyed(sk) };
+    }
+    0
+}
+
+/// What `closed_event` reads from `old_state` (which end sent a FIN), as the state a socket
+/// would have left for CLOSE with the same facts: the agent keeps one rule for both hooks.
+#[inline(always)]
+fn equivalent_state(we_sent_fin: bool, fin_received: bool) -> u32 {
+    match (we_sent_fin, fin_received) {
+        (true, true) => TCP_LAST_ACK,
+        (true, false) => TCP_FIN_WAIT1,
+        (false, true) => TCP_CLOSE_WAIT,
+        (false, false) => TCP_ESTABLISHED,
+    }
+}
+
+#[inline(always)]
+unsafe fn destroyed(sk: *mut c_void) {
+    // SAFETY: the tracepoint's socket.
+    let stored = unsafe { storage(sk, false) };
+    let info = if stored.is_null() {
+        // Never connect()ed nor released under this probe: a listener's child the process
+        // never accepted, or a socket older than the probe. The agent finds its owner.
+        LinkInfo {
+            role: ROLE_SERVER,
+            owner: OWNER_NO_ENTRY,
+            ..LinkInfo::default()
+        }
+    } else {
+        // SAFETY: this socket's storage, valid while the program runs.
+        let info = unsafe { *stored };
+        if info.established != 0 {
+            // Its close was sent at its abort's RST (see `reset`).
+            return;
+        }
+        info
+    };
+    // SAFETY: the tracepoint's socket.
+    if let Some(event) = unsafe { final_event(sk, info) } {
+        emit(&event, true);
+    }
+}
+
+/// The close event of a socket that will not change any more (destroyed, or reset by this
+/// end); None when it never was established.
+///
+/// # Safety
+/// `sk` is a socket BTF pointer, non-null.
+#[inline(always)]
+unsafe fn final_event(sk: *mut c_void, mut info: LinkInfo) -> Option<LinkClosed> {
+    // SAFETY: sk is a socket BTF pointer; the helper checks it is a TCP one.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk) }.cast::<u8>().cast_const();
+    if tp.is_null() {
+        return None;
+    }
+    // SAFETY: every offset is a field of `tcp_sock` (or of the `sock` it starts with) of the
+    // type read; the verifier checks each against BTF.
+    let (bytes_acked, rcv_nxt) = unsafe {
+        (
+            field::<u64>(tp, off!(bytes_acked)),
+            field::<u32>(tp, off!(rcv_nxt)),
+        )
+    };
+    // Never established: a listener, a socket never connected, a connect whose SYN was never
+    // answered (an active open's `bytes_acked` counts its SYN once the SYN-ACK is in; a
+    // child of a listener has the peer's sequence in `rcv_nxt` from its birth).
+    if bytes_acked == 0 && rcv_nxt == 0 {
+        return None;
+    }
+    info.established = 1;
+    info.syn_acked = u8::from(info.role == ROLE_CLIENT);
+    let flags_at = crate::sk_flags_offset();
+    // SAFETY: BTF offsets of `sock.sk_flags` (unsigned long) and `sock.sk_err` (int).
+    let (flags, err) = unsafe {
+        (
+            if flags_at == 0 {
+                0
+            } else {
+                field::<u64>(tp, flags_at)
+            },
+            match read_volatile(&raw const DESTROY_SK_ERR) as usize {
+                0 => 0,
+                at => field::<i32>(tp, at),
+            },
+        )
+    };
+    // `SOCK_DONE`: the peer's FIN reached this socket (and `rcv_nxt` counts it). Our FIN: a
+    // socket reset knows from its state at the reset; one that timed out has `sk_err` set;
+    // any other ended gracefully, which takes our FIN (FIN_WAIT or LAST_ACK on the way).
+    let fin_received = flags & SOCK_DONE != 0;
+    let we_sent_fin = if info.rst == 0 {
+        err == 0
+    } else {
+        info.fin_sent != 0
+    };
+    let old_state = equivalent_state(we_sent_fin, fin_received);
+    info.fin_seen = u8::from(fin_received);
+    // SAFETY: as above.
+    let (stats, family, local_port, remote_port, local_ip, remote_ip, all_acked) = unsafe {
+        let stats = LinkStats {
+            bytes_received: field(tp, off!(bytes_received)),
+            bytes_acked,
+            segs_in: field(tp, off!(segs_in)),
+            segs_out: field(tp, off!(segs_out)),
+            total_retrans: field(tp, off!(total_retrans)),
+            lost_out: field(tp, off!(lost_out)),
+            srtt_us: field::<u32>(tp, off!(srtt_us)) >> 3,
+            snd_cwnd: field(tp, off!(snd_cwnd)),
+        };
+        let family: u16 = field(tp, off!(skc_family));
+        let mut l = [0u32; 4];
+        let mut r = [0u32; 4];
+        if family == AF_INET {
+            l[0] = field(tp, off!(skc_rcv_saddr));
+            r[0] = field(tp, off!(skc_daddr));
+        } else {
+            let (la, ra) = (off!(skc_v6_rcv_saddr), off!(skc_v6_daddr));
+            l[0] = field(tp, la);
+            l[1] = field(tp, la + 4);
+            l[2] = field(tp, la + 8);
+            l[3] = field(tp, la + 12);
+            r[0] = field(tp, ra);
+            r[1] = field(tp, ra + 4);
+            r[2] = field(tp, ra + 8);
+            r[3] = field(tp, ra + 12);
+        }
+        let local_port: u16 = match read_volatile(&raw const DESTROY_SPORT) as usize {
+            0 => field(tp, off!(skc_num)),
+            at => u16::from_be(field(tp, at)),
+        };
+        let remote_port = u16::from_be(field(tp, off!(skc_dport)));
+        let all_acked =
+            u32::from(field::<u32>(tp, off!(snd_una)) == field::<u32>(tp, off!(snd_nxt)));
+        (stats, family, local_port, remote_port, l, r, all_acked)
+    };
+    let net: u64 = read(sk as u64, off!(skc_net));
+    Some(LinkClosed {
+        // SAFETY: a socket BTF pointer; the helper is defined for tracing programs.
+        cookie: unsafe { bpf_get_socket_cookie(sk) },
+        netns_cookie: if net == 0 {
+            0
+        } else {
+            read(net, off!(net_cookie))
+        },
+        info,
+        stats,
+        family: u32::from(family),
+        local_port: u32::from(local_port),
+        remote_port: u32::from(remote_port),
+        old_state,
+        all_acked,
+        kind: EVENT_CLOSE,
+        local_ip,
+        remote_ip,
+    })
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn gopher_link_rst_in_sk(ctx: BtfTracePointContext) -> i32 {
+    reset(ctx.arg(0), RST_RECEIVED);
+    0
+}
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn gopher_link_rst_out_sk(ctx: BtfTracePointContext) -> i32 {
+    // An abort (no segment to answer) is a connection's; a reply to a stray segment is not.
+    let skb: u64 = ctx.arg(1);
+    if skb == 0 {
+        reset(ctx.arg(0), RST_SENT);
+    }
+    0
+}
+
+#[inline(always)]
+fn reset(sk: *mut c_void, bit: u8) {
+    if sk.is_null() {
+        return;
+    }
+    let state: u8 = read(sk as u64, off!(skc_state));
+    // A RST to a SYN is a refused connect, not a link's reset (there never was a link).
+    if u32::from(state) == TCP_SYN_SENT {
+        return;
+    }
+    // SAFETY: the tracepoint's socket (a full one: these resets are a connection's).
+    let info = unsafe { storage(sk, true) };
+    if info.is_null() {
+        // No storage (out of memory): the agent gives the reset to the socket's link.
+        let event = LinkClosed {
+            // SAFETY: a socket BTF pointer.
+            cookie: unsafe { bpf_get_socket_cookie(sk) },
+            info: LinkInfo {
+                rst: bit,
+                ..LinkInfo::default()
+            },
+            kind: EVENT_RESET,
+            ..LinkClosed::default()
+        };
+        emit(&event, false);
+        return;
+    }
+    // SAFETY: this socket's storage, valid while the program runs.
+    let info = unsafe { &mut *info };
+    info.rst |= bit;
+    // An abort in `close()` moves the socket to CLOSE before its RST: no FIN then.
+    if matches!(
+        u32::from(state),
+        TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSING | TCP_LAST_ACK
+    ) {
+        info.fin_sent = 1;
+    }
+    // This end's abort is final: nothing moves after its RST. Its counters go now, because an
+    // abort through `tcp_disconnect()` (`SO_LINGER` 0, `connect(AF_UNSPEC)`) zeroes them (and
+    // the addresses) right after the RST, before the socket is destroyed.
+    if bit == RST_SENT && info.established == 0 {
+        // SAFETY: the tracepoint's socket, non-null.
+        if let Some(event) = unsafe { final_event(sk, *info) } {
+            info.established = 1;
+            emit(&event, true);
+        }
+    }
+}
