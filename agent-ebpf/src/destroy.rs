@@ -1,25 +1,30 @@
-//! The default hooks: each TCP socket is accounted once, when the kernel destroys it, and
-//! its owner is kept in socket-local storage. No sockops program is attached, so sockets pay
-//! nothing for ops nobody asked for, and nothing runs per state change.
+//! The default hooks: each TCP socket is accounted once, when the kernel destroys it. No
+//! sockops program is attached, so sockets pay nothing for ops nobody asked for, and nothing
+//! runs per state change.
 //!
 //! * `cgroup/connect4|6` ([`gopher_connect4_sk`]): a client's owner, in the connecting
-//!   process's context, into the socket's storage (created here: `born`, role client).
+//!   process's context, into `LINKS` under the socket's cookie.
 //! * `cgroup/sock_release` ([`gopher_sock_release_sk`]): the process doing the last `close()`
-//!   of a socket that has no owner yet (a server socket: the owner that closed it).
+//!   of a socket that has no owner yet (not `connect()`ed: a server socket) becomes its owner.
 //! * `tp_btf/tcp_destroy_sock` ([`gopher_tcp_destroy`]): fires exactly once per full TCP
-//!   socket (`tcp_v4_destroy_sock`, IPv6 included), after its last state change, before its
-//!   storage is freed. A socket that was ever established emits its final counters, read from
-//!   the `tcp_sock` at the BTF offsets the agent resolved (`ITER_OFFSETS`), in a
-//!   [`LinkClosed`] event whose `old_state` is the state equivalent to what it did (see
-//!   [`equivalent_state`]).
-//! * `tp_btf/tcp_receive_reset|tcp_send_reset`: a reset is a bit in the storage (created if
-//!   need be), carried by the close event; the socket's state at the reset tells whether we
-//!   had sent a FIN. This end's abort sends its close event at the RST, final by then, since
-//!   `tcp_disconnect()` zeroes the counters before the socket is destroyed; its storage then
-//!   says so (`established`) and the destroy sends nothing more.
+//!   socket (`tcp_v4_destroy_sock`, IPv6 included), after its last state change. Its entry
+//!   goes, and a socket that was ever established emits its final counters, read from the
+//!   `tcp_sock` at the BTF offsets the agent resolved (`ITER_OFFSETS`), in a [`LinkClosed`]
+//!   event whose `old_state` is the state equivalent to what it did (see [`equivalent_state`]).
+//! * `tp_btf/tcp_receive_reset|tcp_send_reset`: a reset is a bit in the entry (made if need
+//!   be), carried by the close event; the socket's state at the reset tells whether we had sent
+//!   a FIN. This end's abort sends its close event at the RST, final by then, since
+//!   `tcp_disconnect()` zeroes the counters before the socket is destroyed; its entry then says
+//!   so (`established`) and the destroy sends nothing more.
 //!
-//! A loopback connection costs five runs: connect 1, sock_release 2, destroy 2. Storage dies
-//! with its socket: nothing to remove, nothing that can fill up.
+//! A loopback connection, both ends watched, costs five runs (connect 1, sock_release 2,
+//! destroy 2) and eight operations on the preallocated `LINKS` hash: the client's insert, a
+//! lookup per release and the server's insert, a lookup and a remove per destroy. Socket-local storage would need no
+//! removes, but creating it allocates (~2 µs a socket on this project's test VM, measured),
+//! more than the whole hash path; and `max_links` keeps bounding what the probe holds in the
+//! kernel (a refused insert is counted, and the socket is still accounted: its owner is then
+//! found by the agent). Only a client whose insert was refused gets socket storage, as a mark
+//! ([`REFUSED_CLIENTS`]).
 
 use aya_ebpf::{
     EbpfContext,
@@ -31,15 +36,17 @@ use aya_ebpf::{
 use core::{ffi::c_void, ptr::read_volatile};
 
 use gopher_common::{
-    EVENT_CLOSE, EVENT_RESET, LinkClosed, LinkInfo, LinkStats, OWNER_KNOWN, OWNER_NO_ENTRY,
-    ROLE_CLIENT, ROLE_SERVER, RST_RECEIVED, RST_SENT, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED,
-    TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_LISTEN, TCP_SYN_SENT,
+    EVENT_CLOSE, EVENT_RESET, LinkClosed, LinkInfo, LinkStats, OWNER_NO_ENTRY, ROLE_CLIENT,
+    ROLE_SERVER, ROLE_UNKNOWN, RST_RECEIVED, RST_SENT, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING,
+    TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_LISTEN, TCP_SYN_SENT,
 };
 
 use crate::{
-    ALLOW, IPPROTO_TCP, SOCK_DONE, SOCK_STREAM, current_owner, emit,
+    ALLOW, IPPROTO_TCP, LINKS, SOCK_DONE, SOCK_STREAM, current_owner, emit,
     health::{off, read},
+    insert_link,
     iter::ITER_OFFSETS,
+    set_owner,
 };
 
 const AF_INET: u16 = 2;
@@ -55,26 +62,24 @@ static DESTROY_SK_ERR: u32 = 0;
 #[unsafe(no_mangle)]
 static DESTROY_SPORT: u32 = 0;
 
-/// What this probe knows of a socket, for its lifetime. Zeroed at creation: role server,
-/// owner unknown, not born under this probe.
+/// Client sockets whose `LINKS` insert was refused (the map was full): a mark in the socket
+/// itself, so that `sock_release` and the destroy hook still tell them from server sockets
+/// (which have no entry until their process closes them). Only made on a refusal: creating
+/// socket storage costs ~2 µs, the whole hash path a fraction of it.
 #[btf_map]
-static SK_LINKS: SkStorage<LinkInfo> = SkStorage::new();
+static REFUSED_CLIENTS: SkStorage<u32> = SkStorage::new();
 
-/// The socket's storage; created (zeroed) if `create`. Null when none (or it cannot be made).
+/// Whether `sk` carries the [`REFUSED_CLIENTS`] mark; `mark` makes it.
 ///
 /// # Safety
 /// `sk` is what the program type's `bpf_sk_storage_get` accepts: a `struct sock` BTF pointer
 /// (tracing), the socket of a `bpf_sock_addr`, or a `cgroup/sock` context.
 #[inline(always)]
-unsafe fn storage(sk: *mut c_void, create: bool) -> *mut LinkInfo {
-    let flags = if create {
-        BPF_SK_STORAGE_GET_F_CREATE
-    } else {
-        0
-    };
-    let map = core::ptr::from_ref(&SK_LINKS).cast_mut().cast();
+unsafe fn refused_client(sk: *mut c_void, mark: bool) -> bool {
+    let map = core::ptr::from_ref(&REFUSED_CLIENTS).cast_mut().cast();
+    let flags = if mark { BPF_SK_STORAGE_GET_F_CREATE } else { 0 };
     // SAFETY: see the function's contract; a null value asks for a zeroed one.
-    unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), flags) }.cast()
+    !unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), flags) }.is_null()
 }
 
 fn connect(ctx: &SockAddrContext) -> i32 {
@@ -83,18 +88,17 @@ fn connect(ctx: &SockAddrContext) -> i32 {
         let a = &*ctx.sock_addr;
         (a.type_, a.protocol, a.__bindgen_anon_1.sk)
     };
-    if ty == SOCK_STREAM && proto == IPPROTO_TCP && !sk.is_null() {
-        // SAFETY: the sock_addr's socket, as the helper takes it here.
-        let info = unsafe { storage(sk.cast(), true) };
-        if !info.is_null() {
-            // SAFETY: this socket's storage, valid while the program runs.
-            // `established` stays 0 here: in this storage it says the close event went out.
-            unsafe {
-                *info = LinkInfo {
-                    established: 0,
-                    ..current_owner(ROLE_CLIENT)
-                };
-            };
+    if ty == SOCK_STREAM && proto == IPPROTO_TCP {
+        // SAFETY: ctx is a sock_addr context, for which this helper is defined.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        // `established` stays 0: in this design it says the close event went out.
+        let info = LinkInfo {
+            established: 0,
+            ..current_owner(ROLE_CLIENT)
+        };
+        if !insert_link(cookie, &info) && !sk.is_null() {
+            // SAFETY: the sock_addr's socket, as the helper takes it here.
+            let _ = unsafe { refused_client(sk.cast(), true) };
         }
     }
     ALLOW
@@ -111,7 +115,10 @@ pub fn gopher_connect6_sk(ctx: SockAddrContext) -> i32 {
 }
 
 /// The last `close()` of a socket, in the closing process's context: a socket without an
-/// owner yet (not `connect()`ed: a server socket) gets this process. Listeners are skipped.
+/// owner yet (not `connect()`ed: a server socket) gets this process. Listeners are skipped, and
+/// so are sockets already in CLOSE: they are destroyed within this very `close()`, and one
+/// never established leaves nothing to account (a server socket reset or timed out before its
+/// process closed it gets its listener's owner from the agent, as with sockops).
 #[cgroup_sock(sock_release)]
 pub fn gopher_sock_release_sk(ctx: SockContext) -> i32 {
     // SAFETY: valid bpf_sock for the program's lifetime.
@@ -119,19 +126,43 @@ pub fn gopher_sock_release_sk(ctx: SockContext) -> i32 {
     if proto != IPPROTO_TCP || state == TCP_LISTEN {
         return ALLOW;
     }
+    // SAFETY: sock context; helper defined for it.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // Not connect()ed under the probe: a server socket, unless its connect found the map full.
     // SAFETY: a cgroup/sock context is what the helper takes in these programs.
-    let info = unsafe { storage(ctx.as_ptr(), true) };
-    if !info.is_null() {
-        // SAFETY: this socket's storage, valid while the program runs.
+    let role = || unsafe { unconnected_role(ctx.as_ptr(), ROLE_SERVER) };
+    if let Some(info) = LINKS.get_ptr_mut(&cookie) {
+        // SAFETY: pointer into a map value, valid while the program runs.
         let info = unsafe { &mut *info };
-        if info.owner != OWNER_KNOWN {
-            let owner = current_owner(info.role);
-            info.tgid = owner.tgid;
-            info.comm = owner.comm;
-            info.owner = OWNER_KNOWN;
+        if info.role == ROLE_UNKNOWN {
+            // Made by a reset.
+            info.role = role();
         }
+        set_owner(info);
+    } else if state != TCP_CLOSE {
+        let info = LinkInfo {
+            established: 0,
+            born: 0,
+            ..current_owner(role())
+        };
+        let _ = insert_link(cookie, &info);
     }
     ALLOW
+}
+
+/// The role of a socket its connect did not record: a client if the map refused its entry,
+/// else `otherwise`.
+///
+/// # Safety
+/// As [`refused_client`].
+#[inline(always)]
+unsafe fn unconnected_role(sk: *mut c_void, otherwise: u8) -> u8 {
+    // SAFETY: as the caller's.
+    if unsafe { refused_client(sk, false) } {
+        ROLE_CLIENT
+    } else {
+        otherwise
+    }
 }
 
 macro_rules! off {
@@ -174,27 +205,30 @@ fn equivalent_state(we_sent_fin: bool, fin_received: bool) -> u32 {
 
 #[inline(always)]
 unsafe fn destroyed(sk: *mut c_void) {
-    // SAFETY: the tracepoint's socket.
-    let stored = unsafe { storage(sk, false) };
-    let info = if stored.is_null() {
-        // Never connect()ed nor released under this probe: a listener's child the process
-        // never accepted, or a socket older than the probe. The agent finds its owner.
-        LinkInfo {
-            role: ROLE_SERVER,
-            owner: OWNER_NO_ENTRY,
-            ..LinkInfo::default()
-        }
-    } else {
-        // SAFETY: this socket's storage, valid while the program runs.
-        let info = unsafe { *stored };
+    // SAFETY: a socket BTF pointer; the helper is defined for tracing programs.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let info = if let Some(entry) = LINKS.get_ptr(&cookie) {
+        // SAFETY: pointer into a map value, valid while the program runs.
+        let info = unsafe { *entry };
+        let _ = LINKS.remove(&cookie);
         if info.established != 0 {
             // Its close was sent at its abort's RST (see `reset`).
             return;
         }
         info
+    } else {
+        // Neither connect()ed nor released under this probe: a listener's child the process
+        // never accepted, a socket older than the probe, or one whose insert found the map
+        // full. The agent finds its owner and its role.
+        LinkInfo {
+            // SAFETY: the tracepoint's socket.
+            role: unsafe { unconnected_role(sk, ROLE_UNKNOWN) },
+            owner: OWNER_NO_ENTRY,
+            ..LinkInfo::default()
+        }
     };
     // SAFETY: the tracepoint's socket.
-    if let Some(event) = unsafe { final_event(sk, info) } {
+    if let Some(event) = unsafe { final_event(sk, cookie, info) } {
         emit(&event, true);
     }
 }
@@ -205,7 +239,7 @@ unsafe fn destroyed(sk: *mut c_void) {
 /// # Safety
 /// `sk` is a socket BTF pointer, non-null.
 #[inline(always)]
-unsafe fn final_event(sk: *mut c_void, mut info: LinkInfo) -> Option<LinkClosed> {
+unsafe fn final_event(sk: *mut c_void, cookie: u64, mut info: LinkInfo) -> Option<LinkClosed> {
     // SAFETY: sk is a socket BTF pointer; the helper checks it is a TCP one.
     let tp = unsafe { bpf_skc_to_tcp_sock(sk) }.cast::<u8>().cast_const();
     if tp.is_null() {
@@ -293,8 +327,7 @@ unsafe fn final_event(sk: *mut c_void, mut info: LinkInfo) -> Option<LinkClosed>
     };
     let net: u64 = read(sk as u64, off!(skc_net));
     Some(LinkClosed {
-        // SAFETY: a socket BTF pointer; the helper is defined for tracing programs.
-        cookie: unsafe { bpf_get_socket_cookie(sk) },
+        cookie,
         netns_cookie: if net == 0 {
             0
         } else {
@@ -339,13 +372,24 @@ fn reset(sk: *mut c_void, bit: u8) {
     if u32::from(state) == TCP_SYN_SENT {
         return;
     }
-    // SAFETY: the tracepoint's socket (a full one: these resets are a connection's).
-    let info = unsafe { storage(sk, true) };
-    if info.is_null() {
-        // No storage (out of memory): the agent gives the reset to the socket's link.
+    // SAFETY: a socket BTF pointer; the helper is defined for tracing programs.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let mut entry = LINKS.get_ptr_mut(&cookie);
+    if entry.is_none() {
+        // A server socket its process has not closed yet, or one older than the probe: an
+        // entry now carries the reset to its close (sock_release still records the owner).
+        let fresh = LinkInfo {
+            role: ROLE_UNKNOWN,
+            ..LinkInfo::default()
+        };
+        if insert_link(cookie, &fresh) {
+            entry = LINKS.get_ptr_mut(&cookie);
+        }
+    }
+    let Some(info) = entry else {
+        // The map is full (counted): the agent gives the reset to the socket's link.
         let event = LinkClosed {
-            // SAFETY: a socket BTF pointer.
-            cookie: unsafe { bpf_get_socket_cookie(sk) },
+            cookie,
             info: LinkInfo {
                 rst: bit,
                 ..LinkInfo::default()
@@ -355,8 +399,8 @@ fn reset(sk: *mut c_void, bit: u8) {
         };
         emit(&event, false);
         return;
-    }
-    // SAFETY: this socket's storage, valid while the program runs.
+    };
+    // SAFETY: pointer into a map value, valid while the program runs.
     let info = unsafe { &mut *info };
     info.rst |= bit;
     // An abort in `close()` moves the socket to CLOSE before its RST: no FIN then.
@@ -371,7 +415,7 @@ fn reset(sk: *mut c_void, bit: u8) {
     // the addresses) right after the RST, before the socket is destroyed.
     if bit == RST_SENT && info.established == 0 {
         // SAFETY: the tracepoint's socket, non-null.
-        if let Some(event) = unsafe { final_event(sk, *info) } {
+        if let Some(event) = unsafe { final_event(sk, cookie, *info) } {
             info.established = 1;
             emit(&event, true);
         }

@@ -4,9 +4,8 @@
 //!
 //! * The default with kernel BTF ([`destroy`]): each socket is accounted once, when the kernel
 //!   destroys it (`tp_btf/tcp_destroy_sock`), its final counters read from the `tcp_sock` at
-//!   BTF offsets; owners live in socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`), written by
-//!   `cgroup/connect4|6` (a client's, in `connect()`) and `cgroup/sock_release` (a server's, in
-//!   the last `close()`). No sockops program is attached, so no socket pays for the ops every
+//!   BTF offsets; owners live in `LINKS`, written by `cgroup/connect4|6` (a client's, in
+//!   `connect()`) and `cgroup/sock_release` (a server's, in the last `close()`). No sockops program is attached, so no socket pays for the ops every
 //!   sockops program is called for. A loopback connection, both ends watched: 5 runs (connect
 //!   1, sock_release 2, destroy 2; a reset adds one per end that sees it).
 //! * The sockops fallback (no BTF, or `connect_hooks = true`), below. `sockops`
@@ -36,8 +35,8 @@
 //! In the sockops design, every program runs for every op of every socket in the cgroup, so
 //! ops we do not need return at once. A socket whose `LINKS` insert failed (map full) still has
 //! its state callback and still emits its close event, with the owner left unknown: its bytes
-//! are banked, and the failed insert is counted in `MAP_FULL`. The destroy design has no map
-//! that can fill.
+//! are banked, and the failed insert is counted in `MAP_FULL`. In the destroy design, such a
+//! socket's close event comes from the destroy hook all the same.
 #![no_std]
 #![no_main]
 

@@ -76,15 +76,24 @@ fn a_server_socket_is_keyed_to_the_process_that_closed_it() {
 /// Connects that fail (refused: SYN_SENT to CLOSE) leave no entry behind in a `LINKS` map of
 /// 1,024 slots: thousands of them later, nothing was refused for a full map. A leaked entry per
 /// failed connect would fill the map after 1,024 and count every later insert as refused.
-/// `LINKS` is the sockops hooks' (`connect_hooks = true`); the default hooks keep owners in
-/// socket-local storage, which dies with the socket.
+/// The default destroy hooks: the connect's entry goes when the socket is destroyed.
 #[test]
 fn failed_connects_leave_no_entry_behind() {
+    failed_connects("");
+}
+
+/// The sockops hooks (`connect_hooks = true`): the entry goes at CLOSE or `sock_release`.
+#[test]
+fn failed_connects_leave_no_entry_behind_with_the_sockops_hooks() {
+    failed_connects("connect_hooks = true\n");
+}
+
+fn failed_connects(params: &str) {
     if !require(is_root(), "root (eBPF)") {
         return;
     }
     let agent = Agent::start(&format!(
-        "{CONFIG}[probes.params]\nmax_links = 1024\nconnect_hooks = true\n"
+        "{CONFIG}[probes.params]\nmax_links = 1024\n{params}"
     ));
     assert!(ready(&agent));
     // A port nobody listens on (bound and released: the kernel does not hand it out again at

@@ -5,6 +5,11 @@
 /// Role of the local end of a TCP link, as gala-gopher reports it.
 pub const ROLE_SERVER: u8 = 0;
 pub const ROLE_CLIENT: u8 = 1;
+/// The destroy hooks' role of a socket that was not `connect()`ed under the probe and that they
+/// did not see its process close (no entry, or an entry a reset made): an accepted socket or
+/// one older than the probe. The agent decides, as for a socket it finds live without an entry
+/// (`agent/src/probes/tcp/role.rs`).
+pub const ROLE_UNKNOWN: u8 = 2;
 
 /// TCP states, numbered as in the kernel's include/net/tcp_states.h: `bpf_sock_ops` state
 /// callbacks, [`LinkClosed::old_state`] and sock_diag's `idiag_state` all use these numbers.
@@ -40,8 +45,8 @@ pub struct LinkInfo {
     pub role: u8,
     pub owner: u8,
     /// 1 when a CLOSE of this socket ends a connection that carried data: set from the start,
-    /// since the CLOSE callback is only switched on at the handshake. In the destroy hooks'
-    /// socket storage: 1 once the close event was sent (at this end's abort).
+    /// since the CLOSE callback is only switched on at the handshake. With the destroy hooks:
+    /// 1 once the close event was sent (at this end's abort).
     pub established: u8,
     /// 1 when `bytes_acked` counts our SYN (active open): not a data byte.
     pub syn_acked: u8,

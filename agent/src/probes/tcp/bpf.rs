@@ -31,7 +31,7 @@ pub struct Programs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hooks {
     /// The default with kernel BTF: `tcp_destroy_sock` plus connect and release hooks, owners
-    /// in socket-local storage (`agent-ebpf/src/destroy.rs`). `LINKS` is unused.
+    /// in `LINKS` (`agent-ebpf/src/destroy.rs`).
     Destroy,
     /// sockops recording owners itself (no BTF tracing programs on this kernel).
     SockopsOwner,
@@ -114,7 +114,7 @@ fn parse_cgroup2_root(mounts: &str) -> Option<PathBuf> {
 }
 
 /// `connect_hooks` forces the sockops fallback with connect and release hooks, which older
-/// kernels get (tests exercise it here; `max_links` bounds its `LINKS` map).
+/// kernels get (tests exercise it here). `max_links` bounds `LINKS` in every design.
 pub fn load(max_links: u32, connect_hooks: bool) -> anyhow::Result<Programs> {
     let cgroup = cgroup2_root()?;
     let offsets = super::iter_offsets::offsets();

@@ -1,6 +1,6 @@
 //! One interval of the TCP probe: socket dumps of every namespace (the eBPF iterator, else
 //! sock_diag), streamed chunk by chunk into the link state (`links.rs`), owners for the few new sockets the eBPF side
-//! could not attribute, and the close events from the ring buffer.
+//! could not attribute, and the close events from the ring buffer (`closes.rs`).
 //!
 //! Cost follows the work: a socket already tracked costs a table lookup and a compare; only
 //! new sockets are looked up in the eBPF map (and, when unattributed, in /proc). Nothing
@@ -14,12 +14,7 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use gopher_common::{EVENT_RESET, LinkClosed, LinkInfo, OWNER_KNOWN};
-// TCP states, shared with the eBPF programs.
-use gopher_common::{
-    TCP_CLOSE_WAIT as CLOSE_WAIT, TCP_CLOSING as CLOSING, TCP_FIN_WAIT1 as FIN_WAIT1,
-    TCP_FIN_WAIT2 as FIN_WAIT2, TCP_LAST_ACK as LAST_ACK,
-};
+use gopher_common::{LinkClosed, LinkInfo, OWNER_KNOWN, ROLE_UNKNOWN};
 
 use super::{
     bpf,
@@ -123,6 +118,10 @@ pub struct Collector {
     /// Namespaces this probe run has dumped completely at least once. Only a socket in a
     /// namespace's first dump can predate the probe; any other was born since.
     dumped_ns: HashSet<u64>,
+    /// Namespaces that existed at this probe run's first dump (reachable or not). One created
+    /// since holds only sockets born since: its first dump counts them from zero, like any
+    /// later dump (a server socket has no eBPF entry while it is live).
+    ns_at_start: HashSet<u64>,
     /// The socket iterator, when it loaded; sock_diag otherwise.
     iter: Option<TcpIter>,
 }
@@ -158,6 +157,7 @@ impl Collector {
             excluded_seen: 0,
             primed: false,
             dumped_ns: HashSet::default(),
+            ns_at_start: HashSet::default(),
             iter: None,
         }
     }
@@ -165,110 +165,6 @@ impl Collector {
     /// Reads sockets through the iterator from now on instead of sock_diag.
     pub fn use_iterator(&mut self, it: TcpIter) {
         self.iter = Some(it);
-    }
-
-    /// Applies every close event written so far (those still in the ring buffer included).
-    ///
-    /// A socket the eBPF side did not see start (`born` 0) still reports its close: its entry
-    /// did not fit in a full map, it was established under an earlier agent (whose sockops
-    /// flags outlive it), or, with the destroy hook, every socket does, server sockets (whose
-    /// start no hook sees) included. Before the first dump such a socket was never seen live by
-    /// this agent and its counters may be lifetime totals, so these events are skipped then
-    /// (a server socket born and closed in the moment before the first dump goes uncounted;
-    /// its client end, when watched, still counts); afterwards,
-    /// every older socket is known from the dump (tracked, or waiting for its owner with the
-    /// reading it counts from) and one that is not was born since.
-    pub fn drain(&mut self, closed: &ClosedEvents) {
-        closed.pump();
-        let (mut events, now) = (std::mem::take(&mut self.events), Instant::now());
-        closed.take_into(&mut events);
-        for ev in &events {
-            // A close (its socket's reset bits ride along), or a reset alone: one sent after its
-            // socket's close, or of a socket without an eBPF entry.
-            let close = ev.kind != EVENT_RESET;
-            let unprimed = !self.primed && ev.info.born == 0;
-            if close && unprimed && !self.links.is_tracked(ev.cookie) {
-                continue;
-            }
-            if close {
-                self.closed_event(ev, now);
-            }
-            if ev.info.rst != 0 && !self.links.reset(ev.cookie, ev.info.rst, now) {
-                self.metrics.resets_unattributed.inc();
-            }
-        }
-        self.events = events;
-    }
-
-    /// Applies one close event: the socket's final counters. `now` is read once per drain (on
-    /// a VM a clock read costs about as much as applying an event).
-    pub fn closed_event(&mut self, ev: &LinkClosed, now: Instant) {
-        if self.namespaces.inode_of_cookie(ev.netns_cookie).is_none()
-            && self.last_ns_refresh.elapsed() > Duration::from_secs(1)
-        {
-            // A namespace born since the last refresh: learn it before keying (at most
-            // once a second: a namespace already gone cannot be learnt).
-            self.refresh_namespaces();
-        }
-        let raw = Counters::from(&ev.stats);
-        let old = ev.old_state;
-        let we_sent_fin = matches!(old, FIN_WAIT1 | FIN_WAIT2 | CLOSING | LAST_ACK);
-        let fin_received = matches!(old, CLOSE_WAIT | LAST_ACK | CLOSING)
-            || (matches!(old, FIN_WAIT1 | FIN_WAIT2) && ev.info.fin_seen == 1);
-        let c = data_only(raw, false, we_sent_fin && ev.all_acked == 1, fin_received);
-        let waited = self.waiting.remove(&ev.cookie);
-        if self.links.close(ev.cookie, &c, now) {
-            return;
-        }
-        // Never keyed. A socket still waiting for its owner counts from the reading it was
-        // first seen with; any other was born since the probe started, so all of it is new.
-        let netns = self
-            .namespaces
-            .inode_of_cookie(ev.netns_cookie)
-            .unwrap_or(0);
-        let family = ev.family as u8;
-        let local = normalize(ip_from_words(family, ev.local_ip));
-        let remote = normalize(ip_from_words(family, ev.remote_ip));
-        let role = ev.info.role;
-        let (local_port, remote_port) = (ev.local_port as u16, ev.remote_port as u16);
-        // The name goes into a buffer kept between events: a close is applied thousands of
-        // times a second under churn, and its link's name is known already nearly every time.
-        let mut comm = std::mem::take(&mut self.comm);
-        comm.clear();
-        let tgid = if ev.info.owner == OWNER_KNOWN {
-            name_into(&self.links, ev.info.tgid, &ev.info.comm, &mut comm);
-            ev.info.tgid
-        } else if let Some(o) = self.listener_owner(netns, role, local_port) {
-            comm.push_str(&o.comm);
-            o.tgid
-        } else {
-            0
-        };
-        // A key holds the owner's tgid only (none: 0).
-        let owner = Owner {
-            tgid,
-            comm: String::new(),
-        };
-        let k = key(
-            netns,
-            Some(&owner),
-            role,
-            local,
-            local_port,
-            remote,
-            remote_port,
-        );
-        let base = waited.map_or_else(|| fresh_base(ev.info.syn_acked == 1), |w| w.base);
-        self.links.close_new(ev.cookie, k, &comm, &c, &base, now);
-        self.comm = comm;
-    }
-
-    fn listener_owner(&self, netns: u64, role: u8, port: u16) -> Option<&Owner> {
-        if role != ROLE_SERVER {
-            return None;
-        }
-        let inode = self.listeners.get(&(netns, port))?;
-        self.owners.get(inode)
     }
 
     /// Learns new namespaces and closes vanished ones. A namespace that newly cannot be opened
@@ -305,6 +201,14 @@ impl Collector {
     ) -> (HashSet<u32>, usize) {
         let mut failed = self.refresh_namespaces();
         let mut namespaces = std::mem::take(&mut self.namespaces);
+        if !self.primed {
+            self.ns_at_start = namespaces
+                .by_inode
+                .keys()
+                .copied()
+                .chain(failed.iter().map(|&i| u64::from(i)))
+                .collect();
+        }
         let mut buf = std::mem::take(&mut self.buf);
         let mut broken = Vec::new();
         // A socket the eBPF side does not know is a server if one listens on its port in its
@@ -327,7 +231,8 @@ impl Collector {
                     it.open(&list).into_iter().collect()
                 });
             for ns in batch {
-                let first = !self.dumped_ns.contains(&ns.inode);
+                let first =
+                    !self.dumped_ns.contains(&ns.inode) && self.ns_at_start.contains(&ns.inode);
                 let mut on = |s: &DiagSocket| {
                     if u32::from(s.state) == gopher_common::TCP_LISTEN {
                         self.listeners.insert((ns.inode, s.local_port), s.inode);
@@ -355,6 +260,11 @@ impl Collector {
         }
         self.dumped_ns
             .retain(|inode| namespaces.by_inode.contains_key(inode));
+        let unreachable = &failed;
+        self.ns_at_start.retain(|inode| {
+            namespaces.by_inode.contains_key(inode)
+                || u32::try_from(*inode).is_ok_and(|i| unreachable.contains(&i))
+        });
         for inode in broken {
             // A socket left mid-dump would answer the next request with stale messages: the
             // next refresh opens a fresh one.
@@ -389,13 +299,10 @@ impl Collector {
             (w.role, w.base)
         } else {
             let info = bpf.and_then(|m| m.get(&s.cookie, 0).ok());
-            let role = info.map_or_else(
-                || {
-                    let listening = self.listeners.contains_key(&(netns, s.local_port));
-                    role::unrecorded(listening, s.local_port, s.remote_port, self.ephemeral)
-                },
-                |i| i.role,
-            );
+            let role = match info {
+                Some(i) if i.role != ROLE_UNKNOWN => i.role,
+                _ => self.unrecorded_role(netns, s.local_port, s.remote_port),
+            };
             if self
                 .links
                 .exclude_by_address(s.cookie, &Self::socket_key(netns, s, role, None))
@@ -593,3 +500,6 @@ impl Collector {
         self.links.rows_of(ids).into_iter().map(to_row).collect()
     }
 }
+
+#[path = "closes.rs"]
+mod closes;
