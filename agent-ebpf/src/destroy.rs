@@ -61,6 +61,11 @@ static DESTROY_SK_ERR: u32 = 0;
 /// (`inet_put_port` zeroes it).
 #[unsafe(no_mangle)]
 static DESTROY_SPORT: u32 = 0;
+/// Offset of `sock.sk_max_ack_backlog` (a u32), set by the agent from BTF: a socket accepted
+/// from a listener inherits the listener's (`sk_clone_lock` copies it; non-zero unless the
+/// listener was given a backlog of 0), a connected one has 0. 0 when unknown.
+#[unsafe(no_mangle)]
+static DESTROY_BACKLOG: u32 = 0;
 
 /// Client sockets whose `LINKS` insert was refused (the map was full): a mark in the socket
 /// itself, so that `sock_release` and the destroy hook still tell them from server sockets
@@ -203,10 +208,27 @@ fn equivalent_state(we_sent_fin: bool, fin_received: bool) -> u32 {
     }
 }
 
+/// The socket's cookie: read from the socket when something asked for it already (the connect
+/// and release hooks did, for nearly every socket that gets here), which spares a helper call
+/// (on CPUs with return-stack mitigations every call and return costs tens of ns).
+///
+/// # Safety
+/// `sk` is a socket BTF pointer, non-null.
+#[inline(always)]
+unsafe fn socket_cookie(sk: *mut c_void) -> u64 {
+    // SAFETY: `sock_common.skc_cookie` (an atomic64_t) of the socket; BTF-checked load.
+    let set: u64 = unsafe { field(sk.cast_const().cast(), off!(skc_cookie)) };
+    if set != 0 {
+        return set;
+    }
+    // SAFETY: a socket BTF pointer; the helper is defined for tracing programs.
+    unsafe { bpf_get_socket_cookie(sk) }
+}
+
 #[inline(always)]
 unsafe fn destroyed(sk: *mut c_void) {
-    // SAFETY: a socket BTF pointer; the helper is defined for tracing programs.
-    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    // SAFETY: the tracepoint's socket.
+    let cookie = unsafe { socket_cookie(sk) };
     let info = if let Some(entry) = LINKS.get_ptr(&cookie) {
         // SAFETY: pointer into a map value, valid while the program runs.
         let info = unsafe { *entry };
@@ -220,9 +242,14 @@ unsafe fn destroyed(sk: *mut c_void) {
         // Neither connect()ed nor released under this probe: a listener's child the process
         // never accepted, a socket older than the probe, or one whose insert found the map
         // full. The agent finds its owner and its role.
+        // SAFETY: the tracepoint's socket.
+        let role = match unsafe { unconnected_role(sk, ROLE_UNKNOWN) } {
+            // SAFETY: as above.
+            ROLE_UNKNOWN if unsafe { accepted(sk) } => ROLE_SERVER,
+            role => role,
+        };
         LinkInfo {
-            // SAFETY: the tracepoint's socket.
-            role: unsafe { unconnected_role(sk, ROLE_UNKNOWN) },
+            role,
             owner: OWNER_NO_ENTRY,
             ..LinkInfo::default()
         }
@@ -230,6 +257,20 @@ unsafe fn destroyed(sk: *mut c_void) {
     // SAFETY: the tracepoint's socket.
     if let Some(event) = unsafe { final_event(sk, cookie, info) } {
         emit(&event, true);
+    }
+}
+
+/// Whether the socket came from a listener (see [`DESTROY_BACKLOG`]); false when unknown.
+///
+/// # Safety
+/// `sk` is a socket BTF pointer, non-null.
+#[inline(always)]
+unsafe fn accepted(sk: *mut c_void) -> bool {
+    // SAFETY: an immutable static; volatile keeps it a `.rodata` load.
+    match unsafe { read_volatile(&raw const DESTROY_BACKLOG) } as usize {
+        0 => false,
+        // SAFETY: the BTF offset of `sock.sk_max_ack_backlog` (a u32) in the socket.
+        at => (unsafe { field::<u32>(sk.cast_const().cast(), at) }) != 0,
     }
 }
 
@@ -325,14 +366,20 @@ unsafe fn final_event(sk: *mut c_void, cookie: u64, mut info: LinkInfo) -> Optio
             u32::from(field::<u32>(tp, off!(snd_una)) == field::<u32>(tp, off!(snd_nxt)));
         (stats, family, local_port, remote_port, l, r, all_acked)
     };
-    let net: u64 = read(sk as u64, off!(skc_net));
-    Some(LinkClosed {
-        cookie,
-        netns_cookie: if net == 0 {
+    // SAFETY: `sock_common.skc_net` (a `struct net` pointer, which the verifier types from
+    // BTF) and `net.net_cookie` (a u64): loads through BTF pointers, not probe-read helper
+    // calls (every call and return costs here, see `socket_cookie`).
+    let netns_cookie = unsafe {
+        let net: *const u8 = field(tp, off!(skc_net));
+        if net.is_null() {
             0
         } else {
-            read(net, off!(net_cookie))
-        },
+            field::<u64>(net, off!(net_cookie))
+        }
+    };
+    Some(LinkClosed {
+        cookie,
+        netns_cookie,
         info,
         stats,
         family: u32::from(family),
@@ -372,8 +419,8 @@ fn reset(sk: *mut c_void, bit: u8) {
     if u32::from(state) == TCP_SYN_SENT {
         return;
     }
-    // SAFETY: a socket BTF pointer; the helper is defined for tracing programs.
-    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    // SAFETY: the tracepoint's socket, non-null.
+    let cookie = unsafe { socket_cookie(sk) };
     let mut entry = LINKS.get_ptr_mut(&cookie);
     if entry.is_none() {
         // A server socket its process has not closed yet, or one older than the probe: an

@@ -96,7 +96,12 @@ unsafe fn write_socket(ctx: *const *const u8) {
     // of the type read; the verifier checks each against BTF.
     let mut rec = unsafe {
         IterSocket {
-            cookie: bpf_get_socket_cookie(tp.cast_mut().cast()),
+            // Set already for nearly every socket (the tcp hooks and the last dump asked for
+            // it): a load, not a helper call per socket per dump.
+            cookie: match field::<u64>(tp, off!(skc_cookie)) {
+                0 => bpf_get_socket_cookie(tp.cast_mut().cast()),
+                set => set,
+            },
             inode: 0,
             stats: LinkStats {
                 bytes_received: field(tp, off!(bytes_received)),

@@ -26,6 +26,9 @@ pub struct Offsets {
     /// `inet_sock.inet_sport` (a u16), for the destroy hook: the local port, which `skc_num`
     /// no longer holds once the socket released its port.
     inet_sport: u32,
+    /// `sock.sk_max_ack_backlog` (a u32), for the destroy hook: an accepted socket inherits
+    /// its listener's (non-zero unless `listen(fd, 0)`); a connected one never listened.
+    backlog: u32,
 }
 
 pub fn offsets() -> Result<Offsets, BtfError> {
@@ -47,6 +50,15 @@ pub fn offsets() -> Result<Offsets, BtfError> {
             0
         }),
         inet_sport: btf.offset("inet_sock", "inet_sport", 2)?,
+        backlog: btf
+            .offset("sock", "sk_max_ack_backlog", 4)
+            .unwrap_or_else(|e| {
+                tracing::info!(
+                    "sock.sk_max_ack_backlog not found in the kernel's BTF ({e}): the agent \
+                 decides the role of an accepted socket without an owner record"
+                );
+                0
+            }),
         sk_err: btf.offset("sock", "sk_err", 4).unwrap_or_else(|e| {
             tracing::info!(
                 "sock.sk_err not found in the kernel's BTF ({e}): a link that timed out after \
@@ -80,6 +92,7 @@ impl Offsets {
         loader.override_global("SOCKOPS_SK_SHUTDOWN", &self.sk_shutdown, true);
         loader.override_global("DESTROY_SK_ERR", &self.sk_err, true);
         loader.override_global("DESTROY_SPORT", &self.inet_sport, true);
+        loader.override_global("DESTROY_BACKLOG", &self.backlog, true);
     }
 }
 

@@ -172,7 +172,6 @@ async fn run(
     let collect_seconds = ctx
         .metrics
         .gauge(PROBE_COLLECT_SECONDS, &[("probe", "tcp")]);
-    ctx.state.running();
     let mut tick = tokio::time::interval(ctx.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut apply_tick = tokio::time::interval(APPLY_EVERY);
@@ -209,6 +208,13 @@ async fn run(
                 let d = tokio::task::block_in_place(|| {
                     state.collect(&mut programs, &closed, idle, !full)
                 });
+                if first {
+                    // Running once the first dump took its baseline: a socket in that dump
+                    // without an eBPF record predates the probe and counts from its reading
+                    // there, and one that closes before it without one is not counted (see
+                    // `Collector::drain`). Traffic started after "running" is counted whole.
+                    ctx.state.running();
+                }
                 first = false;
                 collect_seconds.set(started.elapsed().as_secs_f64());
                 let map_full = programs.links_full();
