@@ -13,7 +13,7 @@ import statistics
 import sys
 
 
-MODES = ["off", "on", "bpftrace"]
+MODES = ["off", "on", "before", "bpftrace"]
 LOAD_CPU = 1  # set from --load-cpu
 LOADS = ["rr", "churn", "bulk"]
 LOAD_TEXT = {
@@ -24,6 +24,7 @@ LOAD_TEXT = {
 MODE_TEXT = {
     "off": "no probe",
     "on": "gopher running with the tcp probe (bench/bench.toml)",
+    "before": "an earlier gopher build (`BENCH_BEFORE`), same configuration: what the change saves",
     "bpftrace": "bench/tcp_link.bt: the same accounting with tracepoints in bpftrace",
 }
 # (load, metric, limit %, wording)
@@ -251,7 +252,10 @@ def report(args):
     ]
     md += [f"  * `{l}`: {LOAD_TEXT[l]}" for l in loads]
     md += ["* Modes:"]
-    md += [f"  * `{m}`: {MODE_TEXT[m]}" for m in modes]
+    md += [
+        f"  * `{m}`: {MODE_TEXT[m]}" + (f" ({args.before})" if m == "before" and args.before else "")
+        for m in modes
+    ]
     md += [""]
     if pending:
         md += [
@@ -332,6 +336,7 @@ def main():
     for opt in ("nproc", "kernel", "date", "cpu-model", "rounds", "seconds", "modes", "loads", "bpftrace", "nice"):
         p.add_argument(f"--{opt}", default="?")
     p.add_argument("--load-cpu", type=int, default=1)
+    p.add_argument("--before", default="")
     p.add_argument("--probe-cpu", type=int, default=0)
     report(p.parse_args())
 

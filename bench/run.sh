@@ -6,7 +6,10 @@
 # Environment (defaults in brackets):
 #   BENCH_ROUNDS   rounds; each runs every mode once, in order          [5]
 #   BENCH_SECONDS  seconds per measurement                              [3]
-#   BENCH_MODES    subset/order of: off on bpftrace                     ["off on bpftrace"]
+#   BENCH_MODES    subset/order of: off on before bpftrace              ["off on bpftrace"]
+#   BENCH_BEFORE   an earlier gopher binary, run as mode "before" with the same configuration
+#                  (what a change saves, side by side in the same rounds) [unset]
+#   BENCH_BEFORE_NAME  how the report names that build (e.g. its commit)  [BENCH_BEFORE]
 #   BENCH_LOADS    subset/order of: rr churn bulk                       ["rr churn bulk"]
 #   BENCH_LOAD_CPU CPU the load generator (client and server) is pinned to  [1]
 #   BENCH_PROBE_CPU CPU the agent / bpftrace user space is pinned to    [0]
@@ -43,7 +46,7 @@ log() { echo "bench: $*" >&2; }
 
 # --- checks -----------------------------------------------------------------------------------
 for m in $MODES; do
-    case $m in off | on | bpftrace) ;; *) die "unknown mode '$m' in BENCH_MODES (off on bpftrace)" ;; esac
+    case $m in off | on | before | bpftrace) ;; *) die "unknown mode '$m' in BENCH_MODES (off on before bpftrace)" ;; esac
 done
 for l in $LOADS; do
     case $l in rr | churn | bulk) ;; *) die "unknown load '$l' in BENCH_LOADS (rr churn bulk)" ;; esac
@@ -61,7 +64,10 @@ if has_mode bpftrace; then
     mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing ||
         die "cannot mount tracefs on /sys/kernel/tracing"
 fi
-if has_mode on && curl -s -o /dev/null --max-time 1 "$METRICS_URL"; then
+if has_mode before; then
+    [[ -x ${BENCH_BEFORE:-} ]] || die "mode before needs BENCH_BEFORE, an executable gopher binary"
+fi
+if { has_mode on || has_mode before; } && curl -s -o /dev/null --max-time 1 "$METRICS_URL"; then
     die "something already answers on $METRICS_URL: stop it first"
 fi
 
@@ -114,8 +120,10 @@ start_probe() {
     local mode=$1 round=$2 logf=$WORK/$1.round$2.log
     case $mode in
     off) return 0 ;;
-    on)
-        nice -n "$NICE" taskset -c "$PROBE_CPU" "$AGENT" --config "$CONFIG" >"$logf" 2>&1 &
+    on | before)
+        local bin=$AGENT
+        [[ $mode == on ]] || bin=$BENCH_BEFORE
+        nice -n "$NICE" taskset -c "$PROBE_CPU" "$bin" --config "$CONFIG" >"$logf" 2>&1 &
         PROBE_PID=$!
         local deadline=$((SECONDS + AGENT_READY_TIMEOUT))
         until curl -fsS --max-time 1 "$METRICS_URL" 2>/dev/null | grep -qF "$READY_LINE"; do
@@ -221,5 +229,6 @@ python3 "$REPO/bench/report.py" "$RESULTS" "$OUT" \
     --nproc "$ncpu" --kernel "$(uname -r)" --date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
     --cpu-model "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" \
     --rounds "$ROUNDS" --seconds "$SECS" --modes "$MODES" --loads "$LOADS" \
-    --load-cpu "$LOAD_CPU" --probe-cpu "$PROBE_CPU" --nice "$NICE" --bpftrace "$bpftrace_version"
+    --load-cpu "$LOAD_CPU" --probe-cpu "$PROBE_CPU" --nice "$NICE" --bpftrace "$bpftrace_version" \
+    --before "${BENCH_BEFORE_NAME:-${BENCH_BEFORE:-}}"
 log "raw results: $RESULTS; report: $OUT"
