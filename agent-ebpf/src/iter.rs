@@ -64,6 +64,27 @@ unsafe fn field<T: Copy>(base: *const u8, off: usize) -> T {
     unsafe { read_volatile(base.add(off).cast::<T>()) }
 }
 
+/// A full socket's counters (the iterator's record and the destroy hook's close event).
+///
+/// # Safety
+/// `tp` is a `tcp_sock` BTF pointer handed out by the verifier.
+#[inline(always)]
+pub(crate) unsafe fn link_stats(tp: *const u8) -> LinkStats {
+    // SAFETY: every offset is a field of `tcp_sock` of the type read (BTF-checked).
+    unsafe {
+        LinkStats {
+            bytes_received: field(tp, off!(bytes_received)),
+            bytes_acked: field(tp, off!(bytes_acked)),
+            segs_in: field(tp, off!(segs_in)),
+            segs_out: field(tp, off!(segs_out)),
+            total_retrans: field(tp, off!(total_retrans)),
+            lost_out: field(tp, off!(lost_out)),
+            srtt_us: field::<u32>(tp, off!(srtt_us)) >> 3,
+            snd_cwnd: field(tp, off!(snd_cwnd)),
+        }
+    }
+}
+
 /// The program. `ctx` is `struct bpf_iter__tcp`: the iterator's meta (seq_file), then the
 /// socket (NULL once, at the end of the walk), then the socket's uid.
 #[unsafe(no_mangle)]
@@ -103,16 +124,7 @@ unsafe fn write_socket(ctx: *const *const u8) {
                 set => set,
             },
             inode: 0,
-            stats: LinkStats {
-                bytes_received: field(tp, off!(bytes_received)),
-                bytes_acked: field(tp, off!(bytes_acked)),
-                segs_in: field(tp, off!(segs_in)),
-                segs_out: field(tp, off!(segs_out)),
-                total_retrans: field(tp, off!(total_retrans)),
-                lost_out: field(tp, off!(lost_out)),
-                srtt_us: field::<u32>(tp, off!(srtt_us)) >> 3,
-                snd_cwnd: field(tp, off!(snd_cwnd)),
-            },
+            stats: link_stats(tp),
             family: field(tp, off!(skc_family)),
             state,
             _pad: 0,

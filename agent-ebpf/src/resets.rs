@@ -12,7 +12,7 @@
 //! entry the reset is a bit in it, and its close event (which follows at once: a reset socket
 //! goes to CLOSE) carries it: no extra event. The kernel sends an abort's RST only after the
 //! move to CLOSE, whose callback already removed the entry and queued the close event; then a
-//! small [`EVENT_RESET`] event follows it in the same ring, and the agent gives it to the link
+//! small `EVENT_RESET` event follows it in the same ring, and the agent gives it to the link
 //! the just-closed socket was counted in.
 //!
 //! Field offsets are the socket iterator's (`ITER_OFFSETS`, frozen by the tcp probe's loader);
@@ -20,7 +20,7 @@
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
-use gopher_common::{EVENT_RESET, LinkClosed, LinkInfo, RST_RECEIVED, RST_SENT, TCP_SYN_SENT};
+use gopher_common::{LinkClosed, RST_RECEIVED, RST_SENT, TCP_SYN_SENT};
 
 use crate::{
     CLOSED, LINKS, LOST, bump,
@@ -70,15 +70,7 @@ fn reset(sk: u64, bit: u8) {
         unsafe { (*info).rst |= bit };
         return;
     }
-    let event = LinkClosed {
-        cookie,
-        info: LinkInfo {
-            rst: bit,
-            ..LinkInfo::default()
-        },
-        kind: EVENT_RESET,
-        ..LinkClosed::default()
-    };
+    let event = LinkClosed::reset(cookie, bit);
     // Rare: no wake-up of its own; the agent drains the ring on a short timer anyway.
     if CLOSED
         .output::<LinkClosed>(&event, BPF_RB_NO_WAKEUP)

@@ -120,6 +120,23 @@ pub struct LinkClosed {
     pub remote_ip: [u32; 4],
 }
 
+impl LinkClosed {
+    /// A reset its socket's close event does not carry ([`EVENT_RESET`]): the agent gives it
+    /// to the link the socket was counted in.
+    #[must_use]
+    pub fn reset(cookie: u64, rst: u8) -> Self {
+        Self {
+            cookie,
+            info: LinkInfo {
+                rst,
+                ..LinkInfo::default()
+            },
+            kind: EVENT_RESET,
+            ..Self::default()
+        }
+    }
+}
+
 /// Byte offsets of the kernel socket fields the tracing programs read through BTF pointers
 /// (`struct sock *` and what hangs off it), resolved by the agent from /sys/kernel/btf/vmlinux
 /// and handed to the programs as read-only globals. Rust eBPF has no CO-RE relocations, and

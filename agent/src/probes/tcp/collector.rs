@@ -1,6 +1,7 @@
 //! One interval of the TCP probe: socket dumps of every namespace (the eBPF iterator, else
-//! sock_diag), streamed chunk by chunk into the link state (`links.rs`), owners for the few new sockets the eBPF side
-//! could not attribute, and the close events from the ring buffer (`closes.rs`).
+//! sock_diag), streamed chunk by chunk into the link state (`links.rs`), owners for the few new
+//! sockets the eBPF side could not attribute, and the close events from the ring buffer
+//! (`closes.rs`).
 //!
 //! Cost follows the work: a socket already tracked costs a table lookup and a compare; only
 //! new sockets are looked up in the eBPF map (and, when unattributed, in /proc). Nothing
