@@ -5,17 +5,19 @@
 //! * `cgroup/connect4|6` ([`gopher_connect4_sk`]): a client's owner, in the connecting
 //!   process's context, into `LINKS` under the socket's cookie.
 //! * `cgroup/sock_release` ([`gopher_sock_release_sk`]): the process doing the last `close()`
-//!   of a socket that has no owner yet (not `connect()`ed: a server socket) becomes its owner.
+//!   of a socket that has no owner yet (not `connect()`ed: a server socket) becomes its owner;
+//!   the role of such a socket is decided at its end ([`role_unrecorded`]: from a listener,
+//!   a server).
 //! * `tp_btf/tcp_destroy_sock` ([`gopher_tcp_destroy`]): fires exactly once per full TCP
 //!   socket (`tcp_v4_destroy_sock`, IPv6 included), after its last state change. Its entry
 //!   goes, and a socket that was ever established emits its final counters, read from the
 //!   `tcp_sock` at the BTF offsets the agent resolved (`ITER_OFFSETS`), in a [`LinkClosed`]
 //!   event whose `old_state` is the state equivalent to what it did (see [`equivalent_state`]).
-//! * `tp_btf/tcp_receive_reset|tcp_send_reset`: a reset is a bit in the entry (made if need
-//!   be), carried by the close event; the socket's state at the reset tells whether we had sent
-//!   a FIN. This end's abort sends its close event at the RST, final by then, since
-//!   `tcp_disconnect()` zeroes the counters before the socket is destroyed; its entry then says
-//!   so (`established`) and the destroy sends nothing more.
+//! * Resets and errors (`early.rs`): a reset is a bit in the entry, carried by the close
+//!   event. This end's abort, and an error that ended a socket its process still holds (a reset
+//!   received, a timeout), send the close event at once, with final counters; the entry (or,
+//!   without room in the map, a mark in the socket) then says so and the destroy sends nothing
+//!   more.
 //!
 //! A loopback connection, both ends watched, costs five runs (connect 1, sock_release 2,
 //! destroy 2) and eight operations on the preallocated `LINKS` hash: the client's insert, a
@@ -23,9 +25,9 @@
 //! Socket-local storage would need no removes, but creating it allocates (~2 µs a socket on
 //! this project's test VM, measured), more than the whole hash path; and `max_links` keeps
 //! bounding what the probe holds in the kernel (a refused insert is counted, and the socket
-//! is still accounted: its owner is then found by the agent). Only a client whose insert was
-//! refused gets socket storage, as a mark
-//! ([`REFUSED_CLIENTS`]).
+//! is still accounted: its owner is then found by the agent). Only a socket the map refused
+//! gets socket storage, as a mark ([`MARKS`]). Every entry goes with its socket's
+//! destruction: the agent sweeps none (it does for the sockops hooks).
 //!
 //! Measured on the project's 2-CPU test VM (`bench/run.sh`, BENCHMARKS.md): 5 runs and ~4.8 µs
 //! of BPF run time per loopback connection, against 17 runs and ~5.3 µs for the sockops hooks
@@ -46,13 +48,12 @@ use core::{ffi::c_void, ptr::read_volatile};
 
 use gopher_common::{
     EVENT_CLOSE, LinkClosed, LinkInfo, OWNER_NO_ENTRY, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
-    RST_RECEIVED, RST_SENT, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1,
-    TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_LISTEN, TCP_SYN_SENT,
+    TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_LISTEN,
 };
 
 use crate::{
-    ALLOW, IPPROTO_TCP, LINKS, SOCK_DONE, SOCK_STREAM, current_owner, emit,
-    health::{off, read},
+    ALLOW, IPPROTO_TCP, LINKS, SOCK_DONE, SOCK_STREAM, current_owner, emit, entry_or_insert,
+    health::off,
     insert_link,
     iter::{ITER_OFFSETS, link_stats},
     set_owner,
@@ -76,24 +77,51 @@ static DESTROY_SPORT: u32 = 0;
 #[unsafe(no_mangle)]
 static DESTROY_BACKLOG: u32 = 0;
 
-/// Client sockets whose `LINKS` insert was refused (the map was full): a mark in the socket
-/// itself, so that `sock_release` and the destroy hook still tell them from server sockets
-/// (which have no entry until their process closes them). Only made on a refusal: creating
-/// socket storage costs ~2 µs, the whole hash path a fraction of it.
+/// What a socket without a `LINKS` entry carries in itself, as [`MARK_CLIENT`] and
+/// [`MARK_SENT`] bits. Only made when the map refused an insert: creating socket storage costs
+/// ~2 µs, the whole hash path a fraction of it.
 #[btf_map]
-static REFUSED_CLIENTS: SkStorage<u32> = SkStorage::new();
+static MARKS: SkStorage<u32> = SkStorage::new();
+/// A client whose connect found the map full: tells it from a server socket (which has no
+/// entry until its process closes it) at release and destroy.
+pub(crate) const MARK_CLIENT: u32 = 1;
+/// Its close event went out already (an abort, an error), though the map had no room to say
+/// so: the destroy hook sends nothing more.
+pub(crate) const MARK_SENT: u32 = 2;
 
-/// Whether `sk` carries the [`REFUSED_CLIENTS`] mark; `mark` makes it.
+/// The socket's marks; 0 when it has none.
 ///
 /// # Safety
 /// `sk` is what the program type's `bpf_sk_storage_get` accepts: a `struct sock` BTF pointer
 /// (tracing), the socket of a `bpf_sock_addr`, or a `cgroup/sock` context.
 #[inline(always)]
-unsafe fn refused_client(sk: *mut c_void, mark: bool) -> bool {
-    let map = core::ptr::from_ref(&REFUSED_CLIENTS).cast_mut().cast();
-    let flags = if mark { BPF_SK_STORAGE_GET_F_CREATE } else { 0 };
+pub(crate) unsafe fn marks(sk: *mut c_void) -> u32 {
+    let map = core::ptr::from_ref(&MARKS).cast_mut().cast();
+    // SAFETY: see the function's contract.
+    let m = unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), 0) }.cast::<u32>();
+    if m.is_null() {
+        0
+    } else {
+        // SAFETY: this socket's storage, valid while the program runs.
+        unsafe { *m }
+    }
+}
+
+/// Adds `bit` to the socket's marks (storage made if need be; nothing when it cannot be).
+///
+/// # Safety
+/// As [`marks`].
+#[inline(always)]
+pub(crate) unsafe fn mark(sk: *mut c_void, bit: u32) {
+    let map = core::ptr::from_ref(&MARKS).cast_mut().cast();
     // SAFETY: see the function's contract; a null value asks for a zeroed one.
-    !unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), flags) }.is_null()
+    let m =
+        unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), BPF_SK_STORAGE_GET_F_CREATE) }
+            .cast::<u32>();
+    if !m.is_null() {
+        // SAFETY: this socket's storage, valid while the program runs.
+        unsafe { *m |= bit };
+    }
 }
 
 fn connect(ctx: &SockAddrContext) -> i32 {
@@ -112,7 +140,7 @@ fn connect(ctx: &SockAddrContext) -> i32 {
         };
         if !insert_link(cookie, &info) && !sk.is_null() {
             // SAFETY: the sock_addr's socket, as the helper takes it here.
-            let _ = unsafe { refused_client(sk.cast(), true) };
+            unsafe { mark(sk.cast(), MARK_CLIENT) };
         }
     }
     ALLOW
@@ -129,10 +157,10 @@ pub fn gopher_connect6_sk(ctx: SockAddrContext) -> i32 {
 }
 
 /// The last `close()` of a socket, in the closing process's context: a socket without an
-/// owner yet (not `connect()`ed: a server socket) gets this process. Listeners are skipped, and
-/// so are sockets already in CLOSE: they are destroyed within this very `close()`, and one
-/// never established leaves nothing to account (a server socket reset or timed out before its
-/// process closed it gets its listener's owner from the agent, as with sockops).
+/// owner yet (not `connect()`ed: a server socket, or one older than the probe) gets this
+/// process; its role is decided at its end ([`role_unrecorded`]). Listeners are skipped, and so
+/// are sockets already in CLOSE without an entry: they are destroyed within this very
+/// `close()`, and one never established leaves nothing to account.
 #[cgroup_sock(sock_release)]
 pub fn gopher_sock_release_sk(ctx: SockContext) -> i32 {
     // SAFETY: valid bpf_sock for the program's lifetime.
@@ -142,40 +170,40 @@ pub fn gopher_sock_release_sk(ctx: SockContext) -> i32 {
     }
     // SAFETY: sock context; helper defined for it.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // Not connect()ed under the probe: a server socket, unless its connect found the map full.
-    // SAFETY: a cgroup/sock context is what the helper takes in these programs.
-    let role = || unsafe { unconnected_role(ctx.as_ptr(), ROLE_SERVER) };
-    if let Some(info) = LINKS.get_ptr_mut(&cookie) {
-        // SAFETY: pointer into a map value, valid while the program runs.
-        let info = unsafe { &mut *info };
-        if info.role == ROLE_UNKNOWN {
-            // Made by a reset.
-            info.role = role();
+    let entry = match LINKS.get_ptr_mut(&cookie) {
+        Some(info) => Some(info),
+        None if state != TCP_CLOSE => {
+            let info = LinkInfo {
+                established: 0,
+                born: 0,
+                ..current_owner(ROLE_UNKNOWN)
+            };
+            // A reset on another CPU may have made the entry meanwhile: then it gets the owner.
+            entry_or_insert(cookie, &info)
         }
-        set_owner(info);
-    } else if state != TCP_CLOSE {
-        let info = LinkInfo {
-            established: 0,
-            born: 0,
-            ..current_owner(role())
-        };
-        let _ = insert_link(cookie, &info);
+        None => None,
+    };
+    if let Some(info) = entry {
+        // SAFETY: pointer into a map value, valid while the program runs.
+        set_owner(unsafe { &mut *info });
     }
     ALLOW
 }
 
-/// The role of a socket its connect did not record: a client if the map refused its entry,
-/// else `otherwise`.
+/// The role of a socket its connect did not record: a server if it came from a listener, a
+/// client if its connect found the map full, else unknown (the agent decides).
 ///
 /// # Safety
-/// As [`refused_client`].
+/// `sk` is a socket BTF pointer, non-null.
 #[inline(always)]
-unsafe fn unconnected_role(sk: *mut c_void, otherwise: u8) -> u8 {
+pub(crate) unsafe fn role_unrecorded(sk: *mut c_void, marks_of_sk: u32) -> u8 {
     // SAFETY: as the caller's.
-    if unsafe { refused_client(sk, false) } {
+    if unsafe { accepted(sk) } {
+        ROLE_SERVER
+    } else if marks_of_sk & MARK_CLIENT != 0 {
         ROLE_CLIENT
     } else {
-        otherwise
+        ROLE_UNKNOWN
     }
 }
 
@@ -224,7 +252,7 @@ fn equivalent_state(we_sent_fin: bool, fin_received: bool) -> u32 {
 /// # Safety
 /// `sk` is a socket BTF pointer, non-null.
 #[inline(always)]
-unsafe fn socket_cookie(sk: *mut c_void) -> u64 {
+pub(crate) unsafe fn socket_cookie(sk: *mut c_void) -> u64 {
     // SAFETY: `sock_common.skc_cookie` (an atomic64_t) of the socket; BTF-checked load.
     let set: u64 = unsafe { field(sk.cast_const().cast(), off!(skc_cookie)) };
     if set != 0 {
@@ -240,25 +268,29 @@ unsafe fn destroyed(sk: *mut c_void) {
     let cookie = unsafe { socket_cookie(sk) };
     let info = if let Some(entry) = LINKS.get_ptr(&cookie) {
         // SAFETY: pointer into a map value, valid while the program runs.
-        let info = unsafe { *entry };
+        let mut info = unsafe { *entry };
         let _ = LINKS.remove(&cookie);
         if info.established != 0 {
-            // Its close was sent at its abort's RST (see `reset`).
+            // Its close was sent early (see `early.rs`).
             return;
+        }
+        if info.role == ROLE_UNKNOWN {
+            // SAFETY: the tracepoint's socket; an entry means no refused connect (no marks).
+            info.role = unsafe { role_unrecorded(sk, 0) };
         }
         info
     } else {
         // Neither connect()ed nor released under this probe: a listener's child the process
         // never accepted, a socket older than the probe, or one whose insert found the map
-        // full. The agent finds its owner and its role.
+        // full.
         // SAFETY: the tracepoint's socket.
-        let role = match unsafe { unconnected_role(sk, ROLE_UNKNOWN) } {
-            // SAFETY: as above.
-            ROLE_UNKNOWN if unsafe { accepted(sk) } => ROLE_SERVER,
-            role => role,
-        };
+        let m = unsafe { marks(sk) };
+        if m & MARK_SENT != 0 {
+            return;
+        }
         LinkInfo {
-            role,
+            // SAFETY: as above.
+            role: unsafe { role_unrecorded(sk, m) },
             owner: OWNER_NO_ENTRY,
             ..LinkInfo::default()
         }
@@ -289,7 +321,11 @@ unsafe fn accepted(sk: *mut c_void) -> bool {
 /// # Safety
 /// `sk` is a socket BTF pointer, non-null.
 #[inline(always)]
-unsafe fn final_event(sk: *mut c_void, cookie: u64, mut info: LinkInfo) -> Option<LinkClosed> {
+pub(crate) unsafe fn final_event(
+    sk: *mut c_void,
+    cookie: u64,
+    mut info: LinkInfo,
+) -> Option<LinkClosed> {
     // SAFETY: sk is a socket BTF pointer; the helper checks it is a TCP one.
     let tp = unsafe { bpf_skc_to_tcp_sock(sk) }.cast::<u8>().cast_const();
     if tp.is_null() {
@@ -391,71 +427,4 @@ unsafe fn final_event(sk: *mut c_void, cookie: u64, mut info: LinkInfo) -> Optio
         local_ip,
         remote_ip,
     })
-}
-
-#[btf_tracepoint(function = "tcp_receive_reset")]
-pub fn gopher_link_rst_in_sk(ctx: BtfTracePointContext) -> i32 {
-    reset(ctx.arg(0), RST_RECEIVED);
-    0
-}
-
-#[btf_tracepoint(function = "tcp_send_reset")]
-pub fn gopher_link_rst_out_sk(ctx: BtfTracePointContext) -> i32 {
-    // An abort (no segment to answer) is a connection's; a reply to a stray segment is not.
-    let skb: u64 = ctx.arg(1);
-    if skb == 0 {
-        reset(ctx.arg(0), RST_SENT);
-    }
-    0
-}
-
-#[inline(always)]
-fn reset(sk: *mut c_void, bit: u8) {
-    if sk.is_null() {
-        return;
-    }
-    let state: u8 = read(sk as u64, off!(skc_state));
-    // A RST to a SYN is a refused connect, not a link's reset (there never was a link).
-    if u32::from(state) == TCP_SYN_SENT {
-        return;
-    }
-    // SAFETY: the tracepoint's socket, non-null.
-    let cookie = unsafe { socket_cookie(sk) };
-    let mut entry = LINKS.get_ptr_mut(&cookie);
-    if entry.is_none() {
-        // A server socket its process has not closed yet, or one older than the probe: an
-        // entry now carries the reset to its close (sock_release still records the owner).
-        let fresh = LinkInfo {
-            role: ROLE_UNKNOWN,
-            ..LinkInfo::default()
-        };
-        if insert_link(cookie, &fresh) {
-            entry = LINKS.get_ptr_mut(&cookie);
-        }
-    }
-    let Some(info) = entry else {
-        // The map is full (counted): the agent gives the reset to the socket's link.
-        emit(&LinkClosed::reset(cookie, bit), false);
-        return;
-    };
-    // SAFETY: pointer into a map value, valid while the program runs.
-    let info = unsafe { &mut *info };
-    info.rst |= bit;
-    // An abort in `close()` moves the socket to CLOSE before its RST: no FIN then.
-    if matches!(
-        u32::from(state),
-        TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSING | TCP_LAST_ACK
-    ) {
-        info.fin_sent = 1;
-    }
-    // This end's abort is final: nothing moves after its RST. Its counters go now, because an
-    // abort through `tcp_disconnect()` (`SO_LINGER` 0, `connect(AF_UNSPEC)`) zeroes them (and
-    // the addresses) right after the RST, before the socket is destroyed.
-    if bit == RST_SENT && info.established == 0 {
-        // SAFETY: the tracepoint's socket, non-null.
-        if let Some(event) = unsafe { final_event(sk, cookie, *info) } {
-            info.established = 1;
-            emit(&event, true);
-        }
-    }
 }

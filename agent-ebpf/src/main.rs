@@ -59,6 +59,7 @@ use aya_ebpf::{
 use core::ptr::read_volatile;
 
 mod destroy;
+mod early;
 mod health;
 mod iter;
 mod listen;
@@ -134,6 +135,24 @@ fn insert_link(cookie: u64, info: &LinkInfo) -> bool {
         return false;
     }
     true
+}
+
+/// The socket's entry, `info` inserted first if it has none (an entry another CPU made
+/// meanwhile is kept, not overwritten); None when the map is full (counted).
+fn entry_or_insert(cookie: u64, info: &LinkInfo) -> Option<*mut LinkInfo> {
+    const BPF_NOEXIST: u64 = 1;
+    const EEXIST: i64 = 17;
+    if let Some(entry) = LINKS.get_ptr_mut(&cookie) {
+        return Some(entry);
+    }
+    match LINKS.insert(&cookie, info, BPF_NOEXIST) {
+        Ok(()) => LINKS.get_ptr_mut(&cookie),
+        Err(e) if i64::from(e) == -EEXIST => LINKS.get_ptr_mut(&cookie),
+        Err(_) => {
+            bump(&MAP_FULL, MAP_FULL_LINKS);
+            None
+        }
+    }
 }
 
 /// Marks a server socket, so that its close event still says "server" when it has no `LINKS`

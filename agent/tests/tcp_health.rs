@@ -251,3 +251,38 @@ fn srtt_histogram_tells_a_delayed_ack_connection_from_a_fast_one() {
     let r = row(&samples, &want).unwrap();
     assert!(r["srtt_sum"] > 10_000.0, "{r:?}");
 }
+
+/// A connection the peer resets while its process keeps the socket open: the kernel moves the
+/// socket to CLOSE at once (no dump lists it from then on) but destroys it only when the
+/// process closes it, here long after the agent stopped looking for the vanished socket. Its
+/// counters go out at the reset (`inet_sk_error_report`), once: the late close adds nothing,
+/// and its reset is counted.
+#[test]
+fn a_socket_reset_while_its_process_holds_it_counts_once() {
+    let Some(agent) = start() else { return };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (mut client, mut server) = connect(&listener, 1).pop().unwrap();
+    let (c2s, s2c) = (300usize, 400usize);
+    client.write_all(&vec![b'c'; c2s]).unwrap();
+    let mut buf = vec![0u8; c2s.max(s2c)];
+    server.read_exact(&mut buf[..c2s]).unwrap();
+    server.write_all(&vec![b's'; s2c]).unwrap();
+    client.read_exact(&mut buf[..s2c]).unwrap();
+    abort(server);
+    // `connect` moved a byte each way first.
+    let (tx, rx) = ((c2s + 1) as f64, (s2c + 1) as f64);
+    let want = keys("1", port);
+    let exact = |r: &BTreeMap<String, f64>| {
+        r["tx_bytes"] == tx && r["rx_bytes"] == rx && r["receive_rsts"] == 1.0
+    };
+    expect_row(&agent, "client row, reset, held open", &want, |r| {
+        exact(r) && r["link_count"] == 0.0
+    });
+    // The agent forgets a socket that left its dumps after about 25 intervals.
+    std::thread::sleep(Duration::from_secs(30));
+    drop(client);
+    std::thread::sleep(Duration::from_secs(3));
+    let r = row(&agent.scrape().unwrap(), &want).expect("client row");
+    assert!(exact(&r), "counted again at the late close: {r:?}");
+}

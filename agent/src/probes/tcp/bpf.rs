@@ -48,10 +48,11 @@ const DESTROY_CGROUP: [&str; 3] = [
     "gopher_connect6_sk",
     "gopher_sock_release_sk",
 ];
-const DESTROY_TRACEPOINTS: [(&str, &str); 3] = [
+const DESTROY_TRACEPOINTS: [(&str, &str); 4] = [
     ("gopher_tcp_destroy", "tcp_destroy_sock"),
     ("gopher_link_rst_in_sk", "tcp_receive_reset"),
     ("gopher_link_rst_out_sk", "tcp_send_reset"),
+    ("gopher_sk_error_sk", "inet_sk_error_report"),
 ];
 
 fn load_destroy(ebpf: &mut Ebpf) -> anyhow::Result<()> {

@@ -81,8 +81,12 @@ impl Collector {
         let remote = normalize(ip_from_words(family, ev.remote_ip));
         let (local_port, remote_port) = (ev.local_port as u16, ev.remote_port as u16);
         let (role, syn_acked) = if ev.info.role == ROLE_UNKNOWN {
-            // An active open's `bytes_acked` counts its SYN.
-            let role = self.unrecorded_role(netns, local_port, remote_port);
+            // An active open's `bytes_acked` counts its SYN. A socket a dump saw and left
+            // waiting for its owner had its role decided then, with its listener at hand.
+            let role = waited.as_ref().map_or_else(
+                || self.unrecorded_role(netns, local_port, remote_port),
+                |w| w.role,
+            );
             (role, role == ROLE_CLIENT)
         } else {
             (ev.info.role, ev.info.syn_acked == 1)

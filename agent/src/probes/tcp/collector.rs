@@ -315,10 +315,12 @@ impl Collector {
             // dump predates the probe (an agent restart, a probe rebuild) and counts from this
             // first reading. Any later one was born since: its entry is gone because it closed
             // while the dump was read (its close event follows), or did not fit the map.
+            // (An entry made at a release or a reset, `born` 0, says nothing of the socket's
+            // start.)
             let base = match info {
-                Some(i) => fresh_base(i.syn_acked == 1),
-                None if first_dump => c,
-                None => fresh_base(role == ROLE_CLIENT),
+                Some(i) if i.born == 1 => fresh_base(i.syn_acked == 1),
+                _ if first_dump => c,
+                _ => fresh_base(role == ROLE_CLIENT),
             };
             if let Some(i) = info.filter(|i| i.owner == OWNER_KNOWN) {
                 let mut comm = std::mem::take(&mut self.comm);
@@ -448,7 +450,9 @@ impl Collector {
         self.drain(closed);
         self.primed = true;
         self.links.end_dump(&failed, now);
-        if failed.is_empty() {
+        // The destroy hooks remove every entry themselves, and keep some for sockets no dump
+        // lists (in CLOSE, held by their process): nothing to sweep there.
+        if failed.is_empty() && programs.hooks != bpf::Hooks::Destroy {
             let (links, waiting) = (&self.links, &self.waiting);
             self.sweeper.sweep(programs, |c| {
                 links.is_tracked(c) || waiting.contains_key(&c)

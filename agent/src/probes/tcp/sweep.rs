@@ -1,4 +1,5 @@
-//! Drops `LINKS` entries whose socket was not live at two sweeps a minute apart.
+//! Drops `LINKS` entries whose socket was not live at two sweeps a minute apart (the sockops
+//! hooks only: the destroy hooks remove every entry when its socket is destroyed).
 //!
 //! The eBPF side removes entries at CLOSE; what it cannot see is a connect that failed before
 //! TCP started (fallback connect hooks) or a socket whose callbacks another program switched
