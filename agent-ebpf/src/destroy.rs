@@ -52,9 +52,9 @@ use gopher_common::{
 };
 
 use crate::{
-    ALLOW, IPPROTO_TCP, LINKS, SOCK_DONE, SOCK_STREAM, current_owner, emit, entry_or_insert,
+    ALLOW, IPPROTO_TCP, Inserted, LINKS, SOCK_DONE, SOCK_STREAM, current_owner, emit,
     health::off,
-    insert_link,
+    insert_link, insert_new,
     iter::{ITER_OFFSETS, link_stats},
     set_owner,
 };
@@ -179,7 +179,10 @@ pub fn gopher_sock_release_sk(ctx: SockContext) -> i32 {
                 ..current_owner(ROLE_UNKNOWN)
             };
             // A reset on another CPU may have made the entry meanwhile: then it gets the owner.
-            entry_or_insert(cookie, &info)
+            match insert_new(cookie, &info) {
+                Inserted::Present(entry) => Some(entry),
+                Inserted::New | Inserted::Full => None,
+            }
         }
         None => None,
     };

@@ -137,21 +137,40 @@ fn insert_link(cookie: u64, info: &LinkInfo) -> bool {
     true
 }
 
-/// The socket's entry, `info` inserted first if it has none (an entry another CPU made
-/// meanwhile is kept, not overwritten); None when the map is full (counted).
-fn entry_or_insert(cookie: u64, info: &LinkInfo) -> Option<*mut LinkInfo> {
+/// What [`insert_new`] did.
+enum Inserted {
+    New,
+    /// Another CPU made the socket's entry meanwhile: kept, not overwritten.
+    Present(*mut LinkInfo),
+    /// The map is full (counted).
+    Full,
+}
+
+/// Inserts `info` for a socket that had no entry a moment ago.
+fn insert_new(cookie: u64, info: &LinkInfo) -> Inserted {
     const BPF_NOEXIST: u64 = 1;
     const EEXIST: i64 = 17;
+    match LINKS.insert(&cookie, info, BPF_NOEXIST) {
+        Ok(()) => Inserted::New,
+        Err(e) if i64::from(e) == -EEXIST => LINKS
+            .get_ptr_mut(&cookie)
+            .map_or(Inserted::Full, Inserted::Present),
+        Err(_) => {
+            bump(&MAP_FULL, MAP_FULL_LINKS);
+            Inserted::Full
+        }
+    }
+}
+
+/// The socket's entry, `info` inserted first if it has none; None when the map is full.
+fn entry_or_insert(cookie: u64, info: &LinkInfo) -> Option<*mut LinkInfo> {
     if let Some(entry) = LINKS.get_ptr_mut(&cookie) {
         return Some(entry);
     }
-    match LINKS.insert(&cookie, info, BPF_NOEXIST) {
-        Ok(()) => LINKS.get_ptr_mut(&cookie),
-        Err(e) if i64::from(e) == -EEXIST => LINKS.get_ptr_mut(&cookie),
-        Err(_) => {
-            bump(&MAP_FULL, MAP_FULL_LINKS);
-            None
-        }
+    match insert_new(cookie, info) {
+        Inserted::New => LINKS.get_ptr_mut(&cookie),
+        Inserted::Present(entry) => Some(entry),
+        Inserted::Full => None,
     }
 }
 
