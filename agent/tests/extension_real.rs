@@ -35,7 +35,7 @@ mod standalone;
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
+    net::{TcpListener, TcpStream},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -43,7 +43,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Agent, Sample, free_port, require};
+use common::{Agent, Sample, require};
 use gopher::imdb::{FieldType, TableMeta};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -311,6 +311,30 @@ fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out)
+}
+
+/// A free port for a service the test runs, below the kernel's ephemeral range
+/// (`ip_local_port_range`, 32768 up by default). Such a port is never handed to a `connect()`
+/// or to a bind to port 0, so nothing else on the host (the agent's listeners, the test's own
+/// scrapes) can take it between this choice and the service's bind: a port from the ephemeral
+/// range could be, and then the service failed to start.
+fn free_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Spread over the range below it by pid and time, so that test binaries running one after
+    // another do not start from the same port.
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    let (first, span) = (10_000u32, u32::from(low).saturating_sub(10_000).max(1));
+    (0..span)
+        .map(|i| first + (seed.wrapping_add(i.wrapping_mul(7919))) % span)
+        .filter_map(|p| u16::try_from(p).ok())
+        .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port below the ephemeral range")
 }
 
 fn start_nginx() -> Service {
