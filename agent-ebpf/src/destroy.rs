@@ -52,11 +52,10 @@ use gopher_common::{
 };
 
 use crate::{
-    ALLOW, IPPROTO_TCP, Inserted, LINKS, SOCK_DONE, SOCK_STREAM, current_owner, emit,
+    ALLOW, IPPROTO_TCP, Inserted, SOCK_DONE, SOCK_STREAM, current_owner, emit,
     health::off,
-    insert_link, insert_new,
     iter::{ITER_OFFSETS, link_stats},
-    set_owner,
+    set_owner, slots,
 };
 
 const AF_INET: u16 = 2;
@@ -138,7 +137,7 @@ fn connect(ctx: &SockAddrContext) -> i32 {
             established: 0,
             ..current_owner(ROLE_CLIENT)
         };
-        if !insert_link(cookie, &info) && !sk.is_null() {
+        if !slots::insert_client(cookie, &info) && !sk.is_null() {
             // SAFETY: the sock_addr's socket, as the helper takes it here.
             unsafe { mark(sk.cast(), MARK_CLIENT) };
         }
@@ -170,7 +169,7 @@ pub fn gopher_sock_release_sk(ctx: SockContext) -> i32 {
     }
     // SAFETY: sock context; helper defined for it.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let entry = match LINKS.get_ptr_mut(&cookie) {
+    let entry = match slots::get(cookie) {
         Some(info) => Some(info),
         None if state != TCP_CLOSE => {
             let info = LinkInfo {
@@ -179,7 +178,7 @@ pub fn gopher_sock_release_sk(ctx: SockContext) -> i32 {
                 ..current_owner(ROLE_UNKNOWN)
             };
             // A reset on another CPU may have made the entry meanwhile: then it gets the owner.
-            match insert_new(cookie, &info) {
+            match slots::insert_new(cookie, &info) {
                 Inserted::Present(entry) => Some(entry),
                 Inserted::New | Inserted::Full => None,
             }
@@ -269,10 +268,7 @@ pub(crate) unsafe fn socket_cookie(sk: *mut c_void) -> u64 {
 unsafe fn destroyed(sk: *mut c_void) {
     // SAFETY: the tracepoint's socket.
     let cookie = unsafe { socket_cookie(sk) };
-    let info = if let Some(entry) = LINKS.get_ptr(&cookie) {
-        // SAFETY: pointer into a map value, valid while the program runs.
-        let mut info = unsafe { *entry };
-        let _ = LINKS.remove(&cookie);
+    let info = if let Some(mut info) = slots::take(cookie) {
         if info.established != 0 {
             // Its close was sent early (see `early.rs`).
             return;

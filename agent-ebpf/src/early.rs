@@ -26,9 +26,10 @@ use gopher_common::{
 
 use crate::{
     destroy::{MARK_SENT, final_event, mark, marks, role_unrecorded, socket_cookie},
-    emit, entry_or_insert,
+    emit,
     health::{off, read},
     iter::ITER_OFFSETS,
+    slots::entry_or_insert,
 };
 
 #[btf_tracepoint(function = "tcp_receive_reset")]

@@ -39,6 +39,11 @@
 //! socket's close event comes from the destroy hook all the same.
 #![no_std]
 #![no_main]
+// Atomic compare-and-swap and add on map values (`slots.rs`): the BPF target has no `Atomic*`
+// read-modify-write API in `core` (its spec turns `atomic-cas` off); LLVM emits the 64-bit
+// ones for every BPF CPU (kernel 5.12 and later run them).
+#![feature(core_intrinsics)]
+#![allow(internal_features, reason = "core_intrinsics: see above")]
 
 use aya_ebpf::{
     EbpfContext,
@@ -64,6 +69,7 @@ mod health;
 mod iter;
 mod listen;
 mod resets;
+mod slots;
 
 use gopher_common::{
     EVENT_CLOSE, LinkClosed, LinkInfo, LinkStats, MAP_FULL_LINKS, MAP_FULL_SLOTS, OWNER_KNOWN,
@@ -159,18 +165,6 @@ fn insert_new(cookie: u64, info: &LinkInfo) -> Inserted {
             bump(&MAP_FULL, MAP_FULL_LINKS);
             Inserted::Full
         }
-    }
-}
-
-/// The socket's entry, `info` inserted first if it has none; None when the map is full.
-fn entry_or_insert(cookie: u64, info: &LinkInfo) -> Option<*mut LinkInfo> {
-    if let Some(entry) = LINKS.get_ptr_mut(&cookie) {
-        return Some(entry);
-    }
-    match insert_new(cookie, info) {
-        Inserted::New => LINKS.get_ptr_mut(&cookie),
-        Inserted::Present(entry) => Some(entry),
-        Inserted::Full => None,
     }
 }
 

@@ -130,3 +130,85 @@ fn failed_connects(params: &str) {
         "{full} inserts refused for a full map after {refused} failed connects"
     );
 }
+
+/// Sockets connected twice in [`a_socket_connected_again_after_a_refusal_is_one_entry`].
+const RECONNECTED: usize = 1500;
+
+/// A socket whose first `connect()` was refused and whose second one succeeded has one entry:
+/// the second connect overwrites the entry the first made (in the socket's slot, or in `LINKS`)
+/// rather than making another that its destroy would leave behind. More of them than a map of
+/// 1,024 holds: nothing refused, and every byte on the client's row, keyed to this process.
+#[test]
+fn a_socket_connected_again_after_a_refusal_is_one_entry() {
+    if !require(is_root(), "root (eBPF)") {
+        return;
+    }
+    let agent = Agent::start(&format!("{CONFIG}[probes.params]\nmax_links = 1024\n"));
+    assert!(ready(&agent));
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let mut got = 0;
+        for _ in 0..RECONNECTED {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = Vec::new();
+            got += s.read_to_end(&mut buf).unwrap();
+        }
+        got
+    });
+    let addr = |port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let connect = |fd: i32, port: u16| {
+        let a = addr(port);
+        // SAFETY: a valid socket and a sockaddr_in of the size given.
+        unsafe {
+            libc::connect(
+                fd,
+                (&raw const a).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        }
+    };
+    for _ in 0..RECONNECTED {
+        // SAFETY: plain socket calls on a descriptor this loop owns and closes.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0);
+            assert_eq!(connect(fd, closed), -1, "port {closed} accepted a connect");
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::ECONNREFUSED)
+            );
+            assert_eq!(connect(fd, port), 0, "{}", std::io::Error::last_os_error());
+            assert_eq!(libc::write(fd, b"x".as_ptr().cast(), 1), 1);
+            libc::close(fd);
+        }
+    }
+    assert_eq!(server.join().unwrap(), RECONNECTED);
+    let want = [
+        ("role", "1".to_owned()),
+        ("tgid", std::process::id().to_string()),
+        ("server_port", port.to_string()),
+    ];
+    let row = expect_row(&agent, "the reconnected clients' row", &want, |r| {
+        r["tx_bytes"] == RECONNECTED as f64
+    });
+    assert_eq!(row["tx_bytes"], RECONNECTED as f64);
+    let samples = agent.scrape().unwrap();
+    assert_eq!(
+        links_map_full(&samples),
+        0.0,
+        "inserts refused after {RECONNECTED} reconnected sockets"
+    );
+}

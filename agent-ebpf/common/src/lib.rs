@@ -67,6 +67,22 @@ pub struct LinkInfo {
     pub comm: [u8; 16],
 }
 
+/// One slot of `OWNER_SLOTS`, the destroy hooks' direct-mapped table of clients' owners (slot
+/// `cookie & mask`): what a `LINKS` entry holds, reached without hashing (see
+/// `agent-ebpf/src/slots.rs`). `cookie` is 0 when free, [`SLOT_BUSY`] while a connect writes it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OwnerSlot {
+    pub cookie: u64,
+    /// `LINKS` entries whose cookie maps to this slot: while 0, a socket not in the slot has no
+    /// entry anywhere, and no hash lookup is made for it.
+    pub in_links: u64,
+    pub info: LinkInfo,
+}
+
+/// `OwnerSlot::cookie` while a connect claims the slot and writes its entry.
+pub const SLOT_BUSY: u64 = u64::MAX;
+
 /// `LinkInfo::rst` bits: this end reset the connection (an abort: `SO_LINGER` 0, close with
 /// unread data), or the peer's RST reset it.
 pub const RST_SENT: u8 = 1;
@@ -373,6 +389,7 @@ mod pod {
     unsafe impl aya::Pod for super::NginxPeer {}
     // SAFETY: plain-old-data, `#[repr(C)]`, every bit pattern valid.
     unsafe impl aya::Pod for super::LinkInfo {}
+    unsafe impl aya::Pod for super::OwnerSlot {}
     unsafe impl aya::Pod for super::LinkStats {}
     unsafe impl aya::Pod for super::LinkClosed {}
     unsafe impl aya::Pod for super::SockOffsets {}

@@ -8,12 +8,12 @@ use std::{fs::File, path::PathBuf};
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{
         BtfTracePoint, CgroupSock, CgroupSockAddr, RawTracePoint, SockOps, links::CgroupAttachMode,
     },
 };
-use gopher_common::LinkInfo;
+use gopher_common::{LinkInfo, OwnerSlot};
 
 /// The eBPF object built by build.rs (aya-build) from `agent-ebpf`.
 pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gopher"));
@@ -25,6 +25,28 @@ pub struct Programs {
     pub iter_offsets: Option<super::btf::BtfError>,
     /// Which hooks account the sockets.
     pub hooks: Hooks,
+    /// The clients' slots' index mask, when the hooks use them.
+    slot_mask: Option<u64>,
+}
+
+/// The eBPF side's entries, as the collector looks them up for a socket new to it.
+pub struct Entries<'a> {
+    links: aya::maps::HashMap<&'a MapData, u64, LinkInfo>,
+    slots: Option<(Array<&'a MapData, OwnerSlot>, u64)>,
+}
+
+impl Entries<'_> {
+    /// The socket's entry: its slot's, when the slot holds it, else its `LINKS` one.
+    pub fn get(&self, cookie: u64) -> Option<LinkInfo> {
+        if let Some((slots, mask)) = &self.slots
+            && let Ok(index) = u32::try_from(cookie & mask)
+            && let Ok(slot) = slots.get(&index, 0)
+            && slot.cookie == cookie
+        {
+            return Some(slot.info);
+        }
+        self.links.get(&cookie, 0).ok()
+    }
 }
 
 /// The programs that see sockets start and end (`agent-ebpf/src/main.rs` tells the costs).
@@ -114,23 +136,51 @@ fn parse_cgroup2_root(mounts: &str) -> Option<PathBuf> {
     })
 }
 
+/// How the destroy hooks share `max_links` between the clients' slots (`OWNER_SLOTS`, see
+/// `agent-ebpf/src/slots.rs`) and `LINKS`: the slots get the largest power of two up to half of
+/// it (a slot is the cookie masked), `LINKS` the rest. The sockops hooks keep every entry in
+/// `LINKS`.
+pub fn split(max_links: u32) -> (u32, u32) {
+    let slots = 1u32 << (max_links / 2).max(1).ilog2();
+    (slots, max_links - slots)
+}
+
+/// The object with its maps sized: with the clients' slots (destroy hooks) or without.
+fn object(
+    max_links: u32,
+    slots: bool,
+    offsets: Result<&super::iter_offsets::Offsets, &super::btf::BtfError>,
+) -> anyhow::Result<(Ebpf, Option<u64>)> {
+    let (n_slots, n_links) = if slots {
+        split(max_links)
+    } else {
+        (1, max_links)
+    };
+    let mask = u64::from(n_slots - 1);
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries("LINKS", n_links);
+    loader.map_max_entries("OWNER_SLOTS", n_slots);
+    loader.override_global("SLOT_MASK", &mask, true);
+    if let Ok(o) = offsets {
+        o.set(&mut loader);
+    }
+    let ebpf = loader.load(OBJECT).context("loading the tcp eBPF object")?;
+    Ok((ebpf, slots.then_some(mask)))
+}
+
 /// `connect_hooks` forces the sockops fallback with connect and release hooks, which older
-/// kernels get (tests exercise it here). `max_links` bounds `LINKS` in every design.
+/// kernels get (tests exercise it here). `max_links` bounds what every design keeps (the
+/// destroy hooks: slots and `LINKS` together, see [`split`]).
 pub fn load(max_links: u32, connect_hooks: bool) -> anyhow::Result<Programs> {
     let cgroup = cgroup2_root()?;
     let offsets = super::iter_offsets::offsets();
-    let mut loader = EbpfLoader::new();
-    loader.map_max_entries("LINKS", max_links);
-    if let Ok(o) = &offsets {
-        o.set(&mut loader);
-    }
-    let mut ebpf = loader.load(OBJECT).context("loading the tcp eBPF object")?;
     let cg = File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
 
     // The default: one program run per socket at its end instead of sockops on every op.
     // It reads the socket at the iterator's BTF offsets; without them, or on a kernel that
     // refuses a piece, the sockops hooks below.
     if !connect_hooks && offsets.is_ok() {
+        let (mut ebpf, slot_mask) = object(max_links, true, offsets.as_ref())?;
         match load_destroy(&mut ebpf) {
             Ok(()) => {
                 attach_destroy(&mut ebpf, &cg)?;
@@ -139,11 +189,13 @@ pub fn load(max_links: u32, connect_hooks: bool) -> anyhow::Result<Programs> {
                     cgroup,
                     iter_offsets: offsets.err(),
                     hooks: Hooks::Destroy,
+                    slot_mask,
                 });
             }
             Err(e) => tracing::info!("tcp_destroy_sock hooks unavailable ({e:#}); using sockops"),
         }
     }
+    let (mut ebpf, slot_mask) = object(max_links, false, offsets.as_ref())?;
 
     // Prefer the sockops program that records owners itself; a kernel that refuses current-task
     // helpers there gets the plain one plus the connect and release hooks (two program runs
@@ -198,6 +250,7 @@ pub fn load(max_links: u32, connect_hooks: bool) -> anyhow::Result<Programs> {
         } else {
             Hooks::SockopsConnect
         },
+        slot_mask,
     })
 }
 
@@ -243,6 +296,25 @@ impl Programs {
             .map("LINKS")
             .ok_or_else(|| anyhow!("map LINKS missing"))?;
         aya::maps::HashMap::try_from(map).context("map LINKS is not a hash map")
+    }
+
+    /// Where the collector looks up the entries of sockets new to it.
+    pub fn entries(&self) -> anyhow::Result<Entries<'_>> {
+        let slots = match self.slot_mask {
+            Some(mask) => {
+                let map = self
+                    .ebpf
+                    .map("OWNER_SLOTS")
+                    .ok_or_else(|| anyhow!("map OWNER_SLOTS missing"))?;
+                let slots = Array::try_from(map).context("map OWNER_SLOTS is not an array")?;
+                Some((slots, mask))
+            }
+            None => None,
+        };
+        Ok(Entries {
+            links: self.links()?,
+            slots,
+        })
     }
 
     /// Removes the given cookies from `LINKS` (entries whose socket is gone without a CLOSE

@@ -14,8 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
-use gopher_common::{LinkClosed, LinkInfo, OWNER_KNOWN, ROLE_UNKNOWN};
+use gopher_common::{LinkClosed, OWNER_KNOWN, ROLE_UNKNOWN};
 
 use super::{
     bpf,
@@ -195,11 +194,7 @@ impl Collector {
     /// Dumps every namespace's listeners, then streams its link-carrying sockets into the
     /// link state, from the socket iterator when it loaded, else from sock_diag. Returns the
     /// inodes of namespaces whose dump is incomplete.
-    fn dump_all(
-        &mut self,
-        bpf: Option<&BpfHashMap<&MapData, u64, LinkInfo>>,
-        now: Instant,
-    ) -> (HashSet<u32>, usize) {
+    fn dump_all(&mut self, bpf: Option<&bpf::Entries<'_>>, now: Instant) -> (HashSet<u32>, usize) {
         let mut failed = self.refresh_namespaces();
         let mut namespaces = std::mem::take(&mut self.namespaces);
         if !self.primed {
@@ -286,7 +281,7 @@ impl Collector {
         &mut self,
         netns: u64,
         s: &DiagSocket,
-        bpf: Option<&BpfHashMap<&MapData, u64, LinkInfo>>,
+        bpf: Option<&bpf::Entries<'_>>,
         first_dump: bool,
         now: Instant,
     ) {
@@ -299,7 +294,7 @@ impl Collector {
             w.seen = true;
             (w.role, w.base)
         } else {
-            let info = bpf.and_then(|m| m.get(&s.cookie, 0).ok());
+            let info = bpf.and_then(|m| m.get(s.cookie));
             let role = match info {
                 Some(i) if i.role != ROLE_UNKNOWN => i.role,
                 _ => self.unrecorded_role(netns, s.local_port, s.remote_port),
@@ -438,7 +433,7 @@ impl Collector {
         let now = Instant::now();
         let cpu = diag::thread_cpu();
         let (failed, dumped) = {
-            let bpf_links = programs.links().ok();
+            let bpf_links = programs.entries().ok();
             self.dump_all(bpf_links.as_ref(), now)
         };
         let dump_cpu = diag::thread_cpu().since(cpu);
