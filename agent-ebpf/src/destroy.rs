@@ -3,7 +3,8 @@
 //! runs per state change.
 //!
 //! * `cgroup/connect4|6` ([`gopher_connect4_sk`]): a client's owner, in the connecting
-//!   process's context, into `LINKS` under the socket's cookie.
+//!   process's context, into the socket's slot of `OWNER_SLOTS` (`slots.rs`; `LINKS` when
+//!   another live socket holds the slot), as every entry below.
 //! * `cgroup/sock_release` ([`gopher_sock_release_sk`]): the process doing the last `close()`
 //!   of a socket that has no owner yet (not `connect()`ed: a server socket) becomes its owner;
 //!   the role of such a socket is decided at its end ([`role_unrecorded`]: from a listener,
@@ -20,22 +21,24 @@
 //!   more.
 //!
 //! A loopback connection, both ends watched, costs five runs (connect 1, sock_release 2,
-//! destroy 2) and eight operations on the preallocated `LINKS` hash: the client's insert, a
-//! lookup per release and the server's insert, a lookup and a remove per destroy.
-//! Socket-local storage would need no removes, but creating it allocates (~2 µs a socket on
-//! this project's test VM, measured), more than the whole hash path; and `max_links` keeps
-//! bounding what the probe holds in the kernel (a refused insert is counted, and the socket
-//! is still accounted: its owner is then found by the agent). Only a socket the map refused
-//! gets socket storage, as a mark ([`MARKS`]). Every entry goes with its socket's
-//! destruction: the agent sweeps none (it does for the sockops hooks).
+//! destroy 2) and, when both sockets find their slots free, no hash operation: each entry is
+//! a slot of a direct-mapped array, claimed at connect or release and compared and freed at
+//! destroy (`slots.rs`); the preallocated `LINKS` hash takes the entries whose slot another
+//! live socket holds, and those resets make. Socket-local storage would need no removes, but creating it
+//! allocates (~2 µs a socket on this project's test VM, measured), more than the whole hash
+//! path; and `max_links` keeps bounding what the probe holds in the kernel (a refused insert
+//! is counted, and the socket is still accounted: its owner is then found by the agent). Only
+//! a socket the map refused gets socket storage, as a mark ([`MARKS`]). Every entry goes with
+//! its socket's destruction: the agent sweeps none (it does for the sockops hooks).
 //!
-//! Measured on the project's 2-CPU test VM (`bench/run.sh`, BENCHMARKS.md): 5 runs and ~4.8 µs
-//! of BPF run time per loopback connection, against 17 runs and ~5.3 µs for the sockops hooks
-//! in the same rounds. The hash operations are most of it: there (retpolines, SRSO "safe
-//! RET": every call and return costs) an empty program measures ~105 ns a run, a hash lookup
-//! ~250 ns, an update and a delete ~700 ns together; the two designs do 7 and 8 of them.
-//! What this design saves is the 12 runs and the sockops dispatch around each, which the
-//! kernel's run time does not show (end to end, CPU per connection +10.7 % against +12.9 %).
+//! Measured on the project's 2-CPU test VM (`bench/run.sh`, BENCHMARKS.md): 5 runs and ~3.6 µs
+//! of BPF run time per loopback connection; with every entry in `LINKS` (eight hash
+//! operations) it was ~4.8 µs, and the sockops hooks take 17 runs and ~5.3 µs. The hash
+//! operations are most of it: there (retpolines, SRSO "safe RET": every call and return
+//! costs) an empty program measures ~105 ns a run, a hash lookup ~250 ns, an update and a
+//! delete ~700 ns together, while an array lookup is inlined by the verifier. Against the
+//! sockops hooks this design also saves 12 runs and the sockops dispatch around each, which
+//! the kernel's run time does not show.
 
 use aya_ebpf::{
     EbpfContext,
@@ -178,7 +181,7 @@ pub fn gopher_sock_release_sk(ctx: SockContext) -> i32 {
                 ..current_owner(ROLE_UNKNOWN)
             };
             // A reset on another CPU may have made the entry meanwhile: then it gets the owner.
-            match slots::insert_new(cookie, &info) {
+            match slots::insert_owner(cookie, &info) {
                 Inserted::Present(entry) => Some(entry),
                 Inserted::New | Inserted::Full => None,
             }
@@ -268,7 +271,8 @@ pub(crate) unsafe fn socket_cookie(sk: *mut c_void) -> u64 {
 unsafe fn destroyed(sk: *mut c_void) {
     // SAFETY: the tracepoint's socket.
     let cookie = unsafe { socket_cookie(sk) };
-    let info = if let Some(mut info) = slots::take(cookie) {
+    let mut info = LinkInfo::default();
+    if slots::take(cookie, &mut info) {
         if info.established != 0 {
             // Its close was sent early (see `early.rs`).
             return;
@@ -277,7 +281,6 @@ unsafe fn destroyed(sk: *mut c_void) {
             // SAFETY: the tracepoint's socket; an entry means no refused connect (no marks).
             info.role = unsafe { role_unrecorded(sk, 0) };
         }
-        info
     } else {
         // Neither connect()ed nor released under this probe: a listener's child the process
         // never accepted, a socket older than the probe, or one whose insert found the map
@@ -287,13 +290,10 @@ unsafe fn destroyed(sk: *mut c_void) {
         if m & MARK_SENT != 0 {
             return;
         }
-        LinkInfo {
-            // SAFETY: as above.
-            role: unsafe { role_unrecorded(sk, m) },
-            owner: OWNER_NO_ENTRY,
-            ..LinkInfo::default()
-        }
-    };
+        // SAFETY: as above.
+        info.role = unsafe { role_unrecorded(sk, m) };
+        info.owner = OWNER_NO_ENTRY;
+    }
     // SAFETY: the tracepoint's socket.
     if let Some(event) = unsafe { final_event(sk, cookie, info) } {
         emit(&event, true);

@@ -16,7 +16,9 @@
 //! sends nothing more; without room in the map, a mark in the socket says it ([`MARK_SENT`]).
 //! All three fire once per connection that ends this way, never per packet.
 
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::generated::bpf_skc_to_tcp_sock, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
 use core::ffi::c_void;
 
 use gopher_common::{
@@ -51,13 +53,16 @@ pub fn gopher_link_rst_out_sk(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "inet_sk_error_report")]
 pub fn gopher_sk_error_sk(ctx: BtfTracePointContext) -> i32 {
     let sk: *mut c_void = ctx.arg(0);
-    // Any inet socket reports errors (UDP ones ICMP errors too): only a TCP socket that
-    // `tcp_done_with_error()` moved to CLOSE is final.
+    // Any inet socket reports errors (UDP, ping and raw ones ICMP errors too, in CLOSE for
+    // life): only a TCP socket that `tcp_done_with_error()` moved to CLOSE is final. An entry
+    // made for any other would never go (no `tcp_destroy_sock` ever fires for it).
     if !sk.is_null()
         && u32::from(read::<u8>(
             sk as u64,
             off(&raw const ITER_OFFSETS.skc_state),
         )) == TCP_CLOSE
+        // SAFETY: the tracepoint's socket, a BTF pointer; the helper checks it is a TCP one.
+        && !unsafe { bpf_skc_to_tcp_sock(sk) }.is_null()
     {
         // SAFETY: the tracepoint's socket, non-null.
         let cookie = unsafe { socket_cookie(sk) };

@@ -1,25 +1,27 @@
-//! Where the destroy hooks keep a socket's entry: a client's in `OWNER_SLOTS`, a direct-mapped
-//! array (slot `cookie & mask`), anything else in the `LINKS` hash.
+//! Where the destroy hooks keep a socket's entry: in its slot of `OWNER_SLOTS`, a
+//! direct-mapped array (slot `cookie & mask`), or in the `LINKS` hash when another live socket
+//! holds that slot.
 //!
 //! On this project's test VM (retpolines, SRSO "safe RET") a hash operation costs ~150–350 ns
-//! of BPF run time: the client's insert, its release's lookup, its destroy's lookup and remove
-//! were half of what a connection cost. An array lookup is inlined by the verifier (no helper
-//! call), so a client whose slot is free costs none of them: its connect claims the slot with
-//! one compare-and-swap, its release and destroy compare the cookie in it.
+//! of BPF run time: the inserts, lookups and removes of both ends' entries were most of what a
+//! connection cost. An array lookup is inlined by the verifier (no helper call), so a socket
+//! whose slot is free costs none of them: its connect or release claims the slot with a
+//! compare-and-swap, its other hooks compare the cookie in it.
 //!
-//! * Only `connect()` claims slots: nothing else of the socket runs then (no segment was sent),
-//!   so a socket's entry is never made twice at once, once in its slot and once in `LINKS`. The
-//!   hooks that can race for one socket (its release, a reset, an error report) insert into
-//!   `LINKS` with `BPF_NOEXIST`, as before.
-//! * A claim marks the slot busy ([`SLOT_BUSY`]) while it writes the entry, then publishes the
-//!   cookie: no reader (hook or agent) takes a half-written entry for its socket's.
+//! * `connect()` (a client) and the last `close()` (`sock_release`: a server socket) claim
+//!   slots. A claim marks the slot busy ([`SLOT_BUSY`]) while it writes the entry, then
+//!   publishes the cookie: no reader (hook or agent) takes a half-written entry for its
+//!   socket's.
+//! * The reset and error hooks (`early.rs`) make an entry a socket lacks in `LINKS`, with
+//!   `BPF_NOEXIST`. One that runs while the socket's release is claiming the slot (a reset
+//!   arriving on another CPU in those nanoseconds) makes a second entry there: the destroy
+//!   ([`take`]) merges the two (the release's owner, every reset bit) and removes both. Nothing
+//!   else of a socket runs during its `connect()`.
 //! * `in_links` counts the `LINKS` entries whose cookie maps to the slot: incremented before an
 //!   insert, decremented after a remove, so it is never below their number. While it is 0, a
-//!   socket not in its slot has no entry at all, and the hash is not searched (a server socket's
-//!   release, most destroys).
-//! * A slot is freed only by its socket's destroy, after the entry was read. A connect that
-//!   finds its slot taken by another live socket uses `LINKS`; one that finds its own entry
-//!   (a second `connect()` of the socket after a failed one) overwrites it where it is.
+//!   socket not in its slot has no entry in `LINKS`, and the hash is not searched.
+//! * A slot is freed only by its socket's destroy, after the entry was read. A second
+//!   `connect()` of a socket (after a refused one) overwrites its entry where it is.
 //!
 //! `max_links` bounds both together (the agent gives the slots the largest power of two up to
 //! half of it, `LINKS` the rest), so a full table is still counted and still accounted.
@@ -30,7 +32,7 @@ use core::{
     ptr::{read_volatile, write_volatile},
 };
 
-use gopher_common::{LinkInfo, OwnerSlot, SLOT_BUSY};
+use gopher_common::{LinkInfo, OWNER_KNOWN, OwnerSlot, SLOT_BUSY};
 
 use crate::{Inserted, LINKS, insert_new as links_insert_new};
 
@@ -90,43 +92,63 @@ pub(crate) fn get(cookie: u64) -> Option<*mut LinkInfo> {
     }
 }
 
+/// Claims the free slot `s` for `cookie` and writes `info` in it; false when it is not free.
+fn claim(s: *mut OwnerSlot, cookie: u64, info: &LinkInfo) -> bool {
+    // SAFETY: a map value, valid while the program runs; the claim is atomic, and only the
+    // claimer writes a busy slot.
+    let (_, claimed) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            &raw mut (*s).cookie,
+            0,
+            SLOT_BUSY,
+        )
+    };
+    if claimed {
+        // SAFETY: as above; the cookie is published after the entry is written.
+        unsafe {
+            write_volatile(&raw mut (*s).info, *info);
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                &raw mut (*s).cookie,
+                SLOT_BUSY,
+                cookie,
+            );
+        }
+    }
+    claimed
+}
+
 /// A client's entry, at its connect: its slot when free, else `LINKS` (an entry it has already,
 /// from an earlier connect of the same socket, is overwritten). False when the map is full
 /// (counted).
 pub(crate) fn insert_client(cookie: u64, info: &LinkInfo) -> bool {
-    let s = slot(cookie);
     if let Some(entry) = get(cookie) {
         // SAFETY: pointer into a map value, valid while the program runs.
         unsafe { write_volatile(entry, *info) };
         return true;
     }
-    if let Some(s) = s {
-        // SAFETY: a map value, valid while the program runs; the claim is atomic, and only the
-        // claimer writes a busy slot.
-        let (_, claimed) = unsafe {
-            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                &raw mut (*s).cookie,
-                0,
-                SLOT_BUSY,
-            )
-        };
-        if claimed {
-            // SAFETY: as above; the cookie is published after the entry is written.
-            unsafe {
-                write_volatile(&raw mut (*s).info, *info);
-                atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                    &raw mut (*s).cookie,
-                    SLOT_BUSY,
-                    cookie,
-                );
-            }
-            return true;
-        }
+    if slot(cookie).is_some_and(|s| claim(s, cookie, info)) {
+        return true;
     }
-    matches!(
-        insert_new(cookie, info),
-        Inserted::New | Inserted::Present(_)
-    )
+    match insert_new(cookie, info) {
+        Inserted::New => true,
+        Inserted::Present(entry) => {
+            // SAFETY: pointer into a map value, valid while the program runs.
+            unsafe { write_volatile(entry, *info) };
+            true
+        }
+        Inserted::Full => false,
+    }
+}
+
+/// The owner's entry of a socket [`get`] found none for, at its release: its slot when free,
+/// else `LINKS` (`BPF_NOEXIST`: a reset on another CPU may have made the entry meanwhile, and
+/// keeps it). A reset that races with the claim itself, while the slot is busy, makes its own
+/// entry in `LINKS`: [`take`] merges the two.
+pub(crate) fn insert_owner(cookie: u64, info: &LinkInfo) -> Inserted {
+    match slot(cookie) {
+        Some(s) if claim(s, cookie, info) => Inserted::New,
+        _ => insert_new(cookie, info),
+    }
 }
 
 /// Inserts `info` into `LINKS` for a socket that had no entry a moment ago (`BPF_NOEXIST`: an
@@ -153,31 +175,55 @@ pub(crate) fn entry_or_insert(cookie: u64, info: &LinkInfo) -> Option<*mut LinkI
     }
 }
 
-/// Removes the socket's entry and returns it (its destroy).
-pub(crate) fn take(cookie: u64) -> Option<LinkInfo> {
+/// Removes the socket's entry into `info` (its destroy); false when it has none. (Into the
+/// caller's value, not returned: the destroy hook's stack is near the BPF limit.)
+pub(crate) fn take(cookie: u64, info: &mut LinkInfo) -> bool {
     let s = slot(cookie);
-    if let Some(entry) = in_slot(s, cookie) {
-        // SAFETY: pointer into a map value, valid while the program runs. The entry is read
+    let mut found = false;
+    if let (Some(s), Some(entry)) = (s, in_slot(s, cookie)) {
+        // SAFETY: pointers into a map value, valid while the program runs. The entry is read
         // before the slot is freed (an atomic exchange orders the two).
         unsafe {
-            let info = read_volatile(entry);
-            if let Some(s) = s {
-                atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                    &raw mut (*s).cookie,
-                    cookie,
-                    0,
-                );
-            }
-            return Some(info);
+            *info = read_volatile(entry);
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                &raw mut (*s).cookie,
+                cookie,
+                0,
+            );
         }
+        found = true;
     }
     if !may_be_in_links(s) {
-        return None;
+        return found;
     }
-    // SAFETY: pointer into a map value, valid while the program runs.
-    let info = unsafe { *LINKS.get_ptr(&cookie)? };
+    let Some(entry) = LINKS.get_ptr(&cookie) else {
+        return found;
+    };
+    // SAFETY: pointer into a map value, valid while the program runs (read before the remove).
+    let links = unsafe { &*entry };
+    if found {
+        merge(info, links);
+    } else {
+        *info = *links;
+    }
     if LINKS.remove(&cookie).is_ok() {
         count_in_links(s, u64::MAX);
     }
-    Some(info)
+    true
+}
+
+/// One socket's entry made twice, a reset's in `LINKS` while its release was claiming the slot
+/// (see [`insert_owner`]): the release's owner, and every bit either saw.
+fn merge(slot: &mut LinkInfo, links: &LinkInfo) {
+    let (rst, fin_sent, established) = (
+        slot.rst | links.rst,
+        slot.fin_sent | links.fin_sent,
+        slot.established | links.established,
+    );
+    if slot.owner != OWNER_KNOWN {
+        *slot = *links;
+    }
+    slot.rst = rst;
+    slot.fin_sent = fin_sent;
+    slot.established = established;
 }

@@ -15,7 +15,7 @@ use std::{
 
 use common::{
     Agent, Peer, is_root, require,
-    tcp::{CONFIG, expect_row, links_map_full, ready},
+    tcp::{CONFIG, expect_row, links_entries_held_by, links_map_full, ready},
 };
 
 /// Failed connects in [`failed_connects_leave_no_entry_behind`]: four times the map's slots.
@@ -210,5 +210,58 @@ fn a_socket_connected_again_after_a_refusal_is_one_entry() {
         links_map_full(&samples),
         0.0,
         "inserts refused after {RECONNECTED} reconnected sockets"
+    );
+}
+
+/// UDP sockets given ICMP errors in [`error_reports_of_other_sockets_leave_no_entry_behind`].
+const UDP_ERRORS: usize = 300;
+
+/// `inet_sk_error_report` fires for every inet socket, and a UDP, ping or raw socket is in
+/// CLOSE for life: the hook makes entries for TCP sockets only. One made for a UDP socket
+/// with `IP_RECVERR` (ping and traceroute set it) that an ICMP error reached would never go:
+/// no `tcp_destroy_sock` fires for it.
+#[test]
+fn error_reports_of_other_sockets_leave_no_entry_behind() {
+    if !require(is_root(), "root (eBPF)") {
+        return;
+    }
+    let agent = Agent::start(CONFIG);
+    assert!(ready(&agent));
+    let before = links_entries_held_by(agent.pid());
+    // A UDP port nobody listens on: each datagram draws an ICMP port unreachable (loopback is
+    // exempt from ICMP rate limits).
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut reported = 0;
+    for _ in 0..UDP_ERRORS {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket and an int option of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::IPPROTO_IP,
+                libc::IP_RECVERR,
+                (&raw const on).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        s.send_to(b"x", closed).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+        if s.take_error().unwrap().is_some() {
+            reported += 1;
+        }
+    }
+    assert!(
+        reported > UDP_ERRORS / 2,
+        "only {reported} of {UDP_ERRORS} sockets got an ICMP error"
+    );
+    let after = links_entries_held_by(agent.pid());
+    assert!(
+        after < before + 20,
+        "LINKS went from {before} to {after} entries after {reported} UDP error reports"
     );
 }

@@ -91,3 +91,33 @@ pub fn links_map_full(samples: &[Sample]) -> f64 {
         })
         .map_or(0.0, |s| s.value)
 }
+
+/// Entries in the `LINKS` map of the agent `pid` (the map its fds hold, found by name in
+/// bpftool's listing): what its eBPF side keeps outside the owners' slots.
+pub fn links_entries_held_by(pid: u32) -> usize {
+    let ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("map_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    let bpftool = |args: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new("bpftool")
+            .args(args)
+            .output()
+            .expect("bpftool");
+        assert!(out.status.success(), "bpftool {args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let id = ids
+        .iter()
+        .find(|id| bpftool(&["-j", "map", "show", "id", &id.to_string()])["name"] == "LINKS")
+        .expect("the agent holds no LINKS map");
+    bpftool(&["-j", "map", "dump", "id", &id.to_string()])
+        .as_array()
+        .map_or(0, Vec::len)
+}

@@ -38,15 +38,52 @@ pub struct Entries<'a> {
 impl Entries<'_> {
     /// The socket's entry: its slot's, when the slot holds it, else its `LINKS` one.
     pub fn get(&self, cookie: u64) -> Option<LinkInfo> {
+        if cookie == 0 {
+            return None;
+        }
         if let Some((slots, mask)) = &self.slots
             && let Ok(index) = u32::try_from(cookie & mask)
             && let Ok(slot) = slots.get(&index, 0)
-            && slot.cookie == cookie
         {
-            return Some(slot.info);
+            if slot.cookie == cookie {
+                // The syscall copies the slot unlocked: if its socket's destroy freed it and
+                // another socket claimed it meanwhile, a second copy differs.
+                return slots
+                    .get(&index, 0)
+                    .ok()
+                    .filter(|again| same(again, &slot))
+                    .map(|_| slot.info);
+            }
+            if slot.in_links == 0 {
+                return None;
+            }
         }
         self.links.get(&cookie, 0).ok()
     }
+}
+
+fn same(a: &OwnerSlot, b: &OwnerSlot) -> bool {
+    let (x, y) = (&a.info, &b.info);
+    a.cookie == b.cookie
+        && (
+            x.tgid,
+            x.role,
+            x.owner,
+            x.established,
+            x.syn_acked,
+            x.rst,
+            x.born,
+            x.comm,
+        ) == (
+            y.tgid,
+            y.role,
+            y.owner,
+            y.established,
+            y.syn_acked,
+            y.rst,
+            y.born,
+            y.comm,
+        )
 }
 
 /// The programs that see sockets start and end (`agent-ebpf/src/main.rs` tells the costs).
