@@ -27,10 +27,11 @@ MODE_TEXT = {
     "before": "an earlier gopher build (`BENCH_BEFORE`), same configuration: what the change saves",
     "bpftrace": "bench/tcp_link.bt: the same accounting with tracepoints in bpftrace",
 }
-# (load, metric, limit %, wording)
+# (load, metric, limit %, wording). Churn: issue 10 asks ≤ 2 % of off's CPU per connection,
+# judged on the measured probe cost (the second line of each goal); it was 4 % before.
 GOALS = [
     ("rr", "tput", 3.0, "request/response throughput loss ≤ 3 %"),
-    ("churn", "cpu", 4.0, "extra CPU per connection on churn ≤ 4 %"),
+    ("churn", "cpu", 2.0, "extra CPU per connection on churn ≤ 2 %"),
 ]
 
 

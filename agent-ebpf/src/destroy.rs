@@ -180,7 +180,9 @@ pub fn gopher_sock_release_sk(ctx: SockContext) -> i32 {
                 born: 0,
                 ..current_owner(ROLE_UNKNOWN)
             };
-            // A reset on another CPU may have made the entry meanwhile: then it gets the owner.
+            // A reset on another CPU may have made the entry in `LINKS` meanwhile: when the
+            // slot is held, the entry gets the owner; else `slots::entry_or_insert` and the
+            // destroy join the two.
             match slots::insert_owner(cookie, &info) {
                 Inserted::Present(entry) => Some(entry),
                 Inserted::New | Inserted::Full => None,
@@ -196,19 +198,43 @@ pub fn gopher_sock_release_sk(ctx: SockContext) -> i32 {
 }
 
 /// The role of a socket its connect did not record: a server if it came from a listener, a
-/// client if its connect found the map full, else unknown (the agent decides).
+/// client if its connect found the map full (its mark; read here when the caller has not:
+/// `None`), else unknown (the agent decides).
 ///
 /// # Safety
 /// `sk` is a socket BTF pointer, non-null.
 #[inline(always)]
-pub(crate) unsafe fn role_unrecorded(sk: *mut c_void, marks_of_sk: u32) -> u8 {
+pub(crate) unsafe fn role_unrecorded(sk: *mut c_void, marks_of_sk: Option<u32>) -> u8 {
     // SAFETY: as the caller's.
     if unsafe { accepted(sk) } {
-        ROLE_SERVER
-    } else if marks_of_sk & MARK_CLIENT != 0 {
+        return ROLE_SERVER;
+    }
+    // SAFETY: as the caller's. (A client whose connect found its slot held and `LINKS` full
+    // has only its mark to say so, even once its release claimed a slot since freed.)
+    let m = marks_of_sk.unwrap_or_else(|| unsafe { marks(sk) });
+    if m & MARK_CLIENT != 0 {
         ROLE_CLIENT
     } else {
         ROLE_UNKNOWN
+    }
+}
+
+/// Offset of `sock.sk_type` (a u16), set by the agent from BTF; 0 when unknown.
+#[unsafe(no_mangle)]
+static DESTROY_SK_TYPE: u32 = 0;
+
+/// Whether the socket is a stream socket (`bpf_skc_to_tcp_sock` takes a raw `IPPROTO_TCP`
+/// socket too); true when the offset is unknown.
+///
+/// # Safety
+/// `sk` is a socket BTF pointer, non-null.
+#[inline(always)]
+pub(crate) unsafe fn stream(sk: *mut c_void) -> bool {
+    // SAFETY: an immutable static; volatile keeps it a `.rodata` load.
+    match unsafe { read_volatile(&raw const DESTROY_SK_TYPE) } as usize {
+        0 => true,
+        // SAFETY: the BTF offset of `sock.sk_type` (a u16) in the socket.
+        at => u32::from(unsafe { field::<u16>(sk.cast_const().cast(), at) }) == SOCK_STREAM,
     }
 }
 
@@ -278,8 +304,8 @@ unsafe fn destroyed(sk: *mut c_void) {
             return;
         }
         if info.role == ROLE_UNKNOWN {
-            // SAFETY: the tracepoint's socket; an entry means no refused connect (no marks).
-            info.role = unsafe { role_unrecorded(sk, 0) };
+            // SAFETY: the tracepoint's socket.
+            info.role = unsafe { role_unrecorded(sk, None) };
         }
     } else {
         // Neither connect()ed nor released under this probe: a listener's child the process
@@ -291,7 +317,7 @@ unsafe fn destroyed(sk: *mut c_void) {
             return;
         }
         // SAFETY: as above.
-        info.role = unsafe { role_unrecorded(sk, m) };
+        info.role = unsafe { role_unrecorded(sk, Some(m)) };
         info.owner = OWNER_NO_ENTRY;
     }
     // SAFETY: the tracepoint's socket.

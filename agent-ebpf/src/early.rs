@@ -27,7 +27,7 @@ use gopher_common::{
 };
 
 use crate::{
-    destroy::{MARK_SENT, final_event, mark, marks, role_unrecorded, socket_cookie},
+    destroy::{MARK_SENT, final_event, mark, marks, role_unrecorded, socket_cookie, stream},
     emit,
     health::{off, read},
     iter::ITER_OFFSETS,
@@ -61,8 +61,11 @@ pub fn gopher_sk_error_sk(ctx: BtfTracePointContext) -> i32 {
             sk as u64,
             off(&raw const ITER_OFFSETS.skc_state),
         )) == TCP_CLOSE
-        // SAFETY: the tracepoint's socket, a BTF pointer; the helper checks it is a TCP one.
+        // SAFETY: the tracepoint's socket, a BTF pointer; the helper checks it is a TCP one
+        // (a full socket of protocol TCP: a raw one too, hence its type).
         && !unsafe { bpf_skc_to_tcp_sock(sk) }.is_null()
+        // SAFETY: as above.
+        && unsafe { stream(sk) }
     {
         // SAFETY: the tracepoint's socket, non-null.
         let cookie = unsafe { socket_cookie(sk) };
@@ -136,8 +139,8 @@ unsafe fn send_now(sk: *mut c_void, cookie: u64, info: &mut LinkInfo) {
         return;
     }
     if info.role == ROLE_UNKNOWN {
-        // SAFETY: as the caller's; an entry means no refused connect (no marks).
-        info.role = unsafe { role_unrecorded(sk, 0) };
+        // SAFETY: as the caller's.
+        info.role = unsafe { role_unrecorded(sk, None) };
     }
     // SAFETY: as the caller's.
     if let Some(event) = unsafe { final_event(sk, cookie, *info) } {
@@ -159,7 +162,7 @@ unsafe fn send_marked(sk: *mut c_void, cookie: u64, mut info: LinkInfo) {
     }
     info.owner = OWNER_NO_ENTRY;
     // SAFETY: as the caller's.
-    info.role = unsafe { role_unrecorded(sk, m) };
+    info.role = unsafe { role_unrecorded(sk, Some(m)) };
     // SAFETY: as the caller's.
     if let Some(event) = unsafe { final_event(sk, cookie, info) } {
         // SAFETY: as the caller's.

@@ -6,9 +6,10 @@
 //!   destroys it (`tp_btf/tcp_destroy_sock`), its final counters read from the `tcp_sock` at
 //!   BTF offsets; owners are written by `cgroup/connect4|6` (a client's, in `connect()`) and
 //!   `cgroup/sock_release` (a server's, in the last `close()`), into the socket's slot of
-//!   `OWNER_SLOTS` or, when another socket holds it, into `LINKS` ([`slots`]). No sockops program is attached, so no socket pays for the ops
-//!   every sockops program is called for. A loopback connection, both ends watched: 5 runs (connect
-//!   1, sock_release 2, destroy 2; a reset adds one per end that sees it).
+//!   `OWNER_SLOTS` or, when another socket holds it, into `LINKS` ([`slots`]). No sockops
+//!   program is attached, so no socket pays for the ops every sockops program is called for.
+//!   A loopback connection, both ends watched: 5 runs (connect 1, sock_release 2, destroy 2;
+//!   a reset adds one per end that sees it).
 //! * The sockops fallback (no BTF, or `connect_hooks = true`), below. `sockops`
 //!   ([`gopher_sockops_owner`]) records a client's owner in the connect callback (the
 //!   connecting process's context) and switches the state callback on for that socket only; it

@@ -13,10 +13,12 @@
 //!   publishes the cookie: no reader (hook or agent) takes a half-written entry for its
 //!   socket's.
 //! * The reset and error hooks (`early.rs`) make an entry a socket lacks in `LINKS`, with
-//!   `BPF_NOEXIST`. One that runs while the socket's release is claiming the slot (a reset
-//!   arriving on another CPU in those nanoseconds) makes a second entry there: the destroy
-//!   ([`take`]) merges the two (the release's owner, every reset bit) and removes both. Nothing
-//!   else of a socket runs during its `connect()`.
+//!   `BPF_NOEXIST`. One that runs while the socket's release is claiming the slot (between the
+//!   release's lookup and its publication: a reset arriving on another CPU then) makes a second
+//!   entry there. Their later runs fold its bits into the slot's entry before they use it
+//!   ([`entry_or_insert`]), and the destroy ([`take`]) merges the two (the release's owner,
+//!   every reset bit, whether the close event went) and removes both. Nothing else of a socket
+//!   runs during its `connect()`.
 //! * `in_links` counts the `LINKS` entries whose cookie maps to the slot: incremented before an
 //!   insert, decremented after a remove, so it is never below their number. While it is 0, a
 //!   socket not in its slot has no entry in `LINKS`, and the hash is not searched.
@@ -142,8 +144,8 @@ pub(crate) fn insert_client(cookie: u64, info: &LinkInfo) -> bool {
 
 /// The owner's entry of a socket [`get`] found none for, at its release: its slot when free,
 /// else `LINKS` (`BPF_NOEXIST`: a reset on another CPU may have made the entry meanwhile, and
-/// keeps it). A reset that races with the claim itself, while the slot is busy, makes its own
-/// entry in `LINKS`: [`take`] merges the two.
+/// keeps it). A reset that runs between that lookup and the claim makes its own entry in
+/// `LINKS`: see the module doc.
 pub(crate) fn insert_owner(cookie: u64, info: &LinkInfo) -> Inserted {
     match slot(cookie) {
         Some(s) if claim(s, cookie, info) => Inserted::New,
@@ -163,9 +165,39 @@ pub(crate) fn insert_new(cookie: u64, info: &LinkInfo) -> Inserted {
     done
 }
 
-/// The socket's entry, `info` inserted first if it has none; None when the map is full.
+/// The socket's entry, `info` inserted first if it has none; None when the map is full. For
+/// the reset and error hooks, which may run on another CPU while the socket's release claims
+/// its slot (from its lookup to the publication of the cookie): a reset that found no entry
+/// then made one in `LINKS`, and its bits (a reset, a close event already sent) are folded
+/// into the slot's entry here, before anything is read from it or sent.
 pub(crate) fn entry_or_insert(cookie: u64, info: &LinkInfo) -> Option<*mut LinkInfo> {
-    if let Some(entry) = get(cookie) {
+    let s = slot(cookie);
+    if let Some(s) = s {
+        // SAFETY: a map value, valid while the program runs. A compare-and-swap that leaves the
+        // value as it is: a read that orders the entry's reads after it (these hooks may read
+        // a slot another CPU has just published).
+        let (_, mine) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                &raw mut (*s).cookie,
+                cookie,
+                cookie,
+            )
+        };
+        if mine {
+            // SAFETY: as above.
+            let entry = unsafe { &raw mut (*s).info };
+            if may_be_in_links(Some(s))
+                && let Some(twin) = LINKS.get_ptr(&cookie)
+            {
+                // SAFETY: pointers into map values, valid while the program runs.
+                unsafe { fold(&mut *entry, &*twin) };
+            }
+            return Some(entry);
+        }
+    }
+    if may_be_in_links(s)
+        && let Some(entry) = LINKS.get_ptr_mut(&cookie)
+    {
         return Some(entry);
     }
     match insert_new(cookie, info) {
@@ -213,17 +245,26 @@ pub(crate) fn take(cookie: u64, info: &mut LinkInfo) -> bool {
 }
 
 /// One socket's entry made twice, a reset's in `LINKS` while its release was claiming the slot
-/// (see [`insert_owner`]): the release's owner, and every bit either saw.
+/// (see [`entry_or_insert`]): the release's owner, and every bit either saw.
 fn merge(slot: &mut LinkInfo, links: &LinkInfo) {
-    let (rst, fin_sent, established) = (
-        slot.rst | links.rst,
-        slot.fin_sent | links.fin_sent,
-        slot.established | links.established,
-    );
     if slot.owner != OWNER_KNOWN {
+        let folded = fold_bits(slot, links);
         *slot = *links;
+        (slot.rst, slot.fin_sent, slot.established) = folded;
+    } else {
+        fold(slot, links);
     }
-    slot.rst = rst;
-    slot.fin_sent = fin_sent;
-    slot.established = established;
+}
+
+/// ORs the twin's reset, FIN and sent bits into `slot`.
+fn fold(slot: &mut LinkInfo, twin: &LinkInfo) {
+    (slot.rst, slot.fin_sent, slot.established) = fold_bits(slot, twin);
+}
+
+fn fold_bits(a: &LinkInfo, b: &LinkInfo) -> (u8, u8, u8) {
+    (
+        a.rst | b.rst,
+        a.fin_sent | b.fin_sent,
+        a.established | b.established,
+    )
 }

@@ -36,7 +36,8 @@ pub const OWNER_KNOWN: u8 = 1;
 /// was established under an earlier agent whose callback flags it still carries).
 pub const OWNER_NO_ENTRY: u8 = 2;
 
-/// What the agent knows about one live TCP socket, keyed by socket cookie in `LINKS`.
+/// What the agent knows about one live TCP socket, keyed by socket cookie in `LINKS` (or in a
+/// slot of `OWNER_SLOTS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LinkInfo {
@@ -67,9 +68,10 @@ pub struct LinkInfo {
     pub comm: [u8; 16],
 }
 
-/// One slot of `OWNER_SLOTS`, the destroy hooks' direct-mapped table of clients' owners (slot
+/// One slot of `OWNER_SLOTS`, the destroy hooks' direct-mapped table of sockets' owners (slot
 /// `cookie & mask`): what a `LINKS` entry holds, reached without hashing (see
-/// `agent-ebpf/src/slots.rs`). `cookie` is 0 when free, [`SLOT_BUSY`] while a connect writes it.
+/// `agent-ebpf/src/slots.rs`). `cookie` is 0 when free, [`SLOT_BUSY`] while a connect or a
+/// release writes it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OwnerSlot {
@@ -80,7 +82,7 @@ pub struct OwnerSlot {
     pub info: LinkInfo,
 }
 
-/// `OwnerSlot::cookie` while a connect claims the slot and writes its entry.
+/// `OwnerSlot::cookie` while a connect or a release claims the slot and writes its entry.
 pub const SLOT_BUSY: u64 = u64::MAX;
 
 /// `LinkInfo::rst` bits: this end reset the connection (an abort: `SO_LINGER` 0, close with

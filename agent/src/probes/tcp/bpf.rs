@@ -25,7 +25,7 @@ pub struct Programs {
     pub iter_offsets: Option<super::btf::BtfError>,
     /// Which hooks account the sockets.
     pub hooks: Hooks,
-    /// The clients' slots' index mask, when the hooks use them.
+    /// The owners' slots' index mask, when the hooks use them.
     slot_mask: Option<u64>,
 }
 
@@ -90,7 +90,7 @@ fn same(a: &OwnerSlot, b: &OwnerSlot) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hooks {
     /// The default with kernel BTF: `tcp_destroy_sock` plus connect and release hooks, owners
-    /// in `LINKS` (`agent-ebpf/src/destroy.rs`).
+    /// in `OWNER_SLOTS` and `LINKS` (`agent-ebpf/src/destroy.rs`, `slots.rs`).
     Destroy,
     /// sockops recording owners itself (no BTF tracing programs on this kernel).
     SockopsOwner,
@@ -173,7 +173,7 @@ fn parse_cgroup2_root(mounts: &str) -> Option<PathBuf> {
     })
 }
 
-/// How the destroy hooks share `max_links` between the clients' slots (`OWNER_SLOTS`, see
+/// How the destroy hooks share `max_links` between the owners' slots (`OWNER_SLOTS`, see
 /// `agent-ebpf/src/slots.rs`) and `LINKS`: the slots get the largest power of two up to half of
 /// it (a slot is the cookie masked), `LINKS` the rest. The sockops hooks keep every entry in
 /// `LINKS`.
@@ -182,7 +182,7 @@ pub fn split(max_links: u32) -> (u32, u32) {
     (slots, max_links - slots)
 }
 
-/// The object with its maps sized: with the clients' slots (destroy hooks) or without.
+/// The object with its maps sized: with the owners' slots (destroy hooks) or without.
 fn object(
     max_links: u32,
     slots: bool,
@@ -411,6 +411,19 @@ impl Programs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_links_is_shared_by_slots_and_links_without_loss() {
+        assert_eq!(split(1024), (512, 512));
+        assert_eq!(split(2047), (512, 1535));
+        assert_eq!(split(65536), (32768, 32768));
+        assert_eq!(split(4_194_304), (1 << 21, 1 << 21));
+        for n in [1024, 1025, 3000, 100_000, 262_144, 4_194_303] {
+            let (slots, links) = split(n);
+            assert!(slots.is_power_of_two() && slots <= n / 2 && slots > n / 4, "{n}");
+            assert_eq!(slots + links, n);
+        }
+    }
 
     #[test]
     fn finds_cgroup2_in_hybrid_and_unified_layouts() {

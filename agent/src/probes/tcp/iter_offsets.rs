@@ -29,6 +29,9 @@ pub struct Offsets {
     /// `sock.sk_max_ack_backlog` (a u32), for the destroy hook: an accepted socket inherits
     /// its listener's (non-zero unless `listen(fd, 0)`); a connected one never listened.
     backlog: u32,
+    /// `sock.sk_type` (a u16), for the error-report hook: a raw socket of protocol TCP passes
+    /// for a TCP one otherwise.
+    sk_type: u32,
 }
 
 pub fn offsets() -> Result<Offsets, BtfError> {
@@ -59,6 +62,13 @@ pub fn offsets() -> Result<Offsets, BtfError> {
                 );
                 0
             }),
+        sk_type: btf.offset("sock", "sk_type", 2).unwrap_or_else(|e| {
+            tracing::info!(
+                "sock.sk_type not found in the kernel's BTF ({e}): an error report of a raw \
+                 socket of protocol TCP may be taken for a TCP socket's"
+            );
+            0
+        }),
         sk_err: btf.offset("sock", "sk_err", 4).unwrap_or_else(|e| {
             tracing::info!(
                 "sock.sk_err not found in the kernel's BTF ({e}): a link that timed out after \
@@ -93,6 +103,7 @@ impl Offsets {
         loader.override_global("DESTROY_SK_ERR", &self.sk_err, true);
         loader.override_global("DESTROY_SPORT", &self.inet_sport, true);
         loader.override_global("DESTROY_BACKLOG", &self.backlog, true);
+        loader.override_global("DESTROY_SK_TYPE", &self.sk_type, true);
     }
 }
 
