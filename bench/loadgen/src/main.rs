@@ -15,7 +15,10 @@
 //! CPU in `cpu_busy_ns`): user + nice + system + irq + softirq, so it also holds what a probe
 //! costs in the kernel and in its agent, wherever they run. Steal and idle are left out.
 //! With `--watch-pid PID`, also the CPU time of that process (the agent or bpftrace) over the
-//! window (`watch_cpu_ns`, null without it).
+//! window (`watch_cpu_ns`, null without it): the sum of its threads' `schedstat` run times (ns),
+//! since `/proc/PID/stat` counts in 10 ms ticks, which at a few seconds and ~1 % of a core is
+//! ±40 % of the figure. When a thread went away during the window (its time leaves the sum) or
+//! the ticks show more than the sum (a thread born and gone within it), the ticks are used.
 //! Pin it with `taskset` to get comparable numbers; `bench/run.sh` does.
 //!
 //! `churn` also prints its listener's `port` and `server_rx_bytes`, the bytes its server read
@@ -144,7 +147,59 @@ fn busy_ns() -> Result<Vec<u64>> {
 }
 
 /// CPU time (user + sys, all threads) process `pid` has used so far, in nanoseconds.
-fn pid_cpu_ns(pid: u32) -> Result<u64> {
+/// CPU time of a process: its threads' run times (ns) from `schedstat`, and its total in ticks.
+struct PidCpu {
+    threads: std::collections::HashMap<u32, u64>,
+    ticks_ns: u64,
+}
+
+impl PidCpu {
+    fn read(pid: u32) -> Result<Self> {
+        let mut threads = std::collections::HashMap::new();
+        let dir = format!("/proc/{pid}/task");
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+            let entry = entry.with_context(|| format!("reading {dir}"))?;
+            let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+                continue;
+            };
+            // A thread that exits while we look is simply not counted (see `since`).
+            let Ok(s) = std::fs::read_to_string(entry.path().join("schedstat")) else {
+                continue;
+            };
+            let ns = s
+                .split_whitespace()
+                .next()
+                .and_then(|f| f.parse::<u64>().ok())
+                .with_context(|| format!("malformed {dir}/{tid}/schedstat"))?;
+            threads.insert(tid, ns);
+        }
+        Ok(Self {
+            threads,
+            ticks_ns: pid_ticks_ns(pid)?,
+        })
+    }
+
+    /// CPU time spent between `earlier` and `self` (see the module doc).
+    fn since(&self, earlier: &Self) -> u64 {
+        let ticks = self.ticks_ns.saturating_sub(earlier.ticks_ns);
+        if earlier.threads.keys().any(|t| !self.threads.contains_key(t)) {
+            return ticks;
+        }
+        let precise: u64 = self
+            .threads
+            .iter()
+            .map(|(t, ns)| ns.saturating_sub(earlier.threads.get(t).copied().unwrap_or(0)))
+            .sum();
+        // Ticks are sampled: allow them two ticks over before taking them instead.
+        if ticks > precise + 20_000_000 {
+            ticks
+        } else {
+            precise
+        }
+    }
+}
+
+fn pid_ticks_ns(pid: u32) -> Result<u64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if hz <= 0 {
@@ -229,7 +284,7 @@ where
 {
     let stop = Arc::new(AtomicBool::new(false));
     let client = Arc::new(client);
-    let watch0 = watch.map(pid_cpu_ns).transpose()?;
+    let watch0 = watch.map(PidCpu::read).transpose()?;
     let busy0 = busy_ns()?;
     let cpu0 = cpu_ns()?;
     let t0 = Instant::now();
@@ -250,7 +305,7 @@ where
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu1 = cpu_ns()?;
     let busy1 = busy_ns()?;
-    let watch1 = watch.map(pid_cpu_ns).transpose()?;
+    let watch1 = watch.map(PidCpu::read).transpose()?;
     let busy = busy1
         .iter()
         .zip(&busy0)
@@ -269,7 +324,7 @@ where
         cpu_ns: cpu1 - cpu0,
         busy_ns: busy,
         watch_ns: match (watch0, watch1) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            (Some(a), Some(b)) => Some(b.since(&a)),
             _ => None,
         },
         server: None,
@@ -455,4 +510,45 @@ fn main() -> Result<()> {
     );
     // Server and client threads may still be blocked in accept/read: don't wait for them.
     std::process::exit(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PidCpu;
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_process_cpu_time_is_read_to_the_nanosecond() {
+        let pid = std::process::id();
+        let a = PidCpu::read(pid).expect("read");
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let b = PidCpu::read(pid).expect("read");
+        let ns = b.since(&a);
+        assert!((150_000_000..400_000_000).contains(&ns), "{ns} ns");
+        // Not a multiple of a tick: the threads' own run times, not the 10 ms ticks.
+        assert_ne!(ns % 10_000_000, 0, "{ns} ns");
+    }
+
+    #[test]
+    fn a_thread_gone_during_the_window_falls_back_to_ticks() {
+        let a = PidCpu {
+            threads: HashMap::from([(1, 100), (2, 500)]),
+            ticks_ns: 0,
+        };
+        let b = PidCpu {
+            threads: HashMap::from([(1, 300)]),
+            ticks_ns: 10_000_000,
+        };
+        assert_eq!(b.since(&a), 10_000_000);
+        let c = PidCpu {
+            threads: HashMap::from([(1, 300), (2, 600), (3, 50)]),
+            ticks_ns: 0,
+        };
+        assert_eq!(c.since(&a), 350);
+    }
 }
