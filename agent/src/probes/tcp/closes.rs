@@ -53,12 +53,13 @@ impl Collector {
     /// Applies one close event: the socket's final counters. `now` is read once per drain (on
     /// a VM a clock read costs about as much as applying an event).
     pub fn closed_event(&mut self, ev: &LinkClosed, now: Instant) {
-        if self.namespaces.inode_of_cookie(ev.netns_cookie).is_none()
-            && self.last_ns_refresh.elapsed() > Duration::from_secs(1)
-        {
+        // Looked up once per event: it is a fair share of what an event costs under churn.
+        let mut netns = self.namespaces.inode_of_cookie(ev.netns_cookie);
+        if netns.is_none() && self.last_ns_refresh.elapsed() > Duration::from_secs(1) {
             // A namespace born since the last refresh: learn it before keying (at most
             // once a second: a namespace already gone cannot be learnt).
             self.refresh_namespaces();
+            netns = self.namespaces.inode_of_cookie(ev.netns_cookie);
         }
         let raw = Counters::from(&ev.stats);
         let old = ev.old_state;
@@ -72,10 +73,7 @@ impl Collector {
         }
         // Never keyed. A socket still waiting for its owner counts from the reading it was
         // first seen with; any other was born since the probe started, so all of it is new.
-        let netns = self
-            .namespaces
-            .inode_of_cookie(ev.netns_cookie)
-            .unwrap_or(0);
+        let netns = netns.unwrap_or(0);
         let family = ev.family as u8;
         let local = normalize(ip_from_words(family, ev.local_ip));
         let remote = normalize(ip_from_words(family, ev.remote_ip));
