@@ -532,8 +532,7 @@ fn closed(ctx: &SockOpsContext, owners: bool) {
 /// timer anyway).
 #[inline(always)]
 pub(crate) fn emit(event: &LinkClosed, close: bool) {
-    let wakeup = if close && time_to_query() && CLOSED.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES
-    {
+    let wakeup = if close && time_to_query() && CLOSED.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

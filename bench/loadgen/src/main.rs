@@ -159,7 +159,11 @@ impl PidCpu {
         let dir = format!("/proc/{pid}/task");
         for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
             let entry = entry.with_context(|| format!("reading {dir}"))?;
-            let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+            let Some(tid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse::<u32>().ok())
+            else {
                 continue;
             };
             // A thread that exits while we look is simply not counted (see `since`).
@@ -182,7 +186,11 @@ impl PidCpu {
     /// CPU time spent between `earlier` and `self` (see the module doc).
     fn since(&self, earlier: &Self) -> u64 {
         let ticks = self.ticks_ns.saturating_sub(earlier.ticks_ns);
-        if earlier.threads.keys().any(|t| !self.threads.contains_key(t)) {
+        if earlier
+            .threads
+            .keys()
+            .any(|t| !self.threads.contains_key(t))
+        {
             return ticks;
         }
         let precise: u64 = self

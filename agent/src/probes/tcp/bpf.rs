@@ -420,7 +420,10 @@ mod tests {
         assert_eq!(split(4_194_304), (1 << 21, 1 << 21));
         for n in [1024, 1025, 3000, 100_000, 262_144, 4_194_303] {
             let (slots, links) = split(n);
-            assert!(slots.is_power_of_two() && slots <= n / 2 && slots > n / 4, "{n}");
+            assert!(
+                slots.is_power_of_two() && slots <= n / 2 && slots > n / 4,
+                "{n}"
+            );
             assert_eq!(slots + links, n);
         }
     }
