@@ -270,7 +270,8 @@ def report(args):
     md += ["", "### Measured probe cost", "",
            "What the probe itself spends per op: the run time of its BPF programs as the kernel "
            "counts it (`kernel.bpf_stats_enabled`, which adds its own clock reads to every run: "
-           "a slight overestimate) plus its process's CPU time, compared with off's CPU per op in "
+           "a slight overestimate) plus its process's CPU time (its threads' run times from "
+           "`schedstat`, to the ns), compared with off's CPU per op in "
            "the same round. Unlike the throughput and busy-time differences above, this does not "
            "drown in the VM's noise. It leaves out the cgroup hook dispatch around the programs. "
            "Only the programs the probe process holds count (other agents on the host attach "
