@@ -50,15 +50,16 @@ use aya_ebpf::{
 use core::{ffi::c_void, ptr::read_volatile};
 
 use gopher_common::{
-    EVENT_CLOSE, LinkClosed, LinkInfo, OWNER_NO_ENTRY, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
-    TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_LISTEN,
+    EVENT_CLOSE, LinkClosed, LinkInfo, OWNER_KNOWN, OWNER_NO_ENTRY, ROLE_CLIENT, ROLE_SERVER,
+    ROLE_UNKNOWN, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK,
+    TCP_LISTEN,
 };
 
 use crate::{
-    ALLOW, IPPROTO_TCP, Inserted, SOCK_DONE, SOCK_STREAM, current_owner, emit,
+    ALLOW, IPPROTO_TCP, Inserted, SOCK_DONE, SOCK_STREAM, copy_info,
     health::off,
     iter::{ITER_OFFSETS, link_stats},
-    set_owner, slots,
+    owner_flags, reserve_close, set_owner, slots, submit_close, zero_info,
 };
 
 const AF_INET: u16 = 2;
@@ -126,6 +127,30 @@ pub(crate) unsafe fn mark(sk: *mut c_void, bit: u32) {
     }
 }
 
+/// A client's entry from its connect (the process aside): not `established` (in this design:
+/// its close event has not gone out), born under the probe, its SYN counted in `bytes_acked`.
+const CLIENT_FLAGS: [u8; 8] = owner_flags(&CLIENT_INFO);
+const CLIENT_INFO: LinkInfo = LinkInfo {
+    tgid: 0,
+    role: ROLE_CLIENT,
+    owner: OWNER_KNOWN,
+    established: 0,
+    syn_acked: 1,
+    fin_seen: 0,
+    rst: 0,
+    born: 1,
+    fin_sent: 0,
+    comm: [0; 16],
+};
+/// A server socket's entry from its release: its role is decided at its end.
+const RELEASE_FLAGS: [u8; 8] = owner_flags(&LinkInfo {
+    role: ROLE_UNKNOWN,
+    syn_acked: 0,
+    born: 0,
+    ..CLIENT_INFO
+});
+
+#[inline(always)]
 fn connect(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel hands us a valid bpf_sock_addr for the program's lifetime.
     let (ty, proto, sk) = unsafe {
@@ -136,11 +161,7 @@ fn connect(ctx: &SockAddrContext) -> i32 {
         // SAFETY: ctx is a sock_addr context, for which this helper is defined.
         let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
         // `established` stays 0: in this design it says the close event went out.
-        let info = LinkInfo {
-            established: 0,
-            ..current_owner(ROLE_CLIENT)
-        };
-        if !slots::insert_client(cookie, &info) && !sk.is_null() {
+        if !slots::insert_client(cookie, CLIENT_FLAGS) && !sk.is_null() {
             // SAFETY: the sock_addr's socket, as the helper takes it here.
             unsafe { mark(sk.cast(), MARK_CLIENT) };
         }
@@ -175,15 +196,10 @@ pub fn gopher_sock_release_sk(ctx: SockContext) -> i32 {
     let entry = match slots::get(cookie) {
         Some(info) => Some(info),
         None if state != TCP_CLOSE => {
-            let info = LinkInfo {
-                established: 0,
-                born: 0,
-                ..current_owner(ROLE_UNKNOWN)
-            };
             // A reset on another CPU may have made the entry in `LINKS` meanwhile: when the
             // slot is held, the entry gets the owner; else `slots::entry_or_insert` and the
             // destroy join the two.
-            match slots::insert_owner(cookie, &info) {
+            match slots::insert_owner(cookie, RELEASE_FLAGS) {
                 Inserted::Present(entry) => Some(entry),
                 Inserted::New | Inserted::Full => None,
             }
@@ -297,7 +313,12 @@ pub(crate) unsafe fn socket_cookie(sk: *mut c_void) -> u64 {
 unsafe fn destroyed(sk: *mut c_void) {
     // SAFETY: the tracepoint's socket.
     let cookie = unsafe { socket_cookie(sk) };
-    let mut info = LinkInfo::default();
+    let mut info = core::mem::MaybeUninit::<LinkInfo>::uninit();
+    // SAFETY: a stack value, whole; written here, so initialised.
+    let mut info = unsafe {
+        zero_info(info.as_mut_ptr());
+        info.assume_init()
+    };
     if slots::take(cookie, &mut info) {
         if info.established != 0 {
             // Its close was sent early (see `early.rs`).
@@ -321,9 +342,7 @@ unsafe fn destroyed(sk: *mut c_void) {
         info.owner = OWNER_NO_ENTRY;
     }
     // SAFETY: the tracepoint's socket.
-    if let Some(event) = unsafe { final_event(sk, cookie, info) } {
-        emit(&event, true);
-    }
+    let _ = unsafe { send_final(sk, cookie, &info) };
 }
 
 /// Whether the socket came from a listener (see [`DESTROY_BACKLOG`]); false when unknown.
@@ -340,21 +359,22 @@ unsafe fn accepted(sk: *mut c_void) -> bool {
     }
 }
 
-/// The close event of a socket that will not change any more (destroyed, or reset by this
-/// end); None when it never was established.
+/// Sends the close event of a socket that will not change any more (destroyed, or reset by
+/// this end). Returns false when it never was established (nothing to send); true when the
+/// event went out, or found the ring full (counted in `LOST`).
+///
+/// The event is written straight into its ring buffer record: built on the stack and copied by
+/// `bpf_ringbuf_output`, its 144 bytes were staged through stack spills (the hook's stack is
+/// near the BPF limit) and copied twice.
 ///
 /// # Safety
 /// `sk` is a socket BTF pointer, non-null.
 #[inline(always)]
-pub(crate) unsafe fn final_event(
-    sk: *mut c_void,
-    cookie: u64,
-    mut info: LinkInfo,
-) -> Option<LinkClosed> {
+pub(crate) unsafe fn send_final(sk: *mut c_void, cookie: u64, info: &LinkInfo) -> bool {
     // SAFETY: sk is a socket BTF pointer; the helper checks it is a TCP one.
     let tp = unsafe { bpf_skc_to_tcp_sock(sk) }.cast::<u8>().cast_const();
     if tp.is_null() {
-        return None;
+        return false;
     }
     // SAFETY: every offset is a field of `tcp_sock` (or of the `sock` it starts with) of the
     // type read; the verifier checks each against BTF.
@@ -368,10 +388,22 @@ pub(crate) unsafe fn final_event(
     // answered (an active open's `bytes_acked` counts its SYN once the SYN-ACK is in; a
     // child of a listener has the peer's sequence in `rcv_nxt` from its birth).
     if bytes_acked == 0 && rcv_nxt == 0 {
-        return None;
+        return false;
     }
-    info.established = 1;
-    info.syn_acked = u8::from(info.role == ROLE_CLIENT);
+    if let Some(mut entry) = reserve_close() {
+        // SAFETY: a whole record of the ring, ours until submitted; `tp` as above.
+        unsafe { fill_final(entry.as_mut_ptr(), tp, cookie, info) };
+        submit_close(entry);
+    }
+    true
+}
+
+/// Writes the close event of the `tcp_sock` `tp` into `e`.
+///
+/// # Safety
+/// `e` is a whole `LinkClosed` the program may write; `tp` a `tcp_sock` BTF pointer.
+#[inline(always)]
+unsafe fn fill_final(e: *mut LinkClosed, tp: *const u8, cookie: u64, info: &LinkInfo) {
     let flags_at = crate::sk_flags_offset();
     // SAFETY: BTF offsets of `sock.sk_flags` (unsigned long) and `sock.sk_err` (int).
     let (flags, err) = unsafe {
@@ -396,60 +428,54 @@ pub(crate) unsafe fn final_event(
     } else {
         info.fin_sent != 0
     };
-    let old_state = equivalent_state(we_sent_fin, fin_received);
-    info.fin_seen = u8::from(fin_received);
-    // SAFETY: as above.
-    let (stats, family, local_port, remote_port, local_ip, remote_ip, all_acked) = unsafe {
-        let stats = link_stats(tp);
+    // SAFETY: see the function's contract. Every offset is a field of `tcp_sock` (or of the
+    // `sock` it starts with) of the type read; the verifier checks each against BTF.
+    unsafe {
+        let ei = &raw mut (*e).info;
+        copy_info(ei, info);
+        (*ei).established = 1;
+        (*ei).syn_acked = u8::from(info.role == ROLE_CLIENT);
+        (*ei).fin_seen = u8::from(fin_received);
+        (*e).cookie = cookie;
+        (*e).old_state = equivalent_state(we_sent_fin, fin_received);
+        (*e).kind = EVENT_CLOSE;
+        (*e).stats = link_stats(tp);
         let family: u16 = field(tp, off!(skc_family));
-        let mut l = [0u32; 4];
-        let mut r = [0u32; 4];
+        (*e).family = u32::from(family);
         if family == AF_INET {
-            l[0] = field(tp, off!(skc_rcv_saddr));
-            r[0] = field(tp, off!(skc_daddr));
+            (*e).local_ip = [field(tp, off!(skc_rcv_saddr)), 0, 0, 0];
+            (*e).remote_ip = [field(tp, off!(skc_daddr)), 0, 0, 0];
         } else {
             let (la, ra) = (off!(skc_v6_rcv_saddr), off!(skc_v6_daddr));
-            l[0] = field(tp, la);
-            l[1] = field(tp, la + 4);
-            l[2] = field(tp, la + 8);
-            l[3] = field(tp, la + 12);
-            r[0] = field(tp, ra);
-            r[1] = field(tp, ra + 4);
-            r[2] = field(tp, ra + 8);
-            r[3] = field(tp, ra + 12);
+            (*e).local_ip = [
+                field(tp, la),
+                field(tp, la + 4),
+                field(tp, la + 8),
+                field(tp, la + 12),
+            ];
+            (*e).remote_ip = [
+                field(tp, ra),
+                field(tp, ra + 4),
+                field(tp, ra + 8),
+                field(tp, ra + 12),
+            ];
         }
         let local_port: u16 = match read_volatile(&raw const DESTROY_SPORT) as usize {
             0 => field(tp, off!(skc_num)),
             at => u16::from_be(field(tp, at)),
         };
-        let remote_port = u16::from_be(field(tp, off!(skc_dport)));
-        let all_acked =
+        (*e).local_port = u32::from(local_port);
+        (*e).remote_port = u32::from(u16::from_be(field(tp, off!(skc_dport))));
+        (*e).all_acked =
             u32::from(field::<u32>(tp, off!(snd_una)) == field::<u32>(tp, off!(snd_nxt)));
-        (stats, family, local_port, remote_port, l, r, all_acked)
-    };
-    // SAFETY: `sock_common.skc_net` (a `struct net` pointer, which the verifier types from
-    // BTF) and `net.net_cookie` (a u64): loads through BTF pointers, not probe-read helper
-    // calls (every call and return costs here, see `socket_cookie`).
-    let netns_cookie = unsafe {
+        // `sock_common.skc_net` (a `struct net` pointer, which the verifier types from BTF)
+        // and `net.net_cookie` (a u64): loads through BTF pointers, not probe-read helper
+        // calls (every call and return costs here, see `socket_cookie`).
         let net: *const u8 = field(tp, off!(skc_net));
-        if net.is_null() {
+        (*e).netns_cookie = if net.is_null() {
             0
         } else {
             field::<u64>(net, off!(net_cookie))
-        }
-    };
-    Some(LinkClosed {
-        cookie,
-        netns_cookie,
-        info,
-        stats,
-        family: u32::from(family),
-        local_port: u32::from(local_port),
-        remote_port: u32::from(remote_port),
-        old_state,
-        all_acked,
-        kind: EVENT_CLOSE,
-        local_ip,
-        remote_ip,
-    })
+        };
+    }
 }

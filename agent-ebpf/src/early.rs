@@ -27,7 +27,7 @@ use gopher_common::{
 };
 
 use crate::{
-    destroy::{MARK_SENT, final_event, mark, marks, role_unrecorded, socket_cookie, stream},
+    destroy::{MARK_SENT, mark, marks, role_unrecorded, send_final, socket_cookie, stream},
     emit,
     health::{off, read},
     iter::ITER_OFFSETS,
@@ -143,9 +143,8 @@ unsafe fn send_now(sk: *mut c_void, cookie: u64, info: &mut LinkInfo) {
         info.role = unsafe { role_unrecorded(sk, None) };
     }
     // SAFETY: as the caller's.
-    if let Some(event) = unsafe { final_event(sk, cookie, *info) } {
+    if unsafe { send_final(sk, cookie, info) } {
         info.established = 1;
-        emit(&event, true);
     }
 }
 
@@ -164,9 +163,8 @@ unsafe fn send_marked(sk: *mut c_void, cookie: u64, mut info: LinkInfo) {
     // SAFETY: as the caller's.
     info.role = unsafe { role_unrecorded(sk, Some(m)) };
     // SAFETY: as the caller's.
-    if let Some(event) = unsafe { final_event(sk, cookie, info) } {
+    if unsafe { send_final(sk, cookie, &info) } {
         // SAFETY: as the caller's.
         unsafe { mark(sk, MARK_SENT) };
-        emit(&event, true);
     }
 }

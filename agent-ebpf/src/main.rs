@@ -55,28 +55,30 @@ use aya_ebpf::{
         BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
         BPF_SOCK_OPS_TCP_CONNECT_CB,
     },
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
-    },
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
     macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
     programs::{SockAddrContext, SockContext, SockOpsContext},
 };
 use core::ptr::read_volatile;
 
 mod destroy;
 mod early;
+mod entry;
 mod health;
 mod iter;
 mod listen;
 mod resets;
 mod slots;
 
+pub(crate) use entry::{
+    copy_info, current_owner, link_info, owner_flags, set_owner, write_current_owner, zero_info,
+};
+
 use gopher_common::{
-    EVENT_CLOSE, LinkClosed, LinkInfo, LinkStats, MAP_FULL_LINKS, MAP_FULL_SLOTS, OWNER_KNOWN,
-    OWNER_NO_ENTRY, ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED,
-    TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_SYN_RECV, TCP_SYN_SENT,
+    EVENT_CLOSE, LinkClosed, LinkInfo, LinkStats, MAP_FULL_LINKS, MAP_FULL_SLOTS, OWNER_NO_ENTRY,
+    ROLE_CLIENT, ROLE_SERVER, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_FIN_WAIT1,
+    TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_SYN_RECV, TCP_SYN_SENT,
 };
 
 pub(crate) const IPPROTO_TCP: u32 = 6;
@@ -187,31 +189,6 @@ fn insert_new(cookie: u64, info: &LinkInfo) -> Inserted {
 /// that needs no map).
 const SERVER_MARK: u32 = BPF_SOCK_OPS_RTO_CB_FLAG;
 
-/// The calling process as a socket's owner. A client entry is complete from here on: a CLOSE
-/// that finds it from SYN_SENT (a connect that failed) drops it without an event, any other
-/// finds it established, and an active open's `bytes_acked` always counts its SYN once the
-/// SYN-ACK is in.
-pub(crate) fn current_owner(role: u8) -> LinkInfo {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    link_info(role, OWNER_KNOWN, u8::from(role == ROLE_CLIENT), tgid, comm)
-}
-
-fn link_info(role: u8, owner: u8, syn_acked: u8, tgid: u32, comm: [u8; 16]) -> LinkInfo {
-    LinkInfo {
-        tgid,
-        role,
-        owner,
-        established: 1,
-        syn_acked,
-        fin_seen: 0,
-        rst: 0,
-        born: 1,
-        fin_sent: 0,
-        comm,
-    }
-}
-
 fn connect(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the kernel hands us a valid bpf_sock_addr for the program's lifetime.
     let (ty, proto) = unsafe { ((*ctx.sock_addr).type_, (*ctx.sock_addr).protocol) };
@@ -253,17 +230,6 @@ pub fn gopher_sock_release(ctx: SockContext) -> i32 {
         set_owner(unsafe { &mut *info });
     }
     ALLOW
-}
-
-/// Makes the calling process the owner of a socket closed in its context (a server socket's);
-/// a client's owner is the process that connected, kept.
-fn set_owner(info: &mut LinkInfo) {
-    if info.owner != OWNER_KNOWN {
-        let owner = current_owner(info.role);
-        info.tgid = owner.tgid;
-        info.comm = owner.comm;
-        info.owner = OWNER_KNOWN;
-    }
 }
 
 /// Records owners itself, in process context: a client's in the connect callback, a server's
@@ -532,13 +498,35 @@ fn closed(ctx: &SockOpsContext, owners: bool) {
 /// timer anyway).
 #[inline(always)]
 pub(crate) fn emit(event: &LinkClosed, close: bool) {
-    let wakeup = if close && time_to_query() && CLOSED.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+    if CLOSED.output::<LinkClosed>(event, wakeup(close)).is_err() {
+        bump(&LOST, 0);
+    }
+}
+
+/// A record of `CLOSED` for a close event the caller writes straight into it, then hands to
+/// [`submit_close`]; None when the ring has no room (counted in `LOST`).
+#[inline(always)]
+pub(crate) fn reserve_close() -> Option<RingBufEntry<LinkClosed>> {
+    let entry = CLOSED.reserve::<LinkClosed>(0);
+    if entry.is_none() {
+        bump(&LOST, 0);
+    }
+    entry
+}
+
+/// Queues a close event written by the caller; it may wake the agent, as [`emit`].
+#[inline(always)]
+pub(crate) fn submit_close(entry: RingBufEntry<LinkClosed>) {
+    entry.submit(wakeup(true));
+}
+
+/// The ring buffer flag of an event: a close wakes the agent once enough is waiting.
+#[inline(always)]
+fn wakeup(close: bool) -> u64 {
+    if close && time_to_query() && CLOSED.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
-    };
-    if CLOSED.output::<LinkClosed>(event, wakeup).is_err() {
-        bump(&LOST, 0);
     }
 }
 

@@ -36,7 +36,7 @@ use core::{
 
 use gopher_common::{LinkInfo, OWNER_KNOWN, OwnerSlot, SLOT_BUSY};
 
-use crate::{Inserted, LINKS, insert_new as links_insert_new};
+use crate::{Inserted, LINKS, copy_info, insert_new as links_insert_new, write_current_owner};
 
 /// Sized by the agent (a power of two, see the module doc); 1 entry in the object.
 #[map]
@@ -94,8 +94,10 @@ pub(crate) fn get(cookie: u64) -> Option<*mut LinkInfo> {
     }
 }
 
-/// Claims the free slot `s` for `cookie` and writes `info` in it; false when it is not free.
-fn claim(s: *mut OwnerSlot, cookie: u64, info: &LinkInfo) -> bool {
+/// Claims the free slot `s` for `cookie`, the calling process's entry written in it with these
+/// `flags` ([`owner_flags`]) before the cookie is published; false when it is not free.
+#[inline(always)]
+fn claim_current(s: *mut OwnerSlot, cookie: u64, flags: [u8; 8]) -> bool {
     // SAFETY: a map value, valid while the program runs; the claim is atomic, and only the
     // claimer writes a busy slot.
     let (_, claimed) = unsafe {
@@ -108,7 +110,7 @@ fn claim(s: *mut OwnerSlot, cookie: u64, info: &LinkInfo) -> bool {
     if claimed {
         // SAFETY: as above; the cookie is published after the entry is written.
         unsafe {
-            write_volatile(&raw mut (*s).info, *info);
+            write_current_owner(&raw mut (*s).info, flags);
             atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
                 &raw mut (*s).cookie,
                 SLOT_BUSY,
@@ -119,38 +121,51 @@ fn claim(s: *mut OwnerSlot, cookie: u64, info: &LinkInfo) -> bool {
     claimed
 }
 
-/// A client's entry, at its connect: its slot when free, else `LINKS` (an entry it has already,
-/// from an earlier connect of the same socket, is overwritten). False when the map is full
+/// A client's entry, at its connect, the calling process as its owner (`flags`: the other
+/// fields, [`owner_flags`]): its slot when free, else `LINKS` (an entry it has already, from
+/// an earlier connect of the same socket, is overwritten). False when the map is full
 /// (counted).
-pub(crate) fn insert_client(cookie: u64, info: &LinkInfo) -> bool {
+#[inline(always)]
+pub(crate) fn insert_client(cookie: u64, flags: [u8; 8]) -> bool {
     if let Some(entry) = get(cookie) {
         // SAFETY: pointer into a map value, valid while the program runs.
-        unsafe { write_volatile(entry, *info) };
+        unsafe { write_current_owner(entry, flags) };
         return true;
     }
-    if slot(cookie).is_some_and(|s| claim(s, cookie, info)) {
+    if slot(cookie).is_some_and(|s| claim_current(s, cookie, flags)) {
         return true;
     }
-    match insert_new(cookie, info) {
+    let info = current_entry(flags);
+    match insert_new(cookie, &info) {
         Inserted::New => true,
         Inserted::Present(entry) => {
             // SAFETY: pointer into a map value, valid while the program runs.
-            unsafe { write_volatile(entry, *info) };
+            unsafe { write_volatile(entry, info) };
             true
         }
         Inserted::Full => false,
     }
 }
 
-/// The owner's entry of a socket [`get`] found none for, at its release: its slot when free,
-/// else `LINKS` (`BPF_NOEXIST`: a reset on another CPU may have made the entry meanwhile, and
-/// keeps it). A reset that runs between that lookup and the claim makes its own entry in
-/// `LINKS`: see the module doc.
-pub(crate) fn insert_owner(cookie: u64, info: &LinkInfo) -> Inserted {
+/// The owner's entry of a socket [`get`] found none for, at its release, the calling process
+/// as its owner (`flags` as for [`insert_client`]): its slot when free, else `LINKS`
+/// (`BPF_NOEXIST`: a reset on another CPU may have made the entry meanwhile, and keeps it). A
+/// reset that runs between that lookup and the claim makes its own entry in `LINKS`: see the
+/// module doc.
+#[inline(always)]
+pub(crate) fn insert_owner(cookie: u64, flags: [u8; 8]) -> Inserted {
     match slot(cookie) {
-        Some(s) if claim(s, cookie, info) => Inserted::New,
-        _ => insert_new(cookie, info),
+        Some(s) if claim_current(s, cookie, flags) => Inserted::New,
+        _ => insert_new(cookie, &current_entry(flags)),
     }
+}
+
+/// The calling process's entry with these `flags`, for `LINKS`.
+fn current_entry(flags: [u8; 8]) -> LinkInfo {
+    let mut info = LinkInfo::default();
+    // SAFETY: a stack value, whole.
+    unsafe { write_current_owner(&raw mut info, flags) };
+    info
 }
 
 /// Inserts `info` into `LINKS` for a socket that had no entry a moment ago (`BPF_NOEXIST`: an
@@ -216,7 +231,7 @@ pub(crate) fn take(cookie: u64, info: &mut LinkInfo) -> bool {
         // SAFETY: pointers into a map value, valid while the program runs. The entry is read
         // before the slot is freed (an atomic exchange orders the two).
         unsafe {
-            *info = read_volatile(entry);
+            copy_info(info, entry);
             atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
                 &raw mut (*s).cookie,
                 cookie,
