@@ -32,6 +32,9 @@ impl Collector {
         closed.pump();
         let (mut events, now) = (std::mem::take(&mut self.events), Instant::now());
         closed.take_into(&mut events);
+        // The last namespace found, for the events after it (nearly all from the same one):
+        // valid for this drain, as long as no refresh changes the namespaces.
+        let mut last_ns = None;
         for ev in &events {
             // A close (its socket's reset bits ride along), or a reset alone: one sent after its
             // socket's close, or of a socket without an eBPF entry.
@@ -41,7 +44,7 @@ impl Collector {
                 continue;
             }
             if close {
-                self.closed_event(ev, now);
+                self.closed_event(ev, now, &mut last_ns);
             }
             if ev.info.rst != 0 && !self.links.reset(ev.cookie, ev.info.rst, now) {
                 self.metrics.resets_unattributed.inc();
@@ -51,16 +54,22 @@ impl Collector {
     }
 
     /// Applies one close event: the socket's final counters. `now` is read once per drain (on
-    /// a VM a clock read costs about as much as applying an event).
-    pub fn closed_event(&mut self, ev: &LinkClosed, now: Instant) {
-        // Looked up once per event: it is a fair share of what an event costs under churn.
-        let mut netns = self.namespaces.inode_of_cookie(ev.netns_cookie);
+    /// a VM a clock read costs about as much as applying an event); `last_ns` is the drain's
+    /// last (netns cookie, inode) found.
+    fn closed_event(&mut self, ev: &LinkClosed, now: Instant, last_ns: &mut Option<(u64, u64)>) {
+        // Two map lookups, with their cache misses, were a fair share of what an event cost
+        // under churn: most events come from the namespace of the event before.
+        let mut netns = match *last_ns {
+            Some((cookie, inode)) if cookie == ev.netns_cookie => Some(inode),
+            _ => self.namespaces.inode_of_cookie(ev.netns_cookie),
+        };
         if netns.is_none() && self.last_ns_refresh.elapsed() > Duration::from_secs(1) {
             // A namespace born since the last refresh: learn it before keying (at most
             // once a second: a namespace already gone cannot be learnt).
             self.refresh_namespaces();
             netns = self.namespaces.inode_of_cookie(ev.netns_cookie);
         }
+        *last_ns = netns.map(|inode| (ev.netns_cookie, inode));
         let raw = Counters::from(&ev.stats);
         let old = ev.old_state;
         let we_sent_fin = matches!(old, FIN_WAIT1 | FIN_WAIT2 | CLOSING | LAST_ACK);

@@ -22,7 +22,8 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::time::{Duration, Instant};
 
 use super::{
-    cookie_hash::CookieHash, diag::Counters, policy::Policy, table::Table, walk::WalkOrder,
+    cookie_hash::CookieHash, diag::Counters, policy::Policy, recent::Recent, table::Table,
+    walk::WalkOrder,
 };
 
 use super::key::octets;
@@ -62,15 +63,18 @@ pub struct Links {
     policy: Policy,
     socks: Table<Sock>,
     table: Table<Link>,
-    /// Cookies whose close was applied, so that a racing dump cannot revive them, and a reset
-    /// sent after the close finds its link. Under churn this holds a few dumps' worth of closes
-    /// and is looked up and written at every close: hashed keeping cookie order (see
-    /// `cookie_hash.rs`).
+    /// Cookies of tracked sockets whose close was applied, so that a racing dump cannot
+    /// revive them, and a reset sent after the close finds its link; hashed keeping cookie
+    /// order (see `cookie_hash.rs`). Sockets no dump listed go to `recent`.
     closed: std::collections::HashMap<u64, Tomb, CookieHash>,
+    /// The same for closes of sockets never listed: nearly every close under churn.
+    recent: Recent,
     hists: SrttHists,
     /// tgid → (process name, links of that tgid).
     names: HashMap<u32, (Box<str>, u32)>,
     dirty: Vec<u32>,
+    /// The link a new socket of each role (client, server) was last keyed to (`link_for`).
+    last_link: [u32; 2],
     /// Links whose last socket left: the only ones `prune` may forget (see `Link::flags`).
     idle: Vec<u32>,
     order: WalkOrder,
@@ -101,9 +105,11 @@ impl Links {
             socks: Table::default(),
             table: Table::default(),
             closed: std::collections::HashMap::default(),
+            recent: Recent::default(),
             hists: SrttHists::default(),
             names: HashMap::default(),
             dirty: Vec::new(),
+            last_link: [NO_LINK; 2],
             idle: Vec::new(),
             order: WalkOrder::default(),
             removed: Vec::new(),
@@ -143,6 +149,7 @@ impl Links {
         self.socks.heap_bytes()
             + self.table.heap_bytes()
             + self.closed.capacity() * 17
+            + self.recent.heap_bytes()
             + self.hists.heap_bytes()
             + self.names.capacity() * 41
             + (self.dirty.capacity() + self.idle.capacity()) * 4
@@ -190,7 +197,7 @@ impl Links {
     /// A dumped socket's reading (data-only counters). Known sockets are updated here.
     pub fn update(&mut self, cookie: u64, c: &Counters, now: Instant) -> Seen {
         let Some(si) = self.find_listed(cookie) else {
-            return if self.closed.contains_key(&cookie) {
+            return if self.was_closed(cookie) {
                 Seen::Closed
             } else {
                 Seen::New
@@ -229,12 +236,22 @@ impl Links {
         if key.role == ROLE_SERVER {
             key.client = octets(self.policy.client_of_server_link(key.client_ip()));
         }
+        // Closes come in runs of the same link (a client pool hammering one service): the
+        // last link of each role is compared before the key is hashed and looked up.
+        let memo = usize::from(key.role == ROLE_SERVER);
+        let last = self.last_link[memo];
+        if self.table.contains_index(last) && self.table.get(last).key == key {
+            return Some(last);
+        }
         if let Some(li) = self.table.find(&key) {
+            self.last_link[memo] = li;
             return Some(li);
         }
         if self.individual < self.policy.max_series {
             self.individual += 1;
-            return Some(self.create(key, comm, 0, now));
+            let li = self.create(key, comm, 0, now);
+            self.last_link[memo] = li;
+            return Some(li);
         }
         // Over the cap: one row per process, role and server, the client address unspecified.
         self.aggregated += 1;
@@ -339,7 +356,7 @@ impl Links {
     /// when the socket is unknown: then the caller keys it and calls [`Links::close_new`].
     pub fn close(&mut self, cookie: u64, c: &Counters, now: Instant) -> bool {
         let Some(si) = self.socks.find(&cookie) else {
-            return self.closed.contains_key(&cookie);
+            return self.was_closed(cookie);
         };
         let mut s = self.socks.remove(si);
         let link = if s.flags & EXCLUDED == 0 {
@@ -379,10 +396,10 @@ impl Links {
         now: Instant,
     ) {
         let Some(li) = self.link_for(key, comm, now) else {
-            self.tomb(cookie, NO_LINK);
+            self.recent.insert(cookie, NO_LINK);
             return;
         };
-        self.tomb(cookie, li);
+        self.recent.insert(cookie, li);
         let mut s = Sock::new(cookie, base, li, 0);
         let l = self.table.get_mut(li);
         l.absorb(&mut s, c, false);
@@ -390,6 +407,11 @@ impl Links {
             l.srtt = u64::from(c.srtt_us);
         }
         self.touch(li, now);
+    }
+
+    /// Whether the socket's close was applied (and remembered).
+    fn was_closed(&self, cookie: u64) -> bool {
+        self.closed.contains_key(&cookie) || self.recent.get(cookie).is_some()
     }
 
     fn tomb(&mut self, cookie: u64, link: u32) {
@@ -407,11 +429,16 @@ impl Links {
                 return true;
             }
             s.link
-        } else if let Some(t) = self.closed.get(&cookie) {
-            if t.link == NO_LINK {
+        } else if let Some(link) = self
+            .closed
+            .get(&cookie)
+            .map(|t| t.link)
+            .or_else(|| self.recent.get(cookie))
+        {
+            if link == NO_LINK {
                 return true;
             }
-            t.link
+            link
         } else {
             return false;
         };

@@ -26,6 +26,7 @@ pub(crate) mod owners;
 mod params;
 mod pieces;
 pub mod policy;
+mod recent;
 mod role;
 #[cfg(test)]
 mod scan_bench;
