@@ -35,6 +35,7 @@ impl Collector {
         // The last namespace found, for the events after it (nearly all from the same one):
         // valid for this drain, as long as no refresh changes the namespaces.
         let mut last_ns = None;
+        self.comm_of = None;
         for ev in &events {
             // A close (its socket's reset bits ride along), or a reset alone: one sent after its
             // socket's close, or of a socket without an eBPF entry.
@@ -76,7 +77,11 @@ impl Collector {
         let fin_received = matches!(old, CLOSE_WAIT | LAST_ACK | CLOSING)
             || (matches!(old, FIN_WAIT1 | FIN_WAIT2) && ev.info.fin_seen == 1);
         let c = data_only(raw, false, we_sent_fin && ev.all_acked == 1, fin_received);
-        let waited = self.waiting.remove(&ev.cookie);
+        let waited = if self.waiting.is_empty() {
+            None
+        } else {
+            self.waiting.remove(&ev.cookie)
+        };
         if self.links.close(ev.cookie, &c, now) {
             return;
         }
@@ -100,15 +105,25 @@ impl Collector {
         };
         // The name goes into a buffer kept between events: a close is applied thousands of
         // times a second under churn, and its link's name is known already nearly every time.
+        // Events come in runs of one process: the buffer may hold its name already.
         let mut comm = std::mem::take(&mut self.comm);
-        comm.clear();
-        let tgid = if ev.info.owner == OWNER_KNOWN {
-            name_into(&self.links, ev.info.tgid, &ev.info.comm, &mut comm);
+        let known = ev.info.owner == OWNER_KNOWN;
+        if !known {
+            self.comm_of = None;
+        }
+        let tgid = if known {
+            if self.comm_of != Some(ev.info.tgid) {
+                comm.clear();
+                name_into(&self.links, ev.info.tgid, &ev.info.comm, &mut comm);
+                self.comm_of = Some(ev.info.tgid);
+            }
             ev.info.tgid
         } else if let Some(o) = self.listener_owner(netns, role, local_port) {
+            comm.clear();
             comm.push_str(&o.comm);
             o.tgid
         } else {
+            comm.clear();
             0
         };
         // A key holds the owner's tgid only (none: 0).

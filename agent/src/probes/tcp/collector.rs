@@ -106,6 +106,8 @@ pub struct Collector {
     events: Vec<LinkClosed>,
     /// A process name being keyed, kept between sockets for its room.
     comm: String,
+    /// The process whose name `comm` holds, while a drain applies its events.
+    comm_of: Option<u32>,
     buf: Vec<u8>,
     last_ns_refresh: Instant,
     sweeper: Sweeper,
@@ -140,6 +142,7 @@ impl Collector {
             pending: Vec::new(),
             events: Vec::new(),
             comm: String::new(),
+            comm_of: None,
             buf: Vec::new(),
             last_ns_refresh: Instant::now(),
             sweeper: Sweeper::default(),

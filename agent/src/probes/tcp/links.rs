@@ -81,6 +81,8 @@ pub struct Links {
     removed: Vec<LinkKey>,
     epoch: u64,
     start: Instant,
+    /// The last `now` given and its [`Links::secs`].
+    now_secs: (Instant, u32),
     start_wall_ms: u64,
     individual: u32,
     aggregates: u32,
@@ -115,6 +117,7 @@ impl Links {
             removed: Vec::new(),
             epoch: 0,
             start,
+            now_secs: (start, 0),
             start_wall_ms,
             individual: 0,
             aggregates: 0,
@@ -156,8 +159,17 @@ impl Links {
             + self.order.heap_bytes()
     }
 
+    /// Seconds since `start` at `now`, computed once per `now` (a drain passes one to every
+    /// event).
+    fn secs(&mut self, now: Instant) -> u32 {
+        if self.now_secs.0 != now {
+            self.now_secs = (now, secs(self.start, now));
+        }
+        self.now_secs.1
+    }
+
     fn touch(&mut self, li: u32, now: Instant) {
-        let now = secs(self.start, now);
+        let now = self.secs(now);
         let l = self.table.get_mut(li);
         l.changed_s = now;
         if l.flags & DIRTY == 0 {
@@ -291,7 +303,7 @@ impl Links {
             name.0 = Box::from(comm);
         }
         name.1 += 1;
-        let now = secs(self.start, now);
+        let now = self.secs(now);
         self.table.insert(Link {
             key,
             rx: 0,
