@@ -69,6 +69,8 @@ pub struct Links {
     closed: std::collections::HashMap<u64, Tomb, CookieHash>,
     /// The same for closes of sockets never listed: nearly every close under churn.
     recent: Recent,
+    /// The largest cookie ever tracked: a greater one is in neither `socks` nor `closed`.
+    max_tracked: u64,
     hists: SrttHists,
     /// tgid → (process name, links of that tgid).
     names: HashMap<u32, (Box<str>, u32)>,
@@ -108,6 +110,7 @@ impl Links {
             table: Table::default(),
             closed: std::collections::HashMap::default(),
             recent: Recent::default(),
+            max_tracked: 0,
             hists: SrttHists::default(),
             names: HashMap::default(),
             dirty: Vec::new(),
@@ -331,7 +334,7 @@ impl Links {
         self.excluded += 1;
         let mut s = Sock::new(cookie, &Counters::default(), u32::MAX, self.epoch as u8);
         s.flags = EXCLUDED;
-        self.socks.insert(s);
+        self.insert_sock(s);
         true
     }
 
@@ -350,7 +353,7 @@ impl Links {
         let mut s = Sock::new(cookie, base, u32::MAX, self.epoch as u8);
         let Some(li) = self.link_for(key, comm, now) else {
             s.flags = EXCLUDED;
-            self.socks.insert(s);
+            self.insert_sock(s);
             return;
         };
         s.link = li;
@@ -360,13 +363,18 @@ impl Links {
         l.absorb(&mut s, c, true);
         let after = live(l);
         self.hists.change(li, before, after, None, Some(s.srtt));
-        self.socks.insert(s);
+        self.insert_sock(s);
         self.touch(li, now);
     }
 
     /// A tracked socket reached CLOSE with these final (data-only) counters. Returns false
     /// when the socket is unknown: then the caller keys it and calls [`Links::close_new`].
     pub fn close(&mut self, cookie: u64, c: &Counters, now: Instant) -> bool {
+        if cookie > self.max_tracked {
+            // Born since the last dump (nearly every close under churn): neither tracked nor
+            // tombstoned, so neither hash is searched.
+            return self.recent.get(cookie).is_some();
+        }
         let Some(si) = self.socks.find(&cookie) else {
             return self.was_closed(cookie);
         };
@@ -419,6 +427,11 @@ impl Links {
             l.srtt = u64::from(c.srtt_us);
         }
         self.touch(li, now);
+    }
+
+    fn insert_sock(&mut self, s: Sock) {
+        self.max_tracked = self.max_tracked.max(s.cookie);
+        self.socks.insert(s);
     }
 
     /// Whether the socket's close was applied (and remembered).
