@@ -59,6 +59,14 @@ struct Tomb {
 
 const NO_LINK: u32 = u32::MAX;
 
+/// A socket's key as given (`raw`), the key of the individual link it went to, and that link.
+#[derive(Clone, Copy)]
+struct LastLink {
+    raw: Key,
+    key: Key,
+    li: u32,
+}
+
 pub struct Links {
     policy: Policy,
     socks: Table<Sock>,
@@ -76,7 +84,7 @@ pub struct Links {
     names: HashMap<u32, (Box<str>, u32)>,
     dirty: Vec<u32>,
     /// The link a new socket of each role (client, server) was last keyed to (`link_for`).
-    last_link: [u32; 2],
+    last_link: [Option<LastLink>; 2],
     /// Links whose last socket left: the only ones `prune` may forget (see `Link::flags`).
     idle: Vec<u32>,
     order: WalkOrder,
@@ -114,7 +122,7 @@ impl Links {
             hists: SrttHists::default(),
             names: HashMap::default(),
             dirty: Vec::new(),
-            last_link: [NO_LINK; 2],
+            last_link: [None; 2],
             idle: Vec::new(),
             order: WalkOrder::default(),
             removed: Vec::new(),
@@ -243,31 +251,42 @@ impl Links {
 
     /// The link a new socket's key leads to (filters, client aggregation, the cap), or None
     /// when the filters leave it out.
-    fn link_for(&mut self, mut key: Key, comm: &str, now: Instant) -> Option<u32> {
-        if !self.policy.admits(key.port, key.peer(), comm) {
+    fn link_for(&mut self, raw: Key, comm: &str, now: Instant) -> Option<u32> {
+        // Closes come in runs of the same link (a client pool hammering one service): a key
+        // equal to the last one of its role, whose link is still there, was admitted and
+        // keyed to it (unless the filters look at the process name, which the key does not
+        // hold).
+        let memo = usize::from(raw.role == ROLE_SERVER);
+        if let Some(m) = &self.last_link[memo]
+            && m.raw == raw
+            && self.table.contains_index(m.li)
+            && self.table.get(m.li).key == m.key
+            && !self.policy.filters_processes()
+        {
+            return Some(m.li);
+        }
+        if !self.policy.admits(raw.port, raw.peer(), comm) {
             self.excluded += 1;
             return None;
         }
+        let mut key = raw;
         if key.role == ROLE_SERVER {
             key.client = octets(self.policy.client_of_server_link(key.client_ip()));
         }
-        // Closes come in runs of the same link (a client pool hammering one service): the
-        // last link of each role is compared before the key is hashed and looked up.
-        let memo = usize::from(key.role == ROLE_SERVER);
-        let last = self.last_link[memo];
-        if self.table.contains_index(last) && self.table.get(last).key == key {
-            return Some(last);
-        }
-        if let Some(li) = self.table.find(&key) {
-            self.last_link[memo] = li;
-            return Some(li);
-        }
-        if self.individual < self.policy.max_series {
+        let li = if let Some(li) = self.table.find(&key) {
+            li
+        } else if self.individual < self.policy.max_series {
             self.individual += 1;
-            let li = self.create(key, comm, 0, now);
-            self.last_link[memo] = li;
-            return Some(li);
-        }
+            self.create(key, comm, 0, now)
+        } else {
+            return Some(self.aggregate_for(key, comm, now));
+        };
+        self.last_link[memo] = Some(LastLink { raw, key, li });
+        Some(li)
+    }
+
+    /// The aggregate link of a new socket over the series cap.
+    fn aggregate_for(&mut self, key: Key, comm: &str, now: Instant) -> u32 {
         // Over the cap: one row per process, role and server, the client address unspecified.
         self.aggregated += 1;
         let agg = Key {
@@ -275,7 +294,7 @@ impl Links {
             ..key
         };
         if let Some(li) = self.table.find(&agg) {
-            return Some(li);
+            return li;
         }
         let agg = if self.aggregates < self.policy.max_aggregates() {
             agg
@@ -289,12 +308,12 @@ impl Links {
                 ..agg
             };
             if let Some(li) = self.table.find(&all) {
-                return Some(li);
+                return li;
             }
             all
         };
         self.aggregates += 1;
-        Some(self.create(agg, comm, AGGREGATE, now))
+        self.create(agg, comm, AGGREGATE, now)
     }
 
     fn create(&mut self, key: Key, comm: &str, flags: u8, now: Instant) -> u32 {

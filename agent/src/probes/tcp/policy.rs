@@ -153,6 +153,11 @@ impl Policy {
         self.admits_address(server_port, peer) && self.processes.admits(|p| p == comm)
     }
 
+    /// Whether [`Policy::admits`] looks at the process name.
+    pub fn filters_processes(&self) -> bool {
+        !(self.processes.include.is_empty() && self.processes.exclude.is_empty())
+    }
+
     /// The part of [`Policy::admits`] known without the owner: a socket refused here needs
     /// no owner lookup at all.
     pub fn admits_address(&self, server_port: u16, peer: IpAddr) -> bool {
