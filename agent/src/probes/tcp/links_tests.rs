@@ -532,3 +532,36 @@ fn only_links_whose_last_socket_left_are_pruned_and_a_returning_one_is_kept() {
     t.l.prune(t.at(100), Some(Duration::from_secs(5)));
     assert!(t.rows().is_empty());
 }
+
+#[test]
+fn a_run_of_one_link_is_keyed_right_after_its_link_was_pruned_and_its_slot_reused() {
+    let mut t = t();
+    t.close(1, key(80), tx(10));
+    t.close(2, key(80), tx(5));
+    assert_eq!(t.one(), (15, 0));
+    // Link 80 is forgotten and a server link takes its slot (the client role's last link
+    // still names the slot): a socket of 80 again gets a link of its own.
+    t.l.take_delta_with(true);
+    t.l.prune(t.at(10), Some(Duration::from_secs(5)));
+    assert!(t.rows().is_empty());
+    let server = Key::new(1, 42, ROLE_SERVER, ip("127.0.0.1"), ip("127.0.0.1"), 81);
+    t.close(3, server, tx(7));
+    t.close(4, key(80), tx(1));
+    let r = t.rows();
+    let by_port = |p: u16| r.iter().find(|x| x.key.server_port == p).unwrap().tx_bytes;
+    assert_eq!((by_port(80), by_port(81), r.len()), (1, 7, 2));
+}
+
+#[test]
+fn a_process_filter_is_asked_for_every_socket_of_a_run() {
+    let mut policy = Policy::default();
+    policy.processes.exclude = vec!["nc".to_owned()];
+    let mut t = T::new(policy);
+    let now = t.at(0);
+    let zero = Counters::default();
+    t.l.close_new(1, key(80), "curl", &tx(10), &zero, now);
+    // Same key (a tgid reused by another program): the filter decides, not the last link.
+    t.l.close_new(2, key(80), "nc", &tx(5), &zero, now);
+    assert_eq!(t.one(), (10, 0));
+    assert_eq!(t.l.excluded, 1);
+}
