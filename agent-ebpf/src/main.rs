@@ -116,11 +116,12 @@ static CLOSED: RingBuf = RingBuf::with_byte_size(CLOSED_BYTES, 0);
 const CLOSED_BYTES: u32 = 4 << 20;
 /// Wake the agent only once this much is waiting. A wake-up per event costs an IPI (a VM exit
 /// on virtual machines) in the closing connection's path: at connection churn that was most of
-/// the probe's cost. The agent also drains on a short timer, so events wait at most that long.
-const WAKEUP_BYTES: u64 = (CLOSED_BYTES / 4) as u64;
+/// the probe's cost. The agent reads the ring on a short timer anyway (every 250 ms, at 10 k
+/// connections/s a fifth of the ring); the wake-up is for when it is late.
+const WAKEUP_BYTES: u64 = (CLOSED_BYTES / 2) as u64;
 /// How full `CLOSED` is, is asked once per this many close events of a CPU (a helper call,
 /// tens of ns with return-stack mitigations, twice per connection when asked every time): the
-/// wake-up then comes at most 64 events (9 KiB) per CPU later, against a quarter of 4 MiB.
+/// wake-up then comes at most 64 events (9 KiB) per CPU later, against half of 4 MiB.
 const QUERY_EVERY: u32 = 64;
 
 /// Close events this CPU sent since it last asked how full `CLOSED` is (an approximate count:

@@ -1,25 +1,27 @@
-//! Drains the `CLOSED` ring buffer on a thread of its own.
+//! Drains the `CLOSED` ring buffer, on a thread of its own whenever the collector is late.
 //!
 //! A collection (sock_diag dumps of every namespace, /proc scans) can take seconds on a busy
 //! node, and at 10 k connections/s the 4 MiB ring holds about a second of close events: draining
-//! it from the task that also collects lost events whenever an interval ran long. So a dedicated
-//! thread moves events from the ring into a bounded in-memory queue, woken by the eBPF side when
-//! the ring fills up (edge-triggered epoll) and at least every [`DRAIN_EVERY`] otherwise; the
-//! collector takes the queue whenever it likes. An event the full queue cannot take is counted in
+//! it only from the task that also collects lost events whenever an interval ran long. So a
+//! dedicated thread moves events from the ring into a bounded in-memory queue when the
+//! collector has not taken them for [`LATE`], or when the eBPF side wakes it (edge-triggered
+//! epoll: the ring is half full). Otherwise the collector reads the ring itself, every event
+//! in place ([`ClosedEvents::drain_with`]): a queue written and read back was a third of the
+//! agent's time under churn. An event the full queue cannot take is counted in
 //! `gopher_ebpf_events_lost_total{probe="tcp"}`, like one the ring had no room for.
 //!
-//! The ring is read straight into the queue, under both mutexes, so once [`ClosedEvents::pump`]
-//! returns, every event the kernel wrote before the call is in the
-//! queue: the collector relies on that to apply closes that happened before its dump.
+//! Both read the ring under its mutex, the queue first, so once `drain_with` returns, every
+//! event the kernel wrote before the call was applied, in order: the collector relies on that
+//! to apply closes that happened before its dump.
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -28,9 +30,11 @@ use gopher_common::LinkClosed;
 
 use crate::telemetry::Counter;
 
-/// Longest wait between drains when the eBPF side sends no wake-up (it wakes us only once a
-/// quarter of the ring is used).
-const DRAIN_EVERY: Duration = Duration::from_millis(100);
+/// How often the drain thread looks whether the collector is late.
+const LOOK_EVERY: Duration = Duration::from_millis(100);
+/// The collector is late once it has not taken the events for this long (it takes them every
+/// 250 ms between intervals, `APPLY_EVERY` in `mod.rs`).
+const LATE: Duration = Duration::from_millis(600);
 /// Events the queue holds at most (144 B each: 37 MiB when full). At 20 k events/s (10 k
 /// loopback connections/s, both ends here) that is 13 s of closes for the collector to be late.
 const QUEUE_MAX: usize = 1 << 18;
@@ -55,6 +59,9 @@ fn keep_room(buf: &mut Vec<LinkClosed>, used: usize) {
 struct Shared {
     ring: Mutex<RingBuf<MapData>>,
     queue: Mutex<Vec<LinkClosed>>,
+    /// When the collector last took the events, in ms since `start`.
+    taken_ms: AtomicU64,
+    start: Instant,
     stop: AtomicBool,
     lost: Counter,
 }
@@ -71,6 +78,8 @@ impl ClosedEvents {
         let shared = Arc::new(Shared {
             ring: Mutex::new(ring),
             queue: Mutex::new(Vec::new()),
+            taken_ms: AtomicU64::new(0),
+            start: Instant::now(),
             stop: AtomicBool::new(false),
             lost,
         });
@@ -80,8 +89,10 @@ impl ClosedEvents {
                 .name("tcp-closed".to_owned())
                 .spawn(move || {
                     while !shared.stop.load(Ordering::Relaxed) {
-                        pump(&shared);
-                        epoll.wait(DRAIN_EVERY);
+                        let woken = epoll.wait(LOOK_EVERY);
+                        if woken || shared.collector_late() {
+                            pump(&shared);
+                        }
                     }
                 })
                 .context("starting the close-event drain thread")?
@@ -92,19 +103,41 @@ impl ClosedEvents {
         })
     }
 
-    /// Moves whatever the ring holds now into the queue.
-    pub fn pump(&self) {
-        pump(&self.shared);
+    /// Hands every event written so far to `apply`, oldest first: those the drain thread
+    /// queued while the collector was late, then those still in the ring, read in place (the
+    /// queue keeps its room, see [`KEEP_EVENTS`]).
+    pub fn drain_with(&self, mut apply: impl FnMut(&LinkClosed)) {
+        let shared = &self.shared;
+        let mut ring = lock(&shared.ring);
+        // No pump runs while the ring is held: the queue stays empty once taken.
+        let mut queued = std::mem::take(&mut *lock(&shared.queue));
+        for ev in &queued {
+            apply(ev);
+        }
+        let used = queued.len();
+        keep_room(&mut queued, used);
+        *lock(&shared.queue) = queued;
+        while let Some(item) = ring.next() {
+            if item.len() >= size_of::<LinkClosed>() {
+                // SAFETY: the eBPF side writes exactly a LinkClosed; read_unaligned copes with
+                // the ring buffer's 8-byte alignment.
+                apply(&unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<LinkClosed>()) });
+            }
+        }
+        drop(ring);
+        shared.taken_ms.store(shared.ms(), Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    fn ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Every queued event, oldest first, swapped into `into` (cleared first): the buffers keep
-    /// their room (see [`KEEP_EVENTS`]), so that a steady churn reuses the same memory
-    /// instead of growing and freeing (and, above glibc's mmap threshold, page-faulting) a new
-    /// queue at every drain.
-    pub fn take_into(&self, into: &mut Vec<LinkClosed>) {
-        let used = into.len();
-        keep_room(into, used);
-        std::mem::swap(&mut *lock(&self.shared.queue), into);
+    fn collector_late(&self) -> bool {
+        self.ms()
+            .saturating_sub(self.taken_ms.load(Ordering::Relaxed))
+            >= u64::try_from(LATE.as_millis()).unwrap_or(u64::MAX)
     }
 }
 
@@ -123,9 +156,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Reads the ring straight into the queue (a copy per event, the least there is: a read
-/// buffer appended to the queue was a second one, about a tenth of the agent's time under
-/// churn). The collector's `take_into` waits for a pump under way: at most a ring's worth of
+/// Reads the ring straight into the queue (a read buffer appended to the queue was a second
+/// copy). The collector's `drain_with` waits for a pump under way: at most a ring's worth of
 /// events, a few milliseconds.
 fn pump(shared: &Shared) {
     let mut ring = lock(&shared.ring);
@@ -184,12 +216,13 @@ impl Epoll {
         Ok(epoll)
     }
 
-    /// Sleeps until a wake-up or `timeout`, whichever comes first.
-    fn wait(&self, timeout: Duration) {
+    /// Sleeps until a wake-up or `timeout`, whichever comes first; true on a wake-up.
+    fn wait(&self, timeout: Duration) -> bool {
         let mut ev = libc::epoll_event { events: 0, u64: 0 };
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: valid epoll fd and one-element buffer. An error (EINTR) just drains early.
-        unsafe { libc::epoll_wait(self.0.as_raw_fd(), &raw mut ev, 1, ms) };
+        // SAFETY: valid epoll fd and one-element buffer. An error (EINTR) counts as a wake-up:
+        // it only drains early.
+        unsafe { libc::epoll_wait(self.0.as_raw_fd(), &raw mut ev, 1, ms) != 0 }
     }
 }
 

@@ -29,29 +29,28 @@ impl Collector {
     /// every older socket is known from the dump (tracked, or waiting for its owner with the
     /// reading it counts from) and one that is not was born since.
     pub fn drain(&mut self, closed: &ClosedEvents) {
-        closed.pump();
-        let (mut events, now) = (std::mem::take(&mut self.events), Instant::now());
-        closed.take_into(&mut events);
+        let now = Instant::now();
         // The last namespace found, for the events after it (nearly all from the same one):
         // valid for this drain, as long as no refresh changes the namespaces.
         let mut last_ns = None;
         self.comm_of = None;
-        for ev in &events {
-            // A close (its socket's reset bits ride along), or a reset alone: one sent after its
-            // socket's close, or of a socket without an eBPF entry.
-            let close = ev.kind != EVENT_RESET;
-            let unprimed = !self.primed && ev.info.born == 0;
-            if close && unprimed && !self.links.is_tracked(ev.cookie) {
-                continue;
-            }
-            if close {
-                self.closed_event(ev, now, &mut last_ns);
-            }
-            if ev.info.rst != 0 && !self.links.reset(ev.cookie, ev.info.rst, now) {
-                self.metrics.resets_unattributed.inc();
-            }
+        closed.drain_with(|ev| self.apply(ev, now, &mut last_ns));
+    }
+
+    /// One event: a close (its socket's reset bits ride along), or a reset alone (one sent
+    /// after its socket's close, or of a socket without an eBPF entry).
+    fn apply(&mut self, ev: &LinkClosed, now: Instant, last_ns: &mut Option<(u64, u64)>) {
+        let close = ev.kind != EVENT_RESET;
+        let unprimed = !self.primed && ev.info.born == 0;
+        if close && unprimed && !self.links.is_tracked(ev.cookie) {
+            return;
         }
-        self.events = events;
+        if close {
+            self.closed_event(ev, now, last_ns);
+        }
+        if ev.info.rst != 0 && !self.links.reset(ev.cookie, ev.info.rst, now) {
+            self.metrics.resets_unattributed.inc();
+        }
     }
 
     /// Applies one close event: the socket's final counters. `now` is read once per drain (on

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gopher_common::{LinkClosed, OWNER_KNOWN, ROLE_UNKNOWN};
+use gopher_common::{OWNER_KNOWN, ROLE_UNKNOWN};
 
 use super::{
     bpf,
@@ -102,8 +102,6 @@ pub struct Collector {
     ephemeral: (u16, u16),
     waiting: HashMap<u64, Waiting>,
     pending: Vec<Pending>,
-    /// Close events being applied, kept between drains for its room (see `closed.rs`).
-    events: Vec<LinkClosed>,
     /// A process name being keyed, kept between sockets for its room.
     comm: String,
     /// The process whose name `comm` holds, while a drain applies its events.
@@ -140,7 +138,6 @@ impl Collector {
             ephemeral: role::ephemeral_range(),
             waiting: HashMap::default(),
             pending: Vec::new(),
-            events: Vec::new(),
             comm: String::new(),
             comm_of: None,
             buf: Vec::new(),
