@@ -46,6 +46,42 @@ static OWNER_SLOTS: Array<OwnerSlot> = Array::with_max_entries(1, 0);
 #[unsafe(no_mangle)]
 static SLOT_MASK: u64 = 0;
 
+/// 1 when the machine keeps stores in order with the loads and stores before them (x86's
+/// total store order), set by the agent: a claimed slot's cookie is then published, and a
+/// slot freed, with a plain store instead of a compare-and-swap (a locked instruction, tens
+/// of ns, three per connection end). 0 (the compare-and-swaps) elsewhere: arm64 reorders
+/// stores. Claiming a free slot is always a compare-and-swap (two CPUs may race for it).
+#[unsafe(no_mangle)]
+static STORES_ORDERED: u32 = 0;
+
+#[inline(always)]
+fn stores_ordered() -> bool {
+    // SAFETY: an immutable static; volatile keeps it a `.rodata` load (the verifier then
+    // prunes the branch not taken).
+    unsafe { read_volatile(&raw const STORES_ORDERED) != 0 }
+}
+
+/// Sets a slot's cookie that only its holder changes (a publication after the entry was
+/// written, or the free after it was read), ordered after the holder's accesses to the entry.
+///
+/// # Safety
+/// `s` is a map value the caller holds (its cookie is `from`).
+#[inline(always)]
+unsafe fn set_held(s: *mut OwnerSlot, from: u64, to: u64) {
+    // SAFETY: see the function's contract.
+    unsafe {
+        if stores_ordered() {
+            write_volatile(&raw mut (*s).cookie, to);
+        } else {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                &raw mut (*s).cookie,
+                from,
+                to,
+            );
+        }
+    }
+}
+
 fn slot(cookie: u64) -> Option<*mut OwnerSlot> {
     // SAFETY: an immutable static; volatile keeps it a `.rodata` load.
     let mask = unsafe { read_volatile(&raw const SLOT_MASK) };
@@ -111,11 +147,7 @@ fn claim_current(s: *mut OwnerSlot, cookie: u64, flags: [u8; 8]) -> bool {
         // SAFETY: as above; the cookie is published after the entry is written.
         unsafe {
             write_current_owner(&raw mut (*s).info, flags);
-            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                &raw mut (*s).cookie,
-                SLOT_BUSY,
-                cookie,
-            );
+            set_held(s, SLOT_BUSY, cookie);
         }
     }
     claimed
@@ -229,14 +261,10 @@ pub(crate) fn take(cookie: u64, info: &mut LinkInfo) -> bool {
     let mut found = false;
     if let (Some(s), Some(entry)) = (s, in_slot(s, cookie)) {
         // SAFETY: pointers into a map value, valid while the program runs. The entry is read
-        // before the slot is freed (an atomic exchange orders the two).
+        // before the slot is freed (`set_held` orders the two).
         unsafe {
             copy_info(info, entry);
-            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                &raw mut (*s).cookie,
-                cookie,
-                0,
-            );
+            set_held(s, cookie, 0);
         }
         found = true;
     }

@@ -198,6 +198,10 @@ fn object(
     loader.map_max_entries("LINKS", n_links);
     loader.map_max_entries("OWNER_SLOTS", n_slots);
     loader.override_global("SLOT_MASK", &mask, true);
+    // x86 keeps stores in order: the slots' cookies are then set with plain stores (see
+    // `agent-ebpf/src/slots.rs`).
+    let ordered = u32::from(cfg!(target_arch = "x86_64"));
+    loader.override_global("STORES_ORDERED", &ordered, true);
     if let Ok(o) = offsets {
         o.set(&mut loader);
     }
