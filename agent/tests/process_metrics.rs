@@ -23,6 +23,15 @@ fn value(samples: &[Sample], name: &str) -> f64 {
         .value
 }
 
+/// The process's user + system time in clock ticks (proc(5) fields 14 and 15).
+fn cpu_ticks(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .collect();
+    f[14 - 3].parse::<f64>().unwrap() + f[15 - 3].parse::<f64>().unwrap()
+}
+
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
@@ -32,6 +41,12 @@ fn clock_ticks() -> f64 {
 fn process_metrics_match_proc_and_build_info_names_the_revision() {
     let agent = Agent::start("[[probes]]\nname = \"system_meminfo\"\nswitch = \"on\"\n");
     let pid = agent.pid();
+    // The CPU counter has the kernel's tick granularity: an agent that has not yet run a full
+    // tick (10 ms) reads 0, which says nothing. Scrapes cost it some: wait for one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while cpu_ticks(pid) < 1.0 && std::time::Instant::now() < deadline {
+        agent.scrape().unwrap();
+    }
     let samples = agent.scrape().unwrap();
 
     // Start time: boot time plus the process's start in ticks (proc(5)), seconds since epoch.
